@@ -1,0 +1,1 @@
+//! Agent to collector export: batching, backpressure, disk spool, ordered lossless redelivery

@@ -1,0 +1,1 @@
+//! Passive HTTP/2 decoding: frames, a tolerant HPACK decoder, streams and gRPC

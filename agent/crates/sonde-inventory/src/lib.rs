@@ -1,0 +1,1 @@
+//! API inventory: endpoints, path templates, auth schemes, sensitive data, declared-spec classification

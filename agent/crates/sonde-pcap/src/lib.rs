@@ -1,0 +1,1 @@
+//! pcap/pcapng replay: TCP directions rebuilt by sequence number into Sonde capture events

@@ -1,0 +1,1 @@
+//! Per-connection, per-direction byte stream reassembly with explicit gaps and bounded memory

@@ -1,0 +1,1 @@
+//! Sonde agent: eBPF capture, pipeline and export

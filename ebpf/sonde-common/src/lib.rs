@@ -1,0 +1,1 @@
+//! Types shared by Sonde's eBPF programs and user space

@@ -1,0 +1,1 @@
+//! sonde.v1 gRPC protocol between agents, collector and CLI

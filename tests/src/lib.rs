@@ -1,0 +1,1 @@
+//! Privileged end-to-end tests: real eBPF, real servers and clients, real collector
