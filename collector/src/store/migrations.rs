@@ -1,0 +1,165 @@
+//! Versioned schema migrations, applied in order at start-up inside one transaction each.
+//!
+//! The SQL sticks to what SQLite and PostgreSQL share (BIGINT, TEXT, BLOB→BYTEA, `ON CONFLICT`
+//! upserts, no SQLite-only scalar functions) so a PostgreSQL store can reuse it later; the one
+//! SQLite-ism is `INTEGER PRIMARY KEY` as an auto-assigned id (`BIGSERIAL` in PostgreSQL).
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::StoreError;
+
+/// One schema step. Never edit a released migration: add a new one.
+pub struct Migration {
+    pub version: u32,
+    pub description: &'static str,
+    pub sql: &'static str,
+}
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "agents, endpoints with per-agent reports, anomalies grouped by key",
+        sql: r#"
+CREATE TABLE agents (
+    agent_id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    agent_version TEXT NOT NULL,
+    kernel TEXT NOT NULL,
+    capture_strategy TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    first_seen BIGINT NOT NULL,
+    last_heartbeat BIGINT NOT NULL DEFAULT 0,
+    heartbeat BLOB,
+    last_seq BIGINT NOT NULL DEFAULT 0,
+    batches_committed BIGINT NOT NULL DEFAULT 0,
+    endpoint_updates_committed BIGINT NOT NULL DEFAULT 0,
+    anomalies_committed BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE endpoints (
+    endpoint_id TEXT PRIMARY KEY,
+    service TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path_template TEXT NOT NULL,
+    protocol INTEGER NOT NULL,
+    classification INTEGER NOT NULL,
+    first_seen BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    call_count BIGINT NOT NULL,
+    unauthenticated INTEGER NOT NULL,
+    served_over_tls INTEGER NOT NULL,
+    auth_schemes TEXT NOT NULL,
+    sensitive_kinds TEXT NOT NULL,
+    hosts TEXT NOT NULL,
+    merged BLOB NOT NULL
+);
+CREATE INDEX endpoints_by_service ON endpoints (service, endpoint_id);
+CREATE INDEX endpoints_by_classification ON endpoints (classification, endpoint_id);
+CREATE TABLE endpoint_reports (
+    endpoint_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    report BLOB NOT NULL,
+    PRIMARY KEY (endpoint_id, agent_id)
+);
+CREATE TABLE endpoint_sensitive_kinds (
+    endpoint_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    PRIMARY KEY (kind, endpoint_id)
+);
+CREATE TABLE anomalies (
+    anomaly_id INTEGER PRIMARY KEY,
+    anomaly_key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    severity INTEGER NOT NULL,
+    category INTEGER NOT NULL,
+    endpoint TEXT,
+    first_seen BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    total_count BIGINT NOT NULL,
+    hosts TEXT NOT NULL,
+    latest BLOB NOT NULL
+);
+CREATE INDEX anomalies_by_last_seen ON anomalies (last_seen, anomaly_id);
+CREATE INDEX anomalies_by_endpoint ON anomalies (endpoint, last_seen);
+CREATE TABLE anomaly_reports (
+    anomaly_key TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    first_seen BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    report_count BIGINT NOT NULL,
+    PRIMARY KEY (anomaly_key, agent_id)
+);
+"#,
+    },
+    Migration {
+        version: 2,
+        description: "agent connection time; indexes for host and kind filters",
+        sql: r#"
+ALTER TABLE agents ADD COLUMN last_connected BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX endpoint_reports_by_agent ON endpoint_reports (agent_id, endpoint_id);
+CREATE INDEX anomalies_by_kind ON anomalies (kind, last_seen);
+CREATE INDEX agents_by_host ON agents (host);
+"#,
+    },
+];
+
+/// The newest schema version this build knows.
+pub fn latest_version() -> u32 {
+    MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// Current schema version of the database (0 for a fresh file).
+pub fn current_version(conn: &Connection) -> Result<u32, StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version BIGINT PRIMARY KEY,
+            description TEXT NOT NULL,
+            applied_at BIGINT NOT NULL
+        );",
+    )?;
+    let version: Option<i64> = conn
+        .query_row("SELECT MAX(version) FROM schema_migrations", [], |row| {
+            row.get(0)
+        })
+        .optional()?
+        .flatten();
+    Ok(version.and_then(|v| u32::try_from(v).ok()).unwrap_or(0))
+}
+
+/// Applies every migration above the current version, up to `target` inclusive.
+pub fn migrate(conn: &mut Connection, target: u32) -> Result<u32, StoreError> {
+    let current = current_version(conn)?;
+    let latest = latest_version();
+    if current > latest {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported: latest,
+        });
+    }
+    for migration in MIGRATIONS
+        .iter()
+        .filter(|m| m.version > current && m.version <= target)
+    {
+        let tx = conn.transaction()?;
+        tx.execute_batch(migration.sql)
+            .map_err(|source| StoreError::Migration {
+                version: migration.version,
+                source,
+            })?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![
+                migration.version,
+                migration.description,
+                super::now_ns_i64()
+            ],
+        )?;
+        tx.commit()?;
+        tracing::info!(
+            version = migration.version,
+            description = migration.description,
+            "applied schema migration"
+        );
+    }
+    current_version(conn)
+}

@@ -1,0 +1,99 @@
+//! Human-facing names shared by the collector and the CLI.
+
+use crate::v1::{Classification, EndpointKey, OwaspCategory, Protocol, ServiceKey, Severity};
+
+impl ServiceKey {
+    /// Display name of a service: the authority when known, else `addr:port`, else `unknown`.
+    pub fn display_name(&self) -> String {
+        if !self.authority.is_empty() {
+            self.authority.clone()
+        } else if !self.server_addr.is_empty() {
+            if self.server_addr.contains(':') {
+                format!("[{}]:{}", self.server_addr, self.server_port)
+            } else {
+                format!("{}:{}", self.server_addr, self.server_port)
+            }
+        } else {
+            "unknown".to_string()
+        }
+    }
+}
+
+impl EndpointKey {
+    /// `service METHOD /template`, the form anomalies use to name their endpoint.
+    pub fn display_name(&self) -> String {
+        let service = self.service.as_ref().map(ServiceKey::display_name);
+        format!(
+            "{} {} {}",
+            service.as_deref().unwrap_or("unknown"),
+            self.method,
+            self.path_template
+        )
+    }
+}
+
+impl Protocol {
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Protocol::Unspecified => "-",
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+impl Classification {
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Classification::Unknown => "unknown",
+            Classification::Managed => "managed",
+            Classification::Shadow => "shadow",
+            Classification::Zombie => "zombie",
+        }
+    }
+}
+
+impl Severity {
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Severity::Unspecified => "-",
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// Parses `info|low|medium|high|critical` (case-insensitive).
+    pub fn from_short_name(name: &str) -> Option<Severity> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "info" => Severity::Info,
+            "low" => Severity::Low,
+            "medium" => Severity::Medium,
+            "high" => Severity::High,
+            "critical" => Severity::Critical,
+            _ => return None,
+        })
+    }
+}
+
+impl OwaspCategory {
+    /// The short code, e.g. `API1:2023`.
+    pub fn code(self) -> &'static str {
+        match self {
+            OwaspCategory::Unspecified => "-",
+            OwaspCategory::Api1Bola => "API1:2023",
+            OwaspCategory::Api2BrokenAuth => "API2:2023",
+            OwaspCategory::Api3PropertyAuth => "API3:2023",
+            OwaspCategory::Api4ResourceConsumption => "API4:2023",
+            OwaspCategory::Api5FunctionAuth => "API5:2023",
+            OwaspCategory::Api6BusinessFlows => "API6:2023",
+            OwaspCategory::Api7Ssrf => "API7:2023",
+            OwaspCategory::Api8Misconfiguration => "API8:2023",
+            OwaspCategory::Api9Inventory => "API9:2023",
+            OwaspCategory::Api10UnsafeConsumption => "API10:2023",
+        }
+    }
+}
