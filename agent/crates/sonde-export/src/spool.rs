@@ -1,0 +1,316 @@
+//! The on-disk spool of sealed, unacknowledged batches.
+//!
+//! One segment file per batch (`<seq, 20 digits>.seg`, an rmp-serde record holding the
+//! protobuf-encoded batch), written to a temporary name and renamed so a crash never leaves a torn
+//! segment under a real name. Segments are deleted when acked. The total size is bounded: when a
+//! new batch would exceed it, the oldest batches are evicted and counted. A batch whose segment
+//! cannot be written (disk full, read-only) stays in memory under the same bound, is still
+//! delivered while the agent runs, and the failure is counted.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use sonde_proto::v1::Batch;
+
+use crate::counters::Counters;
+
+const SEGMENT_FORMAT_VERSION: u8 = 1;
+const SEGMENT_SUFFIX: &str = ".seg";
+const HIGH_WATER_FILE: &str = "high-water";
+
+#[derive(Serialize, Deserialize)]
+struct SegmentRecord {
+    version: u8,
+    seq: u64,
+    #[serde(with = "serde_bytes")]
+    batch: Vec<u8>,
+}
+
+/// A sealed batch waiting for its ack.
+pub struct PendingBatch {
+    pub batch: Batch,
+    pub size: u64,
+    pub on_disk: bool,
+}
+
+impl PendingBatch {
+    pub fn seq(&self) -> u64 {
+        self.batch.seq
+    }
+
+    pub fn items(&self) -> u64 {
+        (self.batch.endpoint_updates.len() + self.batch.anomalies.len()) as u64
+    }
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    fsync: bool,
+    pending: VecDeque<PendingBatch>,
+    bytes: u64,
+    high_water: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("cannot create or read the spool directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+}
+
+impl Spool {
+    /// Opens the spool directory and loads every readable segment in seq order. Unreadable
+    /// segments are removed and counted (`spool_corrupt`).
+    pub fn open(dir: &Path, max_bytes: u64, fsync: bool, counters: &Counters) -> Result<Spool, SpoolError> {
+        let dir_error = |source| SpoolError::Dir { path: dir.to_path_buf(), source };
+        fs::create_dir_all(dir).map_err(dir_error)?;
+        let mut segments = Vec::new();
+        for entry in fs::read_dir(dir).map_err(dir_error)? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(seq) = name.strip_suffix(SEGMENT_SUFFIX).and_then(|s| s.parse::<u64>().ok()) {
+                segments.push((seq, entry.path()));
+            } else if name.ends_with(".tmp") {
+                // A write cut short by a crash: it was never acknowledged as spooled.
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        segments.sort_unstable_by_key(|(seq, _)| *seq);
+        let high_water = fs::read_to_string(dir.join(HIGH_WATER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let mut spool = Spool {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            fsync,
+            pending: VecDeque::new(),
+            bytes: 0,
+            high_water,
+        };
+        for (seq, path) in segments {
+            match read_segment(&path) {
+                Some(batch) if batch.seq == seq => {
+                    let size = file_size(&path);
+                    spool.high_water = spool.high_water.max(seq);
+                    spool.bytes += size;
+                    spool.pending.push_back(PendingBatch { batch, size, on_disk: true });
+                }
+                _ => {
+                    tracing::warn!(path = %path.display(), "removing unreadable spool segment");
+                    Counters::add(&counters.spool_corrupt, 1);
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        spool.evict_to_fit(0, counters);
+        Counters::set(&counters.spooled_bytes, spool.bytes);
+        Counters::set(&counters.pending_batches, spool.pending.len() as u64);
+        Ok(spool)
+    }
+
+    /// Highest seq ever sealed here (survives restarts through the high-water file).
+    pub fn high_water(&self) -> u64 {
+        self.high_water
+    }
+
+    pub fn pending(&self) -> &VecDeque<PendingBatch> {
+        &self.pending
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Adds a sealed batch, writing its segment (failures are counted, the batch is kept).
+    pub fn push(&mut self, batch: Batch, counters: &Counters) {
+        let seq = batch.seq;
+        let record = SegmentRecord { version: SEGMENT_FORMAT_VERSION, seq, batch: batch.encode_to_vec() };
+        let encoded = match rmp_serde::to_vec(&record) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                // Encoding plain structs cannot fail in practice; keep the batch in memory anyway.
+                tracing::error!(%error, seq, "cannot encode a spool segment");
+                Vec::new()
+            }
+        };
+        let size = encoded.len().max(record.batch.len()) as u64;
+        self.evict_to_fit(size, counters);
+        let on_disk = !encoded.is_empty() && self.write_segment(seq, &encoded, counters);
+        self.high_water = self.high_water.max(seq);
+        self.write_high_water();
+        self.bytes += size;
+        self.pending.push_back(PendingBatch { batch, size, on_disk });
+        Counters::add(&counters.spooled_batches, 1);
+        Counters::set(&counters.spooled_bytes, self.bytes);
+        Counters::set(&counters.pending_batches, self.pending.len() as u64);
+    }
+
+    /// Drops every batch with seq <= `seq` (acknowledged), deleting its segment. Returns how many.
+    pub fn ack_through(&mut self, seq: u64, counters: &Counters) -> u64 {
+        let mut acked = 0;
+        while self.pending.front().is_some_and(|p| p.seq() <= seq) {
+            if let Some(done) = self.pending.pop_front() {
+                self.forget(&done);
+                acked += 1;
+            }
+        }
+        Counters::set(&counters.spooled_bytes, self.bytes);
+        Counters::set(&counters.pending_batches, self.pending.len() as u64);
+        acked
+    }
+
+    /// Drops one batch the collector refused.
+    pub fn remove(&mut self, seq: u64, counters: &Counters) -> bool {
+        let Some(index) = self.pending.iter().position(|p| p.seq() == seq) else { return false };
+        if let Some(done) = self.pending.remove(index) {
+            self.forget(&done);
+        }
+        Counters::set(&counters.spooled_bytes, self.bytes);
+        Counters::set(&counters.pending_batches, self.pending.len() as u64);
+        true
+    }
+
+    fn forget(&mut self, done: &PendingBatch) {
+        self.bytes = self.bytes.saturating_sub(done.size);
+        if done.on_disk {
+            let _ = fs::remove_file(self.segment_path(done.seq()));
+        }
+    }
+
+    fn evict_to_fit(&mut self, incoming: u64, counters: &Counters) {
+        while !self.pending.is_empty() && self.bytes + incoming > self.max_bytes {
+            if let Some(oldest) = self.pending.pop_front() {
+                tracing::warn!(seq = oldest.seq(), items = oldest.items(), "spool full: evicting the oldest batch");
+                Counters::add(&counters.evicted_batches, 1);
+                Counters::add(&counters.evicted_items, oldest.items());
+                self.forget(&oldest);
+            }
+        }
+    }
+
+    fn segment_path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}{SEGMENT_SUFFIX}"))
+    }
+
+    fn write_segment(&self, seq: u64, encoded: &[u8], counters: &Counters) -> bool {
+        let tmp = self.dir.join(format!("{seq:020}.tmp"));
+        let result = (|| -> std::io::Result<()> {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(encoded)?;
+            if self.fsync {
+                file.sync_data()?;
+            }
+            fs::rename(&tmp, self.segment_path(seq))
+        })();
+        match result {
+            Ok(()) => true,
+            Err(error) => {
+                let _ = fs::remove_file(&tmp);
+                Counters::add(&counters.spool_write_errors, 1);
+                tracing::warn!(%error, seq, dir = %self.dir.display(), "cannot write a spool segment; keeping the batch in memory only");
+                false
+            }
+        }
+    }
+
+    fn write_high_water(&self) {
+        let tmp = self.dir.join(format!("{HIGH_WATER_FILE}.tmp"));
+        let ok = fs::write(&tmp, self.high_water.to_string())
+            .and_then(|()| fs::rename(&tmp, self.dir.join(HIGH_WATER_FILE)));
+        if ok.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+}
+
+fn file_size(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+fn read_segment(path: &Path) -> Option<Batch> {
+    let bytes = fs::read(path).ok()?;
+    let record: SegmentRecord = rmp_serde::from_slice(&bytes).ok()?;
+    if record.version != SEGMENT_FORMAT_VERSION {
+        return None;
+    }
+    Batch::decode(record.batch.as_slice()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sonde_proto::v1::{EndpointKey, EndpointUpdate};
+
+    fn batch(seq: u64, items: usize) -> Batch {
+        Batch {
+            seq,
+            endpoint_updates: (0..items)
+                .map(|i| EndpointUpdate {
+                    key: Some(EndpointKey { method: "GET".into(), path_template: format!("/p/{i}"), ..EndpointKey::default() }),
+                    call_count: i as u64,
+                    ..EndpointUpdate::default()
+                })
+                .collect(),
+            ..Batch::default()
+        }
+    }
+
+    #[test]
+    fn reopen_restores_pending_in_order() -> Result<(), SpoolError> {
+        let dir = tempfile::tempdir().map_err(|source| SpoolError::Dir { path: "tmp".into(), source })?;
+        let counters = Counters::default();
+        let mut spool = Spool::open(dir.path(), 1 << 20, false, &counters)?;
+        for seq in [3, 4, 5] {
+            spool.push(batch(seq, 2), &counters);
+        }
+        assert_eq!(spool.ack_through(3, &counters), 1);
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 20, false, &counters)?;
+        let seqs: Vec<u64> = spool.pending().iter().map(PendingBatch::seq).collect();
+        assert_eq!(seqs, vec![4, 5]);
+        assert_eq!(spool.high_water(), 5);
+        assert_eq!(spool.pending()[1].batch, batch(5, 2));
+        Ok(())
+    }
+
+    #[test]
+    fn bound_evicts_oldest_and_counts() -> Result<(), SpoolError> {
+        let dir = tempfile::tempdir().map_err(|source| SpoolError::Dir { path: "tmp".into(), source })?;
+        let counters = Counters::default();
+        let one = rmp_serde::to_vec(&SegmentRecord { version: 1, seq: 1, batch: batch(1, 5).encode_to_vec() })
+            .map(|v| v.len() as u64)
+            .unwrap_or(0);
+        let mut spool = Spool::open(dir.path(), one * 3 + one / 2, false, &counters)?;
+        for seq in 1..=5 {
+            spool.push(batch(seq, 5), &counters);
+        }
+        let seqs: Vec<u64> = spool.pending().iter().map(PendingBatch::seq).collect();
+        assert_eq!(seqs, vec![3, 4, 5]);
+        assert_eq!(Counters::get(&counters.evicted_batches), 2);
+        assert_eq!(Counters::get(&counters.evicted_items), 10);
+        let files = fs::read_dir(dir.path()).map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().ends_with(".seg")).count()).unwrap_or(0);
+        assert_eq!(files, 3);
+        Ok(())
+    }
+
+    #[test]
+    fn corrupt_segment_is_removed_and_counted() -> Result<(), SpoolError> {
+        let dir = tempfile::tempdir().map_err(|source| SpoolError::Dir { path: "tmp".into(), source })?;
+        let counters = Counters::default();
+        let mut spool = Spool::open(dir.path(), 1 << 20, false, &counters)?;
+        spool.push(batch(1, 1), &counters);
+        spool.push(batch(2, 1), &counters);
+        drop(spool);
+        let _ = fs::write(dir.path().join(format!("{:020}.seg", 1)), b"\xc1garbage");
+        let spool = Spool::open(dir.path(), 1 << 20, false, &counters)?;
+        assert_eq!(spool.pending().iter().map(PendingBatch::seq).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(Counters::get(&counters.spool_corrupt), 1);
+        Ok(())
+    }
+}
