@@ -113,7 +113,10 @@ pub fn decode_frame(link: LinkType, data: &[u8], orig_len: u32) -> Result<TcpSeg
     segment_from(&sliced, truncated_by)
 }
 
-fn segment_from<'a>(sliced: &LaxSlicedPacket<'a>, truncated_by: u64) -> Result<TcpSegment<'a>, Skip> {
+fn segment_from<'a>(
+    sliced: &LaxSlicedPacket<'a>,
+    truncated_by: u64,
+) -> Result<TcpSegment<'a>, Skip> {
     let Some(net) = sliced.net.as_ref() else {
         return Err(match sliced.stop_err {
             // The link layer said IP but the IP header did not parse.
@@ -121,31 +124,46 @@ fn segment_from<'a>(sliced: &LaxSlicedPacket<'a>, truncated_by: u64) -> Result<T
             None => Skip::NotTcp,
         });
     };
-    let (src_ip, dst_ip, ip_payload, declared_payload_len): (IpAddr, IpAddr, &LaxIpPayloadSlice<'a>, Option<u64>) =
-        match net {
-            LaxNetSlice::Ipv4(v4) => {
-                let header = v4.header();
-                let payload = v4.payload();
-                // Bytes between the start of the IP header and the start of its payload
-                // (header, options, authentication header).
-                let before_payload =
-                    (payload.payload.as_ptr() as usize).saturating_sub(header.slice().as_ptr() as usize) as u64;
-                let declared = (payload.len_source == LenSource::Ipv4HeaderTotalLen)
-                    .then(|| u64::from(header.total_len()).saturating_sub(before_payload));
-                (IpAddr::V4(header.source_addr()), IpAddr::V4(header.destination_addr()), payload, declared)
-            }
-            LaxNetSlice::Ipv6(v6) => {
-                let header = v6.header();
-                let payload = v6.payload();
-                let before_payload = (payload.payload.as_ptr() as usize)
-                    .saturating_sub(header.slice().as_ptr() as usize)
-                    .saturating_sub(header.slice().len()) as u64;
-                let declared = (payload.len_source == LenSource::Ipv6HeaderPayloadLen)
-                    .then(|| u64::from(header.payload_length()).saturating_sub(before_payload));
-                (IpAddr::V6(header.source_addr()), IpAddr::V6(header.destination_addr()), payload, declared)
-            }
-            LaxNetSlice::Arp(_) => return Err(Skip::NotTcp),
-        };
+    let (src_ip, dst_ip, ip_payload, declared_payload_len): (
+        IpAddr,
+        IpAddr,
+        &LaxIpPayloadSlice<'a>,
+        Option<u64>,
+    ) = match net {
+        LaxNetSlice::Ipv4(v4) => {
+            let header = v4.header();
+            let payload = v4.payload();
+            // Bytes between the start of the IP header and the start of its payload
+            // (header, options, authentication header).
+            let before_payload = (payload.payload.as_ptr() as usize)
+                .saturating_sub(header.slice().as_ptr() as usize)
+                as u64;
+            let declared = (payload.len_source == LenSource::Ipv4HeaderTotalLen)
+                .then(|| u64::from(header.total_len()).saturating_sub(before_payload));
+            (
+                IpAddr::V4(header.source_addr()),
+                IpAddr::V4(header.destination_addr()),
+                payload,
+                declared,
+            )
+        }
+        LaxNetSlice::Ipv6(v6) => {
+            let header = v6.header();
+            let payload = v6.payload();
+            let before_payload = (payload.payload.as_ptr() as usize)
+                .saturating_sub(header.slice().as_ptr() as usize)
+                .saturating_sub(header.slice().len()) as u64;
+            let declared = (payload.len_source == LenSource::Ipv6HeaderPayloadLen)
+                .then(|| u64::from(header.payload_length()).saturating_sub(before_payload));
+            (
+                IpAddr::V6(header.source_addr()),
+                IpAddr::V6(header.destination_addr()),
+                payload,
+                declared,
+            )
+        }
+        LaxNetSlice::Arp(_) => return Err(Skip::NotTcp),
+    };
     if ip_payload.fragmented {
         return Err(Skip::Fragment);
     }
@@ -160,7 +178,9 @@ fn segment_from<'a>(sliced: &LaxSlicedPacket<'a>, truncated_by: u64) -> Result<T
     let captured = payload.len() as u64;
     let wire_len = if ip_payload.incomplete {
         // Cut by the snap length: the IP header says how long the payload really was.
-        declared_payload_len.map_or(captured + truncated_by, |declared| declared.saturating_sub(header_len))
+        declared_payload_len.map_or(captured + truncated_by, |declared| {
+            declared.saturating_sub(header_len)
+        })
     } else if ip_payload.len_source == LenSource::Slice {
         // No usable length field (e.g. IPv4 total length 0 from TSO): what the record lost is
         // payload.
@@ -174,7 +194,12 @@ fn segment_from<'a>(sliced: &LaxSlicedPacket<'a>, truncated_by: u64) -> Result<T
         dst: SocketAddr::new(dst_ip, tcp.destination_port()),
         seq: tcp.sequence_number(),
         ack: tcp.acknowledgment_number(),
-        flags: TcpFlags { syn: tcp.syn(), ack: tcp.ack(), fin: tcp.fin(), rst: tcp.rst() },
+        flags: TcpFlags {
+            syn: tcp.syn(),
+            ack: tcp.ack(),
+            fin: tcp.fin(),
+            rst: tcp.rst(),
+        },
         payload,
         payload_len,
     })
@@ -192,7 +217,9 @@ mod tests {
             .ack(77)
             .psh();
         let mut frame = Vec::with_capacity(builder.size(payload.len()));
-        builder.write(&mut frame, payload).expect("building a frame in memory");
+        builder
+            .write(&mut frame, payload)
+            .expect("building a frame in memory");
         frame
     }
 
@@ -230,13 +257,27 @@ mod tests {
     #[test]
     fn cut_tcp_header_is_malformed_and_udp_is_not_tcp() {
         let frame = tcp_frame(b"abc");
-        assert_eq!(decode_frame(LinkType::Ethernet, &frame[..40], frame.len() as u32), Err(Skip::Malformed));
-        let builder = PacketBuilder::ethernet2([0; 6], [0; 6]).ipv4([1, 1, 1, 1], [2, 2, 2, 2], 9).udp(53, 53);
+        assert_eq!(
+            decode_frame(LinkType::Ethernet, &frame[..40], frame.len() as u32),
+            Err(Skip::Malformed)
+        );
+        let builder = PacketBuilder::ethernet2([0; 6], [0; 6])
+            .ipv4([1, 1, 1, 1], [2, 2, 2, 2], 9)
+            .udp(53, 53);
         let mut udp = Vec::new();
         builder.write(&mut udp, b"q").expect("udp frame");
-        assert_eq!(decode_frame(LinkType::Ethernet, &udp, udp.len() as u32), Err(Skip::NotTcp));
-        assert_eq!(decode_frame(LinkType::Unsupported(147), &udp, 1), Err(Skip::UnsupportedLink));
-        assert_eq!(decode_frame(LinkType::Ethernet, &[], 0), Err(Skip::Malformed));
+        assert_eq!(
+            decode_frame(LinkType::Ethernet, &udp, udp.len() as u32),
+            Err(Skip::NotTcp)
+        );
+        assert_eq!(
+            decode_frame(LinkType::Unsupported(147), &udp, 1),
+            Err(Skip::UnsupportedLink)
+        );
+        assert_eq!(
+            decode_frame(LinkType::Ethernet, &[], 0),
+            Err(Skip::Malformed)
+        );
     }
 
     #[test]
@@ -245,9 +286,15 @@ mod tests {
         let ip = &frame[14..];
         let mut null = vec![2, 0, 0, 0];
         null.extend_from_slice(ip);
-        let mut sll2 = vec![0x08, 0x00, 0, 0, 0, 0, 0, 1, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0];
+        let mut sll2 = vec![
+            0x08, 0x00, 0, 0, 0, 0, 0, 1, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0,
+        ];
         sll2.extend_from_slice(ip);
-        for (link, bytes) in [(LinkType::RawIp, ip.to_vec()), (LinkType::Loopback, null), (LinkType::LinuxSll2, sll2)] {
+        for (link, bytes) in [
+            (LinkType::RawIp, ip.to_vec()),
+            (LinkType::Loopback, null),
+            (LinkType::LinuxSll2, sll2),
+        ] {
             let seg = decode_frame(link, &bytes, bytes.len() as u32).expect("tcp");
             assert_eq!(seg.payload, b"hi", "{link:?}");
             assert_eq!(seg.dst.port(), 80, "{link:?}");

@@ -19,12 +19,22 @@ type Input = Box<dyn Read + Send>;
 
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 /// Classic pcap magics as they appear on disk: µs and ns resolution, both byte orders.
-const PCAP_MAGICS: [[u8; 4]; 4] =
-    [[0xa1, 0xb2, 0xc3, 0xd4], [0xd4, 0xc3, 0xb2, 0xa1], [0xa1, 0xb2, 0x3c, 0x4d], [0x4d, 0x3c, 0xb2, 0xa1]];
+const PCAP_MAGICS: [[u8; 4]; 4] = [
+    [0xa1, 0xb2, 0xc3, 0xd4],
+    [0xd4, 0xc3, 0xb2, 0xa1],
+    [0xa1, 0xb2, 0x3c, 0x4d],
+    [0x4d, 0x3c, 0xb2, 0xa1],
+];
 
 enum Records {
-    Pcap { reader: pcap_file::pcap::PcapReader<Input>, link: LinkType, nanos: bool },
-    PcapNg { reader: pcap_file::pcapng::PcapNgReader<Input> },
+    Pcap {
+        reader: pcap_file::pcap::PcapReader<Input>,
+        link: LinkType,
+        nanos: bool,
+    },
+    PcapNg {
+        reader: pcap_file::pcapng::PcapNgReader<Input>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +77,10 @@ impl PcapReader {
         PcapReader::open_with_limits(path, ReassemblyLimits::default())
     }
 
-    pub fn open_with_limits(path: impl AsRef<Path>, limits: ReassemblyLimits) -> Result<PcapReader, PcapError> {
+    pub fn open_with_limits(
+        path: impl AsRef<Path>,
+        limits: ReassemblyLimits,
+    ) -> Result<PcapReader, PcapError> {
         let path = path.as_ref();
         let name = path.display().to_string();
         let file = match File::open(path) {
@@ -135,7 +148,10 @@ impl PcapReader {
 
     /// Counters so far (complete once the iterator has ended).
     pub fn stats(&self) -> PcapStats {
-        PcapStats { reassembly: *self.reassembler.stats(), ..self.stats }
+        PcapStats {
+            reassembly: *self.reassembler.stats(),
+            ..self.stats
+        }
     }
 
     /// The next event, `None` at the end.
@@ -166,9 +182,21 @@ impl PcapReader {
 
     /// Reads one record (or pcapng block) and feeds it on. False at the end of the file.
     fn read_record(&mut self) -> Result<bool, PcapError> {
-        let PcapReader { name, records, reassembler, queue, stats, last_ts_ns, .. } = self;
+        let PcapReader {
+            name,
+            records,
+            reassembler,
+            queue,
+            stats,
+            last_ts_ns,
+            ..
+        } = self;
         match records {
-            Records::Pcap { reader, link, nanos } => {
+            Records::Pcap {
+                reader,
+                link,
+                nanos,
+            } => {
                 let packet = match reader.next_raw_packet() {
                     None => return Ok(false),
                     Some(Ok(packet)) => packet,
@@ -177,10 +205,24 @@ impl PcapReader {
                 // Raw records: their fields are taken as they are, since a replay should not
                 // refuse a packet over a sub-second field out of range or a record longer than
                 // the header's snaplen.
-                let frac_ns = if *nanos { u64::from(packet.ts_frac) } else { u64::from(packet.ts_frac) * 1000 };
-                let ts_ns = u64::from(packet.ts_sec).saturating_mul(1_000_000_000).saturating_add(frac_ns);
+                let frac_ns = if *nanos {
+                    u64::from(packet.ts_frac)
+                } else {
+                    u64::from(packet.ts_frac) * 1000
+                };
+                let ts_ns = u64::from(packet.ts_sec)
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(frac_ns);
                 *last_ts_ns = ts_ns;
-                feed(*link, &packet.data, packet.orig_len, ts_ns, stats, reassembler, queue);
+                feed(
+                    *link,
+                    &packet.data,
+                    packet.orig_len,
+                    ts_ns,
+                    stats,
+                    reassembler,
+                    queue,
+                );
                 Ok(true)
             }
             Records::PcapNg { reader } => {
@@ -189,11 +231,16 @@ impl PcapReader {
                     Some(Ok(block)) => block,
                     Some(Err(e)) => return Err(pcapng_error(name, stats.records, e)),
                 };
-                if !matches!(raw.type_, ENHANCED_PACKET_BLOCK | SIMPLE_PACKET_BLOCK | PACKET_BLOCK) {
+                if !matches!(
+                    raw.type_,
+                    ENHANCED_PACKET_BLOCK | SIMPLE_PACKET_BLOCK | PACKET_BLOCK
+                ) {
                     // Section headers and interface descriptions update `state` inside the reader.
-                    if !matches!(raw.type_, pcap_file::pcapng::blocks::SECTION_HEADER_BLOCK
-                        | pcap_file::pcapng::blocks::INTERFACE_DESCRIPTION_BLOCK)
-                    {
+                    if !matches!(
+                        raw.type_,
+                        pcap_file::pcapng::blocks::SECTION_HEADER_BLOCK
+                            | pcap_file::pcapng::blocks::INTERFACE_DESCRIPTION_BLOCK
+                    ) {
                         stats.other_blocks += 1;
                     }
                     return Ok(true);
@@ -208,8 +255,18 @@ impl PcapReader {
                     }
                 };
                 let (interface, ts_ns, orig_len, data) = match &block {
-                    Block::EnhancedPacket(p) => (p.interface_id, duration_ns(p.timestamp), p.original_len, &p.data),
-                    Block::Packet(p) => (u32::from(p.interface_id), duration_ns(p.timestamp), p.original_len, &p.data),
+                    Block::EnhancedPacket(p) => (
+                        p.interface_id,
+                        duration_ns(p.timestamp),
+                        p.original_len,
+                        &p.data,
+                    ),
+                    Block::Packet(p) => (
+                        u32::from(p.interface_id),
+                        duration_ns(p.timestamp),
+                        p.original_len,
+                        &p.data,
+                    ),
                     Block::SimplePacket(p) => (0, *last_ts_ns, p.original_len, &p.data),
                     _ => {
                         stats.other_blocks += 1;
@@ -273,16 +330,36 @@ fn is_eof(e: &io::Error) -> bool {
 
 fn pcap_error(name: &str, records: u64, e: PcapReadError) -> PcapError {
     match e {
-        PcapReadError::Io(e) if is_eof(&e) => PcapError::Truncated { name: name.to_owned(), records },
-        PcapReadError::Io(source) => PcapError::Io { name: name.to_owned(), source },
-        other => PcapError::Corrupt { name: name.to_owned(), records, source: Box::new(other) },
+        PcapReadError::Io(e) if is_eof(&e) => PcapError::Truncated {
+            name: name.to_owned(),
+            records,
+        },
+        PcapReadError::Io(source) => PcapError::Io {
+            name: name.to_owned(),
+            source,
+        },
+        other => PcapError::Corrupt {
+            name: name.to_owned(),
+            records,
+            source: Box::new(other),
+        },
     }
 }
 
 fn pcapng_error(name: &str, records: u64, e: PcapNgReadError) -> PcapError {
     match e {
-        PcapNgReadError::Io(e) if is_eof(&e) => PcapError::Truncated { name: name.to_owned(), records },
-        PcapNgReadError::Io(source) => PcapError::Io { name: name.to_owned(), source },
-        other => PcapError::Corrupt { name: name.to_owned(), records, source: Box::new(other) },
+        PcapNgReadError::Io(e) if is_eof(&e) => PcapError::Truncated {
+            name: name.to_owned(),
+            records,
+        },
+        PcapNgReadError::Io(source) => PcapError::Io {
+            name: name.to_owned(),
+            source,
+        },
+        other => PcapError::Corrupt {
+            name: name.to_owned(),
+            records,
+            source: Box::new(other),
+        },
     }
 }

@@ -69,7 +69,11 @@ struct FlowKey {
 
 impl FlowKey {
     fn new(a: SocketAddr, b: SocketAddr) -> FlowKey {
-        if a <= b { FlowKey { lo: a, hi: b } } else { FlowKey { lo: b, hi: a } }
+        if a <= b {
+            FlowKey { lo: a, hi: b }
+        } else {
+            FlowKey { lo: b, hi: a }
+        }
     }
 }
 
@@ -166,7 +170,11 @@ impl DirState {
             // Starts with bytes already delivered: keep only the new tail.
             let old = rel_start.unsigned_abs();
             sink.stats.retransmitted_bytes += old;
-            (data.get(old as usize..).unwrap_or_default(), wire_len - old, self.next_offset)
+            (
+                data.get(old as usize..).unwrap_or_default(),
+                wire_len - old,
+                self.next_offset,
+            )
         } else {
             let Some(start) = self.next_offset.checked_add(rel_start.unsigned_abs()) else {
                 sink.stats.out_of_window_segments += 1;
@@ -216,7 +224,11 @@ impl DirState {
         let end = start + len;
         let captured_end = start + data.len() as u64;
         // The piece starting before `start` may reach into it.
-        let from = self.pending.range(..start).next_back().map_or(start, |(&k, _)| k);
+        let from = self
+            .pending
+            .range(..start)
+            .next_back()
+            .map_or(start, |(&k, _)| k);
         let mut cursor = start;
         let mut uncovered: Vec<(u64, u64)> = Vec::new();
         let (mut duplicate, mut conflicting) = (0u64, 0u64);
@@ -231,11 +243,15 @@ impl DirState {
             let ov_start = p_start.max(cursor);
             let ov_end = p_end.min(end);
             // Compare where both copies were captured.
-            let cmp_end = ov_end.min(captured_end).min(p_start + piece.data.len() as u64);
+            let cmp_end = ov_end
+                .min(captured_end)
+                .min(p_start + piece.data.len() as u64);
             let mut differing = 0u64;
             if cmp_end > ov_start {
                 let new = data.get((ov_start - start) as usize..(cmp_end - start) as usize);
-                let old = piece.data.get((ov_start - p_start) as usize..(cmp_end - p_start) as usize);
+                let old = piece
+                    .data
+                    .get((ov_start - p_start) as usize..(cmp_end - p_start) as usize);
                 if let (Some(new), Some(old)) = (new, old) {
                     differing = new.iter().zip(old).filter(|(a, b)| a != b).count() as u64;
                 }
@@ -261,13 +277,20 @@ impl DirState {
         }
         for (a, b) in uncovered {
             let part = if a < captured_end {
-                data.get((a - start) as usize..(b.min(captured_end) - start) as usize).unwrap_or_default()
+                data.get((a - start) as usize..(b.min(captured_end) - start) as usize)
+                    .unwrap_or_default()
             } else {
                 &[]
             };
             self.pending_bytes += part.len();
             *sink.pending_total += part.len();
-            self.pending.insert(a, Piece { len: b - a, data: Bytes::copy_from_slice(part) });
+            self.pending.insert(
+                a,
+                Piece {
+                    len: b - a,
+                    data: Bytes::copy_from_slice(part),
+                },
+            );
         }
     }
 
@@ -335,7 +358,10 @@ impl DirState {
             if self.next_offset >= target {
                 break;
             }
-            let gap_end = self.pending.first_key_value().map_or(target, |(&k, _)| k.min(target));
+            let gap_end = self
+                .pending
+                .first_key_value()
+                .map_or(target, |(&k, _)| k.min(target));
             sink.gap(self.next_offset, gap_end - self.next_offset);
             self.next_offset = gap_end;
         }
@@ -370,7 +396,11 @@ struct Conn {
 
 impl Conn {
     fn direction_of(&self, src: SocketAddr) -> Direction {
-        if src == self.local { Direction::Egress } else { Direction::Ingress }
+        if src == self.local {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        }
     }
 }
 
@@ -427,7 +457,12 @@ impl TcpReassembler {
     }
 
     /// Feeds one segment captured at `ts_ns`; resulting events are appended to `out`.
-    pub fn on_segment(&mut self, ts_ns: u64, seg: &TcpSegment<'_>, out: &mut VecDeque<CaptureEvent>) {
+    pub fn on_segment(
+        &mut self,
+        ts_ns: u64,
+        seg: &TcpSegment<'_>,
+        out: &mut VecDeque<CaptureEvent>,
+    ) {
         let wire_len = u64::from(seg.payload_len);
         self.stats.segments += 1;
         self.stats.payload_bytes += wire_len;
@@ -462,7 +497,8 @@ impl TcpReassembler {
             } else if syn {
                 let retransmitted = conn.client_isn == Some(seg.seq)
                     || (conn.client_isn.is_none()
-                        && conn.dirs[Direction::Ingress.index()].base_seq == Some(seg.seq.wrapping_add(1)));
+                        && conn.dirs[Direction::Ingress.index()].base_seq
+                            == Some(seg.seq.wrapping_add(1)));
                 if retransmitted {
                     self.stats.syn_retransmissions += 1;
                     return;
@@ -470,7 +506,14 @@ impl TcpReassembler {
                 // Same tuple, new ISN: the old connection ended without us seeing it.
                 self.stats.connections_reused += 1;
                 let id = conn.id;
-                close_conn(conn, ts_ns, &mut self.stats, &mut self.pending_total, &self.limits, out);
+                close_conn(
+                    conn,
+                    ts_ns,
+                    &mut self.stats,
+                    &mut self.pending_total,
+                    &self.limits,
+                    out,
+                );
                 tracing::debug!(conn = %id, "tuple reused by a new SYN");
                 true
             } else {
@@ -550,7 +593,9 @@ impl TcpReassembler {
                     Some(_) => return,
                     None => {
                         conn.server_isn = Some(seg.seq);
-                        conn.dirs[Direction::Egress.index()].base_seq.get_or_insert(data_seq);
+                        conn.dirs[Direction::Egress.index()]
+                            .base_seq
+                            .get_or_insert(data_seq);
                     }
                 }
             }
@@ -578,19 +623,38 @@ impl TcpReassembler {
         }
         if seg.flags.rst || conn.dirs.iter().all(DirState::is_finished) {
             self.stats.connections_closed += 1;
-            close_conn(conn, ts_ns, &mut self.stats, &mut self.pending_total, &self.limits, out);
+            close_conn(
+                conn,
+                ts_ns,
+                &mut self.stats,
+                &mut self.pending_total,
+                &self.limits,
+                out,
+            );
         }
     }
 
     /// End of input: every live connection is flushed (holes become gaps) and closed, in
     /// connection order.
     pub fn finish(&mut self, out: &mut VecDeque<CaptureEvent>) {
-        let mut live: Vec<Conn> = self.table.drain().map(|(_, c)| c).filter(|c| !c.closed).collect();
+        let mut live: Vec<Conn> = self
+            .table
+            .drain()
+            .map(|(_, c)| c)
+            .filter(|c| !c.closed)
+            .collect();
         live.sort_by_key(|c| c.id);
         for mut conn in live {
             self.stats.connections_unfinished += 1;
             let ts = conn.last_ts_ns;
-            close_conn(&mut conn, ts, &mut self.stats, &mut self.pending_total, &self.limits, out);
+            close_conn(
+                &mut conn,
+                ts,
+                &mut self.stats,
+                &mut self.pending_total,
+                &self.limits,
+                out,
+            );
         }
     }
 
@@ -598,7 +662,11 @@ impl TcpReassembler {
         const FDS: u64 = i32::MAX as u64;
         let n = self.next_conn;
         self.next_conn += 1;
-        ConnId { tgid: 0, fd: (n % FDS) as i32, generation: (n / FDS) as u32 }
+        ConnId {
+            tgid: 0,
+            fd: (n % FDS) as i32,
+            generation: (n / FDS) as u32,
+        }
     }
 
     /// Forgets closed tuples past their linger time and closes idle connections.
@@ -607,18 +675,29 @@ impl TcpReassembler {
         let interval = (self.limits.idle_timeout_ns / 4).max(1);
         self.next_sweep_ns = now_ns.saturating_add(interval);
         let limits = self.limits;
-        self.table.retain(|_, c| !c.closed || now_ns.saturating_sub(c.last_ts_ns) <= limits.closed_linger_ns);
+        self.table.retain(|_, c| {
+            !c.closed || now_ns.saturating_sub(c.last_ts_ns) <= limits.closed_linger_ns
+        });
         let mut idle: Vec<(ConnId, FlowKey)> = self
             .table
             .iter()
-            .filter(|(_, c)| !c.closed && now_ns.saturating_sub(c.last_ts_ns) > limits.idle_timeout_ns)
+            .filter(|(_, c)| {
+                !c.closed && now_ns.saturating_sub(c.last_ts_ns) > limits.idle_timeout_ns
+            })
             .map(|(k, c)| (c.id, *k))
             .collect();
         idle.sort_unstable();
         for (_, key) in idle {
             if let Some(mut conn) = self.table.remove(&key) {
                 self.stats.connections_expired += 1;
-                close_conn(&mut conn, now_ns, &mut self.stats, &mut self.pending_total, &limits, out);
+                close_conn(
+                    &mut conn,
+                    now_ns,
+                    &mut self.stats,
+                    &mut self.pending_total,
+                    &limits,
+                    out,
+                );
             }
         }
     }
@@ -630,8 +709,11 @@ impl TcpReassembler {
         if self.table.len() < self.limits.max_connections {
             return;
         }
-        let mut by_age: Vec<(u64, ConnId, FlowKey)> =
-            self.table.iter().map(|(k, c)| (c.last_ts_ns, c.id, *k)).collect();
+        let mut by_age: Vec<(u64, ConnId, FlowKey)> = self
+            .table
+            .iter()
+            .map(|(k, c)| (c.last_ts_ns, c.id, *k))
+            .collect();
         let evict = (self.limits.max_connections / 16).max(1).min(by_age.len());
         if evict < by_age.len() {
             by_age.select_nth_unstable(evict);
@@ -643,7 +725,14 @@ impl TcpReassembler {
         for (_, _, key) in victims {
             if let Some(mut conn) = self.table.remove(&key) {
                 self.stats.connections_evicted += 1;
-                close_conn(&mut conn, now_ns, &mut self.stats, &mut self.pending_total, &limits, out);
+                close_conn(
+                    &mut conn,
+                    now_ns,
+                    &mut self.stats,
+                    &mut self.pending_total,
+                    &limits,
+                    out,
+                );
             }
         }
     }
@@ -672,11 +761,18 @@ fn close_conn(
         conn.dirs[direction.index()].flush(&mut sink);
     }
     conn.closed = true;
-    out.push_back(CaptureEvent::Close(ConnClose { conn: conn.id, ts_ns }));
+    out.push_back(CaptureEvent::Close(ConnClose {
+        conn: conn.id,
+        ts_ns,
+    }));
 }
 
 /// Mid-stream server guess: the lower port (servers listen on low, well-known ports; clients get
 /// ephemeral ones), then the lower address.
 fn guess_server(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
-    if (a.port(), a) <= (b.port(), b) { (a, b) } else { (b, a) }
+    if (a.port(), a) <= (b.port(), b) {
+        (a, b)
+    } else {
+        (b, a)
+    }
 }

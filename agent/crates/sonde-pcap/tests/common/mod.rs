@@ -8,19 +8,28 @@ use std::path::PathBuf;
 use sonde_model::{CaptureEvent, ConnId, ConnOpen, Direction, Source};
 use sonde_pcap::{PcapError, PcapReader, PcapStats};
 
+pub mod synth;
+
 /// `$SONDE_CORPORA`, else `../shared/corpora` beside the repository. Panics when
 /// `SONDE_CORPORA` is set but missing; `None` (with a note) when neither exists.
 pub fn corpora_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("SONDE_CORPORA") {
         let dir = PathBuf::from(dir);
-        assert!(dir.is_dir(), "SONDE_CORPORA={} does not exist", dir.display());
+        assert!(
+            dir.is_dir(),
+            "SONDE_CORPORA={} does not exist",
+            dir.display()
+        );
         return Some(dir);
     }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../../shared/corpora");
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("note: corpora not found at {} and SONDE_CORPORA unset; skipping", dir.display());
+        eprintln!(
+            "note: corpora not found at {} and SONDE_CORPORA unset; skipping",
+            dir.display()
+        );
         None
     }
 }
@@ -83,12 +92,20 @@ pub fn replay(mut reader: PcapReader) -> Replay {
         };
         match &event {
             CaptureEvent::Open(open) => {
-                assert!(!conns.contains_key(&open.conn), "second Open for {}", open.conn);
+                assert!(
+                    !conns.contains_key(&open.conn),
+                    "second Open for {}",
+                    open.conn
+                );
                 assert_eq!(open.conn.tgid, 0);
                 assert!(open.local.is_some() && open.remote.is_some());
                 conns.insert(
                     open.conn,
-                    Conn { open: open.clone(), streams: Default::default(), closed: false },
+                    Conn {
+                        open: open.clone(),
+                        streams: Default::default(),
+                        closed: false,
+                    },
                 );
             }
             CaptureEvent::Data(chunk) => {
@@ -98,7 +115,11 @@ pub fn replay(mut reader: PcapReader) -> Replay {
                 assert!(chunk.len > 0, "empty chunk");
                 assert!(chunk.data.len() as u64 <= chunk.len, "more data than len");
                 let stream = &mut conn.streams[chunk.direction.index()];
-                assert_eq!(chunk.offset, stream.len, "chunk not contiguous on {} {:?}", chunk.conn, chunk.direction);
+                assert_eq!(
+                    chunk.offset, stream.len,
+                    "chunk not contiguous on {} {:?}",
+                    chunk.conn, chunk.direction
+                );
                 stream.len = chunk.end();
                 stream.missing += chunk.missing();
                 stream.bytes.extend_from_slice(&chunk.data);
@@ -115,11 +136,19 @@ pub fn replay(mut reader: PcapReader) -> Replay {
         }
         events.push(event);
     }
-    assert!(reader.next_event().is_none(), "iterator resumed after its end");
+    assert!(
+        reader.next_event().is_none(),
+        "iterator resumed after its end"
+    );
     for (id, conn) in &conns {
         assert!(conn.closed, "{id} never closed");
     }
-    Replay { conns, events, stats: reader.stats(), error }
+    Replay {
+        conns,
+        events,
+        stats: reader.stats(),
+        error,
+    }
 }
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -127,5 +156,8 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 pub fn contains_nocase(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
