@@ -1,0 +1,1015 @@
+//! The inventory proper: services, endpoints, per-call analysis and inventory events.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sonde_model::{Anomaly, Body, Evidence, Exchange, Header, OwaspCategory, Role, Severity};
+
+use crate::auth::{self, AuthInfo, AuthScheme};
+use crate::config::InventoryConfig;
+use crate::endpoint::{Classification, EndpointRecord, Location, RetiredEndpoint, ServiceKey};
+use crate::error::SpecError;
+use crate::hash::SaltedHasher;
+use crate::schema::{self, BodyFacts, FieldSchema, JsonTypes, WalkOutcome};
+use crate::sensitive::{self, SensitiveKind};
+use crate::spec::{self, DeclaredSpec, ObservedSeg, SpecScope, SpecSet};
+use crate::template::{self, EndpointId, NodeId, ParamKind, ParamLabel, PathTrie, SegLabel, TrieChange};
+
+/// A sensitive kind found in this call, with where it was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensitiveHit {
+    pub location: Location,
+    /// `$.user.email`, `query.token`, `header.x-api-key`, `form.password`, `body`.
+    pub path: String,
+    pub kind: SensitiveKind,
+}
+
+/// The per-call analysis: what the detectors reuse instead of re-parsing the exchange.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallInfo {
+    pub endpoint_id: u32,
+    /// `service METHOD /template`.
+    pub endpoint: Arc<str>,
+    pub service: Arc<ServiceKey>,
+    pub method: Arc<str>,
+    pub template: Arc<str>,
+    /// This call created the endpoint.
+    pub new_endpoint: bool,
+    /// The call went to an overflow bucket (caps reached).
+    pub overflow: bool,
+    pub classification: Classification,
+    pub auth: AuthInfo,
+    pub sensitive: Vec<SensitiveHit>,
+    pub status: Option<u16>,
+    pub latency_ns: Option<u64>,
+}
+
+/// Counters of everything bounded or dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryCounters {
+    pub exchanges: u64,
+    /// Calls sent to the overflow service (service cap reached).
+    pub service_overflow_calls: u64,
+    /// Calls sent to a service's overflow endpoint (endpoint or node cap reached).
+    pub endpoint_overflow_calls: u64,
+    /// Authorities merged into `{other}` (per-server cap).
+    pub authorities_merged: u64,
+    /// Methods counted as `OTHER` (invalid, or past the custom-method cap).
+    pub methods_merged: u64,
+    /// Endpoints folded into another by a learnt parameter.
+    pub endpoints_merged: u64,
+    /// Events dropped because the pending queue was full.
+    pub events_dropped: u64,
+    /// Body bytes analysed (schema and scan).
+    pub body_bytes_scanned: u64,
+    /// Body samples cut to `max_body_scan_bytes`.
+    pub body_samples_cut: u64,
+    /// JSON body samples that were not valid JSON.
+    pub invalid_json_bodies: u64,
+}
+
+/// A declared operation no observed endpoint has matched.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UnusedOperation {
+    pub spec: String,
+    pub method: String,
+    pub path: String,
+    pub operation_id: Option<String>,
+    pub deprecated: bool,
+}
+
+const STANDARD_METHODS: [&str; 9] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT"];
+const OTHER_METHOD: u16 = 15;
+const NO_NODE: NodeId = u32::MAX;
+
+const RAISED_SHADOW: u8 = 1;
+const RAISED_ZOMBIE: u8 = 2;
+const RAISED_PII: u8 = 4;
+const RAISED_SECRET_QUERY: u8 = 8;
+const RAISED_OVERFLOW: u8 = 16;
+
+struct Service {
+    key: Arc<ServiceKey>,
+    trie: PathTrie,
+    custom_methods: Vec<Arc<str>>,
+    endpoint_count: usize,
+    overflow: Option<EndpointId>,
+}
+
+struct Slot {
+    rec: EndpointRecord,
+    service: u32,
+    node: NodeId,
+    method_idx: u16,
+    dirty: bool,
+    raised: u8,
+}
+
+/// The API inventory of one agent. Not thread-safe by itself: one per shard, or behind a lock.
+pub struct Inventory {
+    cfg: InventoryConfig,
+    hasher: SaltedHasher,
+    hash_state: ahash::RandomState,
+    services: Vec<Service>,
+    service_index: ahash::AHashMap<u64, Vec<u32>>,
+    authorities_per_server: ahash::AHashMap<u64, usize>,
+    overflow_service: Option<u32>,
+    standard_methods: Vec<Arc<str>>,
+    other_method: Arc<str>,
+    slots: Vec<Option<Slot>>,
+    dirty: Vec<u32>,
+    retired: Vec<RetiredEndpoint>,
+    events: Vec<Anomaly>,
+    specs: SpecSet,
+    counters: InventoryCounters,
+    changes: Vec<TrieChange>,
+    seg_ranges: Vec<(usize, usize)>,
+    decode_buf: Vec<u8>,
+    facts: BodyFacts,
+    text_buf: String,
+}
+
+impl std::fmt::Debug for Inventory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inventory")
+            .field("services", &self.services.len())
+            .field("endpoints", &self.endpoints().count())
+            .field("counters", &self.counters)
+            .finish()
+    }
+}
+
+impl Default for Inventory {
+    fn default() -> Self {
+        Inventory::new(InventoryConfig::default())
+    }
+}
+
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Lower-cased authority, or a marker when it is not a plausible host[:port].
+fn normalise_authority(a: &str) -> Cow<'_, str> {
+    let a = a.trim();
+    if a.is_empty() || a.len() > 255 || !a.bytes().all(|c| c.is_ascii_alphanumeric() || b".-:[]_".contains(&c)) {
+        return Cow::Borrowed("{invalid}");
+    }
+    if a.bytes().any(|c| c.is_ascii_uppercase()) { Cow::Owned(a.to_ascii_lowercase()) } else { Cow::Borrowed(a) }
+}
+
+fn media_type(v: &str) -> Cow<'_, str> {
+    let m = cut(v.split(';').next().unwrap_or("").trim(), 64);
+    if m.is_empty() || !m.bytes().all(|c| c.is_ascii_alphanumeric() || b"/.+-_*".contains(&c)) {
+        return Cow::Borrowed("{invalid}");
+    }
+    if m.bytes().any(|c| c.is_ascii_uppercase()) { Cow::Owned(m.to_ascii_lowercase()) } else { Cow::Borrowed(m) }
+}
+
+enum BodyKind {
+    Json,
+    Form,
+    Text,
+    Skip,
+}
+
+fn body_kind(content_type: Option<&str>, sample: &[u8]) -> BodyKind {
+    let ct = content_type.unwrap_or("").to_ascii_lowercase();
+    if ct.contains("json") {
+        return BodyKind::Json;
+    }
+    if ct.starts_with("application/x-www-form-urlencoded") {
+        return BodyKind::Form;
+    }
+    if ct.starts_with("application/grpc") || ct.starts_with("image/") || ct.starts_with("video/") || ct.starts_with("audio/") || ct.contains("octet-stream") || ct.contains("protobuf") {
+        return BodyKind::Skip;
+    }
+    let first = sample.iter().find(|c| !c.is_ascii_whitespace());
+    if ct.is_empty() && matches!(first, Some(b'{' | b'[')) {
+        return BodyKind::Json;
+    }
+    BodyKind::Text
+}
+
+fn split_template(t: &str) -> Vec<ObservedSeg<'_>> {
+    t.split('/').filter(|s| !s.is_empty()).map(|s| if s.starts_with('{') { ObservedSeg::Param } else { ObservedSeg::Literal(s) }).collect()
+}
+
+impl Inventory {
+    pub fn new(cfg: InventoryConfig) -> Inventory {
+        let hasher = SaltedHasher::new(&cfg.salt);
+        Inventory {
+            cfg,
+            hasher,
+            hash_state: ahash::RandomState::new(),
+            services: Vec::new(),
+            service_index: Default::default(),
+            authorities_per_server: Default::default(),
+            overflow_service: None,
+            standard_methods: STANDARD_METHODS.iter().map(|m| Arc::from(*m)).collect(),
+            other_method: Arc::from("OTHER"),
+            slots: Vec::new(),
+            dirty: Vec::new(),
+            retired: Vec::new(),
+            events: Vec::new(),
+            specs: SpecSet::default(),
+            counters: InventoryCounters::default(),
+            changes: Vec::new(),
+            seg_ranges: Vec::new(),
+            decode_buf: Vec::new(),
+            facts: BodyFacts::default(),
+            text_buf: String::new(),
+        }
+    }
+
+    pub fn config(&self) -> &InventoryConfig {
+        &self.cfg
+    }
+
+    pub fn counters(&self) -> &InventoryCounters {
+        &self.counters
+    }
+
+    /// The salted hasher, for detectors that need to hash values the same way.
+    pub fn hasher(&self) -> &SaltedHasher {
+        &self.hasher
+    }
+
+    /// Loads a declared spec file for the services in `scope` and re-classifies every endpoint.
+    pub fn load_spec(&mut self, file: impl Into<PathBuf>, scope: SpecScope) -> Result<&DeclaredSpec, SpecError> {
+        let spec = spec::load_spec_file(&file.into(), scope)?;
+        Ok(self.add_spec(spec))
+    }
+
+    /// Loads several spec files; a broken one does not stop the others. Returns the errors.
+    pub fn load_specs(&mut self, files: impl IntoIterator<Item = (PathBuf, SpecScope)>) -> Vec<SpecError> {
+        let mut errors = Vec::new();
+        for (file, scope) in files {
+            match spec::load_spec_file(&file, scope) {
+                Ok(s) => {
+                    self.add_spec(s);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "declared spec not loaded");
+                    errors.push(e);
+                }
+            }
+        }
+        errors
+    }
+
+    /// Adds a parsed spec and re-classifies every endpoint.
+    pub fn add_spec(&mut self, spec: DeclaredSpec) -> &DeclaredSpec {
+        tracing::info!(file = %spec.file, operations = spec.operations.len(), "declared spec loaded");
+        self.specs.add(spec);
+        let ids: Vec<u32> = (0..self.slots.len() as u32).collect();
+        for id in ids {
+            self.classify(id, None);
+        }
+        // `add` pushed it: the last spec is the one just added.
+        self.specs.specs().last().unwrap_or_else(|| unreachable!("spec was just added"))
+    }
+
+    pub fn specs(&self) -> impl Iterator<Item = &DeclaredSpec> {
+        self.specs.specs()
+    }
+
+    pub fn endpoints(&self) -> impl Iterator<Item = &EndpointRecord> {
+        self.slots.iter().flatten().map(|s| &s.rec)
+    }
+
+    pub fn endpoint(&self, id: u32) -> Option<&EndpointRecord> {
+        self.slots.get(id as usize)?.as_ref().map(|s| &s.rec)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceKey>> {
+        self.services.iter().map(|s| &s.key)
+    }
+
+    /// Endpoints changed since the last call (the exporter sends these deltas).
+    pub fn take_dirty(&mut self) -> Vec<EndpointRecord> {
+        let mut out = Vec::with_capacity(self.dirty.len());
+        for id in std::mem::take(&mut self.dirty) {
+            if let Some(Some(slot)) = self.slots.get_mut(id as usize) {
+                if slot.dirty {
+                    slot.dirty = false;
+                    out.push(slot.rec.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Endpoint keys that disappeared (folded or renamed) since the last call.
+    pub fn take_retired(&mut self) -> Vec<RetiredEndpoint> {
+        std::mem::take(&mut self.retired)
+    }
+
+    /// Inventory events raised since the last call.
+    pub fn drain_events(&mut self) -> Vec<Anomaly> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Declared operations that no endpoint matched.
+    pub fn unused_operations(&self) -> Vec<UnusedOperation> {
+        let used: BTreeSet<(&str, &str, &str)> = self
+            .endpoints()
+            .filter_map(|r| r.declared.as_ref())
+            .map(|d| (d.spec.as_str(), d.method.as_str(), d.path.as_str()))
+            .collect();
+        let mut out: Vec<UnusedOperation> = self
+            .specs
+            .operations()
+            .filter(|(s, o)| !used.contains(&(s.file.as_str(), o.method.as_str(), o.path.as_str())))
+            .map(|(s, o)| UnusedOperation {
+                spec: s.file.clone(),
+                method: o.method.clone(),
+                path: o.path.clone(),
+                operation_id: o.operation_id.clone(),
+                deprecated: o.deprecated,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Approximate heap bytes held (records, tries, indexes).
+    pub fn approx_heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Option<Slot>>()
+            + self.endpoints().map(EndpointRecord::heap_bytes).sum::<usize>()
+            + self.services.iter().map(|s| s.trie.heap_bytes() + std::mem::size_of::<Service>()).sum::<usize>()
+    }
+
+    /// Analyses one exchange and updates its endpoint. `now_ns`: Unix time of the call, in ns.
+    pub fn observe(&mut self, ex: &Exchange, now_ns: u64) -> CallInfo {
+        self.counters.exchanges += 1;
+        let sid = self.service_for(ex);
+        let (midx, method) = self.method_for(sid, &ex.request.method);
+        let grpc_path = ex.grpc.as_ref().filter(|g| !g.service.is_empty()).map(|g| format!("/{}/{}", g.service, g.method));
+        let path = grpc_path.as_deref().unwrap_or(&ex.request.path);
+        let (eid, new_endpoint) = self.endpoint_for(sid, midx, &method, path, grpc_path.is_some(), now_ns);
+        let auth = auth::analyse(&ex.request, &self.hasher, now_ns);
+        let mut hits = Vec::new();
+        self.update_stats(eid, ex, &auth, now_ns);
+        self.scan_headers(eid, &ex.request.headers, Location::RequestHeader, &mut hits);
+        if let Some(q) = ex.request.query.as_deref().filter(|q| !q.is_empty()) {
+            self.scan_query(eid, q, &mut hits);
+        }
+        let req_ct = ex.request_header("content-type");
+        self.analyse_body(eid, &ex.request.body, req_ct, Location::RequestBody, &mut hits);
+        if let Some(resp) = &ex.response {
+            self.scan_headers(eid, &resp.headers, Location::ResponseHeader, &mut hits);
+            let ct = sonde_model::exchange::find_header(&resp.headers, "content-type");
+            self.analyse_body(eid, &resp.body, ct, Location::ResponseBody, &mut hits);
+        }
+        if new_endpoint {
+            self.classify(eid, Some(ex));
+        }
+        self.call_events(eid, ex, &auth, &hits);
+        let Some(slot) = self.slots.get_mut(eid as usize).and_then(Option::as_mut) else {
+            unreachable!("endpoint_for returns a live endpoint");
+        };
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(eid);
+        }
+        CallInfo {
+            endpoint_id: eid,
+            endpoint: slot.rec.key.clone(),
+            service: slot.rec.service.clone(),
+            method: slot.rec.method.clone(),
+            template: slot.rec.template.clone(),
+            new_endpoint,
+            overflow: slot.rec.overflow,
+            classification: slot.rec.classification,
+            auth,
+            sensitive: hits,
+            status: ex.status(),
+            latency_ns: ex.latency_ns(),
+        }
+    }
+
+    fn service_for(&mut self, ex: &Exchange) -> u32 {
+        let conn = &ex.conn;
+        let addr = conn.server_addr();
+        let process = match conn.role {
+            Role::Server if !conn.process.comm.is_empty() => Some(cut(&conn.process.comm, 64)),
+            _ => None,
+        };
+        let authority = ex.request.authority.as_deref().map(normalise_authority);
+        let h = self.hash_state.hash_one((addr, process, authority.as_deref()));
+        if let Some(ids) = self.service_index.get(&h) {
+            for &id in ids {
+                let k = &self.services[id as usize].key;
+                if k.address == addr.map(|a| a.to_string()) && k.process.as_deref() == process && k.authority.as_deref() == authority.as_deref() {
+                    return id;
+                }
+            }
+        }
+        // New (address, process, authority): apply the per-server authority cap, then the service cap.
+        let server_h = self.hash_state.hash_one((addr, process));
+        let count = self.authorities_per_server.entry(server_h).or_insert(0);
+        let authority = if authority.is_some() && *count >= self.cfg.max_authorities_per_server {
+            self.counters.authorities_merged += 1;
+            Some(Cow::Borrowed("{other}"))
+        } else {
+            authority
+        };
+        let key = ServiceKey { address: addr.map(|a| a.to_string()), process: process.map(str::to_owned), authority: authority.map(Cow::into_owned) };
+        let h2 = self.hash_state.hash_one((addr, process, key.authority.as_deref()));
+        if h2 != h {
+            if let Some(ids) = self.service_index.get(&h2) {
+                if let Some(&id) = ids.iter().find(|id| *self.services[**id as usize].key == key) {
+                    return id;
+                }
+            }
+        }
+        if self.services.len() >= self.cfg.max_services {
+            self.counters.service_overflow_calls += 1;
+            return self.overflow_service_id();
+        }
+        if key.authority.as_deref() != Some("{other}") {
+            if let Some(c) = self.authorities_per_server.get_mut(&server_h) {
+                *c += 1;
+            }
+        }
+        let id = self.push_service(key);
+        self.service_index.entry(h2).or_default().push(id);
+        id
+    }
+
+    fn push_service(&mut self, key: ServiceKey) -> u32 {
+        self.services.push(Service {
+            key: Arc::new(key),
+            trie: PathTrie::new(self.cfg.max_nodes_per_service, self.cfg.param_min_distinct),
+            custom_methods: Vec::new(),
+            endpoint_count: 0,
+            overflow: None,
+        });
+        (self.services.len() - 1) as u32
+    }
+
+    fn overflow_service_id(&mut self) -> u32 {
+        if let Some(id) = self.overflow_service {
+            return id;
+        }
+        let id = self.push_service(ServiceKey { address: None, process: None, authority: Some("{overflow}".into()) });
+        self.overflow_service = Some(id);
+        id
+    }
+
+    fn method_for(&mut self, sid: u32, m: &str) -> (u16, Arc<str>) {
+        if let Some(i) = STANDARD_METHODS.iter().position(|s| s.eq_ignore_ascii_case(m)) {
+            return (i as u16, self.standard_methods[i].clone());
+        }
+        let valid = !m.is_empty() && m.len() <= 32 && m.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+        let svc = &mut self.services[sid as usize];
+        if valid {
+            if let Some(i) = svc.custom_methods.iter().position(|c| c.eq_ignore_ascii_case(m)) {
+                return (16 + i as u16, svc.custom_methods[i].clone());
+            }
+            if svc.custom_methods.len() < self.cfg.max_custom_methods {
+                svc.custom_methods.push(Arc::from(m.to_ascii_uppercase()));
+                let i = svc.custom_methods.len() - 1;
+                return (16 + i as u16, svc.custom_methods[i].clone());
+            }
+        }
+        self.counters.methods_merged += 1;
+        (OTHER_METHOD, self.other_method.clone())
+    }
+
+    /// Finds or creates the endpoint of `path`; returns it and whether it is new.
+    fn endpoint_for(&mut self, sid: u32, midx: u16, method: &Arc<str>, path: &str, grpc: bool, now_ns: u64) -> (EndpointId, bool) {
+        if Some(sid) == self.overflow_service {
+            return self.overflow_endpoint(sid, midx, method, now_ns);
+        }
+        // Absolute-form targets (proxies): drop scheme and authority.
+        let path = match path.find("://") {
+            Some(i) if !path.starts_with('/') => path[i + 3..].find('/').map_or("/", |p| &path[i + 3 + p..]),
+            _ => path,
+        };
+        self.seg_ranges.clear();
+        let mut pos = 0;
+        for seg in path.split('/') {
+            if !seg.is_empty() {
+                self.seg_ranges.push((pos, pos + seg.len()));
+            }
+            pos += seg.len() + 1;
+        }
+        let max = self.cfg.max_path_segments.max(1);
+        let rest = self.seg_ranges.len() > max;
+        if rest {
+            self.seg_ranges.truncate(max - 1);
+        }
+        let declared = if self.specs.is_empty() || grpc {
+            None
+        } else {
+            let svc_key = self.services[sid as usize].key.clone();
+            let observed: Vec<ObservedSeg<'_>> = self.seg_ranges.iter().map(|&(s, e)| ObservedSeg::Literal(&path[s..e])).collect();
+            if rest { None } else { self.specs.best_match(&svc_key, &observed) }
+        };
+        let mut node = PathTrie::ROOT;
+        let mut changes = std::mem::take(&mut self.changes);
+        let mut exhausted = false;
+        for (i, &(s, e)) in self.seg_ranges.iter().enumerate() {
+            let raw = &path[s..e];
+            let label = if let Some(name) = declared.and_then(|m| self.specs.param_name(m, i)) {
+                SegLabel::Param(ParamLabel::Named(name.into()))
+            } else if declared.is_some() || grpc {
+                SegLabel::Literal(raw)
+            } else {
+                let decoded = template::percent_decode_into(raw.as_bytes(), &mut self.decode_buf);
+                match template::classify_segment(decoded) {
+                    Some(kind) => SegLabel::Param(ParamLabel::Kind(kind)),
+                    None if raw.len() > self.cfg.max_literal_len || decoded.contains(&b'@') => SegLabel::Param(ParamLabel::Kind(ParamKind::Param)),
+                    None => SegLabel::Literal(raw),
+                }
+            };
+            let trie = &mut self.services[sid as usize].trie;
+            let learn = !grpc && declared.is_none();
+            let step = if learn || matches!(label, SegLabel::Param(_)) { trie.step(node, label, &mut changes) } else { trie.step_no_learn(node, label) };
+            match step {
+                Ok(n) => node = n,
+                Err(_) => {
+                    exhausted = true;
+                    break;
+                }
+            }
+        }
+        if rest && !exhausted {
+            match self.services[sid as usize].trie.step(node, SegLabel::Param(ParamLabel::Kind(ParamKind::Rest)), &mut changes) {
+                Ok(n) => node = n,
+                Err(_) => exhausted = true,
+            }
+        }
+        if !changes.is_empty() {
+            self.apply_changes(sid, &mut changes);
+        }
+        self.changes = changes;
+        if exhausted {
+            return self.overflow_endpoint(sid, midx, method, now_ns);
+        }
+        let svc = &mut self.services[sid as usize];
+        if let Some(e) = svc.trie.endpoint(node, midx) {
+            return (e, false);
+        }
+        if svc.endpoint_count >= self.cfg.max_endpoints_per_service {
+            return self.overflow_endpoint(sid, midx, method, now_ns);
+        }
+        let template: Arc<str> = svc.trie.template(node).into();
+        let id = self.slots.len() as u32;
+        let rec = EndpointRecord::new(id, svc.key.clone(), method.clone(), template, now_ns);
+        svc.trie.set_endpoint(node, midx, id);
+        svc.endpoint_count += 1;
+        self.slots.push(Some(Slot { rec, service: sid, node, method_idx: midx, dirty: false, raised: 0 }));
+        (id, true)
+    }
+
+    /// The overflow bucket of a service (one per service, all methods): bounded by construction.
+    fn overflow_endpoint(&mut self, sid: u32, _midx: u16, _method: &Arc<str>, now_ns: u64) -> (EndpointId, bool) {
+        self.counters.endpoint_overflow_calls += 1;
+        let svc = &mut self.services[sid as usize];
+        if let Some(e) = svc.overflow {
+            return (e, false);
+        }
+        let id = self.slots.len() as u32;
+        let mut rec = EndpointRecord::new(id, svc.key.clone(), Arc::from("*"), Arc::from("/{overflow}"), now_ns);
+        rec.overflow = true;
+        svc.overflow = Some(id);
+        tracing::warn!(service = %svc.key, "endpoint cap reached: further templates of this service are counted in its overflow endpoint");
+        self.slots.push(Some(Slot { rec, service: sid, node: NO_NODE, method_idx: OTHER_METHOD, dirty: false, raised: 0 }));
+        (id, true)
+    }
+
+    fn apply_changes(&mut self, sid: u32, changes: &mut Vec<TrieChange>) {
+        let mut merged_into: HashMap<u32, u32> = HashMap::new();
+        let mut pending: Vec<(usize, u32)> = Vec::new();
+        let mut reclassify: Vec<u32> = Vec::new();
+        for ch in changes.drain(..) {
+            match ch {
+                TrieChange::Merged { from, into } => {
+                    let Some(src) = self.slots.get_mut(from as usize).and_then(Option::take) else { continue };
+                    let Some(dst) = self.slots.get_mut(into as usize).and_then(Option::as_mut) else {
+                        self.slots[from as usize] = Some(src);
+                        continue;
+                    };
+                    dst.rec.merge(&src.rec, &self.cfg);
+                    dst.raised |= src.raised;
+                    if !dst.dirty {
+                        dst.dirty = true;
+                        self.dirty.push(into);
+                    }
+                    self.counters.endpoints_merged += 1;
+                    self.services[sid as usize].endpoint_count -= 1;
+                    merged_into.insert(from, into);
+                    self.retired.push(RetiredEndpoint { id: from, key: src.rec.key.clone(), replaced_by: None });
+                    pending.push((self.retired.len() - 1, into));
+                }
+                TrieChange::Retemplated { endpoint, node } => {
+                    let template: Arc<str> = self.services[sid as usize].trie.template(node).into();
+                    let Some(slot) = self.slots.get_mut(endpoint as usize).and_then(Option::as_mut) else { continue };
+                    slot.node = node;
+                    if slot.rec.template != template {
+                        let old = slot.rec.key.clone();
+                        slot.rec.set_template(template);
+                        self.retired.push(RetiredEndpoint { id: endpoint, key: old, replaced_by: None });
+                        pending.push((self.retired.len() - 1, endpoint));
+                        if !slot.dirty {
+                            slot.dirty = true;
+                            self.dirty.push(endpoint);
+                        }
+                        reclassify.push(endpoint);
+                    }
+                }
+            }
+        }
+        for (ri, mut id) in pending {
+            let mut hops = 0;
+            while let Some(next) = merged_into.get(&id) {
+                id = *next;
+                hops += 1;
+                if hops > merged_into.len() {
+                    break;
+                }
+            }
+            let key = self.slots.get(id as usize).and_then(Option::as_ref).map(|s| s.rec.key.clone());
+            if let Some(r) = self.retired.get_mut(ri) {
+                r.replaced_by = key;
+            }
+        }
+        // A key that was retired and then re-created by a later rename is not retired.
+        let live: BTreeSet<Arc<str>> = self.endpoints().map(|r| r.key.clone()).collect();
+        self.retired.retain(|r| !live.contains(&r.key));
+        for id in reclassify {
+            if self.slots.get(id as usize).is_some_and(Option::is_some) {
+                self.classify(id, None);
+            }
+        }
+    }
+
+    fn classify(&mut self, id: u32, ex: Option<&Exchange>) {
+        let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else { return };
+        if slot.rec.overflow {
+            return;
+        }
+        let segs = split_template(&slot.rec.template);
+        let verdict = self.specs.classify(&slot.rec.service, &slot.rec.method, &segs);
+        let changed = slot.rec.classification != verdict.classification || slot.rec.declared != verdict.declared;
+        slot.rec.classification = verdict.classification;
+        slot.rec.classification_reason = verdict.reason;
+        slot.rec.declared = verdict.declared;
+        if changed && !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(id);
+        }
+        let (bit, kind, explanation) = match slot.rec.classification {
+            Classification::Shadow => (
+                RAISED_SHADOW,
+                "inventory.shadow_endpoint",
+                format!("{} {} is served by {} but no loaded OpenAPI spec declares it", slot.rec.method, slot.rec.template, slot.rec.service),
+            ),
+            Classification::Zombie => (
+                RAISED_ZOMBIE,
+                "inventory.zombie_endpoint",
+                format!(
+                    "{} {} is still served by {}: {}",
+                    slot.rec.method,
+                    slot.rec.template,
+                    slot.rec.service,
+                    slot.rec.classification_reason.as_deref().unwrap_or("deprecated")
+                ),
+            ),
+            _ => return,
+        };
+        if slot.raised & bit != 0 {
+            return;
+        }
+        slot.raised |= bit;
+        let mut details = std::collections::BTreeMap::new();
+        details.insert("classification".to_owned(), slot.rec.classification.as_str().to_owned());
+        if let Some(r) = &slot.rec.classification_reason {
+            details.insert("reason".to_owned(), r.clone());
+        }
+        let anomaly = self.anomaly(id, kind, Severity::Medium, OwaspCategory::Api9Inventory, explanation, ex, Vec::new(), details, None);
+        self.push_event(anomaly);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn anomaly(
+        &self,
+        id: u32,
+        kind: &str,
+        severity: Severity,
+        category: OwaspCategory,
+        explanation: String,
+        ex: Option<&Exchange>,
+        field_kinds: Vec<String>,
+        details: std::collections::BTreeMap<String, String>,
+        principal: Option<String>,
+    ) -> Anomaly {
+        let rec = self.slots.get(id as usize).and_then(Option::as_ref).map(|s| &s.rec);
+        let (key, template, method, first, last) = match rec {
+            Some(r) => (r.key.to_string(), r.template.to_string(), r.method.to_string(), r.first_seen_ns, r.last_seen_ns),
+            None => (String::new(), String::new(), String::new(), 0, 0),
+        };
+        let mut request_line = format!("{method} {template}");
+        if let Some(q) = ex.and_then(|e| e.request.query.as_deref()).filter(|q| !q.is_empty()) {
+            request_line.push('?');
+            for (i, pair) in q.split('&').take(16).enumerate() {
+                let name = pair.split('=').next().unwrap_or("");
+                let name = match template::classify_segment(name.as_bytes()) {
+                    Some(k) => k.placeholder(),
+                    None => cut(name, 64),
+                };
+                if i > 0 {
+                    request_line.push('&');
+                }
+                let _ = write!(request_line, "{name}={{redacted}}");
+            }
+        }
+        let client = ex.and_then(|e| {
+            let addr = e.conn.client_addr().map(|a| a.ip().to_string());
+            let proc = (e.conn.role == Role::Client && !e.conn.process.comm.is_empty()).then(|| e.conn.process.comm.clone());
+            match (addr, proc) {
+                (Some(a), Some(p)) => Some(format!("{a}[{p}]")),
+                (Some(a), None) => Some(a),
+                (None, Some(p)) => Some(format!("[{p}]")),
+                (None, None) => None,
+            }
+        });
+        Anomaly {
+            key: format!("{kind}|{key}"),
+            kind: kind.to_owned(),
+            first_seen_ns: first,
+            last_seen_ns: last,
+            endpoint: Some(key),
+            principal_hash: principal,
+            client,
+            severity,
+            category,
+            explanation,
+            evidence: Evidence {
+                request_line,
+                status: ex.and_then(Exchange::status),
+                request_bytes: ex.map_or(0, |e| e.request.body.wire_len),
+                response_bytes: ex.and_then(|e| e.response.as_ref()).map_or(0, |r| r.body.wire_len),
+                field_kinds,
+                details,
+            },
+            count: 1,
+        }
+    }
+
+    fn push_event(&mut self, a: Anomaly) {
+        if self.events.len() >= self.cfg.max_pending_events {
+            self.counters.events_dropped += 1;
+            return;
+        }
+        tracing::debug!(kind = %a.kind, endpoint = ?a.endpoint, "inventory event");
+        self.events.push(a);
+    }
+
+    fn call_events(&mut self, id: u32, ex: &Exchange, auth: &AuthInfo, hits: &[SensitiveHit]) {
+        let Some(slot) = self.slots.get(id as usize).and_then(Option::as_ref) else { return };
+        let raised = slot.raised;
+        if slot.rec.overflow && raised & RAISED_OVERFLOW == 0 {
+            let explanation = format!("{} has more endpoints than the inventory keeps; further calls are only counted", slot.rec.service);
+            let a = self.anomaly(id, "inventory.endpoint_overflow", Severity::Low, OwaspCategory::Api9Inventory, explanation, Some(ex), Vec::new(), Default::default(), None);
+            self.mark(id, RAISED_OVERFLOW);
+            self.push_event(a);
+        }
+        if hits.is_empty() {
+            return;
+        }
+        let Some(slot) = self.slots.get(id as usize).and_then(Option::as_ref) else { return };
+        if auth.scheme == AuthScheme::None && raised & RAISED_PII == 0 && ex.status().is_some_and(|s| (200..300).contains(&s)) {
+            let pii: BTreeSet<SensitiveKind> = hits.iter().filter(|h| h.location.is_response() && h.kind.is_personal()).map(|h| h.kind).collect();
+            if !pii.is_empty() {
+                let fields: BTreeSet<&str> = hits.iter().filter(|h| h.location.is_response() && h.kind.is_personal()).map(|h| h.path.as_str()).collect();
+                let kinds: Vec<String> = pii.iter().map(|k| k.as_str().to_owned()).collect();
+                let explanation = format!(
+                    "{} {} on {} returns personal data ({}) to callers that present no credentials",
+                    slot.rec.method,
+                    slot.rec.template,
+                    slot.rec.service,
+                    kinds.join(", ")
+                );
+                let mut details = std::collections::BTreeMap::new();
+                details.insert("fields".to_owned(), fields.into_iter().take(16).collect::<Vec<_>>().join(","));
+                let a = self.anomaly(id, "inventory.unauthenticated_pii", Severity::High, OwaspCategory::Api3PropertyAuth, explanation, Some(ex), kinds, details, None);
+                self.mark(id, RAISED_PII);
+                self.push_event(a);
+            }
+        }
+        let Some(slot) = self.slots.get(id as usize).and_then(Option::as_ref) else { return };
+        if raised & RAISED_SECRET_QUERY == 0 {
+            let creds: BTreeSet<SensitiveKind> = hits.iter().filter(|h| h.location == Location::RequestQuery && h.kind.is_credential()).map(|h| h.kind).collect();
+            if !creds.is_empty() {
+                let kinds: Vec<String> = creds.iter().map(|k| k.as_str().to_owned()).collect();
+                let explanation = format!(
+                    "{} {} on {} receives credentials ({}) in the query string, where proxies and logs keep them",
+                    slot.rec.method,
+                    slot.rec.template,
+                    slot.rec.service,
+                    kinds.join(", ")
+                );
+                let a = self.anomaly(id, "inventory.credential_in_query", Severity::Medium, OwaspCategory::Api8Misconfiguration, explanation, Some(ex), kinds, Default::default(), auth.principal.clone());
+                self.mark(id, RAISED_SECRET_QUERY);
+                self.push_event(a);
+            }
+        }
+    }
+
+    fn mark(&mut self, id: u32, bit: u8) {
+        if let Some(Some(slot)) = self.slots.get_mut(id as usize) {
+            slot.raised |= bit;
+        }
+    }
+
+    fn update_stats(&mut self, id: u32, ex: &Exchange, auth: &AuthInfo, now_ns: u64) {
+        let cfg = &self.cfg;
+        let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else { return };
+        let rec = &mut slot.rec;
+        rec.calls = rec.calls.saturating_add(1);
+        rec.first_seen_ns = rec.first_seen_ns.min(now_ns);
+        rec.last_seen_ns = rec.last_seen_ns.max(now_ns);
+        rec.request_bytes.record(ex.request.body.wire_len);
+        match &ex.response {
+            Some(r) => {
+                *rec.status_counts.entry(r.status).or_insert(0) += 1;
+                rec.response_bytes.record(r.body.wire_len);
+                if let Some(ct) = sonde_model::exchange::find_header(&r.headers, "content-type") {
+                    rec.response_content_types.add(&media_type(ct), 1, cfg.max_content_types);
+                }
+            }
+            None => rec.no_response += 1,
+        }
+        if let Some(l) = ex.latency_ns() {
+            rec.latency_ns.record(l);
+        }
+        if let Some(ct) = ex.request_header("content-type") {
+            rec.request_content_types.add(&media_type(ct), 1, cfg.max_content_types);
+        }
+        let buf = &mut self.text_buf;
+        buf.clear();
+        buf.push_str(auth.scheme.as_str());
+        if let Some(n) = auth.credential_name.as_deref().or(auth.other_scheme.as_deref()) {
+            buf.push(':');
+            buf.push_str(n);
+        }
+        rec.auth_schemes.add(buf, 1, 16);
+        buf.clear();
+        if let Some(a) = ex.conn.client_addr() {
+            let _ = write!(buf, "{}", a.ip());
+        }
+        if ex.conn.role == Role::Client && !ex.conn.process.comm.is_empty() {
+            let _ = write!(buf, "[{}]", cut(&ex.conn.process.comm, 64));
+        }
+        if !buf.is_empty() {
+            rec.callers.add(buf, 1, cfg.max_callers_per_endpoint);
+        }
+    }
+
+    fn scan_headers(&mut self, id: u32, headers: &[Header], loc: Location, hits: &mut Vec<SensitiveHit>) {
+        self.facts.clear();
+        let mut path = std::mem::take(&mut self.text_buf);
+        for h in headers {
+            let name = h.name.as_str();
+            if h.value.is_empty() || matches!(name, "authorization" | "cookie" | "set-cookie" | "host" | "content-type" | "content-length" | "accept" | "user-agent") {
+                continue;
+            }
+            let mut kinds = sensitive::scan_value(h.value.as_bytes());
+            if let Some(k) = sensitive::kind_for_field_name(name) {
+                kinds.insert(k);
+            }
+            if !kinds.is_empty() {
+                path.clear();
+                path.push_str("header.");
+                path.push_str(cut(name, 64));
+                self.facts.add_kinds(&path, kinds, 64);
+            }
+        }
+        self.text_buf = path;
+        self.absorb(id, loc, hits);
+    }
+
+    fn scan_query(&mut self, id: u32, q: &str, hits: &mut Vec<SensitiveHit>) {
+        self.facts.clear();
+        let cap = self.cfg.max_query_params;
+        let mut names: Vec<String> = Vec::new();
+        schema::scan_pairs(q.as_bytes(), "query", &mut self.facts, 64, |n| {
+            if names.len() < 64 && !names.iter().any(|x| x == n) {
+                names.push(n.to_owned());
+            }
+        });
+        if let Some(Some(slot)) = self.slots.get_mut(id as usize) {
+            for n in &names {
+                slot.rec.query_params.add(n, 1, cap);
+            }
+        }
+        self.absorb(id, Location::RequestQuery, hits);
+    }
+
+    fn analyse_body(&mut self, id: u32, body: &Body, content_type: Option<&str>, loc: Location, hits: &mut Vec<SensitiveHit>) {
+        if body.sample.is_empty() || body.decode_error {
+            return;
+        }
+        let max = self.cfg.max_body_scan_bytes;
+        let sample = match body.sample.get(..max) {
+            Some(s) if body.sample.len() > max => {
+                self.counters.body_samples_cut += 1;
+                s
+            }
+            _ => &body.sample[..],
+        };
+        self.counters.body_bytes_scanned += sample.len() as u64;
+        self.facts.clear();
+        match body_kind(content_type, sample) {
+            BodyKind::Json => {
+                let outcome = schema::walk_json(sample, self.cfg.schema_max_depth, self.cfg.schema_max_fields, &mut self.facts);
+                if matches!(outcome, WalkOutcome::Invalid { .. }) {
+                    self.counters.invalid_json_bodies += 1;
+                }
+            }
+            BodyKind::Form => schema::scan_pairs(sample, "form", &mut self.facts, self.cfg.schema_max_fields, |_| {}),
+            BodyKind::Text => {
+                let kinds = sensitive::scan_text(sample);
+                self.facts.add_kinds("body", kinds, 1);
+            }
+            BodyKind::Skip => return,
+        }
+        self.absorb(id, loc, hits);
+    }
+
+    /// Moves the facts of one location into the endpoint record and the call's hits.
+    fn absorb(&mut self, id: u32, loc: Location, hits: &mut Vec<SensitiveHit>) {
+        let cfg = &self.cfg;
+        let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else { return };
+        let rec = &mut slot.rec;
+        if self.facts.is_json {
+            let schema = if loc == Location::RequestBody { &mut rec.request_schema } else { &mut rec.response_schema };
+            schema.json_bodies += 1;
+            if matches!(self.facts.outcome, Some(WalkOutcome::Invalid { .. })) {
+                schema.invalid_json += 1;
+            }
+            schema.fields_dropped += self.facts.dropped;
+            for (path, f) in &self.facts.fields {
+                if f.types == 0 {
+                    continue;
+                }
+                if let Some(fs) = schema.fields.get_mut(path.as_str()) {
+                    fs.types.0 |= f.types;
+                    fs.seen = fs.seen.saturating_add(1);
+                } else if schema.fields.len() < cfg.schema_max_fields {
+                    schema.fields.insert(path.clone(), FieldSchema { types: JsonTypes(f.types), seen: 1 });
+                } else {
+                    schema.fields_dropped += 1;
+                }
+            }
+        }
+        for (path, f) in &self.facts.fields {
+            for kind in f.kinds.iter() {
+                rec.add_sensitive(loc, path, kind, 1, cfg.max_sensitive_fields);
+                if hits.len() < 256 {
+                    hits.push(SensitiveHit { location: loc, path: path.clone(), kind });
+                }
+            }
+        }
+    }
+
+    /// Records of one service.
+    pub fn service_endpoints<'a>(&'a self, service: &'a ServiceKey) -> impl Iterator<Item = &'a EndpointRecord> + 'a {
+        self.endpoints().filter(move |r| *r.service == *service)
+    }
+
+    /// Internal consistency for tests: every live endpoint sits at its node with its method.
+    #[doc(hidden)]
+    pub fn check_consistency(&self) -> Result<(), String> {
+        for (i, s) in self.slots.iter().enumerate() {
+            let Some(s) = s else { continue };
+            if s.rec.id as usize != i {
+                return Err(format!("slot {i} holds record {}", s.rec.id));
+            }
+            if s.node == NO_NODE {
+                continue;
+            }
+            let svc = &self.services[s.service as usize];
+            if svc.trie.endpoint(s.node, s.method_idx) != Some(i as u32) {
+                return Err(format!("endpoint {} not at its node", s.rec.key));
+            }
+            if *svc.trie.template(s.node) != *s.rec.template {
+                return Err(format!("endpoint {} template differs from its node", s.rec.key));
+            }
+        }
+        Ok(())
+    }
+}
