@@ -47,3 +47,4 @@ pub fn json_files(dir: &std::path::Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+pub mod peer;
