@@ -1,1 +1,334 @@
-//! Types shared by Sonde's eBPF programs and user space
+//! Types shared by Sonde's eBPF programs and user space.
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, made of fixed-size integers and arrays with explicit
+//! padding, and checked for size at compile time: the kernel writes these bytes and user space
+//! reads them, so the two sides must agree to the byte.
+#![no_std]
+
+/// Bytes of payload one data event carries at most.
+/// (Per-CPU map values are limited to 32 KiB, and the scratch record is twice a chunk.)
+pub const CHUNK_SIZE: usize = 8 * 1024;
+/// The scratch buffer is twice the chunk so `len & SCRATCH_MASK` is a bound the verifier accepts
+/// for any `len <= CHUNK_SIZE` (see DESIGN.md, verifier pitfalls).
+pub const SCRATCH_DATA_SIZE: usize = 2 * CHUNK_SIZE;
+pub const SCRATCH_MASK: u64 = (SCRATCH_DATA_SIZE - 1) as u64;
+/// Data events one syscall emits at most; bytes past `MAX_CHUNKS_PER_CALL * chunk` travel as a
+/// length only.
+pub const MAX_CHUNKS_PER_CALL: u32 = 8;
+/// iovec entries looked at per readv/writev/sendmsg/recvmsg call; bytes of further entries travel
+/// as a length only.
+pub const MAX_IOVECS: u32 = 8;
+/// Calls on a connection of unknown protocol that are shipped before it is declared not HTTP.
+pub const CLASSIFY_PROBE_CALLS: u8 = 4;
+
+/// Kinds of ring-buffer records (first byte of every record).
+pub mod kind {
+    pub const DATA: u8 = 1;
+    pub const OPEN: u8 = 2;
+    pub const CLOSE: u8 = 3;
+}
+
+/// Where the payload was taken from.
+pub mod source {
+    pub const SYSCALL: u8 = 0;
+    pub const TLS: u8 = 1;
+}
+
+/// Direction from the owning process's point of view.
+pub mod direction {
+    pub const EGRESS: u8 = 0;
+    pub const INGRESS: u8 = 1;
+}
+
+/// Connection role, as learnt from connect/accept.
+pub mod role {
+    pub const UNKNOWN: u8 = 0;
+    pub const CLIENT: u8 = 1;
+    pub const SERVER: u8 = 2;
+}
+
+/// What the first bytes of a connection looked like.
+pub mod class {
+    pub const UNKNOWN: u8 = 0;
+    pub const HTTP1: u8 = 1;
+    pub const HTTP2: u8 = 2;
+    pub const TLS: u8 = 3;
+    /// Not HTTP: payload is no longer shipped.
+    pub const OTHER: u8 = 4;
+}
+
+/// Flags of an open record.
+pub mod open_flags {
+    /// The kernel knew the socket's addresses (from inet_sock_set_state).
+    pub const ADDRS_KNOWN: u16 = 1;
+    /// First seen on a data call, not at connect/accept: it may predate capture.
+    pub const MID_STREAM: u16 = 2;
+}
+
+/// Per-CPU counters, indices into the `COUNTERS` map.
+pub mod counter {
+    /// Data records lost because the ring buffer was full.
+    pub const RING_FULL_DATA: u32 = 0;
+    /// Open/close records lost because the ring buffer was full.
+    pub const RING_FULL_CONN: u32 = 1;
+    /// Calls with more bytes than the per-call cap.
+    pub const CAP_EXCEEDED_CALLS: u32 = 2;
+    /// Bytes that travelled as a length only because of the per-call cap or the iovec limit.
+    pub const CAP_EXCEEDED_BYTES: u32 = 3;
+    /// bpf_probe_read_user failed (unmapped buffer): the bytes travel as a length only.
+    pub const READ_USER_FAILED: u32 = 4;
+    /// A map insert failed (pending-call table or connection table full).
+    pub const MAP_FULL: u32 = 5;
+    /// Connections declared not HTTP by their first bytes.
+    pub const NON_HTTP_CONNS: u32 = 6;
+    /// Calls on such connections (or on TLS ciphertext) skipped without copying.
+    pub const NON_HTTP_CALLS: u32 = 7;
+    /// Data records written.
+    pub const DATA_EVENTS: u32 = 8;
+    /// Payload bytes copied into records.
+    pub const CAPTURED_BYTES: u32 = 9;
+    /// Connections first seen (open records written).
+    pub const CONNS_OPENED: u32 = 10;
+    /// Calls on connections skipped by the port or process filter.
+    pub const FILTERED_CALLS: u32 = 11;
+    /// sendfile bytes (no user buffer: travel as a length only).
+    pub const SENDFILE_BYTES: u32 = 12;
+    /// recv calls with MSG_PEEK (not consumed, not shipped).
+    pub const PEEK_CALLS: u32 = 13;
+    /// TLS connections seen on the syscall path (ciphertext, not shipped).
+    pub const TLS_CONNS: u32 = 14;
+    /// Connections closed (close records written).
+    pub const CONNS_CLOSED: u32 = 15;
+    pub const COUNT: u32 = 16;
+
+    /// Names for export, by index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ring_full_data",
+        "ring_full_conn",
+        "cap_exceeded_calls",
+        "cap_exceeded_bytes",
+        "read_user_failed",
+        "map_full",
+        "non_http_conns",
+        "non_http_calls",
+        "data_events",
+        "captured_bytes",
+        "conns_opened",
+        "filtered_calls",
+        "sendfile_bytes",
+        "peek_calls",
+        "tls_conns",
+        "conns_closed",
+    ];
+
+    /// Whether a counter counts lost data (as opposed to activity).
+    pub const fn is_drop(index: u32) -> bool {
+        matches!(index, RING_FULL_DATA | RING_FULL_CONN | READ_USER_FAILED | MAP_FULL)
+    }
+}
+
+/// Header of a data record; `captured` payload bytes follow it in the same record.
+///
+/// The record covers bytes `[offset, offset + len)` of its direction; the first `captured` of
+/// them are present, the rest are known to exist but were not copied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataHeader {
+    pub kind: u8,
+    pub source: u8,
+    pub direction: u8,
+    pub _pad0: u8,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub generation: u32,
+    pub len: u32,
+    pub captured: u32,
+    pub _pad1: u32,
+    pub offset: u64,
+    pub ts_ns: u64,
+}
+
+/// A connection became known to the kernel side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenEvent {
+    pub kind: u8,
+    pub role: u8,
+    pub flags: u16,
+    pub tgid: u32,
+    pub fd: i32,
+    pub generation: u32,
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub addrs: SockAddrs,
+    pub comm: [u8; 16],
+}
+
+/// A connection was closed by its process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseEvent {
+    pub kind: u8,
+    pub _pad0: [u8; 3],
+    pub tgid: u32,
+    pub fd: i32,
+    pub generation: u32,
+    pub ts_ns: u64,
+}
+
+/// A TCP socket's addresses as `inet_sock_set_state` reports them (network byte order ports are
+/// converted to host order by the tracepoint already).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockAddrs {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// A syscall in progress on an fd, remembered from `sys_enter_*` to `sys_exit_*`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingCall {
+    /// User buffer, or iovec array for vectored calls.
+    pub buf: u64,
+    /// Buffer length, or iovec count.
+    pub count: u64,
+    /// The socket the sock tracepoint saw during the call (0: none seen).
+    pub sk: u64,
+    pub fd: i32,
+    pub direction: u8,
+    /// 1 if `buf` is an iovec array.
+    pub vectored: u8,
+    /// 1 when the sock tracepoint saw a TCP socket (AF_INET/AF_INET6, IPPROTO_TCP).
+    pub is_tcp: u8,
+    /// 1 when the sock tracepoint saw some other socket.
+    pub not_tcp: u8,
+    /// 1 for sendfile (no user buffer).
+    pub sendfile: u8,
+    pub _pad: [u8; 7],
+}
+
+/// What the kernel side knows about an fd of a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdState {
+    /// Byte offsets, by direction, of the next byte.
+    pub offset: [u64; 2],
+    pub generation: u32,
+    /// See [`fd_kind`].
+    pub kind: u8,
+    pub role: u8,
+    /// See [`class`].
+    pub class: u8,
+    /// Calls shipped while `class` is unknown.
+    pub probe_calls: u8,
+    /// 1 when the port or process filter excludes this connection.
+    pub filtered: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Kinds of [`FdState`].
+pub mod fd_kind {
+    /// A role hint from connect/accept; the connection is created on the first TCP data.
+    pub const HINT: u8 = 0;
+    /// A TCP connection being tracked.
+    pub const CONN: u8 = 1;
+    /// Not a TCP socket (file, pipe, UDP, unix): calls on it are ignored until it is closed.
+    pub const NOT_TCP: u8 = 2;
+}
+
+/// Tracepoint field offsets read from tracefs by user space (formats may move between kernels).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    /// sock_send_length / sock_recv_length: `sk`, `family`, `protocol`.
+    pub sock_len_sk: u16,
+    pub sock_len_family: u16,
+    pub sock_len_protocol: u16,
+    /// inet_sock_set_state: skaddr, newstate, sport, dport, family, protocol, saddr, daddr,
+    /// saddr_v6, daddr_v6.
+    pub state_skaddr: u16,
+    pub state_newstate: u16,
+    pub state_sport: u16,
+    pub state_dport: u16,
+    pub state_family: u16,
+    pub state_protocol: u16,
+    pub state_saddr: u16,
+    pub state_daddr: u16,
+    pub state_saddr_v6: u16,
+    pub state_daddr_v6: u16,
+    pub _pad: [u16; 3],
+}
+
+/// Runtime configuration written by user space into the `CONFIG` array (index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The agent's own process: never captured.
+    pub self_tgid: u32,
+    /// Bytes per data record (≤ CHUNK_SIZE).
+    pub chunk_size: u32,
+    /// Data records per call (≤ MAX_CHUNKS_PER_CALL).
+    pub max_chunks_per_call: u32,
+    /// 1: only processes in `TGID_FILTER` are captured.
+    pub tgid_filter_enabled: u32,
+    /// 1: only connections with a local or remote port in `PORT_FILTER` are captured.
+    pub port_filter_enabled: u32,
+    /// 1: the sock tracepoints tell TCP; 0: only connect/accept hints do (fallback strategy).
+    pub sock_tracepoints: u32,
+    /// Ring bytes pending after which a record forces a wake-up of user space.
+    pub wakeup_threshold: u64,
+    pub tp: TracepointOffsets,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            self_tgid: 0,
+            chunk_size: CHUNK_SIZE as u32,
+            max_chunks_per_call: MAX_CHUNKS_PER_CALL,
+            tgid_filter_enabled: 0,
+            port_filter_enabled: 0,
+            sock_tracepoints: 1,
+            wakeup_threshold: 256 * 1024,
+            tp: TracepointOffsets::default(),
+        }
+    }
+}
+
+/// Per-CPU scratch record: a data header and room for one chunk, built here because the BPF
+/// stack (512 bytes) cannot hold it.
+#[repr(C)]
+pub struct DataRecord {
+    pub header: DataHeader,
+    pub data: [u8; SCRATCH_DATA_SIZE],
+}
+
+pub const DATA_HEADER_SIZE: usize = core::mem::size_of::<DataHeader>();
+
+const _: () = assert!(core::mem::size_of::<DataHeader>() == 48);
+const _: () = assert!(core::mem::size_of::<OpenEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<CloseEvent>() == 24);
+const _: () = assert!(core::mem::size_of::<SockAddrs>() == 40);
+const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
+const _: () = assert!(core::mem::size_of::<FdState>() == 32);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 64);
+const _: () = assert!(CHUNK_SIZE.is_power_of_two() && SCRATCH_DATA_SIZE.is_power_of_two());
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, made of integers and arrays with explicit padding.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for FdState {}
+    unsafe impl aya::Pod for PendingCall {}
+    unsafe impl aya::Pod for SockAddrs {}
+}

@@ -1,0 +1,424 @@
+//! The live source: loads the eBPF programs, attaches the best hooks this kernel accepts, and
+//! reads the ring buffer on a dedicated thread into the pipeline's bounded channel.
+
+use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{KProbe, TracePoint};
+use aya::{Ebpf, EbpfLoader};
+use sonde_common::{Config, counter};
+use sonde_model::CaptureEvent;
+use tokio::sync::mpsc;
+
+use super::decode::{Clock, Decoded, Decoder};
+use super::strategy::{Attempt, StrategyReport, TcpStrategy};
+use super::{CaptureError, procfs, tracefs};
+use crate::config::CaptureConfig;
+
+/// The programs compiled from ebpf/sonde-ebpf by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde"));
+
+/// Syscall programs every strategy needs: (program, tracepoint) in category `syscalls`.
+const SYSCALL_PROGRAMS: &[&str] = &[
+    "sys_enter_read",
+    "sys_exit_read",
+    "sys_enter_write",
+    "sys_exit_write",
+    "sys_enter_readv",
+    "sys_exit_readv",
+    "sys_enter_writev",
+    "sys_exit_writev",
+    "sys_enter_recvfrom",
+    "sys_exit_recvfrom",
+    "sys_enter_sendto",
+    "sys_exit_sendto",
+    "sys_enter_recvmsg",
+    "sys_exit_recvmsg",
+    "sys_enter_sendmsg",
+    "sys_exit_sendmsg",
+    "sys_enter_sendfile64",
+    "sys_exit_sendfile64",
+    "sys_enter_close",
+    "sys_enter_connect",
+    "sys_exit_accept",
+    "sys_exit_accept4",
+];
+
+/// Syscalls that not every architecture has (arm64 lacks dup2): attached when present.
+const OPTIONAL_SYSCALL_PROGRAMS: &[&str] = &["sys_enter_dup2", "sys_enter_dup3"];
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    pub values: Vec<(&'static str, u64)>,
+}
+
+impl KernelCounters {
+    pub fn get(&self, name: &str) -> u64 {
+        self.values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or(0)
+    }
+
+    /// Counters that count lost data.
+    pub fn drops(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.values
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| counter::is_drop(*i as u32))
+            .map(|(_, (n, v))| (*n, *v))
+    }
+}
+
+/// User-space counters of the ring reader.
+#[derive(Debug, Default)]
+pub struct ReaderStats {
+    pub records: AtomicU64,
+    pub events: AtomicU64,
+    pub batches: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub addrs_resolved: AtomicU64,
+    pub addrs_unresolved: AtomicU64,
+    /// Time the reader thread spent waiting for the pipeline (backpressure).
+    pub blocked_ns: AtomicU64,
+}
+
+impl ReaderStats {
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("records", self.records.load(Ordering::Relaxed)),
+            ("events", self.events.load(Ordering::Relaxed)),
+            ("batches", self.batches.load(Ordering::Relaxed)),
+            ("decode_errors", self.decode_errors.load(Ordering::Relaxed)),
+            ("addrs_resolved", self.addrs_resolved.load(Ordering::Relaxed)),
+            ("addrs_unresolved", self.addrs_unresolved.load(Ordering::Relaxed)),
+            ("blocked_ns", self.blocked_ns.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
+/// A loaded and attached capture.
+pub struct LiveCapture {
+    ebpf: Ebpf,
+    report: StrategyReport,
+    counters: PerCpuArray<MapData, u64>,
+    stats: Arc<ReaderStats>,
+    stop: Arc<AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LiveCapture {
+    /// Loads the programs, probes and attaches hooks, and configures the kernel side.
+    pub fn start(cfg: &CaptureConfig) -> Result<LiveCapture, CaptureError> {
+        raise_memlock_limit();
+        let tracefs_root = tracefs::ensure_tracefs()?;
+        if let Err(e) = tracefs::ensure_bpffs() {
+            tracing::warn!(error = %e, "bpffs unavailable; maps cannot be pinned");
+        }
+        if !cfg.ring_bytes.is_power_of_two() || cfg.ring_bytes < 4096 {
+            return Err(CaptureError::Config(format!(
+                "capture.ring_bytes = {} must be a power of two of at least 4096",
+                cfg.ring_bytes
+            )));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", cfg.ring_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| CaptureError::Load(format!("{e:#}")))?;
+
+        let has_sock_length = tracefs::has_tracepoint(&tracefs_root, "sock", "sock_send_length")
+            && tracefs::has_tracepoint(&tracefs_root, "sock", "sock_recv_length");
+        let has_state = tracefs::has_tracepoint(&tracefs_root, "sock", "inet_sock_set_state");
+        let tp = if has_state {
+            tracefs::tracepoint_offsets(&tracefs_root, has_sock_length)?
+        } else {
+            Default::default()
+        };
+
+        let mut attached = Vec::new();
+        for name in SYSCALL_PROGRAMS {
+            attach_tracepoint(&mut ebpf, name, "syscalls", name)?;
+            attached.push((*name).to_string());
+        }
+        for name in OPTIONAL_SYSCALL_PROGRAMS {
+            if tracefs::has_tracepoint(&tracefs_root, "syscalls", name) {
+                attach_tracepoint(&mut ebpf, name, "syscalls", name)?;
+                attached.push((*name).to_string());
+            }
+        }
+        let addresses_from_kernel = has_state
+            && match attach_tracepoint(&mut ebpf, "inet_sock_set_state", "sock", "inet_sock_set_state")
+            {
+                Ok(()) => {
+                    attached.push("inet_sock_set_state".into());
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "inet_sock_set_state refused; addresses from procfs");
+                    false
+                }
+            };
+
+        let mut attempts = Vec::new();
+        for strategy in cfg.tcp_strategy.candidates() {
+            let result = match strategy {
+                TcpStrategy::SockTracepoints if !has_sock_length => {
+                    Err(CaptureError::Attach("sock_send_length tracepoint absent (Linux < 6.4)".into()))
+                }
+                TcpStrategy::SockTracepoints => {
+                    attach_tracepoint(&mut ebpf, "sock_send_length", "sock", "sock_send_length")
+                        .and_then(|()| {
+                            attach_tracepoint(&mut ebpf, "sock_recv_length", "sock", "sock_recv_length")
+                        })
+                        .map(|()| vec!["sock_send_length", "sock_recv_length"])
+                }
+                TcpStrategy::Kprobes => attach_kprobe(&mut ebpf, "kprobe_tcp_sendmsg", "tcp_sendmsg")
+                    .and_then(|()| attach_kprobe(&mut ebpf, "kprobe_tcp_recvmsg", "tcp_recvmsg"))
+                    .map(|()| vec!["kprobe_tcp_sendmsg", "kprobe_tcp_recvmsg"]),
+                TcpStrategy::FdTracking => Ok(vec![]),
+            };
+            match result {
+                Ok(names) => {
+                    attached.extend(names.into_iter().map(String::from));
+                    attempts.push(Attempt { strategy, error: None });
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!(strategy = strategy.as_str(), error = %e, "hook strategy refused");
+                    attempts.push(Attempt { strategy, error: Some(e.to_string()) });
+                }
+            }
+        }
+        let tcp = StrategyReport::choose(&attempts);
+        let Some(chosen) = tcp else {
+            return Err(CaptureError::Attach("no TCP identification strategy attached".into()));
+        };
+
+        let config = Config {
+            self_tgid: std::process::id(),
+            chunk_size: cfg.chunk_size.clamp(64, sonde_common::CHUNK_SIZE as u32),
+            max_chunks_per_call: cfg.max_chunks_per_call.clamp(1, sonde_common::MAX_CHUNKS_PER_CALL),
+            tgid_filter_enabled: u32::from(!cfg.pids.is_empty()),
+            port_filter_enabled: u32::from(!cfg.ports.is_empty()),
+            sock_tracepoints: u32::from(chosen.marks_in_syscall()),
+            wakeup_threshold: cfg.wakeup_threshold_bytes,
+            tp,
+        };
+        fill_set::<u32>(&mut ebpf, "TGID_FILTER", &cfg.pids)?;
+        fill_set::<u16>(&mut ebpf, "PORT_FILTER", &cfg.ports)?;
+        fill_set::<u32>(&mut ebpf, "TGID_EXCLUDE", &cfg.exclude_pids)?;
+        // Written last: until CONFIG holds self_tgid the programs see no config and do nothing.
+        let mut config_map: Array<_, Config> = Array::try_from(
+            ebpf.map_mut("CONFIG").ok_or_else(|| CaptureError::Load("map CONFIG missing".into()))?,
+        )
+        .map_err(|e| CaptureError::Load(format!("CONFIG: {e}")))?;
+        config_map.set(0, config, 0).map_err(|e| CaptureError::Load(format!("CONFIG: {e}")))?;
+
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map("COUNTERS")
+                .ok_or_else(|| CaptureError::Load("map COUNTERS missing".into()))?,
+        )
+        .map_err(|e| CaptureError::Load(format!("COUNTERS: {e}")))?;
+
+        let report = StrategyReport {
+            syscall_hooks: "syscall tracepoints",
+            tcp,
+            attempts,
+            addresses_from_kernel,
+            attached,
+        };
+        tracing::info!(report = %report, "capture attached");
+        Ok(LiveCapture {
+            ebpf,
+            report,
+            counters,
+            stats: Arc::new(ReaderStats::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+            reader: None,
+        })
+    }
+
+    pub fn report(&self) -> &StrategyReport {
+        &self.report
+    }
+
+    pub fn reader_stats(&self) -> Arc<ReaderStats> {
+        self.stats.clone()
+    }
+
+    /// Sums the per-CPU kernel counters.
+    pub fn kernel_counters(&self) -> KernelCounters {
+        let mut values = Vec::with_capacity(counter::COUNT as usize);
+        for (i, name) in counter::NAMES.iter().enumerate() {
+            let v = self
+                .counters
+                .get(&(i as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum::<u64>())
+                .unwrap_or(0);
+            values.push((*name, v));
+        }
+        KernelCounters { values }
+    }
+
+    /// Starts the ring reader thread: it drains the ring in batches (on wake-up or every
+    /// `poll_interval`), decodes, and blocks on the channel when the pipeline is slow, so
+    /// pressure backs up into the ring, where overflow is counted by the kernel side.
+    pub fn spawn_reader(
+        &mut self,
+        tx: mpsc::Sender<Vec<CaptureEvent>>,
+        poll_interval: Duration,
+    ) -> Result<(), CaptureError> {
+        let ring = RingBuf::try_from(
+            self.ebpf.take_map("EVENTS").ok_or_else(|| CaptureError::Load("map EVENTS missing".into()))?,
+        )
+        .map_err(|e| CaptureError::Load(format!("EVENTS: {e}")))?;
+        let stats = self.stats.clone();
+        let stop = self.stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("sonde-ring".into())
+            .spawn(move || read_ring(ring, tx, poll_interval, stats, stop))
+            .map_err(|e| CaptureError::Load(format!("spawning the ring reader: {e}")))?;
+        self.reader = Some(handle);
+        Ok(())
+    }
+
+    /// Stops the reader after a last drain; programs detach when `self` drops.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for LiveCapture {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn read_ring(
+    mut ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Vec<CaptureEvent>>,
+    poll_interval: Duration,
+    stats: Arc<ReaderStats>,
+    stop: Arc<AtomicBool>,
+) {
+    const BATCH: usize = 1024;
+    let mut decoder = Decoder::new(Clock::now());
+    let proc_root = PathBuf::from("/proc");
+    let raw_fd = ring.as_fd().as_raw_fd();
+    let timeout_ms = poll_interval.as_millis().clamp(1, 1000) as i32;
+    let mut batch: Vec<CaptureEvent> = Vec::with_capacity(BATCH);
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        while let Some(item) = ring.next() {
+            stats.records.fetch_add(1, Ordering::Relaxed);
+            match decoder.decode(&item) {
+                Ok(Decoded::Event(ev)) => batch.push(ev),
+                Ok(Decoded::OpenNeedsAddrs(mut open)) => {
+                    match procfs::resolve(&proc_root, open.conn.tgid, open.conn.fd) {
+                        Some(r) => {
+                            open.local = Some(r.local);
+                            open.remote = Some(r.remote);
+                            if open.role == sonde_model::Role::Unknown {
+                                open.role = r.role;
+                            }
+                            stats.addrs_resolved.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => {
+                            stats.addrs_unresolved.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    batch.push(CaptureEvent::Open(open));
+                }
+                Err(e) => {
+                    stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "undecodable ring record");
+                }
+            }
+            drop(item);
+            if batch.len() >= BATCH {
+                send_batch(&mut decoder, &mut batch, &tx, &stats);
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            send_batch(&mut decoder, &mut batch, &tx, &stats);
+        }
+        if stopping || tx.is_closed() {
+            return;
+        }
+        let mut pfd = libc::pollfd { fd: raw_fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; a timeout bounds the wait so `stop` is seen.
+        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    }
+}
+
+fn send_batch(
+    decoder: &mut Decoder,
+    batch: &mut Vec<CaptureEvent>,
+    tx: &mpsc::Sender<Vec<CaptureEvent>>,
+    stats: &ReaderStats,
+) {
+    decoder.finish_batch(batch);
+    let n = batch.len() as u64;
+    let events = std::mem::replace(batch, Vec::with_capacity(1024));
+    let start = std::time::Instant::now();
+    if tx.blocking_send(events).is_ok() {
+        stats.events.fetch_add(n, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+    }
+    stats.blocked_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<(), CaptureError> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| CaptureError::Load(format!("program {prog} missing from the object")))?
+        .try_into()
+        .map_err(|e| CaptureError::Load(format!("{prog}: {e}")))?;
+    p.load().map_err(|e| CaptureError::Load(format!("loading {prog}: {e:#}")))?;
+    p.attach(category, name)
+        .map_err(|e| CaptureError::Attach(format!("attaching {prog} to {category}/{name}: {e}")))?;
+    Ok(())
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, prog: &str, function: &str) -> Result<(), CaptureError> {
+    let p: &mut KProbe = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| CaptureError::Load(format!("program {prog} missing from the object")))?
+        .try_into()
+        .map_err(|e| CaptureError::Load(format!("{prog}: {e}")))?;
+    p.load().map_err(|e| CaptureError::Load(format!("loading {prog}: {e:#}")))?;
+    p.attach(function, 0)
+        .map_err(|e| CaptureError::Attach(format!("kprobe {function}: {e}")))?;
+    Ok(())
+}
+
+fn fill_set<K: aya::Pod + Copy>(ebpf: &mut Ebpf, map: &str, keys: &[K]) -> Result<(), CaptureError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut m: HashMap<_, K, u8> = HashMap::try_from(
+        ebpf.map_mut(map).ok_or_else(|| CaptureError::Load(format!("map {map} missing")))?,
+    )
+    .map_err(|e| CaptureError::Load(format!("{map}: {e}")))?;
+    for k in keys {
+        m.insert(*k, 1, 0).map_err(|e| CaptureError::Load(format!("{map}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK");
+    }
+}

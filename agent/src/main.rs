@@ -1,0 +1,206 @@
+//! `sonde-agent`: the capture, observe and inventory views, and the agent itself.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sonde_agent::capture::LiveCapture;
+use sonde_agent::config::{AgentConfig, TcpStrategyChoice};
+use sonde_agent::display;
+use sonde_agent::record::{FORMAT_VERSION, Recorder, RecordingHeader};
+use sonde_model::CaptureEvent;
+use tokio::sync::mpsc;
+
+#[derive(Parser)]
+#[command(name = "sonde-agent", version, about = "Sonde: eBPF API traffic sensor")]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "SONDE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print every captured socket event (the debugging view).
+    Capture(CaptureArgs),
+}
+
+#[derive(clap::Args)]
+struct CaptureArgs {
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// Also write the decoded events to a recording file.
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Only these processes (repeatable).
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// Only connections with this local or remote port (repeatable).
+    #[arg(long = "port")]
+    ports: Vec<u16>,
+    /// How TCP sockets are told apart (default: probe).
+    #[arg(long)]
+    tcp_strategy: Option<TcpStrategyChoice>,
+    /// Payload bytes shown per event.
+    #[arg(long, default_value_t = 160)]
+    max_payload: usize,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Print nothing per event (with --record, for long captures).
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn init_tracing() {
+    let filter = std::env::var("SONDE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    let mut config = AgentConfig::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Capture(args) => {
+            config.capture.pids.extend(&args.pids);
+            config.capture.ports.extend(&args.ports);
+            if let Some(s) = args.tcp_strategy {
+                config.capture.tcp_strategy = s;
+            }
+            capture(config, args).await
+        }
+    }
+}
+
+async fn capture(config: AgentConfig, args: CaptureArgs) -> anyhow::Result<()> {
+    let mut live = LiveCapture::start(&config.capture).context("starting the live capture")?;
+    eprintln!("sonde-agent capture: {}", live.report());
+    let (tx, mut rx) = mpsc::channel::<Vec<CaptureEvent>>(config.capture.channel_batches);
+    live.spawn_reader(tx, Duration::from_millis(config.capture.poll_interval_ms))?;
+    let mut recorder = match &args.record {
+        Some(path) => Some(Recorder::create(
+            path,
+            &RecordingHeader {
+                version: FORMAT_VERSION,
+                host: hostname(),
+                kernel: kernel_release(),
+                strategy: live.report().tcp.map(|t| t.as_str().to_string()).unwrap_or_default(),
+                started_unix_ns: sonde_agent::capture::decode::Clock::now().to_unix_ns(0),
+            },
+        )?),
+        None => None,
+    };
+    let deadline = async {
+        match args.duration {
+            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    use std::io::Write as _;
+    loop {
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some(batch) = batch else { break };
+                for ev in &batch {
+                    if let Some(r) = recorder.as_mut() {
+                        r.write(ev)?;
+                    }
+                    if args.quiet {
+                        continue;
+                    }
+                    if args.json {
+                        serde_json::to_writer(&mut out, &json_event(ev, args.max_payload))?;
+                        writeln!(out)?;
+                    } else {
+                        writeln!(out, "{}", display::event_line(ev, args.max_payload))?;
+                    }
+                }
+                out.flush()?;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut deadline => break,
+        }
+    }
+    drop(out);
+    live.stop();
+    while let Ok(batch) = rx.try_recv() {
+        if let Some(r) = recorder.as_mut() {
+            for ev in &batch {
+                r.write(ev)?;
+            }
+        }
+    }
+    if let Some(r) = recorder {
+        let n = r.finish()?;
+        eprintln!("recorded {n} events");
+    }
+    print_summary(&live);
+    Ok(())
+}
+
+/// JSON view of an event: payload as escaped text, not base64.
+fn json_event(ev: &CaptureEvent, max_payload: usize) -> serde_json::Value {
+    match ev {
+        CaptureEvent::Data(d) => serde_json::json!({
+            "type": "data",
+            "ts_ns": d.ts_ns,
+            "conn": { "tgid": d.conn.tgid, "fd": d.conn.fd, "generation": d.conn.generation },
+            "tid": d.tid,
+            "direction": d.direction,
+            "source": d.source,
+            "offset": d.offset,
+            "len": d.len,
+            "captured": d.data.len(),
+            "payload": display::escape_payload(&d.data, max_payload),
+        }),
+        CaptureEvent::Open(o) => serde_json::json!({
+            "type": "open",
+            "ts_ns": o.ts_ns,
+            "conn": { "tgid": o.conn.tgid, "fd": o.conn.fd, "generation": o.conn.generation },
+            "role": o.role,
+            "pid": o.process.pid,
+            "comm": o.process.comm,
+            "cgroup_id": o.process.cgroup_id,
+            "local": o.local.map(|a| a.to_string()),
+            "remote": o.remote.map(|a| a.to_string()),
+        }),
+        CaptureEvent::Close(c) => serde_json::json!({
+            "type": "close",
+            "ts_ns": c.ts_ns,
+            "conn": { "tgid": c.conn.tgid, "fd": c.conn.fd, "generation": c.conn.generation },
+        }),
+    }
+}
+
+fn print_summary(live: &LiveCapture) {
+    eprintln!("hook strategy: {}", live.report());
+    eprintln!("kernel counters:");
+    for (name, v) in &live.kernel_counters().values {
+        eprintln!("  {name:<20} {v}");
+    }
+    eprintln!("reader counters:");
+    for (name, v) in live.reader_stats().snapshot() {
+        eprintln!("  {name:<20} {v}");
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}

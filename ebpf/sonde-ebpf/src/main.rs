@@ -1,0 +1,940 @@
+//! Sonde's kernel side: copy TCP socket payloads of every process into a ring buffer.
+//!
+//! A call is remembered at `sys_enter_*` (fd, user buffer or iovec array), learnt to be TCP inside
+//! the syscall by the `sock_send_length`/`sock_recv_length` tracepoints (or a kprobe on
+//! `tcp_sendmsg`/`tcp_recvmsg` where the kernel has them), and copied at `sys_exit_*` once the
+//! byte count is known. Every fd that turns out not to be a TCP socket is remembered until it is
+//! closed, so file and pipe I/O costs one map lookup on entry and nothing on exit.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
+    macros::{kprobe, map, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, TracePointContext},
+};
+use sonde_common::{
+    CHUNK_SIZE, CLASSIFY_PROBE_CALLS, CloseEvent, Config, DATA_HEADER_SIZE, DataHeader,
+    DataRecord, FdState, MAX_CHUNKS_PER_CALL, MAX_IOVECS, OpenEvent, PendingCall, SCRATCH_MASK,
+    SockAddrs, class, counter, direction, fd_kind, kind, open_flags, role, source,
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const MSG_PEEK: u64 = 2;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_CLOSE: i32 = 7;
+/// Bytes of the BPF_RB_AVAIL_DATA query flag (linux/bpf.h).
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Syscall tracepoint arguments are `unsigned long`s from offset 16 (an ABI of the syscall
+/// tracepoint macros, the same on every kernel); the return value of `sys_exit_*` is at 16.
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+const ARG3: usize = 40;
+const RET: usize = 16;
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Calls in progress, by pid_tgid.
+#[map]
+static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+
+/// What is known of each (tgid, fd).
+#[map]
+static FDS: LruHashMap<u64, FdState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Addresses of established TCP sockets, by `struct sock *`.
+#[map]
+static SOCK_ADDRS: LruHashMap<u64, SockAddrs> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Source of connection generations.
+#[map]
+static GENERATION: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Processes to capture when the process filter is on.
+#[map]
+static TGID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Ports to capture when the port filter is on.
+#[map]
+static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Processes never captured (the agent, an embedded or local collector).
+#[map]
+static TGID_EXCLUDE: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+#[inline(always)]
+fn count(index: u32, by: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // Per-CPU value: no other CPU writes it.
+        unsafe { *c += by };
+    }
+}
+
+#[inline(always)]
+fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+fn fd_key(tgid: u32, fd: i32) -> u64 {
+    ((tgid as u64) << 32) | (fd as u32 as u64)
+}
+
+/// Wake user space only when enough bytes wait; a timer drains the rest (one wake-up per event
+/// would cost more than the copy).
+#[inline(always)]
+fn wakeup_flags(cfg: &Config) -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= cfg.wakeup_threshold {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+fn excluded(cfg: &Config, tgid: u32) -> bool {
+    if tgid == cfg.self_tgid {
+        return true;
+    }
+    if unsafe { TGID_EXCLUDE.get(&tgid) }.is_some() {
+        return true;
+    }
+    cfg.tgid_filter_enabled != 0 && unsafe { TGID_FILTER.get(&tgid) }.is_none()
+}
+
+// ---------------------------------------------------------------------------------------------
+// sys_enter: remember the call.
+
+#[inline(always)]
+fn enter(ctx: &TracePointContext, dir: u8, vectored: u8, sendfile: u8, msghdr: bool) -> u32 {
+    match try_enter(ctx, dir, vectored, sendfile, msghdr) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[inline(always)]
+fn try_enter(
+    ctx: &TracePointContext,
+    dir: u8,
+    vectored: u8,
+    sendfile: u8,
+    msghdr: bool,
+) -> Result<(), ()> {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    let cfg = config().ok_or(())?;
+    if excluded(cfg, tgid) {
+        return Err(());
+    }
+    let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(|_| ())?;
+    let fd = fd as i32;
+    if let Some(st) = unsafe { FDS.get(&fd_key(tgid, fd)) } {
+        if st.kind == fd_kind::NOT_TCP {
+            return Err(());
+        }
+        if st.kind == fd_kind::CONN && (st.class == class::OTHER || st.class == class::TLS) {
+            count(counter::NON_HTTP_CALLS, 1);
+            return Err(());
+        }
+        if st.filtered != 0 {
+            count(counter::FILTERED_CALLS, 1);
+            return Err(());
+        }
+    }
+    let (buf, count_arg) = if msghdr {
+        // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+        let msg: u64 = unsafe { ctx.read_at(ARG1) }.map_err(|_| ())?;
+        let iov: u64 = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.map_err(|_| ())?;
+        let iovlen: u64 =
+            unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.map_err(|_| ())?;
+        (iov, iovlen)
+    } else if sendfile != 0 {
+        (0, 0)
+    } else {
+        let buf: u64 = unsafe { ctx.read_at(ARG1) }.map_err(|_| ())?;
+        let len: u64 = unsafe { ctx.read_at(ARG2) }.map_err(|_| ())?;
+        (buf, len)
+    };
+    let call = PendingCall {
+        buf,
+        count: count_arg,
+        sk: 0,
+        fd,
+        direction: dir,
+        vectored,
+        is_tcp: 0,
+        not_tcp: 0,
+        sendfile,
+        _pad: [0; 7],
+    };
+    if PENDING.insert(&id, &call, 0).is_err() {
+        count(counter::MAP_FULL, 1);
+    }
+    Ok(())
+}
+
+/// recvfrom and recvmsg with MSG_PEEK leave the bytes in the socket: they are read again later.
+#[inline(always)]
+fn peeking(ctx: &TracePointContext, flags_at: usize) -> bool {
+    let flags: u64 = unsafe { ctx.read_at(flags_at) }.unwrap_or(0);
+    if flags & MSG_PEEK != 0 {
+        count(counter::PEEK_CALLS, 1);
+        return true;
+    }
+    false
+}
+
+#[tracepoint]
+pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
+    enter(&ctx, direction::INGRESS, 0, 0, false)
+}
+
+#[tracepoint]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    enter(&ctx, direction::EGRESS, 0, 0, false)
+}
+
+#[tracepoint]
+pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
+    enter(&ctx, direction::INGRESS, 1, 0, false)
+}
+
+#[tracepoint]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    enter(&ctx, direction::EGRESS, 1, 0, false)
+}
+
+#[tracepoint]
+pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
+    if peeking(&ctx, ARG3) {
+        return 0;
+    }
+    enter(&ctx, direction::INGRESS, 0, 0, false)
+}
+
+#[tracepoint]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    enter(&ctx, direction::EGRESS, 0, 0, false)
+}
+
+#[tracepoint]
+pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    if peeking(&ctx, ARG2) {
+        return 0;
+    }
+    enter(&ctx, direction::INGRESS, 1, 0, true)
+}
+
+#[tracepoint]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    enter(&ctx, direction::EGRESS, 1, 0, true)
+}
+
+/// sendfile(out_fd, in_fd, ...): no user buffer, the length travels as known-missing bytes.
+#[tracepoint]
+pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
+    enter(&ctx, direction::EGRESS, 0, 1, false)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inside the syscall: is it TCP?
+
+#[inline(always)]
+fn mark_socket(sk: u64, family: u16, protocol: u16) {
+    let id = bpf_get_current_pid_tgid();
+    let Some(call) = PENDING.get_ptr_mut(&id) else {
+        return;
+    };
+    let call = unsafe { &mut *call };
+    if (family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP {
+        call.is_tcp = 1;
+        call.sk = sk;
+    } else {
+        call.not_tcp = 1;
+    }
+}
+
+#[inline(always)]
+fn sock_length(ctx: &TracePointContext) -> u32 {
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    let tp = &cfg.tp;
+    let sk: u64 = unsafe { ctx.read_at(tp.sock_len_sk as usize) }.unwrap_or(0);
+    let family: u16 = unsafe { ctx.read_at(tp.sock_len_family as usize) }.unwrap_or(0);
+    let protocol: u16 = unsafe { ctx.read_at(tp.sock_len_protocol as usize) }.unwrap_or(0);
+    mark_socket(sk, family, protocol);
+    0
+}
+
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    sock_length(&ctx)
+}
+
+#[tracepoint]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    sock_length(&ctx)
+}
+
+/// Strategy for kernels with kprobes: `tcp_sendmsg(struct sock *sk, ...)` is TCP by definition.
+#[kprobe]
+pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
+    let sk: u64 = ctx.arg(0).unwrap_or(0);
+    mark_socket(sk, AF_INET, IPPROTO_TCP);
+    0
+}
+
+#[kprobe]
+pub fn kprobe_tcp_recvmsg(ctx: ProbeContext) -> u32 {
+    let sk: u64 = ctx.arg(0).unwrap_or(0);
+    mark_socket(sk, AF_INET, IPPROTO_TCP);
+    0
+}
+
+/// Addresses of TCP sockets as they become established, so data calls can name their peers.
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    let tp = &cfg.tp;
+    let protocol: u16 = unsafe { ctx.read_at(tp.state_protocol as usize) }.unwrap_or(0);
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let Ok(skaddr) = (unsafe { ctx.read_at::<u64>(tp.state_skaddr as usize) }) else {
+        return 0;
+    };
+    let newstate: i32 = unsafe { ctx.read_at(tp.state_newstate as usize) }.unwrap_or(0);
+    if newstate == TCP_CLOSE {
+        let _ = SOCK_ADDRS.remove(&skaddr);
+        return 0;
+    }
+    if newstate != TCP_ESTABLISHED {
+        return 0;
+    }
+    let family: u16 = unsafe { ctx.read_at(tp.state_family as usize) }.unwrap_or(0);
+    let mut addrs = SockAddrs {
+        family,
+        local_port: unsafe { ctx.read_at(tp.state_sport as usize) }.unwrap_or(0),
+        remote_port: unsafe { ctx.read_at(tp.state_dport as usize) }.unwrap_or(0),
+        _pad: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+    };
+    if family == AF_INET6 {
+        addrs.local_addr = unsafe { ctx.read_at(tp.state_saddr_v6 as usize) }.unwrap_or([0; 16]);
+        addrs.remote_addr = unsafe { ctx.read_at(tp.state_daddr_v6 as usize) }.unwrap_or([0; 16]);
+    } else {
+        let l: [u8; 4] = unsafe { ctx.read_at(tp.state_saddr as usize) }.unwrap_or([0; 4]);
+        let r: [u8; 4] = unsafe { ctx.read_at(tp.state_daddr as usize) }.unwrap_or([0; 4]);
+        addrs.local_addr[..4].copy_from_slice(&l);
+        addrs.remote_addr[..4].copy_from_slice(&r);
+    }
+    if SOCK_ADDRS.insert(&skaddr, &addrs, 0).is_err() {
+        count(counter::MAP_FULL, 1);
+    }
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection hints: connect makes a client, accept a server.
+
+#[inline(always)]
+fn hint(tgid: u32, fd: i32, r: u8) {
+    let key = fd_key(tgid, fd);
+    let st = FdState { kind: fd_kind::HINT, role: r, ..FdState::default() };
+    if let Some(old) = unsafe { FDS.get(&key) }
+        && old.kind == fd_kind::CONN
+    {
+        // The fd was reused without a close we saw: end the old connection first.
+        emit_close(tgid, fd, old.generation);
+    }
+    if FDS.insert(&key, &st, 0).is_err() {
+        count(counter::MAP_FULL, 1);
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    if excluded(cfg, tgid) {
+        return 0;
+    }
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(ARG0) }) else {
+        return 0;
+    };
+    hint(tgid, fd as i32, role::CLIENT);
+    0
+}
+
+#[inline(always)]
+fn accept_exit(ctx: &TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    if excluded(cfg, tgid) {
+        return 0;
+    }
+    let ret: i64 = unsafe { ctx.read_at(RET) }.unwrap_or(-1);
+    if ret < 0 {
+        return 0;
+    }
+    hint(tgid, ret as i32, role::SERVER);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    accept_exit(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    accept_exit(&ctx)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Close and fd replacement.
+
+#[inline(always)]
+fn forget_fd(tgid: u32, fd: i32) {
+    let key = fd_key(tgid, fd);
+    if let Some(st) = unsafe { FDS.get(&key) } {
+        if st.kind == fd_kind::CONN {
+            emit_close(tgid, fd, st.generation);
+        }
+        let _ = FDS.remove(&key);
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Ok(fd) = unsafe { ctx.read_at::<u64>(ARG0) } {
+        forget_fd(tgid, fd as i32);
+    }
+    0
+}
+
+/// dup2/dup3 close `newfd` implicitly.
+#[inline(always)]
+fn dup_enter(ctx: &TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Ok(fd) = unsafe { ctx.read_at::<u64>(ARG1) } {
+        forget_fd(tgid, fd as i32);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
+    dup_enter(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
+    dup_enter(&ctx)
+}
+
+fn emit_close(tgid: u32, fd: i32, generation: u32) {
+    let Some(cfg) = config() else {
+        return;
+    };
+    let ev = CloseEvent {
+        kind: kind::CLOSE,
+        _pad0: [0; 3],
+        tgid,
+        fd,
+        generation,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if EVENTS.output::<CloseEvent>(&ev, wakeup_flags(cfg)).is_err() {
+        count(counter::RING_FULL_CONN, 1);
+    } else {
+        count(counter::CONNS_CLOSED, 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sys_exit: copy the bytes.
+
+#[inline(always)]
+fn exit<const VECTORED: bool, const SENDFILE: bool>(ctx: &TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(call) = (unsafe { PENDING.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING.remove(&id);
+    let ret: i64 = unsafe { ctx.read_at(RET) }.unwrap_or(-1);
+    let _ = try_exit::<VECTORED, SENDFILE>(id, &call, ret);
+    0
+}
+
+/// A new generation for an fd that became a connection. The BPF target has no atomic
+/// fetch-add in `core`, so the per-CPU counter is combined with the CPU's clock: two connections
+/// on one fd are never opened within the same 64 ns on the same CPU.
+fn next_generation() -> u32 {
+    let Some(p) = GENERATION.get_ptr_mut(0) else {
+        return 1;
+    };
+    let g = unsafe {
+        *p += 1;
+        *p
+    };
+    let t = unsafe { bpf_ktime_get_ns() } >> 6;
+    ((t ^ (g << 24)) as u32) | 1
+}
+
+fn port_allowed(addrs: &SockAddrs) -> bool {
+    unsafe { PORT_FILTER.get(&addrs.local_port) }.is_some()
+        || unsafe { PORT_FILTER.get(&addrs.remote_port) }.is_some()
+}
+
+/// Create the connection state on its first TCP data and announce it to user space.
+#[inline(always)]
+fn open_conn(cfg: &Config, tgid: u32, fd: i32, sk: u64, hinted: Option<u8>) -> Result<(), ()> {
+    let key = fd_key(tgid, fd);
+    let generation = next_generation();
+    let mut ev = OpenEvent {
+        kind: kind::OPEN,
+        role: hinted.unwrap_or(role::UNKNOWN),
+        flags: if hinted.is_none() { open_flags::MID_STREAM } else { 0 },
+        tgid,
+        fd,
+        generation,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        addrs: SockAddrs::default(),
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if let Some(a) = unsafe { SOCK_ADDRS.get(&sk) } {
+        ev.addrs = *a;
+        ev.flags |= open_flags::ADDRS_KNOWN;
+    }
+    let filtered = cfg.port_filter_enabled != 0
+        && ev.flags & open_flags::ADDRS_KNOWN != 0
+        && !port_allowed(&ev.addrs);
+    let st = FdState {
+        offset: [0; 2],
+        generation,
+        kind: fd_kind::CONN,
+        role: ev.role,
+        class: class::UNKNOWN,
+        probe_calls: 0,
+        filtered: filtered as u8,
+        _pad: [0; 7],
+    };
+    if FDS.insert(&key, &st, 0).is_err() {
+        count(counter::MAP_FULL, 1);
+        return Err(());
+    }
+    if filtered {
+        return Ok(());
+    }
+    if EVENTS.output::<OpenEvent>(&ev, wakeup_flags(cfg)).is_err() {
+        count(counter::RING_FULL_CONN, 1);
+    } else {
+        count(counter::CONNS_OPENED, 1);
+    }
+    Ok(())
+}
+
+/// Classify a connection on its first bytes: HTTP/1 request or status line, HTTP/2 preface,
+/// TLS record header, or something else.
+#[inline(always)]
+fn classify(first: &[u8; 8]) -> u8 {
+    let w = u32::from_le_bytes([first[0], first[1], first[2], first[3]]);
+    const fn tag(s: &[u8; 4]) -> u32 {
+        u32::from_le_bytes(*s)
+    }
+    if w == tag(b"PRI ") {
+        return class::HTTP2;
+    }
+    if w == tag(b"GET ")
+        || w == tag(b"POST")
+        || w == tag(b"PUT ")
+        || w == tag(b"HEAD")
+        || w == tag(b"DELE")
+        || w == tag(b"PATC")
+        || w == tag(b"OPTI")
+        || w == tag(b"CONN")
+        || w == tag(b"TRAC")
+        || w == tag(b"HTTP")
+    {
+        return class::HTTP1;
+    }
+    // TLS record: handshake (22) or application data (23), version 3.x.
+    if (first[0] == 0x16 || first[0] == 0x17) && first[1] == 0x03 && first[2] <= 0x04 {
+        return class::TLS;
+    }
+    class::UNKNOWN
+}
+
+#[inline(always)]
+fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
+    id: u64,
+    call: &PendingCall,
+    ret: i64,
+) -> Result<(), ()> {
+    let cfg = config().ok_or(())?;
+    let tgid = (id >> 32) as u32;
+    let key = fd_key(tgid, call.fd);
+    let st = unsafe { FDS.get(&key) }.copied();
+
+    let is_tcp = if cfg.sock_tracepoints != 0 {
+        call.is_tcp != 0
+    } else {
+        // Fallback strategy: only connect/accept tell sockets apart.
+        call.not_tcp == 0 && st.is_some()
+    };
+    if !is_tcp {
+        // Remember non-TCP fds so their next calls stop at sys_enter. A failed call tells
+        // nothing (EBADF, or a socket call that failed before the socket layer).
+        if (call.not_tcp != 0 || ret >= 0) && cfg.sock_tracepoints != 0 && st.is_none() {
+            let st = FdState { kind: fd_kind::NOT_TCP, ..FdState::default() };
+            let _ = FDS.insert(&key, &st, 0);
+        }
+        return Ok(());
+    }
+    if ret <= 0 {
+        return Ok(());
+    }
+    let len = ret as u64;
+
+    match st {
+        Some(s) if s.kind == fd_kind::CONN => {}
+        Some(s) if s.kind == fd_kind::HINT => open_conn(cfg, tgid, call.fd, call.sk, Some(s.role))?,
+        _ => open_conn(cfg, tgid, call.fd, call.sk, None)?,
+    }
+    let st = FDS.get_ptr_mut(&key).ok_or(())?;
+    let st = unsafe { &mut *st };
+    if st.filtered != 0 {
+        count(counter::FILTERED_CALLS, 1);
+        return Ok(());
+    }
+    let dir = (call.direction & 1) as usize;
+
+    if st.class == class::UNKNOWN && !SENDFILE {
+        let mut first = [0u8; 8];
+        let base = if VECTORED {
+            unsafe { bpf_probe_read_user(call.buf as *const u64) }.unwrap_or(0)
+        } else {
+            call.buf
+        };
+        if len >= 4 && unsafe { bpf_probe_read_user_buf(base as *const u8, &mut first) }.is_ok() {
+            let c = classify(&first);
+            if c != class::UNKNOWN {
+                st.class = c;
+            }
+        }
+        if st.class == class::UNKNOWN {
+            st.probe_calls = st.probe_calls.saturating_add(1);
+            // A connection seen from its start that does not open with HTTP is not HTTP; one
+            // joined mid-stream gets a few calls to show a message start.
+            let from_start = st.role != role::UNKNOWN && st.offset[0] == 0 && st.offset[1] == 0;
+            if from_start || st.probe_calls > CLASSIFY_PROBE_CALLS {
+                st.class = class::OTHER;
+            }
+        }
+        if st.class == class::OTHER || st.class == class::TLS {
+            count(
+                if st.class == class::TLS { counter::TLS_CONNS } else { counter::NON_HTTP_CONNS },
+                1,
+            );
+            count(counter::NON_HTTP_CALLS, 1);
+            // User space can forget the connection now.
+            emit_close(tgid, call.fd, st.generation);
+            return Ok(());
+        }
+    }
+
+    // Calls on one fd from several threads at once could interleave here; HTTP clients and
+    // servers serialise I/O per connection, and user space sees any mismatch as a gap.
+    let offset = st.offset[dir];
+    st.offset[dir] = offset + len;
+    let rec = SCRATCH.get_ptr_mut(0).ok_or(())?;
+    let rec = unsafe { &mut *rec };
+    rec.header = DataHeader {
+        kind: kind::DATA,
+        source: source::SYSCALL,
+        direction: call.direction,
+        _pad0: 0,
+        tgid,
+        tid: id as u32,
+        fd: call.fd,
+        generation: st.generation,
+        len: 0,
+        captured: 0,
+        _pad1: 0,
+        offset,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+
+    if SENDFILE {
+        count(counter::SENDFILE_BYTES, len);
+        emit_length_only(cfg, rec, offset, len);
+        return Ok(());
+    }
+    let max_chunks = if cfg.max_chunks_per_call < MAX_CHUNKS_PER_CALL {
+        cfg.max_chunks_per_call
+    } else {
+        MAX_CHUNKS_PER_CALL
+    };
+    let chunk = if cfg.chunk_size > 0 && (cfg.chunk_size as u64) < CHUNK_SIZE as u64 {
+        cfg.chunk_size as u64
+    } else {
+        CHUNK_SIZE as u64
+    };
+    let flags = wakeup_flags(cfg);
+    let mut tally = Tally::new().ok_or(())?;
+    let done = if VECTORED {
+        emit_iovecs(rec, call.buf, call.count, len, chunk, max_chunks, flags, &mut tally)
+    } else {
+        emit_buffer(rec, call.buf, len, chunk, max_chunks, flags, &mut tally)
+    };
+    if done < len {
+        count(counter::CAP_EXCEEDED_CALLS, 1);
+        count(counter::CAP_EXCEEDED_BYTES, len - done);
+        emit_length_only(cfg, rec, offset + done, len - done);
+    }
+    Ok(())
+}
+
+/// The per-CPU counters the copy loops bump. Kept in map memory rather than in registers: the
+/// verifier tracks register values exactly, and per-path counts in registers would keep it from
+/// ever merging the states of two loop iterations.
+struct Tally {
+    events: *mut u64,
+    bytes: *mut u64,
+    ring_full: *mut u64,
+    read_failed: *mut u64,
+}
+
+impl Tally {
+    #[inline(always)]
+    fn new() -> Option<Tally> {
+        Some(Tally {
+            events: COUNTERS.get_ptr_mut(counter::DATA_EVENTS)?,
+            bytes: COUNTERS.get_ptr_mut(counter::CAPTURED_BYTES)?,
+            ring_full: COUNTERS.get_ptr_mut(counter::RING_FULL_DATA)?,
+            read_failed: COUNTERS.get_ptr_mut(counter::READ_USER_FAILED)?,
+        })
+    }
+}
+
+/// A record that covers `len` bytes none of which were copied.
+#[inline(always)]
+fn emit_length_only(cfg: &Config, rec: &mut DataRecord, offset: u64, len: u64) {
+    rec.header.offset = offset;
+    rec.header.len = if len > u32::MAX as u64 { u32::MAX } else { len as u32 };
+    rec.header.captured = 0;
+    let bytes = unsafe {
+        core::slice::from_raw_parts((rec as *const DataRecord).cast::<u8>(), DATA_HEADER_SIZE)
+    };
+    if EVENTS.output::<[u8]>(bytes, wakeup_flags(cfg)).is_err() {
+        count(counter::RING_FULL_DATA, 1);
+    } else {
+        count(counter::DATA_EVENTS, 1);
+    }
+}
+
+/// All ones when `x` is negative, else zero. BPF has no conditional moves, so every comparison
+/// that produces a value is a branch, and branches inside the copy loops multiply the states the
+/// verifier walks; arithmetic shifts keep the loop bodies straight-line.
+#[inline(always)]
+fn negative_mask(x: i64) -> u64 {
+    (x >> 63) as u64
+}
+
+/// `min(a, b)` without a branch, for values below 2^63.
+#[inline(always)]
+fn min_u64(a: u64, b: u64) -> u64 {
+    let a_bigger = negative_mask(b.wrapping_sub(a) as i64);
+    (b & a_bigger) | (a & !a_bigger)
+}
+
+/// Copies up to `n` bytes from user memory into the scratch record and ships it; the record
+/// covers `n` bytes whether or not the copy succeeded.
+#[inline(always)]
+fn emit_one(rec: &mut DataRecord, src: u64, n: u64, flags: u64, tally: &mut Tally) {
+    let n = core::hint::black_box(n) & SCRATCH_MASK;
+    let ret = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            rec.data.as_mut_ptr().cast(),
+            n as u32,
+            src as *const core::ffi::c_void,
+        )
+    };
+    let failed = negative_mask(ret);
+    let captured = n & !failed;
+    unsafe { *tally.read_failed += failed & 1 };
+    rec.header.len = n as u32;
+    rec.header.captured = captured as u32;
+    let size = DATA_HEADER_SIZE as u64 + (captured & SCRATCH_MASK);
+    let ret = unsafe {
+        aya_ebpf::helpers::generated::bpf_ringbuf_output(
+            (&raw const EVENTS).cast_mut().cast(),
+            (rec as *mut DataRecord).cast(),
+            size,
+            flags,
+        )
+    };
+    let full = negative_mask(ret);
+    unsafe {
+        *tally.events += !full & 1;
+        *tally.bytes += captured & !full;
+        *tally.ring_full += full & 1;
+    }
+    rec.header.offset += n;
+}
+
+/// Ships `len` bytes at `buf` as records of at most `chunk` bytes; returns the bytes covered.
+#[inline(always)]
+fn emit_buffer(
+    rec: &mut DataRecord,
+    buf: u64,
+    len: u64,
+    chunk: u64,
+    max_chunks: u32,
+    flags: u64,
+    tally: &mut Tally,
+) -> u64 {
+    let mut done: u64 = 0;
+    for i in 0..MAX_CHUNKS_PER_CALL {
+        if done >= len || i >= max_chunks {
+            break;
+        }
+        let n = min_u64(len - done, chunk);
+        emit_one(rec, buf + done, n, flags, tally);
+        done += n;
+    }
+    done
+}
+
+/// Ships the first `len` bytes described by an iovec array, walking chunks and iovec entries in
+/// one flat loop (nested loops multiply the verifier's states); returns the bytes covered.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit_iovecs(
+    rec: &mut DataRecord,
+    iov: u64,
+    iovcnt: u64,
+    len: u64,
+    chunk: u64,
+    max_chunks: u32,
+    flags: u64,
+    tally: &mut Tally,
+) -> u64 {
+    let mut done: u64 = 0;
+    let mut index: u64 = 0;
+    let mut base: u64 = 0;
+    let mut left_in_entry: u64 = 0;
+    let mut chunks: u32 = 0;
+    for _ in 0..(MAX_CHUNKS_PER_CALL + MAX_IOVECS) {
+        if done >= len || chunks >= max_chunks {
+            break;
+        }
+        if left_in_entry == 0 {
+            if index >= iovcnt || index >= MAX_IOVECS as u64 {
+                break;
+            }
+            let Ok(entry) = (unsafe { bpf_probe_read_user((iov + index * 16) as *const [u64; 2]) })
+            else {
+                unsafe { *tally.read_failed += 1 };
+                break;
+            };
+            index += 1;
+            base = entry[0];
+            left_in_entry = entry[1];
+            continue;
+        }
+        let n = min_u64(min_u64(len - done, left_in_entry), chunk);
+        emit_one(rec, base, n, flags, tally);
+        base += n;
+        left_in_entry -= n;
+        done += n;
+        chunks += 1;
+    }
+    done
+}
+
+#[tracepoint]
+pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
+    exit::<false, false>(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
+    exit::<false, false>(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
+    exit::<true, false>(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_writev(ctx: TracePointContext) -> u32 {
+    exit::<true, false>(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
+    exit::<false, false>(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
+    exit::<false, false>(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
+    exit::<true, false>(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
+    exit::<true, false>(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
+    exit::<false, true>(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
