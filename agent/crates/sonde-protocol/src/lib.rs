@@ -1,1 +1,458 @@
-//! HTTP/1.x and HTTP/2 (gRPC) exchange reconstruction from reassembled byte streams
+//! HTTP/1.x and HTTP/2 (gRPC) exchange reconstruction from reassembled byte streams.
+//!
+//! [`Tracker`] is what capture consumers call: it owns a [`sonde_stream::Assembler`], classifies
+//! each connection on its first bytes (HTTP/1.x request or status line, HTTP/2 prior-knowledge
+//! preface, h2c upgrade, or something else that is ignored cheaply) and emits one
+//! [`Exchange`] per request with its response, or with `RESPONSE_MISSING` when none can be
+//! paired with it safely.
+//!
+//! HTTP/2 connections are detected and counted; their per-connection state ([`Protocol::Http2`])
+//! is where the HTTP/2 decoder plugs in.
+
+mod body;
+mod config;
+mod http1;
+mod stats;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+use sonde_model::{CaptureEvent, ConnId, ConnMeta, Direction, Exchange};
+use sonde_stream::{Assembler, StreamEvent};
+
+pub use config::{ConfigError, TrackerConfig};
+pub use stats::TrackerStats;
+
+use http1::head::{Kind, is_plausible_start};
+use http1::{Http1Conn, Switch};
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Bytes of a direction's first line collected to classify a connection.
+const MAX_DETECT_LINE: usize = 8192;
+
+/// How an HTTP/2 connection was recognised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Http2Start {
+    /// The client sent the preface first (prior knowledge, or TLS with ALPN h2).
+    PriorKnowledge,
+    /// An HTTP/1.1 `Upgrade: h2c` was accepted with `101`.
+    H2cUpgrade,
+}
+
+/// What a tracked connection has been recognised as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnProtocol {
+    /// Not classified yet (no complete first line seen).
+    Detecting,
+    Http1,
+    Http2(Http2Start),
+    /// Not HTTP; ignored.
+    Other,
+}
+
+/// Per-connection protocol state.
+#[derive(Debug)]
+enum Protocol {
+    /// No direction has been classified yet; first bytes are held (bounded) until one is.
+    Detecting(Detector),
+    Http1(Box<Http1Conn>),
+    /// Recognised as HTTP/2; bytes are counted until the HTTP/2 decoder is plugged in here.
+    Http2 {
+        start: Http2Start,
+        bytes: u64,
+    },
+    /// Not HTTP: bytes are ignored.
+    Other,
+}
+
+/// First bytes of each direction, held until the connection is classified.
+#[derive(Debug, Default)]
+struct Detector {
+    held: [Vec<(Bytes, u64)>; 2],
+    held_len: [usize; 2],
+    /// The direction's first bytes were lost: look for a start line anywhere.
+    joined: [bool; 2],
+    /// Bytes looked at while joined mid-stream.
+    scanned: u64,
+}
+
+enum Verdict {
+    Undecided,
+    Http1 {
+        request_dir: Direction,
+        joined: bool,
+    },
+    Http2,
+    Other,
+}
+
+#[derive(Debug)]
+struct Conn {
+    meta: Arc<ConnMeta>,
+    proto: Protocol,
+}
+
+/// Reassembly plus protocol tracking for many connections.
+#[derive(Debug)]
+pub struct Tracker {
+    cfg: TrackerConfig,
+    assembler: Assembler,
+    conns: FxHashMap<ConnId, Conn>,
+    stats: TrackerStats,
+}
+
+impl Tracker {
+    pub fn new(cfg: TrackerConfig) -> Result<Tracker, ConfigError> {
+        cfg.validate()?;
+        let assembler = Assembler::new(cfg.stream.clone())?;
+        Ok(Tracker {
+            cfg,
+            assembler,
+            conns: FxHashMap::default(),
+            stats: TrackerStats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &TrackerConfig {
+        &self.cfg
+    }
+
+    /// Feeds one capture event; finished exchanges are appended to `out`.
+    pub fn on_event(&mut self, ev: CaptureEvent, out: &mut Vec<Exchange>) {
+        let Tracker {
+            cfg,
+            assembler,
+            conns,
+            stats,
+        } = self;
+        assembler.push(ev, &mut |sev| handle(cfg, conns, stats, sev, out));
+    }
+
+    /// Drives time: reorder and idle timeouts of the assembler, response timeouts of requests.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Exchange>) {
+        let Tracker {
+            cfg,
+            assembler,
+            conns,
+            stats,
+        } = self;
+        assembler.tick(now_ns, &mut |sev| handle(cfg, conns, stats, sev, out));
+        for conn in conns.values_mut() {
+            if let Protocol::Http1(h) = &mut conn.proto {
+                h.tick(now_ns, cfg, stats, out);
+            }
+        }
+    }
+
+    /// End of input: every connection is closed and everything pending emitted.
+    pub fn flush(&mut self, out: &mut Vec<Exchange>) {
+        let Tracker {
+            cfg,
+            assembler,
+            conns,
+            stats,
+        } = self;
+        assembler.flush(&mut |sev| handle(cfg, conns, stats, sev, out));
+    }
+
+    /// What a connection currently tracked has been recognised as.
+    pub fn protocol(&self, conn: &ConnId) -> Option<ConnProtocol> {
+        self.conns.get(conn).map(|c| match &c.proto {
+            Protocol::Detecting(_) => ConnProtocol::Detecting,
+            Protocol::Http1(_) => ConnProtocol::Http1,
+            Protocol::Http2 { start, .. } => ConnProtocol::Http2(*start),
+            Protocol::Other => ConnProtocol::Other,
+        })
+    }
+
+    pub fn stats(&self) -> TrackerStats {
+        let mut s = self.stats;
+        s.stream = self.assembler.counters();
+        s.connections_open = self.conns.len() as u64;
+        s
+    }
+}
+
+fn handle(
+    cfg: &TrackerConfig,
+    conns: &mut FxHashMap<ConnId, Conn>,
+    stats: &mut TrackerStats,
+    ev: StreamEvent,
+    out: &mut Vec<Exchange>,
+) {
+    match ev {
+        StreamEvent::Open(meta) => match conns.get_mut(&meta.id) {
+            Some(conn) => {
+                if let Protocol::Http1(h) = &mut conn.proto {
+                    h.set_meta(meta.clone());
+                }
+                conn.meta = meta;
+            }
+            None => {
+                conns.insert(
+                    meta.id,
+                    Conn {
+                        meta,
+                        proto: Protocol::Detecting(Detector::default()),
+                    },
+                );
+            }
+        },
+        StreamEvent::Data {
+            conn,
+            dir,
+            bytes,
+            ts_ns,
+            ..
+        } => {
+            let Some(c) = conns.get_mut(&conn) else {
+                return;
+            };
+            on_data(c, dir, bytes, ts_ns, cfg, stats, out);
+        }
+        StreamEvent::Gap { conn, dir, len, .. } => {
+            let Some(c) = conns.get_mut(&conn) else {
+                return;
+            };
+            on_gap(c, dir, len, cfg, stats, out);
+        }
+        StreamEvent::Close { conn, ts_ns, .. } => {
+            if let Some(mut c) = conns.remove(&conn)
+                && let Protocol::Http1(h) = &mut c.proto
+            {
+                h.close(ts_ns, cfg, stats, out);
+                stats.ignored_bytes += h.ignored_bytes();
+            }
+        }
+    }
+}
+
+fn on_data(
+    conn: &mut Conn,
+    dir: Direction,
+    bytes: Bytes,
+    ts_ns: u64,
+    cfg: &TrackerConfig,
+    stats: &mut TrackerStats,
+    out: &mut Vec<Exchange>,
+) {
+    match &mut conn.proto {
+        Protocol::Http1(h) => {
+            if let Some(switch) = h.data(dir, &bytes, ts_ns, cfg, stats, out) {
+                switch_protocol(conn, switch, stats);
+            }
+        }
+        Protocol::Http2 { bytes: n, .. } => *n += bytes.len() as u64,
+        Protocol::Other => stats.ignored_bytes += bytes.len() as u64,
+        Protocol::Detecting(d) => {
+            let i = dir.index();
+            d.held_len[i] += bytes.len();
+            d.held[i].push((bytes, ts_ns));
+            let verdict = classify(d, dir, cfg);
+            decide(conn, verdict, cfg, stats, out);
+        }
+    }
+}
+
+fn on_gap(
+    conn: &mut Conn,
+    dir: Direction,
+    len: u64,
+    cfg: &TrackerConfig,
+    stats: &mut TrackerStats,
+    out: &mut Vec<Exchange>,
+) {
+    match &mut conn.proto {
+        Protocol::Http1(h) => {
+            if let Some(switch) = h.gap(dir, len, cfg, stats, out) {
+                switch_protocol(conn, switch, stats);
+            }
+        }
+        Protocol::Http2 { bytes, .. } => *bytes += len,
+        Protocol::Other => stats.ignored_bytes += len,
+        Protocol::Detecting(d) => {
+            // Held bytes of this direction are now followed by a hole: look anywhere instead.
+            let i = dir.index();
+            stats.resync_skipped_bytes += d.held_len[i] as u64;
+            d.held[i].clear();
+            d.held_len[i] = 0;
+            d.joined[i] = true;
+        }
+    }
+}
+
+fn switch_protocol(conn: &mut Conn, switch: Switch, stats: &mut TrackerStats) {
+    if switch == Switch::H2c {
+        if let Protocol::Http1(h) = &conn.proto {
+            stats.ignored_bytes += h.ignored_bytes();
+        }
+        stats.http2_connections_unparsed += 1;
+        conn.proto = Protocol::Http2 {
+            start: Http2Start::H2cUpgrade,
+            bytes: 0,
+        };
+    }
+}
+
+/// Looks at the held first bytes of `dir` (the direction that just got data).
+fn classify(d: &mut Detector, dir: Direction, cfg: &TrackerConfig) -> Verdict {
+    let i = dir.index();
+    if d.joined[i] {
+        // Joined mid-stream: scan this delivery for a start line of either kind.
+        let Some((last, _)) = d.held[i].last() else {
+            return Verdict::Undecided;
+        };
+        d.scanned += last.len() as u64;
+        let verdict = scan_for_start(last, dir);
+        if matches!(verdict, Verdict::Undecided) {
+            // Nothing to replay from a delivery without a start line.
+            d.held[i].clear();
+            d.held_len[i] = 0;
+            if d.scanned > cfg.resync_scan_bytes {
+                return Verdict::Other;
+            }
+        }
+        return verdict;
+    }
+    let first = match d.held[i].first() {
+        Some((b, _)) if d.held[i].len() == 1 => b.clone(),
+        _ => {
+            let mut joined = Vec::with_capacity(d.held_len[i]);
+            for (b, _) in &d.held[i] {
+                joined.extend_from_slice(b);
+            }
+            Bytes::from(joined)
+        }
+    };
+    classify_start(&first, dir, d.held_len[i])
+}
+
+/// Classifies a direction from its very first bytes.
+fn classify_start(first: &[u8], dir: Direction, held: usize) -> Verdict {
+    let n = first.len().min(H2_PREFACE.len());
+    if first[..n] == H2_PREFACE[..n] {
+        return if first.len() >= H2_PREFACE.len() {
+            Verdict::Http2
+        } else {
+            Verdict::Undecided
+        };
+    }
+    match first.first() {
+        Some(b) if b.is_ascii_uppercase() => {}
+        Some(_) => return Verdict::Other,
+        None => return Verdict::Undecided,
+    }
+    let Some(nl) = memchr::memchr(b'\n', first) else {
+        return if held > MAX_DETECT_LINE {
+            Verdict::Other
+        } else {
+            Verdict::Undecided
+        };
+    };
+    let line = &first[..nl];
+    if is_plausible_start(Kind::Request, line) {
+        Verdict::Http1 {
+            request_dir: dir,
+            joined: false,
+        }
+    } else if is_plausible_start(Kind::Response, line) {
+        Verdict::Http1 {
+            request_dir: dir.opposite(),
+            joined: false,
+        }
+    } else {
+        Verdict::Other
+    }
+}
+
+fn scan_for_start(buf: &[u8], dir: Direction) -> Verdict {
+    let mut start = 0;
+    while let Some(i) = memchr::memchr(b'\n', &buf[start..]) {
+        let line = &buf[start..start + i];
+        if is_plausible_start(Kind::Request, line) {
+            return Verdict::Http1 {
+                request_dir: dir,
+                joined: true,
+            };
+        }
+        if is_plausible_start(Kind::Response, line) {
+            return Verdict::Http1 {
+                request_dir: dir.opposite(),
+                joined: true,
+            };
+        }
+        start += i + 1;
+    }
+    Verdict::Undecided
+}
+
+fn decide(
+    conn: &mut Conn,
+    verdict: Verdict,
+    cfg: &TrackerConfig,
+    stats: &mut TrackerStats,
+    out: &mut Vec<Exchange>,
+) {
+    let held = match &mut conn.proto {
+        Protocol::Detecting(d) => &mut d.held,
+        _ => return,
+    };
+    match verdict {
+        Verdict::Undecided => {}
+        Verdict::Other => {
+            stats.non_http_connections += 1;
+            stats.ignored_bytes += held
+                .iter()
+                .flatten()
+                .map(|(b, _)| b.len() as u64)
+                .sum::<u64>();
+            if stats.non_http_connections.is_power_of_two() {
+                tracing::debug!(
+                    conn = %conn.meta.id,
+                    non_http = stats.non_http_connections,
+                    "connection is not HTTP; ignoring it (logged at powers of two)"
+                );
+            }
+            conn.proto = Protocol::Other;
+        }
+        Verdict::Http2 => {
+            let bytes = held
+                .iter()
+                .flatten()
+                .map(|(b, _)| b.len() as u64)
+                .sum::<u64>();
+            stats.http2_connections_unparsed += 1;
+            conn.proto = Protocol::Http2 {
+                start: Http2Start::PriorKnowledge,
+                bytes,
+            };
+        }
+        Verdict::Http1 {
+            request_dir,
+            joined,
+        } => {
+            stats.http1_connections += 1;
+            let held = std::mem::take(held);
+            let mut h = Box::new(Http1Conn::new(conn.meta.clone(), request_dir, cfg));
+            if joined {
+                h.start_lost();
+            }
+            conn.proto = Protocol::Http1(h);
+            // Replay what was held, requests first: a response cannot precede its request.
+            for dir in [request_dir, request_dir.opposite()] {
+                for (bytes, ts) in &held[dir.index()] {
+                    if let Protocol::Http1(h) = &mut conn.proto
+                        && let Some(switch) = h.data(dir, bytes, *ts, cfg, stats, out)
+                    {
+                        switch_protocol(conn, switch, stats);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
