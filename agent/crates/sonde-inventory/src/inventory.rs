@@ -530,7 +530,12 @@ impl Inventory {
                 let decoded = template::percent_decode_into(raw.as_bytes(), &mut self.decode_buf);
                 match template::classify_segment(decoded) {
                     Some(kind) => SegLabel::Param(ParamLabel::Kind(kind)),
-                    None if raw.len() > self.cfg.max_literal_len || decoded.contains(&b'@') => SegLabel::Param(ParamLabel::Kind(ParamKind::Param)),
+                    // Resource names are identifiers; spaces, quotes or non-ASCII make it a value.
+                    None if raw.len() > self.cfg.max_literal_len
+                        || decoded.iter().any(|c| !c.is_ascii_graphic() || b"@'\"<>;,()".contains(c)) =>
+                    {
+                        SegLabel::Param(ParamLabel::Kind(ParamKind::Param))
+                    }
                     None => SegLabel::Literal(raw),
                 }
             };
