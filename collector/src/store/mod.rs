@@ -783,8 +783,10 @@ fn query_anomalies(
     let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
     let mut out = Vec::new();
     let mut cursor = None;
+    let mut more = false;
     while let Some(row) = rows.next()? {
         if out.len() == page_size as usize {
+            more = true;
             break;
         }
         let id: i64 = row.get(0)?;
@@ -797,7 +799,6 @@ fn query_anomalies(
         });
         cursor = Some((last_seen, id));
     }
-    let more = rows.next()?.is_some();
     let next = match (more, cursor) {
         (true, Some((ts, id))) => format!("{ts}:{id}"),
         _ => String::new(),
