@@ -39,6 +39,9 @@ fn bucket_low(idx: usize) -> u64 {
         return u64::from(idx);
     }
     let octave = idx / SUB_BUCKETS - 1 + SUB_BUCKETS_LOG2;
+    if octave >= 64 {
+        return u64::MAX;
+    }
     let mantissa = u64::from(idx % SUB_BUCKETS);
     (1u64 << octave) | (mantissa << (octave - SUB_BUCKETS_LOG2))
 }
@@ -141,7 +144,7 @@ mod tests {
         for v in [0u64, 1, 3, 4, 5, 7, 8, 100, 1000, 123_456, 1 << 40, u64::MAX] {
             let idx = bucket_index(v);
             assert!(bucket_low(idx) <= v, "v={v} idx={idx}");
-            if idx + 1 < MAX_BUCKETS {
+            if idx + 1 < MAX_BUCKETS && bucket_low(idx + 1) != u64::MAX {
                 assert!(bucket_low(idx + 1) > v, "v={v} idx={idx}");
             }
         }
