@@ -29,7 +29,11 @@ enum ReadState {
     /// Buffering the payload of a non-DATA frame into `DirState::buf`.
     Payload { header: FrameHeader },
     /// Streaming the payload of a DATA frame; `offset` payload bytes consumed, `pad` once read.
-    Data { header: FrameHeader, offset: u32, pad: Option<u8> },
+    Data {
+        header: FrameHeader,
+        offset: u32,
+        pad: Option<u8>,
+    },
     /// Discarding the rest of a frame.
     Skip { remaining: u64 },
     /// Framing lost: looking for a plausible frame header. `DirState::buf` holds < 9 carry bytes.
@@ -92,8 +96,6 @@ enum Side {
 struct Stream {
     request: Option<Message>,
     response: Option<Message>,
-    /// 1xx responses before the final one.
-    interim: bool,
     grpc: bool,
     flags: ExchangeFlags,
     last_activity_ns: u64,
@@ -126,14 +128,32 @@ impl Connection {
     pub fn new(conn: Arc<ConnMeta>, config: &Http2Config) -> Connection {
         let client_dir = conn.role.request_direction();
         let read_for = |d: Direction| match client_dir {
-            Some(c) if c == d => ReadState::Preface { matched: 0, optional: false },
-            Some(_) => ReadState::Header { buf: [0; HEADER_LEN], have: 0 },
-            None => ReadState::Preface { matched: 0, optional: true },
+            Some(c) if c == d => ReadState::Preface {
+                matched: 0,
+                optional: false,
+            },
+            Some(_) => ReadState::Header {
+                buf: [0; HEADER_LEN],
+                have: 0,
+            },
+            None => ReadState::Preface {
+                matched: 0,
+                optional: true,
+            },
         };
         let dir = |d: Direction| {
-            DirState::new(read_for(d), Decoder::new(config.max_table_size), DEFAULT_MAX_FRAME_SIZE)
+            DirState::new(
+                read_for(d),
+                Decoder::new(config.max_table_size),
+                DEFAULT_MAX_FRAME_SIZE,
+            )
         };
-        Connection::build(conn, config, client_dir, [dir(Direction::Egress), dir(Direction::Ingress)])
+        Connection::build(
+            conn,
+            config,
+            client_dir,
+            [dir(Direction::Egress), dir(Direction::Ingress)],
+        )
     }
 
     /// A connection joined in the middle: both directions search for a frame boundary, HPACK state
@@ -161,13 +181,28 @@ impl Connection {
         client_dir: Direction,
         request: Request,
     ) -> Connection {
-        let mk = |read| DirState::new(read, Decoder::new(config.max_table_size), DEFAULT_MAX_FRAME_SIZE);
+        let mk = |read| {
+            DirState::new(
+                read,
+                Decoder::new(config.max_table_size),
+                DEFAULT_MAX_FRAME_SIZE,
+            )
+        };
         let mut dirs = [
-            mk(ReadState::Header { buf: [0; HEADER_LEN], have: 0 }),
-            mk(ReadState::Header { buf: [0; HEADER_LEN], have: 0 }),
+            mk(ReadState::Header {
+                buf: [0; HEADER_LEN],
+                have: 0,
+            }),
+            mk(ReadState::Header {
+                buf: [0; HEADER_LEN],
+                have: 0,
+            }),
         ];
         if let Some(d) = dirs.get_mut(client_dir.index()) {
-            d.read = ReadState::Preface { matched: 0, optional: false };
+            d.read = ReadState::Preface {
+                matched: 0,
+                optional: false,
+            };
         }
         let mut c = Connection::build(conn, config, Some(client_dir), dirs);
         let ts = request.ts_end_ns;
@@ -198,7 +233,12 @@ impl Connection {
         msg.body.sample = request.body.sample.to_vec();
         msg.body.sample_truncated = request.body.sample_truncated;
         msg.body.encoding = request.body.encoding;
-        let stream = Stream { request: Some(msg), grpc, last_activity_ns: ts, ..Stream::default() };
+        let stream = Stream {
+            request: Some(msg),
+            grpc,
+            last_activity_ns: ts,
+            ..Stream::default()
+        };
         c.streams.insert(1, stream);
         c.open_order.push_back(1);
         c.highest_stream[0] = 1;
@@ -241,6 +281,28 @@ impl Connection {
         self.abandoned
     }
 
+    /// Bytes held for this connection (frame and header-block buffers, body samples), for
+    /// memory accounting.
+    pub fn buffered_bytes(&self) -> usize {
+        let dirs: usize = self
+            .dirs
+            .iter()
+            .map(|d| d.buf.capacity() + d.block.as_ref().map_or(0, |b| b.buf.capacity()))
+            .sum();
+        let streams: usize = self
+            .streams
+            .values()
+            .map(|s| {
+                [&s.request, &s.response]
+                    .iter()
+                    .filter_map(|m| m.as_ref())
+                    .map(|m| m.body.sample.capacity())
+                    .sum::<usize>()
+            })
+            .sum();
+        dirs + streams
+    }
+
     pub fn stats(&self) -> Http2Stats {
         let mut s = self.stats.clone();
         let (a, b) = match self.client_dir {
@@ -278,9 +340,12 @@ impl Connection {
         }
         let state = std::mem::replace(&mut self.dir_mut(dir).read, ReadState::Resync);
         let next = match state {
-            ReadState::Data { header, offset, pad }
-                if u64::from(header.length - offset) >= len
-                    && (pad.is_some() || !header.has(flags::PADDED)) =>
+            ReadState::Data {
+                header,
+                offset,
+                pad,
+            } if u64::from(header.length - offset) >= len
+                && (pad.is_some() || !header.has(flags::PADDED)) =>
             {
                 let data_end = header.length - u32::from(pad.unwrap_or(0));
                 let in_data = len.min(u64::from(data_end.saturating_sub(offset)));
@@ -291,9 +356,16 @@ impl Connection {
                 let offset = offset + u32::try_from(len).unwrap_or(u32::MAX);
                 if offset >= header.length {
                     self.data_end(dir, header, out);
-                    ReadState::Header { buf: [0; HEADER_LEN], have: 0 }
+                    ReadState::Header {
+                        buf: [0; HEADER_LEN],
+                        have: 0,
+                    }
                 } else {
-                    ReadState::Data { header, offset, pad }
+                    ReadState::Data {
+                        header,
+                        offset,
+                        pad,
+                    }
                 }
             }
             ReadState::Payload { header }
@@ -301,7 +373,10 @@ impl Connection {
             {
                 let remaining = u64::from(header.length) - self.dir(dir).buf.len() as u64 - len;
                 self.dir_mut(dir).buf.clear();
-                if matches!(header.kind, kind::HEADERS | kind::CONTINUATION | kind::PUSH_PROMISE) {
+                if matches!(
+                    header.kind,
+                    kind::HEADERS | kind::CONTINUATION | kind::PUSH_PROMISE
+                ) {
                     self.lost_block(dir, header.stream_id);
                 }
                 if let Some(s) = self.streams.get_mut(&header.stream_id) {
@@ -314,9 +389,15 @@ impl Connection {
                 let matched = matched + len as usize;
                 if matched == PREFACE.len() {
                     self.preface_done(dir);
-                    ReadState::Header { buf: [0; HEADER_LEN], have: 0 }
+                    ReadState::Header {
+                        buf: [0; HEADER_LEN],
+                        have: 0,
+                    }
                 } else {
-                    ReadState::Preface { matched, optional: false }
+                    ReadState::Preface {
+                        matched,
+                        optional: false,
+                    }
                 }
             }
             _ => {
@@ -332,7 +413,7 @@ impl Connection {
 
     /// The connection closed: every stream still open is emitted as it is.
     pub fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
-        let _ = ts_ns;
+        debug!(conn = %self.meta.id, ts_ns, open_streams = self.streams.len(), "http2 close");
         self.flush_all(out);
         for d in &mut self.dirs {
             d.block = None;
@@ -365,7 +446,11 @@ impl Connection {
 
     fn side(&self, d: Direction) -> Option<Side> {
         let c = self.client_dir?;
-        Some(if c == d { Side::Request } else { Side::Response })
+        Some(if c == d {
+            Side::Request
+        } else {
+            Side::Response
+        })
     }
 
     fn preface_done(&mut self, d: Direction) {
@@ -382,11 +467,10 @@ impl Connection {
             }
             let state = std::mem::replace(&mut self.dir_mut(d).read, ReadState::Resync);
             let next = match state {
-                ReadState::Header { buf, have: HEADER_LEN } => {
-                    let reserved_clear = buf[5] & 0x80 == 0;
-                    let _ = reserved_clear;
-                    self.after_header(d, FrameHeader::parse(&buf), &mut input, ts, out)
-                }
+                ReadState::Header {
+                    buf,
+                    have: HEADER_LEN,
+                } => self.after_header(d, FrameHeader::parse(&buf), &mut input, ts, out),
                 _ if input.is_empty() => {
                     self.dir_mut(d).read = state;
                     return;
@@ -398,12 +482,21 @@ impl Connection {
                         input = input.get(n..).unwrap_or_default();
                         if matched + n == PREFACE.len() {
                             self.preface_done(d);
-                            ReadState::Header { buf: [0; HEADER_LEN], have: 0 }
+                            ReadState::Header {
+                                buf: [0; HEADER_LEN],
+                                have: 0,
+                            }
                         } else {
-                            ReadState::Preface { matched: matched + n, optional }
+                            ReadState::Preface {
+                                matched: matched + n,
+                                optional,
+                            }
                         }
                     } else if optional && matched == 0 {
-                        ReadState::Header { buf: [0; HEADER_LEN], have: 0 }
+                        ReadState::Header {
+                            buf: [0; HEADER_LEN],
+                            have: 0,
+                        }
                     } else {
                         self.stats.preface_mismatches += 1;
                         self.start_resync(d);
@@ -416,7 +509,10 @@ impl Connection {
                         input = rest;
                         let mut b = [0u8; HEADER_LEN];
                         b.copy_from_slice(head);
-                        ReadState::Header { buf: b, have: HEADER_LEN }
+                        ReadState::Header {
+                            buf: b,
+                            have: HEADER_LEN,
+                        }
                     } else {
                         let n = (HEADER_LEN - have).min(input.len());
                         let (head, rest) = input.split_at(n);
@@ -424,7 +520,10 @@ impl Connection {
                             slot.copy_from_slice(head);
                         }
                         input = rest;
-                        ReadState::Header { buf, have: have + n }
+                        ReadState::Header {
+                            buf,
+                            have: have + n,
+                        }
                     }
                 }
                 ReadState::Payload { header } => {
@@ -442,12 +541,19 @@ impl Connection {
                         if payload.capacity() <= 2 * DEFAULT_MAX_FRAME_SIZE as usize {
                             self.dir_mut(d).buf = payload;
                         }
-                        ReadState::Header { buf: [0; HEADER_LEN], have: 0 }
+                        ReadState::Header {
+                            buf: [0; HEADER_LEN],
+                            have: 0,
+                        }
                     } else {
                         ReadState::Payload { header }
                     }
                 }
-                ReadState::Data { header, mut offset, mut pad } => {
+                ReadState::Data {
+                    header,
+                    mut offset,
+                    pad,
+                } => {
                     if header.has(flags::PADDED) && pad.is_none() {
                         let (&p, rest) = input.split_first().unwrap_or((&0, &[]));
                         input = rest;
@@ -455,7 +561,11 @@ impl Connection {
                             self.frame_error(FrameErrorKind::PaddingTooLong);
                             skip_or_header(u64::from(header.length) - 1)
                         } else {
-                            ReadState::Data { header, offset: 1, pad: Some(p) }
+                            ReadState::Data {
+                                header,
+                                offset: 1,
+                                pad: Some(p),
+                            }
                         }
                     } else {
                         let data_end = header.length - u32::from(pad.unwrap_or(0));
@@ -469,12 +579,18 @@ impl Connection {
                         };
                         input = input.get(n..).unwrap_or_default();
                         offset += n as u32;
-                        pad = pad.or(None);
                         if offset >= header.length {
                             self.data_end(d, header, out);
-                            ReadState::Header { buf: [0; HEADER_LEN], have: 0 }
+                            ReadState::Header {
+                                buf: [0; HEADER_LEN],
+                                have: 0,
+                            }
                         } else {
-                            ReadState::Data { header, offset, pad }
+                            ReadState::Data {
+                                header,
+                                offset,
+                                pad,
+                            }
                         }
                     }
                 }
@@ -489,9 +605,6 @@ impl Connection {
                     next
                 }
             };
-            if !matches!(self.dir(d).read, ReadState::Resync) || !matches!(next, ReadState::Resync) {
-                // `after_header`/`frame` may have set a state themselves (resync): keep theirs.
-            }
             let dir = self.dir_mut(d);
             if !dir.abandoned {
                 dir.read = next;
@@ -535,13 +648,28 @@ impl Connection {
             }
             if len == 0 {
                 self.data_end(d, h, out);
-                return ReadState::Header { buf: [0; HEADER_LEN], have: 0 };
+                return ReadState::Header {
+                    buf: [0; HEADER_LEN],
+                    have: 0,
+                };
             }
-            return ReadState::Data { header: h, offset: 0, pad: None };
+            return ReadState::Data {
+                header: h,
+                offset: 0,
+                pad: None,
+            };
         }
-        if len > self.cfg.max_header_block_bytes.max(DEFAULT_MAX_FRAME_SIZE as usize) {
+        if len
+            > self
+                .cfg
+                .max_header_block_bytes
+                .max(DEFAULT_MAX_FRAME_SIZE as usize)
+        {
             self.stats.oversized_frames += 1;
-            if matches!(h.kind, kind::HEADERS | kind::CONTINUATION | kind::PUSH_PROMISE) {
+            if matches!(
+                h.kind,
+                kind::HEADERS | kind::CONTINUATION | kind::PUSH_PROMISE
+            ) {
                 self.lost_block(d, h.stream_id);
             }
             return skip_or_header(u64::from(h.length));
@@ -550,35 +678,71 @@ impl Connection {
             let (payload, rest) = input.split_at(len);
             *input = rest;
             self.frame(d, h, payload, ts, out);
-            if matches!(self.dir(d).read, ReadState::Resync) {
-                return ReadState::Header { buf: [0; HEADER_LEN], have: 0 };
-            }
-            return ReadState::Header { buf: [0; HEADER_LEN], have: 0 };
+            return ReadState::Header {
+                buf: [0; HEADER_LEN],
+                have: 0,
+            };
         }
         self.dir_mut(d).buf.clear();
         ReadState::Payload { header: h }
     }
 
-    fn frame(&mut self, d: Direction, h: FrameHeader, payload: &[u8], ts: u64, out: &mut Vec<Exchange>) {
+    fn frame(
+        &mut self,
+        d: Direction,
+        h: FrameHeader,
+        payload: &[u8],
+        ts: u64,
+        out: &mut Vec<Exchange>,
+    ) {
         let f = match frame::decode(&h, payload) {
             Ok(f) => f,
             Err(e) => {
                 self.frame_error(e);
-                if matches!(h.kind, kind::HEADERS | kind::CONTINUATION | kind::PUSH_PROMISE) {
+                if matches!(
+                    h.kind,
+                    kind::HEADERS | kind::CONTINUATION | kind::PUSH_PROMISE
+                ) {
                     self.lost_block(d, h.stream_id);
                 }
                 return;
             }
         };
         match f {
-            Frame::Headers { stream_id, end_stream, end_headers, fragment, .. } => {
-                self.begin_block(d, stream_id, BlockKind::Headers { end_stream }, end_headers, fragment, ts, out);
+            Frame::Headers {
+                stream_id,
+                end_stream,
+                end_headers,
+                fragment,
+                ..
+            } => {
+                self.begin_block(
+                    d,
+                    stream_id,
+                    BlockKind::Headers { end_stream },
+                    end_headers,
+                    fragment,
+                    ts,
+                    out,
+                );
             }
-            Frame::PushPromise { stream_id, end_headers, promised_stream_id, fragment, .. } => {
-                let kind = BlockKind::PushPromise { promised: promised_stream_id };
+            Frame::PushPromise {
+                stream_id,
+                end_headers,
+                promised_stream_id,
+                fragment,
+                ..
+            } => {
+                let kind = BlockKind::PushPromise {
+                    promised: promised_stream_id,
+                };
                 self.begin_block(d, stream_id, kind, end_headers, fragment, ts, out);
             }
-            Frame::Continuation { end_headers, fragment, .. } => {
+            Frame::Continuation {
+                end_headers,
+                fragment,
+                ..
+            } => {
                 let max_frames = self.cfg.max_continuation_frames;
                 let max_bytes = self.cfg.max_header_block_bytes;
                 let Some(mut block) = self.dir_mut(d).block.take() else {
@@ -620,16 +784,20 @@ impl Connection {
                         setting::HEADER_TABLE_SIZE => {
                             self.dir_mut(peer).hpack.set_settings_limit(value as usize);
                         }
-                        setting::MAX_FRAME_SIZE => {
-                            if (DEFAULT_MAX_FRAME_SIZE..=MAX_FRAME_SIZE_LIMIT).contains(&value) {
-                                self.dir_mut(peer).max_frame_size = value;
-                            }
+                        setting::MAX_FRAME_SIZE
+                            if (DEFAULT_MAX_FRAME_SIZE..=MAX_FRAME_SIZE_LIMIT).contains(&value) =>
+                        {
+                            self.dir_mut(peer).max_frame_size = value;
                         }
                         _ => {}
                     }
                 }
             }
-            Frame::GoAway { last_stream_id, error_code, .. } => {
+            Frame::GoAway {
+                last_stream_id,
+                error_code,
+                ..
+            } => {
                 self.stats.goaways += 1;
                 debug!(conn = %self.meta.id, last_stream_id, error_code, "http2 goaway");
             }
@@ -658,8 +826,18 @@ impl Connection {
             return;
         }
         let overflow = fragment.len() > self.cfg.max_header_block_bytes;
-        let buf = if overflow { Vec::new() } else { fragment.to_vec() };
-        self.dir_mut(d).block = Some(PendingBlock { stream_id, kind, buf, frames: 0, overflow });
+        let buf = if overflow {
+            Vec::new()
+        } else {
+            fragment.to_vec()
+        };
+        self.dir_mut(d).block = Some(PendingBlock {
+            stream_id,
+            kind,
+            buf,
+            frames: 0,
+            overflow,
+        });
     }
 
     /// A header block could not be decoded: the direction's HPACK state is no longer known.
@@ -684,7 +862,9 @@ impl Connection {
     ) {
         let mut fields = BlockFields::default();
         let cfg = &self.cfg;
-        let decoded = self.dirs[d.index()].hpack.decode_block(block, &mut |f| fields.push(f, cfg));
+        let decoded = self.dirs[d.index()]
+            .hpack
+            .decode_block(block, &mut |f| fields.push(f, cfg));
         self.stats.header_fields_dropped += fields.dropped;
         let cut = decoded.is_err() || fields.dropped > 0 || fields.unresolved > 0;
         if self.client_dir.is_none() {
@@ -709,7 +889,9 @@ impl Connection {
                 let mut msg = Message::from_block(fields, ts);
                 msg.ended = true;
                 let s = self.open_stream(promised, ts, out);
-                s.grpc = msg.header("content-type").is_some_and(grpc::is_grpc_content_type);
+                s.grpc = msg
+                    .header("content-type")
+                    .is_some_and(grpc::is_grpc_content_type);
                 s.request = Some(msg);
                 if cut {
                     s.flags.insert(ExchangeFlags::HEADERS_CUT);
@@ -735,7 +917,7 @@ impl Connection {
                             req.ts_end_ns = ts;
                         }
                     }
-                } else if stream_id <= self.highest_stream[0] || stream_id % 2 == 0 {
+                } else if stream_id <= self.highest_stream[0] || stream_id.is_multiple_of(2) {
                     self.stats.frames_on_unknown_streams += 1;
                     return;
                 } else {
@@ -743,7 +925,9 @@ impl Connection {
                     let mut msg = Message::from_block(fields, ts);
                     msg.ended = end_stream;
                     let s = self.open_stream(stream_id, ts, out);
-                    s.grpc = msg.header("content-type").is_some_and(grpc::is_grpc_content_type);
+                    s.grpc = msg
+                        .header("content-type")
+                        .is_some_and(grpc::is_grpc_content_type);
                     s.request = Some(msg);
                     if cut {
                         s.flags.insert(ExchangeFlags::HEADERS_CUT);
@@ -776,7 +960,6 @@ impl Connection {
                         if let Some(st @ 100..=199) = status
                             && !end_stream
                         {
-                            s.interim = true;
                             if st == 100 {
                                 s.flags.insert(ExchangeFlags::CONTINUED);
                             }
@@ -785,7 +968,9 @@ impl Connection {
                         let mut msg = Message::from_block(fields, ts);
                         msg.ended = end_stream;
                         if !s.grpc {
-                            s.grpc = msg.header("content-type").is_some_and(grpc::is_grpc_content_type);
+                            s.grpc = msg
+                                .header("content-type")
+                                .is_some_and(grpc::is_grpc_content_type);
                         }
                         s.response = Some(msg);
                     }
@@ -798,7 +983,9 @@ impl Connection {
     /// Creates a stream, first emitting the oldest one if the limit is reached.
     fn open_stream(&mut self, id: u32, ts: u64, out: &mut Vec<Exchange>) -> &mut Stream {
         while self.streams.len() >= self.cfg.max_streams.max(1) {
-            let Some(old) = self.open_order.pop_front() else { break };
+            let Some(old) = self.open_order.pop_front() else {
+                break;
+            };
             if let Some(s) = self.streams.remove(&old) {
                 self.stats.streams_evicted += 1;
                 self.emit(old, s, out);
@@ -810,9 +997,10 @@ impl Connection {
         }
         self.open_order.push_back(id);
         self.stats.streams_opened += 1;
-        self.streams
-            .entry(id)
-            .or_insert_with(|| Stream { last_activity_ns: ts, ..Stream::default() })
+        self.streams.entry(id).or_insert_with(|| Stream {
+            last_activity_ns: ts,
+            ..Stream::default()
+        })
     }
 
     fn message_mut(&mut self, d: Direction, stream_id: u32) -> Option<&mut Message> {
@@ -827,7 +1015,9 @@ impl Connection {
     fn data_chunk(&mut self, d: Direction, stream_id: u32, chunk: &[u8], ts: u64) {
         let limit = self.cfg.body_sample_bytes;
         let Some(side) = self.side(d) else { return };
-        let Some(s) = self.streams.get_mut(&stream_id) else { return };
+        let Some(s) = self.streams.get_mut(&stream_id) else {
+            return;
+        };
         s.last_activity_ns = ts;
         let grpc = s.grpc;
         let msg = match side {
@@ -865,7 +1055,8 @@ impl Connection {
 
     fn maybe_finish(&mut self, id: u32, out: &mut Vec<Exchange>) {
         let done = self.streams.get(&id).is_some_and(|s| {
-            s.request.as_ref().is_some_and(|m| m.ended) && s.response.as_ref().is_some_and(|m| m.ended)
+            s.request.as_ref().is_some_and(|m| m.ended)
+                && s.response.as_ref().is_some_and(|m| m.ended)
         });
         if done && let Some(s) = self.streams.remove(&id) {
             self.emit(id, s, out);
@@ -947,7 +1138,13 @@ impl Connection {
                     let mut buf = carry;
                     buf.clear();
                     self.dir_mut(d).buf = buf;
-                    return (used, ReadState::Header { buf: raw, have: HEADER_LEN });
+                    return (
+                        used,
+                        ReadState::Header {
+                            buf: raw,
+                            have: HEADER_LEN,
+                        },
+                    );
                 }
             }
             j += 1;
@@ -974,7 +1171,10 @@ impl Connection {
 
 fn skip_or_header(remaining: u64) -> ReadState {
     if remaining == 0 {
-        ReadState::Header { buf: [0; HEADER_LEN], have: 0 }
+        ReadState::Header {
+            buf: [0; HEADER_LEN],
+            have: 0,
+        }
     } else {
         ReadState::Skip { remaining }
     }
@@ -1006,7 +1206,11 @@ fn build_exchange(meta: &Arc<ConnMeta>, id: u32, s: Stream) -> Option<Exchange> 
             ..GrpcInfo::default()
         }
     });
-    let authority = req.pseudo.authority.clone().or_else(|| req.header("host").map(str::to_owned));
+    let authority = req
+        .pseudo
+        .authority
+        .clone()
+        .or_else(|| req.header("host").map(str::to_owned));
     let request = Request {
         method: req.pseudo.method.unwrap_or_default(),
         authority,
@@ -1025,16 +1229,25 @@ fn build_exchange(meta: &Arc<ConnMeta>, id: u32, s: Stream) -> Option<Exchange> 
                 flags.insert(ExchangeFlags::TRUNCATED);
             }
             if let Some(g) = &mut grpc_info {
-                let status = resp.trailer("grpc-status").or_else(|| resp.header("grpc-status"));
+                let status = resp
+                    .trailer("grpc-status")
+                    .or_else(|| resp.header("grpc-status"));
                 g.status = status.and_then(|v| v.trim().parse().ok());
-                let message = resp.trailer("grpc-message").or_else(|| resp.header("grpc-message"));
+                let message = resp
+                    .trailer("grpc-message")
+                    .or_else(|| resp.header("grpc-message"));
                 g.message = message.map(grpc::percent_decode);
                 g.response_messages = resp.grpc.messages;
                 g.response_message_bytes = resp.grpc.message_bytes;
                 g.compressed |= resp.grpc.compressed;
             }
             Some(Response {
-                status: resp.pseudo.status.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
+                status: resp
+                    .pseudo
+                    .status
+                    .as_deref()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
                 reason: String::new(),
                 headers: resp.headers,
                 trailers: resp.trailers,
@@ -1048,7 +1261,6 @@ fn build_exchange(meta: &Arc<ConnMeta>, id: u32, s: Stream) -> Option<Exchange> 
             None
         }
     };
-    let _ = s.interim;
     Some(Exchange {
         conn: Arc::clone(meta),
         version: HttpVersion::Http2,

@@ -157,7 +157,12 @@ pub struct Priority {
 /// A decoded frame borrowing its payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
-    Data { stream_id: u32, end_stream: bool, data: &'a [u8], padding: Option<&'a [u8]> },
+    Data {
+        stream_id: u32,
+        end_stream: bool,
+        data: &'a [u8],
+        padding: Option<&'a [u8]>,
+    },
     Headers {
         stream_id: u32,
         end_stream: bool,
@@ -166,9 +171,18 @@ pub enum Frame<'a> {
         fragment: &'a [u8],
         padding: Option<&'a [u8]>,
     },
-    Priority { stream_id: u32, priority: Priority },
-    RstStream { stream_id: u32, error_code: u32 },
-    Settings { ack: bool, params: &'a [u8] },
+    Priority {
+        stream_id: u32,
+        priority: Priority,
+    },
+    RstStream {
+        stream_id: u32,
+        error_code: u32,
+    },
+    Settings {
+        ack: bool,
+        params: &'a [u8],
+    },
     PushPromise {
         stream_id: u32,
         end_headers: bool,
@@ -176,19 +190,39 @@ pub enum Frame<'a> {
         fragment: &'a [u8],
         padding: Option<&'a [u8]>,
     },
-    Ping { ack: bool, opaque: [u8; 8] },
-    GoAway { last_stream_id: u32, error_code: u32, debug_data: &'a [u8] },
-    WindowUpdate { stream_id: u32, increment: u32 },
-    Continuation { stream_id: u32, end_headers: bool, fragment: &'a [u8] },
+    Ping {
+        ack: bool,
+        opaque: [u8; 8],
+    },
+    GoAway {
+        last_stream_id: u32,
+        error_code: u32,
+        debug_data: &'a [u8],
+    },
+    WindowUpdate {
+        stream_id: u32,
+        increment: u32,
+    },
+    Continuation {
+        stream_id: u32,
+        end_headers: bool,
+        fragment: &'a [u8],
+    },
     /// Unknown types must be ignored (RFC 9113 §4.1).
-    Unknown { kind: u8, stream_id: u32 },
+    Unknown {
+        kind: u8,
+        stream_id: u32,
+    },
 }
 
 /// Iterates the (identifier, value) pairs of a SETTINGS payload.
 pub fn settings_params(params: &[u8]) -> impl Iterator<Item = (u16, u32)> + '_ {
     params.chunks_exact(6).map(|c| {
         let [a, b, v0, v1, v2, v3] = <[u8; 6]>::try_from(c).unwrap_or([0; 6]);
-        (u16::from_be_bytes([a, b]), u32::from_be_bytes([v0, v1, v2, v3]))
+        (
+            u16::from_be_bytes([a, b]),
+            u32::from_be_bytes([v0, v1, v2, v3]),
+        )
     })
 }
 
@@ -201,11 +235,16 @@ pub fn check_header(h: &FrameHeader, max_frame_size: u32) -> Result<(), FrameErr
 }
 
 /// Strips padding: returns (content, padding).
-fn unpad<'a>(h: &FrameHeader, payload: &'a [u8]) -> Result<(&'a [u8], Option<&'a [u8]>), FrameErrorKind> {
+fn unpad<'a>(
+    h: &FrameHeader,
+    payload: &'a [u8],
+) -> Result<(&'a [u8], Option<&'a [u8]>), FrameErrorKind> {
     if !h.has(flags::PADDED) {
         return Ok((payload, None));
     }
-    let (&pad_len, rest) = payload.split_first().ok_or(FrameErrorKind::PaddingTooLong)?;
+    let (&pad_len, rest) = payload
+        .split_first()
+        .ok_or(FrameErrorKind::PaddingTooLong)?;
     let pad_len = usize::from(pad_len);
     if pad_len >= payload.len() {
         return Err(FrameErrorKind::PaddingTooLong);
@@ -228,19 +267,40 @@ fn read_priority(b: &[u8], stream_id: u32) -> Result<Priority, FrameErrorKind> {
     if dependency == stream_id {
         return Err(FrameErrorKind::SelfDependency);
     }
-    Ok(Priority { exclusive: word & 0x8000_0000 != 0, dependency, weight: u16::from(weight) + 1 })
+    Ok(Priority {
+        exclusive: word & 0x8000_0000 != 0,
+        dependency,
+        weight: u16::from(weight) + 1,
+    })
 }
 
 /// Validates and decodes one frame whose whole payload is in `payload`.
 pub fn decode<'a>(h: &FrameHeader, payload: &'a [u8]) -> Result<Frame<'a>, FrameErrorKind> {
     let sid = h.stream_id;
-    let need_stream = |sid: u32| if sid == 0 { Err(FrameErrorKind::StreamIdRequired) } else { Ok(()) };
-    let no_stream = |sid: u32| if sid != 0 { Err(FrameErrorKind::StreamIdForbidden) } else { Ok(()) };
+    let need_stream = |sid: u32| {
+        if sid == 0 {
+            Err(FrameErrorKind::StreamIdRequired)
+        } else {
+            Ok(())
+        }
+    };
+    let no_stream = |sid: u32| {
+        if sid != 0 {
+            Err(FrameErrorKind::StreamIdForbidden)
+        } else {
+            Ok(())
+        }
+    };
     match h.kind {
         kind::DATA => {
             need_stream(sid)?;
             let (data, padding) = unpad(h, payload)?;
-            Ok(Frame::Data { stream_id: sid, end_stream: h.has(flags::END_STREAM), data, padding })
+            Ok(Frame::Data {
+                stream_id: sid,
+                end_stream: h.has(flags::END_STREAM),
+                data,
+                padding,
+            })
         }
         kind::HEADERS => {
             need_stream(sid)?;
@@ -267,22 +327,31 @@ pub fn decode<'a>(h: &FrameHeader, payload: &'a [u8]) -> Result<Frame<'a>, Frame
             if payload.len() != 5 {
                 return Err(FrameErrorKind::BadLength);
             }
-            Ok(Frame::Priority { stream_id: sid, priority: read_priority(payload, sid)? })
+            Ok(Frame::Priority {
+                stream_id: sid,
+                priority: read_priority(payload, sid)?,
+            })
         }
         kind::RST_STREAM => {
             need_stream(sid)?;
             if payload.len() != 4 {
                 return Err(FrameErrorKind::BadLength);
             }
-            Ok(Frame::RstStream { stream_id: sid, error_code: read_u32(payload) })
+            Ok(Frame::RstStream {
+                stream_id: sid,
+                error_code: read_u32(payload),
+            })
         }
         kind::SETTINGS => {
             no_stream(sid)?;
             let ack = h.has(flags::ACK);
-            if (ack && !payload.is_empty()) || payload.len() % 6 != 0 {
+            if (ack && !payload.is_empty()) || !payload.len().is_multiple_of(6) {
                 return Err(FrameErrorKind::BadLength);
             }
-            Ok(Frame::Settings { ack, params: payload })
+            Ok(Frame::Settings {
+                ack,
+                params: payload,
+            })
         }
         kind::PUSH_PROMISE => {
             need_stream(sid)?;
@@ -291,7 +360,7 @@ pub fn decode<'a>(h: &FrameHeader, payload: &'a [u8]) -> Result<Frame<'a>, Frame
                 return Err(FrameErrorKind::BadLength);
             }
             let promised = read_u32(content) & 0x7fff_ffff;
-            if promised == 0 || promised % 2 == 1 {
+            if promised == 0 || !promised.is_multiple_of(2) {
                 return Err(FrameErrorKind::BadPromisedStream);
             }
             Ok(Frame::PushPromise {
@@ -305,7 +374,10 @@ pub fn decode<'a>(h: &FrameHeader, payload: &'a [u8]) -> Result<Frame<'a>, Frame
         kind::PING => {
             no_stream(sid)?;
             let opaque: [u8; 8] = payload.try_into().map_err(|_| FrameErrorKind::BadLength)?;
-            Ok(Frame::Ping { ack: h.has(flags::ACK), opaque })
+            Ok(Frame::Ping {
+                ack: h.has(flags::ACK),
+                opaque,
+            })
         }
         kind::GOAWAY => {
             no_stream(sid)?;
@@ -326,7 +398,10 @@ pub fn decode<'a>(h: &FrameHeader, payload: &'a [u8]) -> Result<Frame<'a>, Frame
             if increment == 0 {
                 return Err(FrameErrorKind::ZeroWindowIncrement);
             }
-            Ok(Frame::WindowUpdate { stream_id: sid, increment })
+            Ok(Frame::WindowUpdate {
+                stream_id: sid,
+                increment,
+            })
         }
         kind::CONTINUATION => {
             need_stream(sid)?;
@@ -336,7 +411,10 @@ pub fn decode<'a>(h: &FrameHeader, payload: &'a [u8]) -> Result<Frame<'a>, Frame
                 fragment: payload,
             })
         }
-        other => Ok(Frame::Unknown { kind: other, stream_id: sid }),
+        other => Ok(Frame::Unknown {
+            kind: other,
+            stream_id: sid,
+        }),
     }
 }
 
@@ -366,7 +444,9 @@ pub fn plausible_header(h: &FrameHeader, reserved_bit_clear: bool, max_frame_siz
         kind::PRIORITY => h.length == 5,
         kind::RST_STREAM | kind::WINDOW_UPDATE => h.length == 4,
         kind::PING => h.length == 8,
-        kind::SETTINGS => h.length % 6 == 0 && (h.flags & flags::ACK == 0 || h.length == 0),
+        kind::SETTINGS => {
+            h.length.is_multiple_of(6) && (h.flags & flags::ACK == 0 || h.length == 0)
+        }
         kind::GOAWAY => h.length >= 8,
         kind::HEADERS => h.length > 0,
         _ => true,
@@ -381,22 +461,47 @@ mod tests {
     #[test]
     fn data_frame_with_padding() {
         let wire = b"\x00\x00\x08\x00\x09\x00\x00\x00\x03\x02abcde\x00\x00";
-        let h = FrameHeader::peek(wire).unwrap_or(FrameHeader { length: 0, kind: 99, flags: 0, stream_id: 0 });
+        let h = FrameHeader::peek(wire).unwrap_or(FrameHeader {
+            length: 0,
+            kind: 99,
+            flags: 0,
+            stream_id: 0,
+        });
         let f = decode(&h, &wire[HEADER_LEN..]);
         assert_eq!(
             f,
-            Ok(Frame::Data { stream_id: 3, end_stream: true, data: b"abcde", padding: Some(&[0, 0]) })
+            Ok(Frame::Data {
+                stream_id: 3,
+                end_stream: true,
+                data: b"abcde",
+                padding: Some(&[0, 0])
+            })
         );
     }
 
     #[test]
     fn plausibility_rejects_noise() {
-        let h = FrameHeader { length: 4, kind: kind::RST_STREAM, flags: 0, stream_id: 1 };
+        let h = FrameHeader {
+            length: 4,
+            kind: kind::RST_STREAM,
+            flags: 0,
+            stream_id: 1,
+        };
         assert!(plausible_header(&h, true, DEFAULT_MAX_FRAME_SIZE));
         assert!(!plausible_header(&h, false, DEFAULT_MAX_FRAME_SIZE));
-        let h = FrameHeader { length: 5, kind: kind::RST_STREAM, flags: 0, stream_id: 1 };
+        let h = FrameHeader {
+            length: 5,
+            kind: kind::RST_STREAM,
+            flags: 0,
+            stream_id: 1,
+        };
         assert!(!plausible_header(&h, true, DEFAULT_MAX_FRAME_SIZE));
-        let h = FrameHeader { length: 0x4747, kind: 0x45, flags: 0x54, stream_id: 0x2f };
+        let h = FrameHeader {
+            length: 0x4747,
+            kind: 0x45,
+            flags: 0x54,
+            stream_id: 0x2f,
+        };
         assert!(!plausible_header(&h, true, DEFAULT_MAX_FRAME_SIZE));
     }
 }

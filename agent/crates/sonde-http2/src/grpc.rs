@@ -29,7 +29,9 @@ pub fn percent_decode(value: &str) -> String {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
             if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 i += 3;
@@ -64,7 +66,9 @@ impl MessageCounter {
         }
         while !data.is_empty() {
             if self.remaining > 0 {
-                let n = data.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                let n = data
+                    .len()
+                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
                 self.remaining -= n as u64;
                 data = data.get(n..).unwrap_or_default();
                 continue;
@@ -72,7 +76,12 @@ impl MessageCounter {
             let want = 5 - usize::from(self.prefix_len);
             let n = want.min(data.len());
             let (head, rest) = data.split_at(n);
-            for (slot, b) in self.prefix.iter_mut().skip(usize::from(self.prefix_len)).zip(head) {
+            for (slot, b) in self
+                .prefix
+                .iter_mut()
+                .skip(usize::from(self.prefix_len))
+                .zip(head)
+            {
                 *slot = *b;
             }
             self.prefix_len += n as u8;
@@ -119,7 +128,10 @@ mod tests {
 
     #[test]
     fn paths_and_messages() {
-        assert_eq!(split_path("/helloworld.Greeter/SayHello"), Some(("helloworld.Greeter", "SayHello")));
+        assert_eq!(
+            split_path("/helloworld.Greeter/SayHello"),
+            Some(("helloworld.Greeter", "SayHello"))
+        );
         assert_eq!(split_path("/a/b/c"), None);
         assert_eq!(split_path("/x"), None);
         assert_eq!(percent_decode("bad%20thing%"), "bad thing%");
@@ -135,7 +147,11 @@ mod tests {
             let (a, b) = wire.split_at(split);
             c.feed(a);
             c.feed(b);
-            assert_eq!((c.messages, c.message_bytes, c.compressed), (3, 259, true), "split {split}");
+            assert_eq!(
+                (c.messages, c.message_bytes, c.compressed),
+                (3, 259, true),
+                "split {split}"
+            );
             assert!(!c.incomplete());
         }
     }

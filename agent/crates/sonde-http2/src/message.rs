@@ -57,7 +57,11 @@ impl BlockFields {
         let (value, value_truncated) = bounded_text(value, cfg.max_header_value_bytes);
         let mut name = String::from_utf8_lossy(name).into_owned();
         name.make_ascii_lowercase();
-        self.headers.push(Header { name, value, value_truncated });
+        self.headers.push(Header {
+            name,
+            value,
+            value_truncated,
+        });
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -97,7 +101,8 @@ impl BodyAcc {
         if data.len() > room {
             self.sample_truncated = true;
         }
-        self.sample.extend_from_slice(data.get(..room).unwrap_or(data));
+        self.sample
+            .extend_from_slice(data.get(..room).unwrap_or(data));
     }
 
     pub fn missing(&mut self, len: u64) {
@@ -135,7 +140,9 @@ pub(crate) struct Message {
 
 impl Message {
     pub fn from_block(block: BlockFields, ts_ns: u64) -> Message {
-        let declared_len = block.header("content-length").and_then(|v| v.trim().parse().ok());
+        let declared_len = block
+            .header("content-length")
+            .and_then(|v| v.trim().parse().ok());
         let encoding = block
             .header("content-encoding")
             .map(str::to_owned)
@@ -143,7 +150,11 @@ impl Message {
         Message {
             pseudo: block.pseudo,
             headers: block.headers,
-            body: BodyAcc { declared_len, encoding, ..BodyAcc::default() },
+            body: BodyAcc {
+                declared_len,
+                encoding,
+                ..BodyAcc::default()
+            },
             ts_start_ns: ts_ns,
             ts_end_ns: ts_ns,
             ..Message::default()

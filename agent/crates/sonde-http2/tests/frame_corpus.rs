@@ -17,10 +17,26 @@ fn text(v: &Value) -> Option<&[u8]> {
 
 fn check_valid(name: &str, wire: &[u8], want: &Value) {
     let h = FrameHeader::peek(wire).expect("9 header bytes");
-    assert_eq!(u64::from(h.length), want["length"].as_u64().expect("length"), "{name}");
-    assert_eq!(u64::from(h.kind), want["type"].as_u64().expect("type"), "{name}");
-    assert_eq!(u64::from(h.flags), want["flags"].as_u64().expect("flags"), "{name}");
-    assert_eq!(u64::from(h.stream_id), want["stream_identifier"].as_u64().expect("sid"), "{name}");
+    assert_eq!(
+        u64::from(h.length),
+        want["length"].as_u64().expect("length"),
+        "{name}"
+    );
+    assert_eq!(
+        u64::from(h.kind),
+        want["type"].as_u64().expect("type"),
+        "{name}"
+    );
+    assert_eq!(
+        u64::from(h.flags),
+        want["flags"].as_u64().expect("flags"),
+        "{name}"
+    );
+    assert_eq!(
+        u64::from(h.stream_id),
+        want["stream_identifier"].as_u64().expect("sid"),
+        "{name}"
+    );
     frame::check_header(&h, DEFAULT_MAX_FRAME_SIZE).expect("size ok");
     let payload = &wire[HEADER_LEN..];
     assert_eq!(payload.len(), h.length as usize, "{name}");
@@ -33,21 +49,48 @@ fn check_valid(name: &str, wire: &[u8], want: &Value) {
             assert_eq!(padding_len(padding), p["padding_length"].as_u64(), "{name}");
             assert_eq!(padding, text(&p["padding"]), "{name}");
         }
-        Frame::Headers { fragment, padding, priority, .. } => {
+        Frame::Headers {
+            fragment,
+            padding,
+            priority,
+            ..
+        } => {
             assert_eq!(Some(fragment), text(&p["header_block_fragment"]), "{name}");
             assert_eq!(padding_len(padding), p["padding_length"].as_u64(), "{name}");
             assert_eq!(padding, text(&p["padding"]), "{name}");
-            assert_eq!(priority.map(|x| u64::from(x.dependency)), p["stream_dependency"].as_u64());
-            assert_eq!(priority.map(|x| u64::from(x.weight)), p["weight"].as_u64(), "{name}");
-            assert_eq!(priority.map(|x| x.exclusive), p["exclusive"].as_bool(), "{name}");
+            assert_eq!(
+                priority.map(|x| u64::from(x.dependency)),
+                p["stream_dependency"].as_u64()
+            );
+            assert_eq!(
+                priority.map(|x| u64::from(x.weight)),
+                p["weight"].as_u64(),
+                "{name}"
+            );
+            assert_eq!(
+                priority.map(|x| x.exclusive),
+                p["exclusive"].as_bool(),
+                "{name}"
+            );
         }
         Frame::Priority { priority, .. } => {
-            assert_eq!(Some(u64::from(priority.dependency)), p["stream_dependency"].as_u64());
-            assert_eq!(Some(u64::from(priority.weight)), p["weight"].as_u64(), "{name}");
+            assert_eq!(
+                Some(u64::from(priority.dependency)),
+                p["stream_dependency"].as_u64()
+            );
+            assert_eq!(
+                Some(u64::from(priority.weight)),
+                p["weight"].as_u64(),
+                "{name}"
+            );
             assert_eq!(Some(priority.exclusive), p["exclusive"].as_bool(), "{name}");
         }
         Frame::RstStream { error_code, .. } => {
-            assert_eq!(Some(u64::from(error_code)), p["error_code"].as_u64(), "{name}");
+            assert_eq!(
+                Some(u64::from(error_code)),
+                p["error_code"].as_u64(),
+                "{name}"
+            );
         }
         Frame::Settings { params, .. } => {
             let got: Vec<(u64, u64)> = frame::settings_params(params)
@@ -61,20 +104,48 @@ fn check_valid(name: &str, wire: &[u8], want: &Value) {
                 .collect();
             assert_eq!(got, want, "{name}");
         }
-        Frame::PushPromise { promised_stream_id, fragment, padding, .. } => {
-            assert_eq!(Some(u64::from(promised_stream_id)), p["promised_stream_id"].as_u64());
+        Frame::PushPromise {
+            promised_stream_id,
+            fragment,
+            padding,
+            ..
+        } => {
+            assert_eq!(
+                Some(u64::from(promised_stream_id)),
+                p["promised_stream_id"].as_u64()
+            );
             assert_eq!(Some(fragment), text(&p["header_block_fragment"]), "{name}");
             assert_eq!(padding, text(&p["padding"]), "{name}");
             assert_eq!(padding_len(padding), p["padding_length"].as_u64(), "{name}");
         }
         Frame::Ping { opaque, .. } => assert_eq!(Some(&opaque[..]), text(&p["opaque_data"])),
-        Frame::GoAway { last_stream_id, error_code, debug_data } => {
-            assert_eq!(Some(u64::from(last_stream_id)), p["last_stream_id"].as_u64(), "{name}");
-            assert_eq!(Some(u64::from(error_code)), p["error_code"].as_u64(), "{name}");
-            assert_eq!(Some(debug_data), text(&p["additional_debug_data"]), "{name}");
+        Frame::GoAway {
+            last_stream_id,
+            error_code,
+            debug_data,
+        } => {
+            assert_eq!(
+                Some(u64::from(last_stream_id)),
+                p["last_stream_id"].as_u64(),
+                "{name}"
+            );
+            assert_eq!(
+                Some(u64::from(error_code)),
+                p["error_code"].as_u64(),
+                "{name}"
+            );
+            assert_eq!(
+                Some(debug_data),
+                text(&p["additional_debug_data"]),
+                "{name}"
+            );
         }
         Frame::WindowUpdate { increment, .. } => {
-            assert_eq!(Some(u64::from(increment)), p["window_size_increment"].as_u64(), "{name}");
+            assert_eq!(
+                Some(u64::from(increment)),
+                p["window_size_increment"].as_u64(),
+                "{name}"
+            );
         }
         Frame::Continuation { fragment, .. } => {
             assert_eq!(Some(fragment), text(&p["header_block_fragment"]), "{name}");
@@ -89,13 +160,19 @@ fn error_of(wire: &[u8]) -> FrameErrorKind {
     if let Err(e) = frame::check_header(&h, DEFAULT_MAX_FRAME_SIZE) {
         return e;
     }
-    let payload = wire.get(HEADER_LEN..HEADER_LEN + h.length as usize).expect("whole payload");
+    let payload = wire
+        .get(HEADER_LEN..HEADER_LEN + h.length as usize)
+        .expect("whole payload");
     frame::decode(&h, payload).expect_err("invalid frame must be rejected")
 }
 
 fn server_conn() -> Connection {
     let meta = ConnMeta {
-        id: ConnId { tgid: 1, fd: 3, generation: 0 },
+        id: ConnId {
+            tgid: 1,
+            fd: 3,
+            generation: 0,
+        },
         role: Role::Server,
         process: ProcessInfo::default(),
         local: None,
@@ -106,12 +183,14 @@ fn server_conn() -> Connection {
 
 #[test]
 fn corpus_frames() {
-    let Some(root) = common::corpus("http2-frame-test-case") else { return };
+    let Some(root) = common::corpus("http2-frame-test-case") else {
+        return;
+    };
     let (mut valid, mut invalid) = (0, 0);
     for path in common::json_files(&root) {
         let name = path.display().to_string();
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read"))
-            .expect("json");
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
         let wire = common::hex(v["wire"].as_str().expect("wire"));
         if v["error"].is_null() {
             check_valid(&name, &wire, &v["frame"]);
@@ -119,10 +198,17 @@ fn corpus_frames() {
             continue;
         }
         invalid += 1;
-        let codes: Vec<u64> =
-            v["error"].as_array().expect("codes").iter().filter_map(Value::as_u64).collect();
+        let codes: Vec<u64> = v["error"]
+            .as_array()
+            .expect("codes")
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect();
         let kind = error_of(&wire);
-        assert!(codes.contains(&(kind.code() as u64)), "{name}: {kind:?} not in {codes:?}");
+        assert!(
+            codes.contains(&(kind.code() as u64)),
+            "{name}: {kind:?} not in {codes:?}"
+        );
 
         // A connection meeting the frame (from the client, after the preface) counts that kind.
         let mut c = server_conn();
@@ -140,10 +226,12 @@ fn corpus_frames() {
 
 #[test]
 fn corpus_frames_split_at_every_byte_still_count_once() {
-    let Some(root) = common::corpus("http2-frame-test-case") else { return };
+    let Some(root) = common::corpus("http2-frame-test-case") else {
+        return;
+    };
     for path in common::json_files(&root.join("error")) {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read"))
-            .expect("json");
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
         let wire = common::hex(v["wire"].as_str().expect("wire"));
         let kind = error_of(&wire);
         for split in 0..=wire.len() {
@@ -152,7 +240,12 @@ fn corpus_frames_split_at_every_byte_still_count_once() {
             c.on_data(Direction::Ingress, PREFACE, 1, &mut out);
             c.on_data(Direction::Ingress, &wire[..split], 2, &mut out);
             c.on_data(Direction::Ingress, &wire[split..], 3, &mut out);
-            assert_eq!(c.stats().frame_error(kind), 1, "{} split {split}", path.display());
+            assert_eq!(
+                c.stats().frame_error(kind),
+                1,
+                "{} split {split}",
+                path.display()
+            );
         }
     }
 }

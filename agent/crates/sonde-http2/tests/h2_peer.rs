@@ -17,7 +17,10 @@ fn mixed_calls(n: usize) -> Vec<Call> {
                 0 => {}
                 1 => {
                     c.method = Method::POST;
-                    c.body = vec![Bytes::from(vec![b'a'; 100 + i]), Bytes::from(vec![b'b'; 20_000])];
+                    c.body = vec![
+                        Bytes::from(vec![b'a'; 100 + i]),
+                        Bytes::from(vec![b'b'; 20_000]),
+                    ];
                     c = c.header("content-type", "application/json");
                 }
                 2 => {
@@ -50,26 +53,50 @@ fn concurrent_streams_rebuild_exactly() {
     // Streams were interleaved: several were open at once.
     let mut matched = vec![false; calls.len()];
     for x in &xs {
-        let idx: usize = x.request.path.rsplit('/').next().and_then(|s| s.parse().ok()).expect("index");
+        let idx: usize = x
+            .request
+            .path
+            .rsplit('/')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .expect("index");
         let call = &calls[idx];
         matched[idx] = true;
         assert_eq!(x.version, sonde_model::HttpVersion::Http2);
         assert_eq!(x.request.method, call.method.as_str());
         assert_eq!(x.request.authority.as_deref(), Some("example.test"));
-        assert_eq!(Some(format!("{}?{}", x.request.path, x.request.query.as_deref().unwrap_or(""))), Some(call.path.clone()));
+        assert_eq!(
+            Some(format!(
+                "{}?{}",
+                x.request.path,
+                x.request.query.as_deref().unwrap_or("")
+            )),
+            Some(call.path.clone())
+        );
         assert_eq!(x.request.body.wire_len, body_len(call));
         assert_eq!(x.request_header("user-agent"), Some("sonde-test/1.0"));
-        assert_eq!(x.request_header("authorization"), Some(format!("Bearer token-{}", idx % 3).as_str()));
+        assert_eq!(
+            x.request_header("authorization"),
+            Some(format!("Bearer token-{}", idx % 3).as_str())
+        );
         let resp = x.response.as_ref().expect("response");
         assert_eq!(Some(resp.status), outcomes[idx].status);
         assert_eq!(resp.status, 200 + (idx % 5) as u16);
         assert_eq!(resp.body.wire_len, outcomes[idx].body_len as u64);
         assert_eq!(resp.body.wire_len, ((idx * 997) % 30_000) as u64);
-        assert_eq!(x.response_header("x-request-bytes"), Some(body_len(call).to_string().as_str()));
+        assert_eq!(
+            x.response_header("x-request-bytes"),
+            Some(body_len(call).to_string().as_str())
+        );
         let sample_len = (resp.body.wire_len as usize).min(64 * 1024);
         assert_eq!(resp.body.sample.len(), sample_len);
         assert!(resp.body.sample.iter().all(|&b| b == b'x'));
-        assert_eq!(x.flags, ExchangeFlags::default(), "stream {:?}", x.stream_id);
+        assert_eq!(
+            x.flags,
+            ExchangeFlags::default(),
+            "stream {:?}",
+            x.stream_id
+        );
         assert!(x.request.ts_start_ns <= resp.ts_end_ns);
     }
     assert!(matched.iter().all(|m| *m));
@@ -99,8 +126,10 @@ fn byte_at_a_time_and_coalesced_reads_give_the_same_exchanges() {
     assert_eq!(reference.len(), 12);
 
     // One byte per read.
-    let bytewise: Vec<(Direction, Vec<u8>)> =
-        capture.iter().flat_map(|(d, b)| b.iter().map(move |x| (*d, vec![*x]))).collect();
+    let bytewise: Vec<(Direction, Vec<u8>)> = capture
+        .iter()
+        .flat_map(|(d, b)| b.iter().map(move |x| (*d, vec![*x])))
+        .collect();
     assert_eq!(strip(peer::decode(&bytewise, &cfg).0), reference);
 
     // Consecutive reads of one direction merged into one.
@@ -123,7 +152,11 @@ fn byte_at_a_time_and_coalesced_reads_give_the_same_exchanges() {
             let (d, whole) = c2.remove(i);
             c2.insert(i, (d, whole[split..].to_vec()));
             c2.insert(i, (d, whole[..split].to_vec()));
-            assert_eq!(strip(peer::decode(&c2, &cfg).0), reference, "read {i} split {split}");
+            assert_eq!(
+                strip(peer::decode(&c2, &cfg).0),
+                reference,
+                "read {i} split {split}"
+            );
         }
     }
 }
@@ -132,7 +165,9 @@ fn byte_at_a_time_and_coalesced_reads_give_the_same_exchanges() {
 fn reset_streams_and_trailers() {
     let calls = vec![
         Call::get("/reset").header("x-reset", "1"),
-        Call::get("/trailer").header("x-trailer", "checksum-1").header("x-resp-len", "10"),
+        Call::get("/trailer")
+            .header("x-trailer", "checksum-1")
+            .header("x-resp-len", "10"),
         Call::get("/empty").header("x-status", "204"),
     ];
     let (outcomes, capture) = peer::converse(calls, false);
@@ -145,7 +180,10 @@ fn reset_streams_and_trailers() {
     assert!(xs[0].flags.contains(ExchangeFlags::RESPONSE_MISSING));
     assert_eq!(stats.streams_reset, 1);
     let t = xs[1].response.as_ref().expect("response");
-    assert_eq!(t.trailers, vec![sonde_model::Header::new("x-trailer", "checksum-1")]);
+    assert_eq!(
+        t.trailers,
+        vec![sonde_model::Header::new("x-trailer", "checksum-1")]
+    );
     assert_eq!(t.body.wire_len, 10);
     assert_eq!(xs[2].status(), Some(204));
     assert_eq!(xs[2].flags, ExchangeFlags::default());
@@ -178,7 +216,10 @@ fn grpc_unary_streaming_and_trailers_only() {
     let xs = peer::by_stream(xs);
     assert_eq!(xs.len(), 3, "{stats:?}");
     let g0 = xs[0].grpc.as_ref().expect("grpc");
-    assert_eq!((g0.service.as_str(), g0.method.as_str()), ("helloworld.Greeter", "SayHello"));
+    assert_eq!(
+        (g0.service.as_str(), g0.method.as_str()),
+        ("helloworld.Greeter", "SayHello")
+    );
     assert_eq!((g0.request_messages, g0.request_message_bytes), (1, 3));
     assert_eq!((g0.response_messages, g0.response_message_bytes), (1, 10));
     assert_eq!(g0.status, Some(0));
@@ -187,8 +228,14 @@ fn grpc_unary_streaming_and_trailers_only() {
     let g1 = xs[1].grpc.as_ref().expect("grpc");
     assert_eq!(g1.method, "RecordRoute");
     assert_eq!(g1.request_messages, 25);
-    assert_eq!(g1.request_message_bytes, (0..25).map(|i| 3 + 40 * i).sum::<u64>());
-    assert_eq!((g1.response_messages, g1.response_message_bytes), (4, 10 + 11 + 12 + 13));
+    assert_eq!(
+        g1.request_message_bytes,
+        (0..25).map(|i| 3 + 40 * i).sum::<u64>()
+    );
+    assert_eq!(
+        (g1.response_messages, g1.response_message_bytes),
+        (4, 10 + 11 + 12 + 13)
+    );
     assert!(g1.compressed, "odd replies carry the compressed flag");
     let g2 = xs[2].grpc.as_ref().expect("grpc");
     assert_eq!(g2.status, Some(12));
@@ -211,14 +258,21 @@ fn late_join_never_yields_wrong_values() {
         let mut out = Vec::new();
         for (i, (d, b)) in capture.iter().enumerate().skip(start) {
             // Join in the middle of a read, too.
-            let b = if i == start { &b[b.len() / 2..] } else { &b[..] };
+            let b = if i == start {
+                &b[b.len() / 2..]
+            } else {
+                &b[..]
+            };
             c.on_data(*d, b, i as u64, &mut out);
         }
         c.on_close(u64::MAX, &mut out);
         assert!(!out.is_empty(), "start {start}: {:?}", c.stats());
         for x in &out {
             assert!(x.flags.contains(ExchangeFlags::RESYNCED));
-            let truth = full.iter().find(|f| f.stream_id == x.stream_id).expect("known stream");
+            let truth = full
+                .iter()
+                .find(|f| f.stream_id == x.stream_id)
+                .expect("known stream");
             // Whatever was resolved equals the truth.
             if !x.request.method.is_empty() {
                 assert_eq!(x.request.method, truth.request.method);
@@ -227,7 +281,12 @@ fn late_join_never_yields_wrong_values() {
                 assert_eq!(x.request.path, truth.request.path);
             }
             for h in &x.request.headers {
-                assert_eq!(truth.request_header(&h.name), Some(h.value.as_str()), "{}", h.name);
+                assert_eq!(
+                    truth.request_header(&h.name),
+                    Some(h.value.as_str()),
+                    "{}",
+                    h.name
+                );
             }
             if let (Some(r), Some(t)) = (&x.response, &truth.response)
                 && r.status != 0
@@ -235,7 +294,9 @@ fn late_join_never_yields_wrong_values() {
                 assert_eq!(r.status, t.status);
             }
         }
-        assert!(c.stats().unresolved_fields() > 0 || out.iter().all(|x| !x.request.method.is_empty()));
+        assert!(
+            c.stats().unresolved_fields() > 0 || out.iter().all(|x| !x.request.method.is_empty())
+        );
     }
 }
 

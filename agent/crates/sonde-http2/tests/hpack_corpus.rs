@@ -30,17 +30,27 @@ fn load_story(path: &std::path::Path) -> Vec<Case> {
                 .expect("headers")
                 .iter()
                 .map(|h| {
-                    let (k, v) = h.as_object().expect("one-key object").iter().next().expect("one key");
+                    let (k, v) = h
+                        .as_object()
+                        .expect("one-key object")
+                        .iter()
+                        .next()
+                        .expect("one key");
                     (k.clone(), v.as_str().expect("string value").to_owned())
                 })
                 .collect(),
-            table_size: c.get("header_table_size").and_then(Value::as_u64).map(|n| n as usize),
+            table_size: c
+                .get("header_table_size")
+                .and_then(Value::as_u64)
+                .map(|n| n as usize),
         })
         .collect()
 }
 
 fn stories() -> Vec<(String, Vec<Case>)> {
-    let Some(root) = common::corpus("hpack-test-case") else { return Vec::new() };
+    let Some(root) = common::corpus("hpack-test-case") else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for dir in std::fs::read_dir(&root).expect("corpus dir") {
         let dir = dir.expect("entry").path();
@@ -52,7 +62,11 @@ fn stories() -> Vec<(String, Vec<Case>)> {
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(out.len() >= 25, "expected the five stories of five encoders, found {}", out.len());
+    assert!(
+        out.len() >= 25,
+        "expected the five stories of five encoders, found {}",
+        out.len()
+    );
     out
 }
 
@@ -62,8 +76,10 @@ fn decode(d: &mut Decoder, wire: &[u8]) -> Decoded {
     let mut out = Vec::new();
     d.decode_block(wire, &mut |f| {
         out.push((
-            f.name.map(|n| String::from_utf8(n.to_vec()).expect("utf-8 name")),
-            f.value.map(|v| String::from_utf8(v.to_vec()).expect("utf-8 value")),
+            f.name
+                .map(|n| String::from_utf8(n.to_vec()).expect("utf-8 name")),
+            f.value
+                .map(|v| String::from_utf8(v.to_vec()).expect("utf-8 value")),
         ))
     })
     .expect("corpus blocks are well-formed");
@@ -80,8 +96,11 @@ fn every_story_decodes_exactly() {
                 d.set_settings_limit(size);
             }
             let got = decode(&mut d, &case.wire);
-            let want: Decoded =
-                case.headers.iter().map(|(n, v)| (Some(n.clone()), Some(v.clone()))).collect();
+            let want: Decoded = case
+                .headers
+                .iter()
+                .map(|(n, v)| (Some(n.clone()), Some(v.clone())))
+                .collect();
             assert_eq!(got, want, "{name} case {i}");
             blocks += 1;
         }
@@ -187,7 +206,11 @@ fn late_join_reports_exactly_the_unseen_entries() {
                 .flatten()
                 .filter(|(n, v)| n.is_none() || v.is_none())
                 .count() as u64;
-            assert_eq!(d.stats().unresolved_fields, expected_unresolved, "{name} k={k}");
+            assert_eq!(
+                d.stats().unresolved_fields,
+                expected_unresolved,
+                "{name} k={k}"
+            );
             assert_eq!(d.stats().invalid_indices, 0, "{name} k={k}");
             unresolved_total += expected_unresolved;
             joins += 1;

@@ -77,7 +77,12 @@ const fn build_tables() -> Tables {
         fill[l] += 1;
         sym += 1;
     }
-    Tables { limit, first_code, first_index, symbols }
+    Tables {
+        limit,
+        first_code,
+        first_index,
+        symbols,
+    }
 }
 
 static TABLES: Tables = build_tables();
@@ -170,7 +175,10 @@ mod tests {
     #[test]
     fn code_is_complete_and_ends_with_eos_all_ones() {
         // Kraft sum exactly 1 <=> the canonical construction ends on the all-ones EOS code.
-        let kraft: u64 = CODE_LENGTHS.iter().map(|&l| 1u64 << (MAX_LEN - l as usize)).sum();
+        let kraft: u64 = CODE_LENGTHS
+            .iter()
+            .map(|&l| 1u64 << (MAX_LEN - l as usize))
+            .sum();
         assert_eq!(kraft, 1u64 << MAX_LEN);
         assert_eq!(TABLES.limit[30], 1u64 << 32);
         assert_eq!(TABLES.symbols[256], EOS);
@@ -207,12 +215,18 @@ mod tests {
     fn rejects_eos_and_bad_padding() {
         let mut out = Vec::new();
         // 30 ones then padding: EOS inside the string.
-        assert_eq!(decode(&[0xff, 0xff, 0xff, 0xff], &mut out), Err(HuffmanError::EosInString));
+        assert_eq!(
+            decode(&[0xff, 0xff, 0xff, 0xff], &mut out),
+            Err(HuffmanError::EosInString)
+        );
         // 'a' (00011) then 3 zero bits of padding.
         assert_eq!(decode(&[0x18], &mut out), Err(HuffmanError::BadPadding));
         // A full byte of ones as padding is too long.
         out.clear();
-        assert_eq!(decode(&[0x1f, 0xff], &mut out), Err(HuffmanError::BadPadding));
+        assert_eq!(
+            decode(&[0x1f, 0xff], &mut out),
+            Err(HuffmanError::BadPadding)
+        );
         assert!(decode(&[], &mut out).is_ok());
     }
 }

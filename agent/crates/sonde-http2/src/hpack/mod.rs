@@ -58,7 +58,11 @@ pub enum NameRef<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Instruction<'a> {
     Indexed(usize),
-    Literal { name: NameRef<'a>, value: WireString<'a>, mode: LiteralMode },
+    Literal {
+        name: NameRef<'a>,
+        value: WireString<'a>,
+        mode: LiteralMode,
+    },
     SizeUpdate(usize),
 }
 
@@ -76,7 +80,9 @@ pub fn read_integer(buf: &[u8], prefix_bits: u32) -> Result<(usize, usize), Hpac
         if shift > 28 {
             return Err(HpackError::IntegerOverflow);
         }
-        let add = (u32::from(b & 0x7f)).checked_shl(shift).ok_or(HpackError::IntegerOverflow)?;
+        let add = (u32::from(b & 0x7f))
+            .checked_shl(shift)
+            .ok_or(HpackError::IntegerOverflow)?;
         if shift == 28 && b & 0x70 != 0 {
             return Err(HpackError::IntegerOverflow);
         }
@@ -274,13 +280,23 @@ impl Decoder {
                     summary.fields += 1;
                     self.stats.fields += 1;
                     let field = match self.table.get(index) {
-                        Lookup::Found { name, value } => {
-                            Field { name, value: Some(value), never_indexed: false }
-                        }
-                        Lookup::Unresolved => Field { name: None, value: None, never_indexed: false },
+                        Lookup::Found { name, value } => Field {
+                            name,
+                            value: Some(value),
+                            never_indexed: false,
+                        },
+                        Lookup::Unresolved => Field {
+                            name: None,
+                            value: None,
+                            never_indexed: false,
+                        },
                         Lookup::Invalid => {
                             self.invalid_index();
-                            Field { name: None, value: None, never_indexed: false }
+                            Field {
+                                name: None,
+                                value: None,
+                                never_indexed: false,
+                            }
                         }
                     };
                     if !field.is_resolved() {
@@ -294,7 +310,9 @@ impl Decoder {
                     self.stats.fields += 1;
                     let name_src = match name {
                         NameRef::Indexed(index) => match self.table.get(index) {
-                            Lookup::Found { name: Some(_), .. } if index <= table::STATIC_TABLE.len() => {
+                            Lookup::Found { name: Some(_), .. }
+                                if index <= table::STATIC_TABLE.len() =>
+                            {
                                 NameSrc::Static(
                                     table::STATIC_TABLE
                                         .get(index - 1)
@@ -302,7 +320,9 @@ impl Decoder {
                                 )
                             }
                             Lookup::Found { name: Some(_), .. } => NameSrc::Table(index),
-                            Lookup::Found { name: None, .. } | Lookup::Unresolved => NameSrc::Unknown,
+                            Lookup::Found { name: None, .. } | Lookup::Unresolved => {
+                                NameSrc::Unknown
+                            }
                             Lookup::Invalid => {
                                 self.invalid_index();
                                 NameSrc::Unknown
@@ -323,8 +343,11 @@ impl Decoder {
                         self.value_buf.clear();
                         huffman::decode(value.raw, &mut self.value_buf)?;
                     }
-                    let value_slice: &[u8] =
-                        if value_in_buf { &self.value_buf } else { value.raw };
+                    let value_slice: &[u8] = if value_in_buf {
+                        &self.value_buf
+                    } else {
+                        value.raw
+                    };
                     let name_slice: Option<&[u8]> = match &name_src {
                         NameSrc::Static(s) => Some(s),
                         NameSrc::Table(i) => match self.table.get(*i) {
@@ -358,8 +381,11 @@ impl Decoder {
                             NameSrc::Block(a, b) => block.get(a..b),
                             NameSrc::Unknown => None,
                         };
-                        let value_slice: &[u8] =
-                            if value_in_buf { &self.value_buf } else { value.raw };
+                        let value_slice: &[u8] = if value_in_buf {
+                            &self.value_buf
+                        } else {
+                            value.raw
+                        };
                         self.table.insert(name_slice, value_slice);
                     }
                 }
@@ -404,7 +430,10 @@ mod tests {
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap_or(0)).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap_or(0))
+            .collect()
     }
 
     fn decode_all(d: &mut Decoder, block: &[u8]) -> Vec<(Option<String>, Option<String>)> {
@@ -419,7 +448,10 @@ mod tests {
     }
 
     fn known(pairs: &[(&str, &str)]) -> Vec<(Option<String>, Option<String>)> {
-        pairs.iter().map(|(n, v)| (Some(n.to_string()), Some(v.to_string()))).collect()
+        pairs
+            .iter()
+            .map(|(n, v)| (Some(n.to_string()), Some(v.to_string())))
+            .collect()
     }
 
     #[test]
@@ -440,7 +472,12 @@ mod tests {
         let a = decode_all(&mut d, &hex("828684418cf1e3c2e5f23a6ba0ab90f4ff"));
         assert_eq!(
             a,
-            known(&[(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com")])
+            known(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "www.example.com")
+            ])
         );
         let b = decode_all(&mut d, &hex("828684be5886a8eb10649cbf"));
         assert_eq!(
@@ -462,11 +499,20 @@ mod tests {
         let mut d = Decoder::new_late(65536);
         let b = decode_all(&mut d, &hex("828684be5886a8eb10649cbf"));
         assert_eq!(b[3], (None, None));
-        assert_eq!(b[4], (Some("cache-control".into()), Some("no-cache".into())));
+        assert_eq!(
+            b[4],
+            (Some("cache-control".into()), Some("no-cache".into()))
+        );
         assert_eq!(d.stats().unresolved_fields, 1);
         // The insertion we saw is entry 62 now; entry 63 is the unknown earlier one.
         let c = decode_all(&mut d, &[0xbe, 0xbf]);
-        assert_eq!(c, vec![(Some("cache-control".into()), Some("no-cache".into())), (None, None)]);
+        assert_eq!(
+            c,
+            vec![
+                (Some("cache-control".into()), Some("no-cache".into())),
+                (None, None)
+            ]
+        );
     }
 
     #[test]
@@ -475,7 +521,10 @@ mod tests {
         let _ = decode_all(&mut d, &hex("828684418cf1e3c2e5f23a6ba0ab90f4ff"));
         assert_eq!(d.table().len(), 1);
         // A literal whose string runs past the end of the block.
-        assert_eq!(d.decode_block(&[0x40, 0x85, 0x01], &mut |_| {}), Err(HpackError::Truncated));
+        assert_eq!(
+            d.decode_block(&[0x40, 0x85, 0x01], &mut |_| {}),
+            Err(HpackError::Truncated)
+        );
         assert_eq!(d.table().len(), 0);
         assert_eq!(decode_all(&mut d, &[0xbe]), vec![(None, None)]);
         assert_eq!(d.stats().malformed_blocks, 1);

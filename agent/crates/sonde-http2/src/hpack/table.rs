@@ -94,7 +94,10 @@ pub struct Entry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lookup<'a> {
     /// Both texts known (an unknown name is reported as `None`).
-    Found { name: Option<&'a [u8]>, value: &'a [u8] },
+    Found {
+        name: Option<&'a [u8]>,
+        value: &'a [u8],
+    },
     /// The entry was inserted before we started observing (or before a reset).
     Unresolved,
     /// No such entry can exist: index 0, or past the end of a table known to be complete.
@@ -140,6 +143,10 @@ impl DynamicTable {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn size(&self) -> usize {
         self.size
     }
@@ -158,11 +165,17 @@ impl DynamicTable {
             return Lookup::Invalid;
         }
         if let Some((name, value)) = STATIC_TABLE.get(index - 1) {
-            return Lookup::Found { name: Some(name.as_bytes()), value: value.as_bytes() };
+            return Lookup::Found {
+                name: Some(name.as_bytes()),
+                value: value.as_bytes(),
+            };
         }
         let dyn_index = index - STATIC_TABLE.len() - 1;
         match self.entries.get(dyn_index) {
-            Some(e) => Lookup::Found { name: e.name.as_deref(), value: &e.value },
+            Some(e) => Lookup::Found {
+                name: e.name.as_deref(),
+                value: &e.value,
+            },
             None if self.unknown_tail => Lookup::Unresolved,
             None => Lookup::Invalid,
         }
@@ -240,7 +253,10 @@ mod tests {
         assert_eq!(t.size(), 110);
         assert_eq!(
             t.get(62),
-            Lookup::Found { name: Some(b"cache-control"), value: b"no-cache" }
+            Lookup::Found {
+                name: Some(b"cache-control"),
+                value: b"no-cache"
+            }
         );
         assert_eq!(t.get(64), Lookup::Invalid);
         t.set_max_size(60);

@@ -8,10 +8,16 @@ use std::path::PathBuf;
 pub fn corpus(sub: &str) -> Option<PathBuf> {
     if let Ok(root) = std::env::var("SONDE_CORPORA") {
         let p = PathBuf::from(root).join(sub);
-        assert!(p.is_dir(), "SONDE_CORPORA is set but {} is missing", p.display());
+        assert!(
+            p.is_dir(),
+            "SONDE_CORPORA is set but {} is missing",
+            p.display()
+        );
         return Some(p);
     }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../../shared/corpora").join(sub);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../../shared/corpora")
+        .join(sub);
     if p.is_dir() {
         Some(p)
     } else {
@@ -22,7 +28,7 @@ pub fn corpus(sub: &str) -> Option<PathBuf> {
 
 pub fn hex(s: &str) -> Vec<u8> {
     let s: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
-    assert!(s.len() % 2 == 0, "odd hex length");
+    assert!(s.len().is_multiple_of(2), "odd hex length");
     s.chunks(2)
         .map(|p| {
             let t = std::str::from_utf8(p).expect("hex is ascii");
@@ -48,3 +54,4 @@ pub fn json_files(dir: &std::path::Path) -> Vec<PathBuf> {
     out
 }
 pub mod peer;
+pub mod wire;

@@ -20,24 +20,38 @@ pub struct Tee {
 }
 
 impl AsyncRead for Tee {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let new = &buf.filled()[before..];
         if !new.is_empty() {
-            self.log.lock().expect("log").push((Direction::Ingress, new.to_vec()));
+            self.log
+                .lock()
+                .expect("log")
+                .push((Direction::Ingress, new.to_vec()));
         }
         r
     }
 }
 
 impl AsyncWrite for Tee {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(n)) = &r
             && *n > 0
         {
-            self.log.lock().expect("log").push((Direction::Egress, data[..*n].to_vec()));
+            self.log
+                .lock()
+                .expect("log")
+                .push((Direction::Egress, data[..*n].to_vec()));
         }
         r
     }
@@ -62,11 +76,17 @@ pub struct Call {
 
 impl Call {
     pub fn get(path: &str) -> Call {
-        Call { method: Method::GET, path: path.to_owned(), headers: Vec::new(), body: Vec::new() }
+        Call {
+            method: Method::GET,
+            path: path.to_owned(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Call {
-        self.headers.push((name.to_owned(), value.as_bytes().to_vec()));
+        self.headers
+            .push((name.to_owned(), value.as_bytes().to_vec()));
         self
     }
 }
@@ -105,7 +125,9 @@ async fn serve_one(req: Request<h2::RecvStream>, mut respond: h2::server::SendRe
         return;
     }
     if header(h, "content-type").is_some_and(|c| c.starts_with("application/grpc")) {
-        let replies: usize = header(h, "x-replies").and_then(|v| v.parse().ok()).unwrap_or(1);
+        let replies: usize = header(h, "x-replies")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
         let status = header(h, "x-grpc-status").unwrap_or("0").to_owned();
         let resp = Response::builder()
             .status(200)
@@ -124,18 +146,30 @@ async fn serve_one(req: Request<h2::RecvStream>, mut respond: h2::server::SendRe
             let _ = respond.send_response(resp, true);
             return;
         }
-        let Ok(mut send) = respond.send_response(resp, false) else { return };
+        let Ok(mut send) = respond.send_response(resp, false) else {
+            return;
+        };
         for i in 0..replies {
-            let _ = send.send_data(Bytes::from(grpc_frame(&vec![7u8; 10 + i], i % 2 == 1)), false);
+            let _ = send.send_data(
+                Bytes::from(grpc_frame(&vec![7u8; 10 + i], i % 2 == 1)),
+                false,
+            );
         }
         let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_str(&status).expect("status"));
+        trailers.insert(
+            "grpc-status",
+            HeaderValue::from_str(&status).expect("status"),
+        );
         trailers.insert("grpc-message", HeaderValue::from_static("all%20done"));
         let _ = send.send_trailers(trailers);
         return;
     }
-    let status: u16 = header(h, "x-status").and_then(|v| v.parse().ok()).unwrap_or(200);
-    let len: usize = header(h, "x-resp-len").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let status: u16 = header(h, "x-status")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let len: usize = header(h, "x-resp-len")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let trailer = header(h, "x-trailer").map(str::to_owned);
     let resp = Response::builder()
         .status(StatusCode::from_u16(status).expect("status"))
@@ -144,7 +178,9 @@ async fn serve_one(req: Request<h2::RecvStream>, mut respond: h2::server::SendRe
         .body(())
         .expect("response");
     let end = len == 0 && trailer.is_none();
-    let Ok(mut send) = respond.send_response(resp, end) else { return };
+    let Ok(mut send) = respond.send_response(resp, end) else {
+        return;
+    };
     if end {
         return;
     }
@@ -162,9 +198,14 @@ async fn serve_one(req: Request<h2::RecvStream>, mut respond: h2::server::SendRe
 }
 
 async fn client_call(mut client: h2::client::SendRequest<Bytes>, call: Call) -> Outcome {
-    let mut b = Request::builder().method(call.method.clone()).uri(format!("http://example.test{}", call.path));
+    let mut b = Request::builder()
+        .method(call.method.clone())
+        .uri(format!("http://example.test{}", call.path));
     for (n, v) in &call.headers {
-        b = b.header(HeaderName::from_bytes(n.as_bytes()).expect("name"), HeaderValue::from_bytes(v).expect("value"));
+        b = b.header(
+            HeaderName::from_bytes(n.as_bytes()).expect("name"),
+            HeaderValue::from_bytes(v).expect("value"),
+        );
     }
     let req = b.body(()).expect("request");
     client = client.ready().await.expect("ready");
@@ -193,13 +234,21 @@ async fn client_call(mut client: h2::client::SendRequest<Bytes>, call: Call) -> 
 
 /// Runs the calls (all at once when `concurrent`) and returns what each got and the capture.
 pub fn converse(calls: Vec<Call>, concurrent: bool) -> (Vec<Outcome>, Vec<(Direction, Vec<u8>)>) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async move {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let log: Capture = Arc::default();
-        let tee = Tee { inner: server_io, log: Arc::clone(&log) };
+        let tee = Tee {
+            inner: server_io,
+            log: Arc::clone(&log),
+        };
         let server = tokio::spawn(async move {
-            let Ok(mut conn) = h2::server::handshake(tee).await else { return };
+            let Ok(mut conn) = h2::server::handshake(tee).await else {
+                return;
+            };
             let mut tasks = Vec::new();
             while let Some(Ok((req, respond))) = conn.accept().await {
                 tasks.push(tokio::spawn(serve_one(req, respond)));
@@ -213,8 +262,10 @@ pub fn converse(calls: Vec<Call>, concurrent: bool) -> (Vec<Outcome>, Vec<(Direc
             let _ = connection.await;
         });
         let outcomes = if concurrent {
-            let tasks: Vec<_> =
-                calls.into_iter().map(|c| tokio::spawn(client_call(client.clone(), c))).collect();
+            let tasks: Vec<_> = calls
+                .into_iter()
+                .map(|c| tokio::spawn(client_call(client.clone(), c)))
+                .collect();
             let mut outs = Vec::new();
             for t in tasks {
                 outs.push(t.await.expect("call task"));
@@ -237,7 +288,11 @@ pub fn converse(calls: Vec<Call>, concurrent: bool) -> (Vec<Outcome>, Vec<(Direc
 
 pub fn server_meta() -> Arc<ConnMeta> {
     Arc::new(ConnMeta {
-        id: ConnId { tgid: 10, fd: 7, generation: 1 },
+        id: ConnId {
+            tgid: 10,
+            fd: 7,
+            generation: 1,
+        },
         role: Role::Server,
         process: ProcessInfo::default(),
         local: None,
