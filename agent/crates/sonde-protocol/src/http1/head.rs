@@ -260,15 +260,22 @@ pub(crate) fn trim(mut s: &[u8]) -> &[u8] {
 }
 
 fn bounded_value(value: &[u8], max: usize) -> (String, bool) {
-    if value.len() <= max {
-        return (String::from_utf8_lossy(value).into_owned(), false);
+    let cut = value.len() > max;
+    let kept = value.get(..max).unwrap_or(value);
+    (text(kept, cut), cut)
+}
+
+/// Field bytes as text: UTF-8 when valid, else each byte as its ISO-8859-1 character (the
+/// historical charset of HTTP field values), so no byte is lost or replaced.
+fn text(bytes: &[u8], cut: bool) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        // A multi-byte character cut in half by the bound: keep the valid prefix.
+        Err(e) if cut && e.error_len().is_none() => {
+            String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned()
+        }
+        Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
     }
-    let mut s = String::from_utf8_lossy(value.get(..max).unwrap_or(value)).into_owned();
-    // A multi-byte character cut in half decodes to U+FFFD; drop it.
-    if s.ends_with('\u{FFFD}') {
-        s.pop();
-    }
-    (s, true)
 }
 
 /// Joins obsolete folded header lines (a line starting with SP or HT continues the previous one,

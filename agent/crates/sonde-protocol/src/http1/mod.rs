@@ -450,7 +450,8 @@ impl Ctx<'_> {
             p.queue.push_back(pending);
             p.req_target = ReqTarget::Queued;
         }
-        BodyPlan::Framed
+        // What follows a CONNECT request is tunnel data (or the next request if refused).
+        if is_connect { BodyPlan::NoBody } else { BodyPlan::Framed }
     }
 
     fn response_head(&mut self, head: Head, ts_ns: u64, resynced: bool) -> BodyPlan {
@@ -554,20 +555,23 @@ fn split_target(head: &Head) -> (String, Option<String>, Option<String>) {
         .strip_prefix("http://")
         .or_else(|| target.strip_prefix("https://"))
     {
-        // Absolute form: the authority is in the target.
-        let (auth, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
+        // Absolute form: the authority is in the target, up to the path, query or fragment.
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let auth = &rest[..end];
         if authority.is_none() && !auth.is_empty() {
             authority = Some(auth.to_owned());
         }
-        path
+        let tail = &rest[end..];
+        if tail.starts_with('/') {
+            tail.to_owned()
+        } else {
+            format!("/{tail}")
+        }
     } else {
         if head.method.eq_ignore_ascii_case("CONNECT") && authority.is_none() {
             authority = Some(target.to_owned());
         }
-        target
+        target.to_owned()
     };
     match path_and_query.split_once('?') {
         Some((path, query)) => (path.to_owned(), Some(query.to_owned()), authority),
