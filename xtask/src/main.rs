@@ -1,1 +1,37 @@
-fn main() {}
+//! `cargo xtask <task>`: everything a fresh machine needs, and the project's entry points.
+
+mod bench;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks (apt packages, nightly rust-src, bpf-linker), idempotently.
+    Setup,
+    /// The main job: collector + agent on this host, showing live inventory and anomalies.
+    Run(run::RunArgs),
+    /// Every test: format, lints, unit and corpus tests, privileged end-to-end tests.
+    Test(test::TestArgs),
+    /// Benchmarks (`capture`: whole-system overhead with nginx + wrk; others: criterion).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Run(args) => run::run(args),
+        Task::Test(args) => test::test(args),
+        Task::Bench(args) => bench::bench(args),
+    }
+}

@@ -1,0 +1,319 @@
+//! Live capture on the real kernel: real nginx, python and curl on loopback.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sonde_e2e::capture::{Capture, count_occurrences};
+use sonde_e2e::servers::{Nginx, PythonServer, curl};
+use sonde_e2e::{eventually, free_port, scratch_dir};
+use sonde_model::{Direction, Role};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn keep_alive_requests_arrive_in_order_with_offsets_pids_and_ports() {
+    let dir = scratch_dir("keepalive");
+    let port = free_port();
+    let nginx = Nginx::start(&dir, port);
+    for name in ["a", "b", "c"] {
+        std::fs::write(nginx.www().join(name), format!("body of {name}\n")).expect("write");
+    }
+    let cap = Capture::start(&[port]);
+    let base = format!("http://127.0.0.1:{port}");
+    let urls: Vec<String> = ["a", "b", "c"].iter().map(|n| format!("{base}/{n}")).collect();
+    let (curl_pid, out) = curl(&urls.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out, b"body of a\nbody of b\nbody of c\n");
+    let worker = nginx.worker_pid();
+
+    let conns = eventually(WAIT, "both sides of the connection", || {
+        let conns = cap.connections();
+        let client = conns.values().find(|c| c.open.as_ref().is_some_and(|o| o.process.pid == curl_pid))?;
+        let server = conns.values().find(|c| c.open.as_ref().is_some_and(|o| o.process.pid == worker))?;
+        (client.total_len(Direction::Ingress) >= 3 * 10 && server.total_len(Direction::Ingress) > 0
+            && count_occurrences(&client.stream(Direction::Ingress), b"HTTP/1.1 200 OK") == 3)
+            .then(|| (client.clone(), server.clone()))
+    });
+    let (client, server) = conns;
+    let (_, counters) = cap.stop();
+
+    // One connection each side, three requests in order on it.
+    let copen = client.open.as_ref().expect("client open");
+    assert_eq!(copen.role, Role::Client);
+    assert_eq!(copen.process.comm, "curl");
+    assert_eq!(copen.remote.map(|a| a.port()), Some(port));
+    let sopen = server.open.as_ref().expect("server open");
+    assert_eq!(sopen.role, Role::Server);
+    assert_eq!(sopen.process.comm, "nginx");
+    assert_eq!(sopen.local.map(|a| a.port()), Some(port));
+    assert_eq!(sopen.remote, copen.local, "the server's peer is the client's socket");
+
+    let requests = client.text(Direction::Egress);
+    let positions: Vec<usize> =
+        ["GET /a ", "GET /b ", "GET /c "].iter().map(|r| requests.find(r).expect(r)).collect();
+    assert_eq!(positions[0], 0, "the first request starts at offset 0");
+    assert!(positions[0] < positions[1] && positions[1] < positions[2], "{requests}");
+    assert_eq!(server.stream(Direction::Ingress), client.stream(Direction::Egress));
+    let responses = client.text(Direction::Ingress);
+    let bodies: Vec<usize> = ["body of a", "body of b", "body of c"]
+        .iter()
+        .map(|b| responses.find(b).expect(b))
+        .collect();
+    assert!(bodies[0] < bodies[1] && bodies[1] < bodies[2], "{responses}");
+    // nginx sends small files with sendfile: those bytes are known but not copied.
+    assert_eq!(server.total_len(Direction::Egress), client.total_len(Direction::Ingress));
+    assert!(server.missing_len(Direction::Egress) >= 30, "sendfile bytes travel as lengths");
+    assert!(client.closed && server.closed, "both sides closed");
+    for (name, v) in counters.drops() {
+        assert_eq!(v, 0, "drop counter {name}");
+    }
+}
+
+#[test]
+fn ipv6_loopback_connections_carry_v6_addresses() {
+    let dir = scratch_dir("ipv6");
+    let port = free_port();
+    let nginx = Nginx::start(&dir, port);
+    std::fs::write(nginx.www().join("six"), "over v6\n").expect("write");
+    let cap = Capture::start(&[port]);
+    let (curl_pid, out) = curl(&["-g", &format!("http://[::1]:{port}/six")]);
+    assert_eq!(out, b"over v6\n");
+    let client = eventually(WAIT, "the v6 client connection", || {
+        cap.connections().into_values().find(|c| {
+            c.open.as_ref().is_some_and(|o| o.process.pid == curl_pid)
+                && c.total_len(Direction::Ingress) > 0
+        })
+    });
+    let open = client.open.as_ref().expect("open");
+    let remote = open.remote.expect("remote address");
+    assert_eq!(remote, format!("[::1]:{port}").parse().expect("addr"));
+    assert!(open.local.expect("local").is_ipv6());
+    assert!(client.text(Direction::Egress).starts_with("GET /six HTTP/1.1\r\n"));
+}
+
+#[test]
+fn large_bodies_are_accounted_to_the_byte() {
+    let dir = scratch_dir("large");
+    let port = free_port();
+    let nginx = Nginx::start(&dir, port);
+    let five_mib: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    std::fs::write(nginx.www().join("big"), &five_mib).expect("write big");
+    let one_mib = dir.join("upload.bin");
+    std::fs::write(&one_mib, vec![b'x'; 1024 * 1024]).expect("write upload");
+    let cap = Capture::start(&[port]);
+
+    let (post_pid, out) = curl(&[
+        "--data-binary",
+        &format!("@{}", one_mib.display()),
+        "-H",
+        "Expect:",
+        &format!("http://127.0.0.1:{port}/upload"),
+    ]);
+    assert_eq!(out, b"ok\n");
+    let (get_pid, out) = curl(&[&format!("http://127.0.0.1:{port}/big")]);
+    assert_eq!(out.len(), five_mib.len());
+
+    let find = |pid: u32, min_egress: u64, min_ingress: u64| {
+        eventually(WAIT, "the large transfer", || {
+            cap.connections().into_values().find(|c| {
+                c.open.as_ref().is_some_and(|o| o.process.pid == pid)
+                    && c.total_len(Direction::Egress) >= min_egress
+                    && c.total_len(Direction::Ingress) >= min_ingress
+                    && c.closed
+            })
+        })
+    };
+    let post = find(post_pid, 1024 * 1024, 1);
+    let get = find(get_pid, 1, 5 * 1024 * 1024);
+    let (_, counters) = cap.stop();
+
+    // POST: request head plus exactly 1 MiB of body left the client, every byte accounted for as
+    // captured or known-missing, chunks tiling the stream from 0.
+    let head_len = post.text(Direction::Egress).find("\r\n\r\n").expect("head end") as u64 + 4;
+    let sent = post.total_len(Direction::Egress);
+    assert_eq!(sent, head_len + 1024 * 1024);
+    assert_eq!(post.captured_len(Direction::Egress) + post.missing_len(Direction::Egress), sent);
+    let stream = post.stream(Direction::Egress);
+    assert_eq!(stream.len() as u64, sent);
+
+    // GET: the 5 MiB response arrived whole at the client: head + body, captured + missing.
+    let got = get.total_len(Direction::Ingress);
+    let text = get.stream(Direction::Ingress);
+    let head_end = text.windows(4).position(|w| w == b"\r\n\r\n").expect("response head") + 4;
+    assert_eq!(got, head_end as u64 + five_mib.len() as u64);
+    assert_eq!(get.captured_len(Direction::Ingress) + get.missing_len(Direction::Ingress), got);
+    // Captured body bytes are the file's bytes at their offsets.
+    let body = &text[head_end..];
+    let mut checked = 0;
+    for c in get.chunks(Direction::Ingress) {
+        let start = c.offset as usize;
+        if start >= head_end && !c.data.is_empty() {
+            let at = start - head_end;
+            assert_eq!(&c.data[..], &five_mib[at..at + c.data.len()], "bytes at body offset {at}");
+            assert_eq!(&body[at..at + c.data.len()], &c.data[..]);
+            checked += c.data.len();
+        }
+    }
+    assert!(checked > 0, "some body bytes were captured and checked");
+    for (name, v) in counters.drops() {
+        assert_eq!(v, 0, "drop counter {name}");
+    }
+}
+
+#[test]
+fn a_connection_opened_before_capture_started_is_captured() {
+    let dir = scratch_dir("preexisting");
+    let port = free_port();
+    let nginx = Nginx::start(&dir, port);
+    std::fs::write(nginx.www().join("x"), "x\n").expect("write");
+    // A keep-alive client that makes one request, then waits for a line on stdin per request.
+    let script = format!(
+        "import http.client, sys\n\
+         c = http.client.HTTPConnection('127.0.0.1', {port})\n\
+         c.request('GET', '/x?before'); c.getresponse().read()\n\
+         print('ready', flush=True)\n\
+         for line in sys.stdin:\n\
+         \x20   c.request('GET', '/x?' + line.strip()); r = c.getresponse(); r.read()\n\
+         \x20   print(r.status, flush=True)\n"
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python client");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("ready line");
+    assert_eq!(line.trim(), "ready");
+
+    let cap = Capture::start(&[port]);
+    let mut stdin = child.stdin.take().expect("stdin");
+    for q in ["after1", "after2"] {
+        writeln!(stdin, "{q}").expect("send");
+        line.clear();
+        stdout.read_line(&mut line).expect("status");
+        assert_eq!(line.trim(), "200");
+    }
+    let pid = child.id();
+    let client = eventually(WAIT, "the pre-existing connection", || {
+        cap.connections().into_values().find(|c| {
+            c.open.as_ref().is_some_and(|o| o.process.pid == pid)
+                && c.text(Direction::Egress).contains("after2")
+        })
+    });
+    drop(stdin);
+    let _ = child.wait();
+    let open = client.open.as_ref().expect("open");
+    // Addresses and role come from procfs for a socket the kernel side met mid-stream.
+    assert_eq!(open.remote.map(|a| a.port()), Some(port));
+    assert_eq!(open.role, Role::Client);
+    let text = client.text(Direction::Egress);
+    assert!(text.starts_with("GET /x?after1 HTTP/1.1\r\n"), "{text}");
+    assert!(!text.contains("before"), "bytes sent before capture are not invented");
+}
+
+#[test]
+fn files_a_server_reads_are_not_reported_as_socket_data() {
+    let dir = scratch_dir("files");
+    let port = free_port();
+    let marker = "sonde-file-marker-7f3a";
+    std::fs::write(dir.join("page.txt"), marker.repeat(100)).expect("write");
+    let server = PythonServer::start(&dir, port);
+    // No port filter: every TCP socket of every process, to be sure no file read slips in.
+    let cap = Capture::start_with(sonde_agent::config::CaptureConfig {
+        pids: vec![server.pid()],
+        ..Default::default()
+    });
+    let (_, out) = curl(&[&format!("http://127.0.0.1:{port}/page.txt")]);
+    assert_eq!(out.len(), marker.len() * 100);
+    let server_conn = eventually(WAIT, "the server's response", || {
+        cap.connections().into_values().find(|c| {
+            c.open.as_ref().is_some_and(|o| o.process.pid == server.pid())
+                && c.text(Direction::Egress).contains(marker)
+        })
+    });
+    let events = cap.stop().0;
+    // python reads the file with read(2) before it writes it to the socket: only the socket's
+    // connection may carry the marker, and every connection with data is a real TCP socket.
+    let conns = sonde_e2e::capture::connections(&events);
+    for (id, c) in &conns {
+        let has_data = !c.chunks(Direction::Egress).is_empty() || !c.chunks(Direction::Ingress).is_empty();
+        if has_data {
+            let open = c.open.as_ref().unwrap_or_else(|| panic!("data on {id} without an open"));
+            assert!(open.local.is_some() && open.remote.is_some(), "{id} is a socket with addresses");
+        }
+    }
+    let with_marker: Vec<_> = conns
+        .values()
+        .filter(|c| c.text(Direction::Egress).contains(marker) || c.text(Direction::Ingress).contains(marker))
+        .collect();
+    assert_eq!(with_marker.len(), 1, "only the socket carries the file's bytes");
+    assert_eq!(
+        with_marker[0].open.as_ref().map(|o| o.conn),
+        server_conn.open.as_ref().map(|o| o.conn)
+    );
+}
+
+#[test]
+fn non_http_connections_stop_being_shipped_and_floods_stay_bounded() {
+    let port = free_port();
+    // Server and clients in a child process (this test process is the agent, which the kernel
+    // side never captures): an echo server, one binary-protocol client making 50 round trips,
+    // then a flood of 500 short-lived connections each sending one request.
+    let script = format!(
+        "import socket, threading\n\
+         srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         srv.bind(('127.0.0.1', {port})); srv.listen(1024)\n\
+         def serve():\n\
+         \x20   while True:\n\
+         \x20       c, _ = srv.accept()\n\
+         \x20       while True:\n\
+         \x20           b = c.recv(4096)\n\
+         \x20           if not b: break\n\
+         \x20           c.sendall(b)\n\
+         \x20       c.close()\n\
+         threading.Thread(target=serve, daemon=True).start()\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         for _ in range(50):\n\
+         \x20   s.sendall(bytes([0, 1, 0xfe, 0xff, 0x13, 0x37, 0x42, 0x42])); s.recv(8)\n\
+         s.close()\n\
+         for i in range(500):\n\
+         \x20   c = socket.create_connection(('127.0.0.1', {port}))\n\
+         \x20   c.sendall(b'GET /%d HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' % i); c.recv(100); c.close()\n\
+         print('done', flush=True)\n"
+    );
+    let cap = Capture::start(&[port]);
+    let before = cap.counters();
+    let out = Command::new("python3").args(["-c", &script]).output().expect("python runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+    let c = eventually(WAIT, "the non-HTTP connection to be classified", || {
+        let c = cap.counters();
+        (c.get("non_http_conns") >= before.get("non_http_conns") + 2).then_some(c)
+    });
+    let (events, after) = cap.stop();
+    // Not one byte of the binary connection was shipped: its first call classified it.
+    let conns = sonde_e2e::capture::connections(&events);
+    let binary: Vec<_> = conns
+        .values()
+        .filter(|c| {
+            c.chunks(Direction::Egress)
+                .iter()
+                .chain(c.chunks(Direction::Ingress))
+                .any(|d| d.data.starts_with(&[0x00, 0x01]))
+        })
+        .collect();
+    assert!(binary.is_empty(), "binary payload shipped: {binary:?}");
+    assert!(
+        after.get("non_http_calls") >= before.get("non_http_calls") + 190,
+        "the 2 sides x 2 directions x 50 calls were stopped in the kernel: {c:?}"
+    );
+    // The flood: all 500 connections seen from both sides, each with its request.
+    let flood = conns.values().filter(|c| c.text(Direction::Egress).starts_with("GET /")).count();
+    let served = conns.values().filter(|c| c.text(Direction::Ingress).starts_with("GET /")).count();
+    assert!(flood >= 500 && served >= 500, "{flood} client / {served} server flood connections seen");
+    for (name, v) in after.drops() {
+        assert_eq!(v, 0, "drop counter {name}");
+    }
+}

@@ -1,0 +1,111 @@
+//! `cargo xtask setup`: installs what a fresh machine of this kind lacks, and does nothing (in a
+//! second or two) when everything is there. DESIGN.md's toolchain section is the recipe.
+
+use std::process::Command;
+
+use anyhow::Context as _;
+
+use crate::util::{output, run, succeeds};
+
+/// Debian packages the build, the tests and the benchmarks use, by the command that proves each
+/// is installed.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("nginx", "/usr/sbin/nginx"),
+    ("wrk", "/usr/bin/wrk"),
+    ("curl", "/usr/bin/curl"),
+    ("nghttp2-client", "/usr/bin/nghttp"),
+    ("iproute2", "/usr/sbin/ip"),
+];
+
+/// Python packages the end-to-end tests drive servers and clients with.
+const PIP_PACKAGES: &[(&str, &str)] = &[("requests", "requests")];
+
+pub fn setup() -> anyhow::Result<()> {
+    apt_packages()?;
+    pip_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    eprintln!("setup: done");
+    Ok(())
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(_, probe)| !std::path::Path::new(probe).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    // Debian starts nginx on install; the tests start their own instances.
+    let _ = succeeds(Command::new("nginx").args(["-s", "stop"]));
+    Ok(())
+}
+
+fn pip_packages() -> anyhow::Result<()> {
+    for (pkg, module) in PIP_PACKAGES {
+        if !succeeds(Command::new("python3").args(["-c", &format!("import {module}")])) {
+            run(Command::new("python3").args(["-m", "pip", "install", "-q", pkg]))?;
+        }
+    }
+    Ok(())
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("the nightly toolchain is needed to build the eBPF programs")?;
+    if !installed.lines().any(|l| l.trim() == "rust-src" || l.starts_with("rust-src")) {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    Ok(())
+}
+
+/// bpf-linker built against the nightly rustc's own libLLVM (Debian has no LLVM of that
+/// version). Tied to that exact nightly: never `rustup update` it.
+fn bpf_linker() -> anyhow::Result<()> {
+    if succeeds(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let sysroot = sysroot.trim();
+    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let llvm_major = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("no LLVM version in `rustc +nightly -vV`")?
+        .to_string();
+    let lib_dir = std::path::Path::new(sysroot).join("lib");
+    let llvm_lib = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("listing {}", lib_dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .find(|n| n.starts_with("libLLVM-") && n.contains("-rust-") && n.ends_with(".so"))
+        .map(|n| n.trim_start_matches("lib").trim_end_matches(".so").to_string())
+        .context("the nightly toolchain ships no libLLVM-*-rust-*.so")?;
+    eprintln!("setup: building bpf-linker against {llvm_lib} (about a minute)");
+    run(Command::new("cargo")
+        .args(["+nightly", "install", "bpf-linker", "--locked", "--no-default-features"])
+        .args(["--features", &format!("llvm-{llvm_major},no-llvm-linking")])
+        .env(
+            "RUSTFLAGS",
+            format!(
+                "-L {sysroot}/lib -l dylib={llvm_lib} -C link-arg=-Wl,-rpath,{sysroot}/lib"
+            ),
+        )
+        .env("CXXSTDLIB", "stdc++"))?;
+    Ok(())
+}
