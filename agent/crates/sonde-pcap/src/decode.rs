@@ -281,6 +281,19 @@ mod tests {
     }
 
     #[test]
+    fn vlan_tagged_frames_are_decoded() {
+        let builder = PacketBuilder::ethernet2([1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12])
+            .single_vlan(etherparse::VlanId::try_new(42).expect("vlan id"))
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(40000, 80, 1, 65535);
+        let mut frame = Vec::new();
+        builder.write(&mut frame, b"vlan").expect("frame");
+        let seg = decode_frame(LinkType::Ethernet, &frame, frame.len() as u32).expect("tcp");
+        assert_eq!(seg.payload, b"vlan");
+        assert_eq!(seg.src.port(), 40000);
+    }
+
+    #[test]
     fn loopback_sll2_and_raw_framing() {
         let frame = tcp_frame(b"hi");
         let ip = &frame[14..];

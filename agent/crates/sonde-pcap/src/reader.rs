@@ -248,9 +248,12 @@ impl PcapReader {
                 let block = match raw.try_into_block(state) {
                     Ok(block) => block,
                     Err(e) => {
+                        if stats.malformed == 0 {
+                            // Once per file: a hostile capture could hold millions of these.
+                            tracing::debug!(file = %name, error = %e, "undecodable pcapng packet block");
+                        }
                         stats.records += 1;
                         stats.malformed += 1;
-                        tracing::debug!(file = %name, error = %e, "undecodable pcapng packet block");
                         return Ok(true);
                     }
                 };
@@ -361,5 +364,16 @@ fn pcapng_error(name: &str, records: u64, e: PcapNgReadError) -> PcapError {
             records,
             source: Box::new(other),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_can_move_to_another_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<PcapReader>();
     }
 }
