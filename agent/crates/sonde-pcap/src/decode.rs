@@ -281,6 +281,21 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_total_length_zero_from_segmentation_offload_uses_the_record() {
+        // Captured on the sending host before TSO: the IPv4 total length field is 0.
+        let mut frame = tcp_frame(&[b'z'; 3000]);
+        frame[14 + 2] = 0;
+        frame[14 + 3] = 0;
+        let seg = decode_frame(LinkType::Ethernet, &frame, frame.len() as u32).expect("tcp");
+        assert_eq!(seg.payload.len(), 3000);
+        assert_eq!(seg.payload_len, 3000);
+        // The same, cut by a snap length: the record's original length still tells.
+        let cut = &frame[..14 + 40 + 500];
+        let seg = decode_frame(LinkType::Ethernet, cut, frame.len() as u32).expect("tcp");
+        assert_eq!((seg.payload.len(), seg.payload_len), (500, 3000));
+    }
+
+    #[test]
     fn vlan_tagged_frames_are_decoded() {
         let builder = PacketBuilder::ethernet2([1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12])
             .single_vlan(etherparse::VlanId::try_new(42).expect("vlan id"))

@@ -8,6 +8,16 @@ use std::collections::VecDeque;
 use std::io::Cursor;
 use std::net::SocketAddr;
 
+use std::borrow::Cow;
+use std::time::Duration;
+
+use pcap_file::Endianness;
+use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+use pcap_file::pcapng::blocks::interface_description::{
+    InterfaceDescriptionBlock, InterfaceDescriptionOption, InterfaceTsResolution,
+};
+use pcap_file::pcapng::blocks::simple_packet::SimplePacketBlock;
+use pcap_file::pcapng::{Block, PcapNgWriter};
 use sonde_model::{CaptureEvent, Direction, Role};
 use sonde_pcap::{LinkType, PcapError, PcapReader, ReassemblyLimits, TcpReassembler, decode_frame};
 
@@ -706,4 +716,64 @@ fn corrupted_corpus_captures_never_panic() {
             let _ = replay(reader);
         }
     }
+}
+
+#[test]
+fn pcapng_interfaces_keep_their_own_link_type_and_clock() {
+    // Interface 0: Ethernet, default microsecond clock. Interface 1: raw IP, ten-nanosecond
+    // ticks (if_tsresol 8). A simple packet block (no timestamp) rides on interface 0.
+    let eth = exchange(Framing::Ethernet, client(), server());
+    let other_client: SocketAddr = "10.0.0.3:52000".parse().expect("addr");
+    let raw = exchange(Framing::RawIp, other_client, server());
+    let mut writer = PcapNgWriter::new(Vec::new()).expect("section");
+    writer
+        .write_pcapng_block(InterfaceDescriptionBlock::new(
+            Framing::Ethernet.datalink(),
+            65535,
+        ))
+        .expect("idb 0");
+    let mut idb = InterfaceDescriptionBlock::new(Framing::RawIp.datalink(), 65535);
+    idb.options.push(InterfaceDescriptionOption::IfTsResol(
+        InterfaceTsResolution::from_u8(8).expect("resolution"),
+    ));
+    writer.write_pcapng_block(idb).expect("idb 1");
+    let base = 1_600_000_000_000_000_000u64;
+    for (i, (e, r)) in eth.frames.iter().zip(&raw.frames).enumerate() {
+        let ts = base + i as u64 * 1_000_000;
+        for (interface, frame, ts) in [(0, e, ts), (1, r, ts + 10)] {
+            let epb = EnhancedPacketBlock {
+                interface_id: interface,
+                timestamp: Duration::from_nanos(ts),
+                original_len: frame.data.len() as u32,
+                data: Cow::Borrowed(&frame.data),
+                options: vec![],
+            };
+            writer.write_pcapng_block(epb).expect("epb");
+        }
+    }
+    // A late retransmission of the request on interface 0 as a simple packet block.
+    let request = &eth.frames[3].data;
+    let spb = SimplePacketBlock {
+        original_len: request.len() as u32,
+        data: Cow::Borrowed(request),
+    };
+    writer.write_block(&Block::SimplePacket(spb)).expect("spb");
+    let r = read(writer.into_inner());
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.conns.len(), 2);
+    for conn in r.conns.values() {
+        assert_eq!(conn.stream(Direction::Ingress).bytes, REQUEST);
+        assert_eq!(conn.stream(Direction::Egress).bytes, RESPONSE);
+    }
+    let opens: Vec<(SocketAddr, u64)> = r
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            CaptureEvent::Open(o) => Some((o.remote.expect("remote"), o.ts_ns)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opens, vec![(client(), base), (other_client, base + 10)]);
+    assert_eq!(r.stats.records, 2 * eth.frames.len() as u64 + 1);
+    assert_eq!(r.stats.reassembly.segments_after_close, 1);
 }

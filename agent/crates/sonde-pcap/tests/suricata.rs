@@ -393,3 +393,98 @@ fn suricata_gap_pcaps_report_the_missing_response_bytes() {
         "gap misplaced at {offset}"
     );
 }
+
+/// Hands out its bytes a few at a time, so records straddle every kind of read boundary.
+struct Trickle {
+    bytes: Vec<u8>,
+    at: usize,
+    step: usize,
+}
+
+impl std::io::Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(buf.len()).min(self.bytes.len() - self.at);
+        buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        self.step = self.step % 13 + 1;
+        Ok(n)
+    }
+}
+
+fn streams(replay: &Replay) -> Vec<(Vec<u8>, Vec<u8>)> {
+    replay
+        .conns
+        .values()
+        .map(|c| {
+            (
+                c.stream(Direction::Ingress).bytes.clone(),
+                c.stream(Direction::Egress).bytes.clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn short_reads_give_the_same_events() {
+    let Some(dir) = common::corpus("suricata-verify/tests") else {
+        return;
+    };
+    for pcap in pcaps_under(&dir).iter().step_by(3) {
+        let whole = replay(PcapReader::open(pcap).expect("open"));
+        let bytes = std::fs::read(pcap).expect("read");
+        let reader = PcapReader::from_reader(
+            "trickle",
+            Trickle {
+                bytes,
+                at: 0,
+                step: 1,
+            },
+            Default::default(),
+        )
+        .expect("open trickle");
+        let trickled = replay(reader);
+        assert!(
+            trickled.error.is_none(),
+            "{}: {:?}",
+            pcap.display(),
+            trickled.error
+        );
+        assert_eq!(trickled.events, whole.events, "{}", pcap.display());
+    }
+}
+
+#[test]
+fn every_prefix_of_a_capture_rebuilds_a_prefix_of_its_streams() {
+    let Some(dir) = common::corpus("suricata-verify/tests") else {
+        return;
+    };
+    let path = dir.join("http-async/input.pcap");
+    let bytes = std::fs::read(&path).expect("read");
+    let full = streams(&replay(PcapReader::open(&path).expect("open")));
+    for cut in (0..bytes.len()).step_by(5) {
+        let prefix = bytes[..cut].to_vec();
+        let reader = match PcapReader::from_reader(
+            "prefix",
+            std::io::Cursor::new(prefix),
+            Default::default(),
+        ) {
+            Ok(reader) => reader,
+            Err(e) => {
+                assert!(cut < 24, "cut at {cut}: {e}");
+                continue;
+            }
+        };
+        let partial = replay(reader);
+        let got = streams(&partial);
+        assert!(got.len() <= full.len());
+        for ((gi, ge), (fi, fe)) in got.iter().zip(&full) {
+            assert!(fi.starts_with(gi) && fe.starts_with(ge), "cut at {cut}");
+        }
+        if let Some(e) = &partial.error {
+            assert!(
+                matches!(e, sonde_pcap::PcapError::Truncated { .. }),
+                "cut at {cut}: {e}"
+            );
+        }
+    }
+}

@@ -7,13 +7,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep};
-use pcap_file::DataLink;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapTsResolution, PcapWriter};
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption, InterfaceTsResolution,
 };
+use pcap_file::{DataLink, Endianness};
 
 /// Link framing of the generated records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub enum Framing {
 }
 
 impl Framing {
-    fn datalink(self) -> DataLink {
+    pub fn datalink(self) -> DataLink {
         match self {
             Framing::Ethernet => DataLink::ETHERNET,
             Framing::LinuxSll => DataLink::LINUX_SLL,
@@ -198,7 +198,12 @@ impl Synth {
 
     /// A classic pcap (µs resolution unless `nanos`), records cut to the snap length.
     pub fn pcap(&self, nanos: bool) -> Vec<u8> {
+        self.pcap_in(nanos, Endianness::Little)
+    }
+
+    pub fn pcap_in(&self, nanos: bool, endianness: Endianness) -> Vec<u8> {
         let header = PcapHeader {
+            endianness,
             datalink: self.framing.datalink(),
             snaplen: self.snaplen,
             ts_resolution: if nanos {
