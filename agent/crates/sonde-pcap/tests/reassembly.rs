@@ -79,6 +79,7 @@ fn exchange_is_seen_from_the_server_side_and_closed() {
     for (label, bytes) in [
         ("pcap µs", cap.pcap(false)),
         ("pcap ns", cap.pcap(true)),
+        ("pcap big-endian", cap.pcap_in(false, Endianness::Big)),
         ("pcapng", cap.pcapng()),
     ] {
         let r = read(bytes);
