@@ -17,8 +17,17 @@ use sonde_proto::v1::{
 use support::{Fixture, Session, anomaly, endpoint, hello};
 use tonic::Code;
 
-fn batch(seq: u64, updates: Vec<sonde_proto::v1::EndpointUpdate>, anomalies: Vec<sonde_proto::v1::Anomaly>) -> Batch {
-    Batch { seq, endpoint_updates: updates, anomalies, sealed_at_unix_ns: 0 }
+fn batch(
+    seq: u64,
+    updates: Vec<sonde_proto::v1::EndpointUpdate>,
+    anomalies: Vec<sonde_proto::v1::Anomaly>,
+) -> Batch {
+    Batch {
+        seq,
+        endpoint_updates: updates,
+        anomalies,
+        sealed_at_unix_ns: 0,
+    }
 }
 
 #[tokio::test]
@@ -27,50 +36,102 @@ async fn ingest_then_query_round_trip() -> anyhow::Result<()> {
     let mut session = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
     assert_eq!(session.committed, 0);
     let mut users = endpoint("api.local", "GET", "/users/{id}", 7);
-    users.sensitive = vec![SensitiveField { kind: "email".into(), field_path: "response.body.email".into(), count: 7 }];
+    users.sensitive = vec![SensitiveField {
+        kind: "email".into(),
+        field_path: "response.body.email".into(),
+        count: 7,
+    }];
     users.query_params = vec!["expand".into()];
     let orders = endpoint("api.local", "POST", "/orders", 2);
     let found = anomaly("k1", "api.local GET /users/{id}", 3, 5_000);
-    assert_eq!(session.batch_acked(batch(1, vec![users, orders], vec![found])).await?, 1);
+    assert_eq!(
+        session
+            .batch_acked(batch(1, vec![users, orders], vec![found]))
+            .await?,
+        1
+    );
     session
         .send(agent_message::Body::Heartbeat(Heartbeat {
             counters: [("drops.ring_full".to_string(), 4)].into_iter().collect(),
-            blind_spots: vec![BlindSpot { kind: "tls.uprobes_unavailable".into(), detail: "no libssl".into() }],
+            blind_spots: vec![BlindSpot {
+                kind: "tls.uprobes_unavailable".into(),
+                detail: "no libssl".into(),
+            }],
             sent_at_unix_ns: 1,
         }))
         .await?;
 
     let mut query = fx.query().await?;
-    let listed = query.list_endpoints(ListEndpointsRequest::default()).await?.into_inner();
+    let listed = query
+        .list_endpoints(ListEndpointsRequest::default())
+        .await?
+        .into_inner();
     assert_eq!(listed.endpoints.len(), 2);
     assert!(listed.next_page_token.is_empty());
-    let users = listed.endpoints.iter().find(|e| e.path_template == "/users/{id}").context("users endpoint")?;
-    assert_eq!((users.service.as_str(), users.method.as_str(), users.call_count), ("api.local", "GET", 7));
+    let users = listed
+        .endpoints
+        .iter()
+        .find(|e| e.path_template == "/users/{id}")
+        .context("users endpoint")?;
+    assert_eq!(
+        (
+            users.service.as_str(),
+            users.method.as_str(),
+            users.call_count
+        ),
+        ("api.local", "GET", 7)
+    );
     assert_eq!(users.classification, Classification::Shadow as i32);
     assert_eq!(users.sensitive_kinds, vec!["email".to_string()]);
     assert_eq!(users.hosts, vec!["host-a".to_string()]);
     assert!(!users.unauthenticated);
 
-    let detail = query.get_endpoint(GetEndpointRequest { id: users.id.clone() }).await?.into_inner();
+    let detail = query
+        .get_endpoint(GetEndpointRequest {
+            id: users.id.clone(),
+        })
+        .await?
+        .into_inner();
     let merged = detail.merged.context("merged")?;
     assert_eq!(merged.query_params, vec!["expand".to_string()]);
     assert_eq!(detail.reports.len(), 1);
     assert_eq!(detail.reports[0].host, "host-a");
     assert_eq!(detail.recent_anomalies.len(), 1);
-    let recent = detail.recent_anomalies[0].anomaly.clone().context("anomaly")?;
-    assert_eq!(recent.evidence.context("evidence")?.request_line, "GET /users/7");
+    let recent = detail.recent_anomalies[0]
+        .anomaly
+        .clone()
+        .context("anomaly")?;
+    assert_eq!(
+        recent.evidence.context("evidence")?.request_line,
+        "GET /users/7"
+    );
 
-    let missing = query.get_endpoint(GetEndpointRequest { id: "00".into() }).await;
-    assert_eq!(missing.map(|_| ()).map_err(|s| s.code()), Err(Code::NotFound));
+    let missing = query
+        .get_endpoint(GetEndpointRequest { id: "00".into() })
+        .await;
+    assert_eq!(
+        missing.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::NotFound)
+    );
 
-    let anomalies = query.list_anomalies(ListAnomaliesRequest::default()).await?.into_inner();
+    let anomalies = query
+        .list_anomalies(ListAnomaliesRequest::default())
+        .await?
+        .into_inner();
     assert_eq!(anomalies.anomalies.len(), 1);
-    assert_eq!(anomalies.anomalies[0].anomaly.as_ref().map(|a| a.count), Some(3));
+    assert_eq!(
+        anomalies.anomalies[0].anomaly.as_ref().map(|a| a.count),
+        Some(3)
+    );
 
     // The heartbeat is recorded asynchronously: poll briefly.
     let mut agent = None;
     for _ in 0..50 {
-        let agents = query.list_agents(ListAgentsRequest {}).await?.into_inner().agents;
+        let agents = query
+            .list_agents(ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents;
         if let Some(a) = agents.into_iter().find(|a| a.last_heartbeat_unix_ns > 0) {
             agent = Some(a);
             break;
@@ -81,22 +142,39 @@ async fn ingest_then_query_round_trip() -> anyhow::Result<()> {
     assert!(agent.connected);
     assert_eq!(agent.counters.get("drops.ring_full"), Some(&4));
     assert_eq!(agent.blind_spots[0].kind, "tls.uprobes_unavailable");
-    assert_eq!((agent.last_seq, agent.batches_committed, agent.endpoint_updates_committed, agent.anomalies_committed), (1, 1, 2, 1));
+    assert_eq!(
+        (
+            agent.last_seq,
+            agent.batches_committed,
+            agent.endpoint_updates_committed,
+            agent.anomalies_committed
+        ),
+        (1, 1, 2, 1)
+    );
 
     drop(session);
     let mut disconnected = false;
     for _ in 0..100 {
-        let agents = query.list_agents(ListAgentsRequest {}).await?.into_inner().agents;
+        let agents = query
+            .list_agents(ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents;
         if agents.iter().all(|a| !a.connected) {
             disconnected = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(disconnected, "agent still shown connected after its stream closed");
+    assert!(
+        disconnected,
+        "agent still shown connected after its stream closed"
+    );
 
     let openapi = query
-        .export_open_api(sonde_proto::v1::ExportOpenApiRequest { service: "api.local".into() })
+        .export_open_api(sonde_proto::v1::ExportOpenApiRequest {
+            service: "api.local".into(),
+        })
         .await?
         .into_inner();
     assert_eq!(openapi.path_count, 2);
@@ -121,7 +199,11 @@ async fn filters_and_paging() -> anyhow::Result<()> {
             u.auth_schemes = [("none".to_string(), 1)].into_iter().collect();
         }
         if i % 25 == 0 {
-            u.sensitive = vec![SensitiveField { kind: "payment_card".into(), field_path: "request.body.card".into(), count: 1 }];
+            u.sensitive = vec![SensitiveField {
+                kind: "payment_card".into(),
+                field_path: "request.body.card".into(),
+                count: 1,
+            }];
         }
         updates.push(u);
     }
@@ -129,7 +211,10 @@ async fn filters_and_paging() -> anyhow::Result<()> {
     let mut query = fx.query().await?;
 
     let mut ids = std::collections::BTreeSet::new();
-    let mut request = ListEndpointsRequest { page_size: 100, ..Default::default() };
+    let mut request = ListEndpointsRequest {
+        page_size: 100,
+        ..Default::default()
+    };
     let mut pages = 0;
     loop {
         let page = query.list_endpoints(request.clone()).await?.into_inner();
@@ -148,23 +233,90 @@ async fn filters_and_paging() -> anyhow::Result<()> {
     let count = |r: ListEndpointsRequest| {
         let mut q = query.clone();
         async move {
-            let r = ListEndpointsRequest { page_size: 1000, ..r };
-            q.list_endpoints(r).await.map(|p| p.into_inner().endpoints.len())
+            let r = ListEndpointsRequest {
+                page_size: 1000,
+                ..r
+            };
+            q.list_endpoints(r)
+                .await
+                .map(|p| p.into_inner().endpoints.len())
         }
     };
-    assert_eq!(count(ListEndpointsRequest { service: "even.svc".into(), ..Default::default() }).await?, 125);
-    assert_eq!(count(ListEndpointsRequest { classification: Some(Classification::Zombie as i32), ..Default::default() }).await?, 50);
-    assert_eq!(count(ListEndpointsRequest { classification: Some(Classification::Shadow as i32), ..Default::default() }).await?, 200);
-    assert_eq!(count(ListEndpointsRequest { unauthenticated: true, ..Default::default() }).await?, 25);
-    assert_eq!(count(ListEndpointsRequest { sensitive_kind: "payment_card".into(), ..Default::default() }).await?, 10);
-    assert_eq!(count(ListEndpointsRequest { host: "host-a".into(), ..Default::default() }).await?, 250);
-    assert_eq!(count(ListEndpointsRequest { host: "elsewhere".into(), ..Default::default() }).await?, 0);
     assert_eq!(
-        count(ListEndpointsRequest { service: "even.svc".into(), unauthenticated: true, ..Default::default() }).await?,
+        count(ListEndpointsRequest {
+            service: "even.svc".into(),
+            ..Default::default()
+        })
+        .await?,
+        125
+    );
+    assert_eq!(
+        count(ListEndpointsRequest {
+            classification: Some(Classification::Zombie as i32),
+            ..Default::default()
+        })
+        .await?,
+        50
+    );
+    assert_eq!(
+        count(ListEndpointsRequest {
+            classification: Some(Classification::Shadow as i32),
+            ..Default::default()
+        })
+        .await?,
+        200
+    );
+    assert_eq!(
+        count(ListEndpointsRequest {
+            unauthenticated: true,
+            ..Default::default()
+        })
+        .await?,
         25
     );
-    let bad = query.list_endpoints(ListEndpointsRequest { page_token: "not-a-token".into(), ..Default::default() }).await;
-    assert_eq!(bad.map(|_| ()).map_err(|s| s.code()), Err(Code::InvalidArgument));
+    assert_eq!(
+        count(ListEndpointsRequest {
+            sensitive_kind: "payment_card".into(),
+            ..Default::default()
+        })
+        .await?,
+        10
+    );
+    assert_eq!(
+        count(ListEndpointsRequest {
+            host: "host-a".into(),
+            ..Default::default()
+        })
+        .await?,
+        250
+    );
+    assert_eq!(
+        count(ListEndpointsRequest {
+            host: "elsewhere".into(),
+            ..Default::default()
+        })
+        .await?,
+        0
+    );
+    assert_eq!(
+        count(ListEndpointsRequest {
+            service: "even.svc".into(),
+            unauthenticated: true,
+            ..Default::default()
+        })
+        .await?,
+        25
+    );
+    let bad = query
+        .list_endpoints(ListEndpointsRequest {
+            page_token: "not-a-token".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        bad.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::InvalidArgument)
+    );
 
     // Anomalies: paging newest first, time range and severity filters.
     let anomalies: Vec<_> = (0..30u64)
@@ -178,28 +330,54 @@ async fn filters_and_paging() -> anyhow::Result<()> {
         .collect();
     session.batch_acked(batch(2, vec![], anomalies)).await?;
     let mut seen = Vec::new();
-    let mut request = ListAnomaliesRequest { page_size: 7, ..Default::default() };
+    let mut request = ListAnomaliesRequest {
+        page_size: 7,
+        ..Default::default()
+    };
     loop {
         let page = query.list_anomalies(request.clone()).await?.into_inner();
-        seen.extend(page.anomalies.iter().filter_map(|a| a.anomaly.as_ref().map(|a| a.last_seen_unix_ns)));
+        seen.extend(
+            page.anomalies
+                .iter()
+                .filter_map(|a| a.anomaly.as_ref().map(|a| a.last_seen_unix_ns)),
+        );
         if page.next_page_token.is_empty() {
             break;
         }
         request.page_token = page.next_page_token;
     }
-    assert_eq!(seen, (0..30u64).rev().map(|i| 1_000 + i).collect::<Vec<_>>());
+    assert_eq!(
+        seen,
+        (0..30u64).rev().map(|i| 1_000 + i).collect::<Vec<_>>()
+    );
     let ranged = query
-        .list_anomalies(ListAnomaliesRequest { since_unix_ns: 1_010, until_unix_ns: 1_020, ..Default::default() })
+        .list_anomalies(ListAnomaliesRequest {
+            since_unix_ns: 1_010,
+            until_unix_ns: 1_020,
+            ..Default::default()
+        })
         .await?
         .into_inner();
     assert_eq!(ranged.anomalies.len(), 10);
     let severe = query
-        .list_anomalies(ListAnomaliesRequest { min_severity: Severity::High as i32, page_size: 1000, ..Default::default() })
+        .list_anomalies(ListAnomaliesRequest {
+            min_severity: Severity::High as i32,
+            page_size: 1000,
+            ..Default::default()
+        })
         .await?
         .into_inner();
     assert_eq!(severe.anomalies.len(), 20);
-    let bad = query.list_anomalies(ListAnomaliesRequest { page_token: "x".into(), ..Default::default() }).await;
-    assert_eq!(bad.map(|_| ()).map_err(|s| s.code()), Err(Code::InvalidArgument));
+    let bad = query
+        .list_anomalies(ListAnomaliesRequest {
+            page_token: "x".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        bad.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::InvalidArgument)
+    );
     fx.collector.stop().await
 }
 
@@ -207,25 +385,70 @@ async fn filters_and_paging() -> anyhow::Result<()> {
 async fn reingested_batches_change_nothing() -> anyhow::Result<()> {
     let fx = Fixture::start().await?;
     let mut session = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
-    assert_eq!(session.batch_acked(batch(5, vec![endpoint("s", "GET", "/a", 10)], vec![anomaly("k", "s GET /a", 2, 50)])).await?, 5);
+    assert_eq!(
+        session
+            .batch_acked(batch(
+                5,
+                vec![endpoint("s", "GET", "/a", 10)],
+                vec![anomaly("k", "s GET /a", 2, 50)]
+            ))
+            .await?,
+        5
+    );
     // Same seq with different content, and an older seq: acked with the last committed seq, ignored.
-    assert_eq!(session.batch_acked(batch(5, vec![endpoint("s", "GET", "/a", 99)], vec![anomaly("k", "s GET /a", 40, 60)])).await?, 5);
-    assert_eq!(session.batch_acked(batch(3, vec![endpoint("s", "GET", "/b", 1)], vec![])).await?, 5);
+    assert_eq!(
+        session
+            .batch_acked(batch(
+                5,
+                vec![endpoint("s", "GET", "/a", 99)],
+                vec![anomaly("k", "s GET /a", 40, 60)]
+            ))
+            .await?,
+        5
+    );
+    assert_eq!(
+        session
+            .batch_acked(batch(3, vec![endpoint("s", "GET", "/b", 1)], vec![]))
+            .await?,
+        5
+    );
     let mut query = fx.query().await?;
-    let listed = query.list_endpoints(ListEndpointsRequest::default()).await?.into_inner().endpoints;
+    let listed = query
+        .list_endpoints(ListEndpointsRequest::default())
+        .await?
+        .into_inner()
+        .endpoints;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].call_count, 10);
-    let anomalies = query.list_anomalies(ListAnomaliesRequest::default()).await?.into_inner().anomalies;
+    let anomalies = query
+        .list_anomalies(ListAnomaliesRequest::default())
+        .await?
+        .into_inner()
+        .anomalies;
     assert_eq!(anomalies[0].anomaly.as_ref().map(|a| a.count), Some(2));
     // Totals are absolute: a newer batch with the same total for the same endpoint stays at 10.
-    session.batch_acked(batch(6, vec![endpoint("s", "GET", "/a", 10)], vec![anomaly("k", "s GET /a", 2, 50)])).await?;
-    let listed = query.list_endpoints(ListEndpointsRequest::default()).await?.into_inner().endpoints;
+    session
+        .batch_acked(batch(
+            6,
+            vec![endpoint("s", "GET", "/a", 10)],
+            vec![anomaly("k", "s GET /a", 2, 50)],
+        ))
+        .await?;
+    let listed = query
+        .list_endpoints(ListEndpointsRequest::default())
+        .await?
+        .into_inner()
+        .endpoints;
     assert_eq!(listed[0].call_count, 10);
     // A reconnect learns the committed seq from the Hello's ack.
     drop(session);
     let again = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
     assert_eq!(again.committed, 6);
-    let agents = query.list_agents(ListAgentsRequest {}).await?.into_inner().agents;
+    let agents = query
+        .list_agents(ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
     assert_eq!(agents[0].batches_committed, 2);
     fx.collector.stop().await
 }
@@ -236,32 +459,95 @@ async fn the_same_endpoint_from_two_agents_is_merged() -> anyhow::Result<()> {
     let mut a = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
     let mut b = Session::open(&fx.url(), hello("agent-b", "host-b")).await?;
     let mut from_a = endpoint("shop", "GET", "/cart", 5);
-    from_a.callers = vec![sonde_proto::v1::Caller { process: "web".into(), addr: "10.0.0.1".into(), count: 5 }];
+    from_a.callers = vec![sonde_proto::v1::Caller {
+        process: "web".into(),
+        addr: "10.0.0.1".into(),
+        count: 5,
+    }];
     let mut from_b = endpoint("shop", "GET", "/cart", 8);
     from_b.auth_schemes = [("none".to_string(), 8)].into_iter().collect();
-    from_b.callers = vec![sonde_proto::v1::Caller { process: "web".into(), addr: "10.0.0.1".into(), count: 8 }];
-    a.batch_acked(batch(1, vec![from_a], vec![anomaly("shared", "shop GET /cart", 2, 100)])).await?;
-    b.batch_acked(batch(1, vec![from_b], vec![anomaly("shared", "shop GET /cart", 3, 200)])).await?;
+    from_b.callers = vec![sonde_proto::v1::Caller {
+        process: "web".into(),
+        addr: "10.0.0.1".into(),
+        count: 8,
+    }];
+    a.batch_acked(batch(
+        1,
+        vec![from_a],
+        vec![anomaly("shared", "shop GET /cart", 2, 100)],
+    ))
+    .await?;
+    b.batch_acked(batch(
+        1,
+        vec![from_b],
+        vec![anomaly("shared", "shop GET /cart", 3, 200)],
+    ))
+    .await?;
     let mut query = fx.query().await?;
-    let listed = query.list_endpoints(ListEndpointsRequest::default()).await?.into_inner().endpoints;
+    let listed = query
+        .list_endpoints(ListEndpointsRequest::default())
+        .await?
+        .into_inner()
+        .endpoints;
     assert_eq!(listed.len(), 1);
     let merged = &listed[0];
     assert_eq!(merged.call_count, 13);
-    assert_eq!(merged.hosts, vec!["host-a".to_string(), "host-b".to_string()]);
+    assert_eq!(
+        merged.hosts,
+        vec!["host-a".to_string(), "host-b".to_string()]
+    );
     assert!(merged.unauthenticated, "agent b saw unauthenticated calls");
-    assert_eq!(merged.auth_schemes, vec!["bearer".to_string(), "none".to_string()]);
-    let detail = query.get_endpoint(GetEndpointRequest { id: merged.id.clone() }).await?.into_inner();
+    assert_eq!(
+        merged.auth_schemes,
+        vec!["bearer".to_string(), "none".to_string()]
+    );
+    let detail = query
+        .get_endpoint(GetEndpointRequest {
+            id: merged.id.clone(),
+        })
+        .await?
+        .into_inner();
     assert_eq!(detail.reports.len(), 2);
-    assert_eq!(detail.merged.map(|m| m.callers.iter().map(|c| c.count).sum::<u64>()), Some(13));
+    assert_eq!(
+        detail
+            .merged
+            .map(|m| m.callers.iter().map(|c| c.count).sum::<u64>()),
+        Some(13)
+    );
     for host in ["host-a", "host-b"] {
-        let only = query.list_endpoints(ListEndpointsRequest { host: host.into(), ..Default::default() }).await?.into_inner();
+        let only = query
+            .list_endpoints(ListEndpointsRequest {
+                host: host.into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
         assert_eq!(only.endpoints.len(), 1);
     }
-    let anomalies = query.list_anomalies(ListAnomaliesRequest::default()).await?.into_inner().anomalies;
+    let anomalies = query
+        .list_anomalies(ListAnomaliesRequest::default())
+        .await?
+        .into_inner()
+        .anomalies;
     assert_eq!(anomalies.len(), 1);
-    assert_eq!(anomalies[0].anomaly.as_ref().map(|x| (x.count, x.last_seen_unix_ns)), Some((5, 200)));
-    assert_eq!(anomalies[0].hosts, vec!["host-a".to_string(), "host-b".to_string()]);
-    let by_host = query.list_anomalies(ListAnomaliesRequest { host: "host-b".into(), ..Default::default() }).await?.into_inner();
+    assert_eq!(
+        anomalies[0]
+            .anomaly
+            .as_ref()
+            .map(|x| (x.count, x.last_seen_unix_ns)),
+        Some((5, 200))
+    );
+    assert_eq!(
+        anomalies[0].hosts,
+        vec!["host-a".to_string(), "host-b".to_string()]
+    );
+    let by_host = query
+        .list_anomalies(ListAnomaliesRequest {
+            host: "host-b".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
     assert_eq!(by_host.anomalies.len(), 1);
     fx.collector.stop().await
 }
@@ -271,14 +557,25 @@ async fn watchers_see_committed_anomalies() -> anyhow::Result<()> {
     let fx = Fixture::start().await?;
     let mut query = fx.query().await?;
     let mut watch = query
-        .watch_anomalies(WatchAnomaliesRequest { kind: String::new(), min_severity: Severity::Medium as i32 })
+        .watch_anomalies(WatchAnomaliesRequest {
+            kind: String::new(),
+            min_severity: Severity::Medium as i32,
+        })
         .await?
         .into_inner();
     let mut session = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
     let mut low = anomaly("low", "s GET /", 1, 1);
     low.severity = Severity::Low as i32;
-    session.batch_acked(batch(1, vec![], vec![low, anomaly("high", "s GET /", 1, 2)])).await?;
-    let first = tokio::time::timeout(Duration::from_secs(5), watch.message()).await??.context("watch ended")?;
+    session
+        .batch_acked(batch(
+            1,
+            vec![],
+            vec![low, anomaly("high", "s GET /", 1, 2)],
+        ))
+        .await?;
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await??
+        .context("watch ended")?;
     assert_eq!(first.anomaly.map(|a| a.key), Some("high".to_string()));
     fx.collector.stop().await
 }
@@ -288,20 +585,31 @@ async fn query_token_is_enforced() -> anyhow::Result<()> {
     let fx = Fixture::start_with(|c| c.query.token = Some("letmein".into())).await?;
     let mut open = fx.query().await?;
     let refused = open.list_endpoints(ListEndpointsRequest::default()).await;
-    assert_eq!(refused.map(|_| ()).map_err(|s| s.code()), Err(Code::Unauthenticated));
-    let channel = tonic::transport::Endpoint::from_shared(fx.url())?.connect().await?;
+    assert_eq!(
+        refused.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::Unauthenticated)
+    );
+    let channel = tonic::transport::Endpoint::from_shared(fx.url())?
+        .connect()
+        .await?;
     for (token, ok) in [("Bearer wrong", false), ("Bearer letmein", true)] {
         let value: tonic::metadata::MetadataValue<_> = token.parse()?;
-        let mut client = QueryClient::with_interceptor(channel.clone(), move |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert("authorization", value.clone());
-            Ok(r)
-        });
+        let mut client =
+            QueryClient::with_interceptor(channel.clone(), move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", value.clone());
+                Ok(r)
+            });
         let result = client.list_agents(ListAgentsRequest {}).await;
         assert_eq!(result.is_ok(), ok, "token {token}");
     }
     // Ingest does not use the query token.
     let mut session = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
-    assert_eq!(session.batch_acked(batch(1, vec![endpoint("s", "GET", "/", 1)], vec![])).await?, 1);
+    assert_eq!(
+        session
+            .batch_acked(batch(1, vec![endpoint("s", "GET", "/", 1)], vec![]))
+            .await?,
+        1
+    );
     fx.collector.stop().await
 }
 
@@ -319,9 +627,11 @@ fn pki() -> anyhow::Result<Pki> {
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
     let server_key = KeyPair::generate()?;
-    let server = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&server_key, &ca)?;
+    let server =
+        CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&server_key, &ca)?;
     let client_key = KeyPair::generate()?;
-    let client = CertificateParams::new(vec!["agent-a".to_string()])?.signed_by(&client_key, &ca)?;
+    let client =
+        CertificateParams::new(vec!["agent-a".to_string()])?.signed_by(&client_key, &ca)?;
     Ok(Pki {
         ca: ca.pem(),
         server_cert: server.pem(),
@@ -353,23 +663,55 @@ async fn mtls_ingest_refuses_clients_without_a_certificate() -> anyhow::Result<(
 
     // No client certificate: the TLS handshake succeeds (client auth is optional at that layer)
     // but the ingest service refuses the stream.
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?.tls_config(tls_base.clone())?.connect().await?;
-    let refused = Session::open_on(&mut IngestClient::new(channel.clone()), hello("agent-a", "host-a")).await;
-    let status = refused.err().and_then(|e| e.downcast::<tonic::Status>().ok()).context("expected a status")?;
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+        .tls_config(tls_base.clone())?
+        .connect()
+        .await?;
+    let refused = Session::open_on(
+        &mut IngestClient::new(channel.clone()),
+        hello("agent-a", "host-a"),
+    )
+    .await;
+    let status = refused
+        .err()
+        .and_then(|e| e.downcast::<tonic::Status>().ok())
+        .context("expected a status")?;
     assert_eq!(status.code(), Code::Unauthenticated);
     // The query API on the same listener stays reachable without a certificate.
-    QueryClient::new(channel).list_agents(ListAgentsRequest {}).await?;
+    QueryClient::new(channel)
+        .list_agents(ListAgentsRequest {})
+        .await?;
 
     // With a certificate signed by the CA, ingest works.
-    let with_cert = tls_base.identity(tonic::transport::Identity::from_pem(&pki.client_cert, &pki.client_key));
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?.tls_config(with_cert)?.connect().await?;
-    let mut session = Session::open_on(&mut IngestClient::new(channel), hello("agent-a", "host-a")).await?;
-    assert_eq!(session.batch_acked(batch(1, vec![endpoint("s", "GET", "/", 1)], vec![])).await?, 1);
+    let with_cert = tls_base.identity(tonic::transport::Identity::from_pem(
+        &pki.client_cert,
+        &pki.client_key,
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+        .tls_config(with_cert)?
+        .connect()
+        .await?;
+    let mut session =
+        Session::open_on(&mut IngestClient::new(channel), hello("agent-a", "host-a")).await?;
+    assert_eq!(
+        session
+            .batch_acked(batch(1, vec![endpoint("s", "GET", "/", 1)], vec![]))
+            .await?,
+        1
+    );
 
     // Plaintext against the TLS listener fails to connect or to call.
-    let plain = IngestClient::connect(format!("http://127.0.0.1:{}", fx.collector.local_addr.port())).await;
+    let plain = IngestClient::connect(format!(
+        "http://127.0.0.1:{}",
+        fx.collector.local_addr.port()
+    ))
+    .await;
     if let Ok(mut client) = plain {
-        assert!(Session::open_on(&mut client, hello("x", "y")).await.is_err());
+        assert!(
+            Session::open_on(&mut client, hello("x", "y"))
+                .await
+                .is_err()
+        );
     }
     fx.collector.stop().await
 }
@@ -384,9 +726,17 @@ async fn malformed_and_oversized_messages_get_errors_not_crashes() -> anyhow::Re
     // A stream that does not start with Hello.
     let mut client = IngestClient::connect(fx.url()).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(sonde_proto::v1::AgentMessage { body: Some(agent_message::Body::Batch(batch(1, vec![], vec![]))) }).await?;
-    let refused = client.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
-    assert_eq!(refused.map(|_| ()).map_err(|s| s.code()), Err(Code::InvalidArgument));
+    tx.send(sonde_proto::v1::AgentMessage {
+        body: Some(agent_message::Body::Batch(batch(1, vec![], vec![]))),
+    })
+    .await?;
+    let refused = client
+        .report(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    assert_eq!(
+        refused.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::InvalidArgument)
+    );
     // A Hello without an agent id.
     let refused = Session::open(&fx.url(), hello("", "h")).await;
     assert!(refused.is_err());
@@ -404,50 +754,114 @@ async fn malformed_and_oversized_messages_get_errors_not_crashes() -> anyhow::Re
     }
     let mut bad_severity = anomaly("k", "s GET /", 1, 1);
     bad_severity.severity = 99;
-    assert!(matches!(session.batch(batch(2, vec![], vec![bad_severity])).await?, collector_message::Body::Error(_)));
-    let too_many: Vec<_> = (0..101).map(|i| endpoint("s", "GET", &format!("/{i}"), 1)).collect();
-    assert!(matches!(session.batch(batch(3, too_many, vec![])).await?, collector_message::Body::Error(_)));
-    assert_eq!(session.batch_acked(batch(4, vec![endpoint("s", "GET", "/ok", 1)], vec![])).await?, 4);
+    assert!(matches!(
+        session.batch(batch(2, vec![], vec![bad_severity])).await?,
+        collector_message::Body::Error(_)
+    ));
+    let too_many: Vec<_> = (0..101)
+        .map(|i| endpoint("s", "GET", &format!("/{i}"), 1))
+        .collect();
+    assert!(matches!(
+        session.batch(batch(3, too_many, vec![])).await?,
+        collector_message::Body::Error(_)
+    ));
+    assert_eq!(
+        session
+            .batch_acked(batch(4, vec![endpoint("s", "GET", "/ok", 1)], vec![]))
+            .await?,
+        4
+    );
 
     // A message over the size limit ends the stream with an error status.
     let mut huge = endpoint("s", "GET", "/huge", 1);
     huge.query_params = (0..20_000).map(|i| format!("param-{i}")).collect();
-    session.send(agent_message::Body::Batch(batch(5, vec![huge], vec![]))).await?;
-    let status = session.rx.message().await.err().context("expected an error for the oversized message")?;
-    assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted | Code::Internal), "{status:?}");
+    session
+        .send(agent_message::Body::Batch(batch(5, vec![huge], vec![])))
+        .await?;
+    let status = session
+        .rx
+        .message()
+        .await
+        .err()
+        .context("expected an error for the oversized message")?;
+    assert!(
+        matches!(
+            status.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::Internal
+        ),
+        "{status:?}"
+    );
 
     // The collector is still healthy and nothing invalid was stored.
     let mut health = tonic_health::pb::health_client::HealthClient::new(
-        tonic::transport::Endpoint::from_shared(fx.url())?.connect().await?,
+        tonic::transport::Endpoint::from_shared(fx.url())?
+            .connect()
+            .await?,
     );
     let serving = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "sonde.v1.Query".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "sonde.v1.Query".into(),
+        })
         .await?
         .into_inner();
-    assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
-    let listed = fx.query().await?.list_endpoints(ListEndpointsRequest::default()).await?.into_inner();
-    assert_eq!(listed.endpoints.iter().map(|e| e.path_template.as_str()).collect::<Vec<_>>(), vec!["/ok"]);
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let listed = fx
+        .query()
+        .await?
+        .list_endpoints(ListEndpointsRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(
+        listed
+            .endpoints
+            .iter()
+            .map(|e| e.path_template.as_str())
+            .collect::<Vec<_>>(),
+        vec!["/ok"]
+    );
     fx.collector.stop().await
 }
 
 #[tokio::test]
 async fn reflection_lists_the_services() -> anyhow::Result<()> {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_request, server_reflection_response};
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_request, server_reflection_response,
+    };
     let fx = Fixture::start().await?;
-    let mut client = ServerReflectionClient::new(tonic::transport::Endpoint::from_shared(fx.url())?.connect().await?);
+    let mut client = ServerReflectionClient::new(
+        tonic::transport::Endpoint::from_shared(fx.url())?
+            .connect()
+            .await?,
+    );
     let request = ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(server_reflection_request::MessageRequest::ListServices(String::new())),
+        message_request: Some(server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
     };
-    let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await?.into_inner();
-    let response = responses.message().await?.context("no reflection response")?;
-    let Some(server_reflection_response::MessageResponse::ListServicesResponse(list)) = response.message_response else {
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
+    let response = responses
+        .message()
+        .await?
+        .context("no reflection response")?;
+    let Some(server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
         anyhow::bail!("unexpected reflection response");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     for expected in ["sonde.v1.Ingest", "sonde.v1.Query", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
     }
     fx.collector.stop().await
 }
@@ -475,18 +889,41 @@ async fn an_existing_v1_database_is_migrated() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    assert_eq!(collector.store.schema_version()?, sonde_collector::store::migrations::latest_version());
+    assert_eq!(
+        collector.store.schema_version()?,
+        sonde_collector::store::migrations::latest_version()
+    );
     let url = collector.url(false);
-    let agents = QueryClient::connect(url.clone()).await?.list_agents(ListAgentsRequest {}).await?.into_inner().agents;
+    let agents = QueryClient::connect(url.clone())
+        .await?
+        .list_agents(ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
     assert_eq!(agents.len(), 1);
-    assert_eq!((agents[0].agent_id.as_str(), agents[0].last_seq, agents[0].last_connected_unix_ns), ("old-agent", 41, 0));
+    assert_eq!(
+        (
+            agents[0].agent_id.as_str(),
+            agents[0].last_seq,
+            agents[0].last_connected_unix_ns
+        ),
+        ("old-agent", 41, 0)
+    );
     // The migrated agent resumes where it was.
     let mut session = Session::open(&url, hello("old-agent", "old-host")).await?;
     assert_eq!(session.committed, 41);
-    assert_eq!(session.batch_acked(batch(42, vec![endpoint("s", "GET", "/", 1)], vec![])).await?, 42);
+    assert_eq!(
+        session
+            .batch_acked(batch(42, vec![endpoint("s", "GET", "/", 1)], vec![]))
+            .await?,
+        42
+    );
     collector.stop().await?;
     // Opening again applies nothing new.
-    assert_eq!(Store::open(&path, &Default::default())?.schema_version()?, 2);
+    assert_eq!(
+        Store::open(&path, &Default::default())?.schema_version()?,
+        2
+    );
     Ok(())
 }
 
@@ -501,8 +938,14 @@ async fn a_corrupted_database_file_is_a_clear_error() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await;
-    let error = format!("{:#}", result.err().context("a garbage file must not open")?);
-    assert!(error.contains("not a SQLite database or is corrupted"), "{error}");
+    let error = format!(
+        "{:#}",
+        result.err().context("a garbage file must not open")?
+    );
+    assert!(
+        error.contains("not a SQLite database or is corrupted"),
+        "{error}"
+    );
     assert!(error.contains("collector.db"), "{error}");
     Ok(())
 }
@@ -512,9 +955,14 @@ async fn a_database_from_a_newer_collector_is_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("collector.db");
     drop(Store::open(&path, &Default::default())?);
-    rusqlite::Connection::open(&path)?
-        .execute("INSERT INTO schema_migrations (version, description, applied_at) VALUES (99, 'future', 0)", [])?;
-    let error = Store::open(&path, &Default::default()).err().context("must refuse")?.to_string();
+    rusqlite::Connection::open(&path)?.execute(
+        "INSERT INTO schema_migrations (version, description, applied_at) VALUES (99, 'future', 0)",
+        [],
+    )?;
+    let error = Store::open(&path, &Default::default())
+        .err()
+        .context("must refuse")?
+        .to_string();
     assert!(error.contains("newer than this collector"), "{error}");
     Ok(())
 }

@@ -75,7 +75,7 @@ pub fn merge_reports(reports: &[EndpointUpdate]) -> EndpointUpdate {
             count,
         })
         .collect();
-    callers.sort_by(|a, b| b.count.cmp(&a.count));
+    callers.sort_by_key(|c| std::cmp::Reverse(c.count));
     callers.truncate(MAX_MERGED_CALLERS);
     merged.callers = callers;
     merged

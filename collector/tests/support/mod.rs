@@ -24,7 +24,9 @@ pub struct Fixture {
 
 pub fn config(dir: &tempfile::TempDir) -> CollectorConfig {
     CollectorConfig {
-        listen: "127.0.0.1:0".parse().unwrap_or_else(|_| CollectorConfig::default().listen),
+        listen: "127.0.0.1:0"
+            .parse()
+            .unwrap_or_else(|_| CollectorConfig::default().listen),
         database: dir.path().join("collector.db"),
         synchronous_full: false,
         shutdown_grace_secs: 5,
@@ -85,25 +87,43 @@ impl Session {
         Session::open_on(&mut client, hello).await
     }
 
-    pub async fn open_on(client: &mut IngestClient<Channel>, hello: Hello) -> anyhow::Result<Session> {
+    pub async fn open_on(
+        client: &mut IngestClient<Channel>,
+        hello: Hello,
+    ) -> anyhow::Result<Session> {
         let (tx, rx_out) = mpsc::channel(16);
-        tx.send(AgentMessage { body: Some(agent_message::Body::Hello(hello)) }).await?;
-        let mut rx = client.report(ReceiverStream::new(rx_out)).await?.into_inner();
+        tx.send(AgentMessage {
+            body: Some(agent_message::Body::Hello(hello)),
+        })
+        .await?;
+        let mut rx = client
+            .report(ReceiverStream::new(rx_out))
+            .await?
+            .into_inner();
         let committed = match rx.message().await? {
-            Some(CollectorMessage { body: Some(collector_message::Body::Ack(a)) }) => a.seq,
+            Some(CollectorMessage {
+                body: Some(collector_message::Body::Ack(a)),
+            }) => a.seq,
             other => anyhow::bail!("expected an Ack to the Hello, got {other:?}"),
         };
         Ok(Session { tx, rx, committed })
     }
 
     pub async fn send(&self, body: agent_message::Body) -> anyhow::Result<()> {
-        self.tx.send(AgentMessage { body: Some(body) }).await.context("stream closed")
+        self.tx
+            .send(AgentMessage { body: Some(body) })
+            .await
+            .context("stream closed")
     }
 
     /// Sends a batch and returns the collector's reply.
     pub async fn batch(&mut self, batch: Batch) -> anyhow::Result<collector_message::Body> {
         self.send(agent_message::Body::Batch(batch)).await?;
-        self.rx.message().await?.and_then(|m| m.body).context("stream ended without a reply")
+        self.rx
+            .message()
+            .await?
+            .and_then(|m| m.body)
+            .context("stream ended without a reply")
     }
 
     pub async fn batch_acked(&mut self, batch: Batch) -> anyhow::Result<u64> {
@@ -155,7 +175,9 @@ pub fn anomaly(key: &str, endpoint: &str, count: u64, last_seen: u64) -> Anomaly
             request_bytes: 100,
             response_bytes: 200,
             field_kinds: vec!["jwt".into()],
-            details: [("exp".to_string(), "1700000000".to_string())].into_iter().collect(),
+            details: [("exp".to_string(), "1700000000".to_string())]
+                .into_iter()
+                .collect(),
         }),
         count,
     }

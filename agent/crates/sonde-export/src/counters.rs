@@ -93,8 +93,14 @@ impl ExportStats {
             ("export.spooled_batches".to_string(), self.spooled_batches),
             ("export.spooled_bytes".to_string(), self.spooled_bytes),
             ("export.pending_batches".to_string(), self.pending_batches),
-            ("export.drops.spool_evicted_items".to_string(), self.evicted_items),
-            ("export.spool_write_errors".to_string(), self.spool_write_errors),
+            (
+                "export.drops.spool_evicted_items".to_string(),
+                self.evicted_items,
+            ),
+            (
+                "export.spool_write_errors".to_string(),
+                self.spool_write_errors,
+            ),
             ("export.rejected_batches".to_string(), self.rejected_batches),
             ("export.reconnects".to_string(), self.reconnects),
         ])

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sonde_proto::v1::ingest_client::IngestClient;
-use sonde_proto::v1::{AgentMessage, Batch, BlindSpot, CollectorMessage, Heartbeat, agent_message, collector_message};
+use sonde_proto::v1::{
+    AgentMessage, Batch, BlindSpot, CollectorMessage, Heartbeat, agent_message, collector_message,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
@@ -29,8 +31,8 @@ use tonic::Streaming;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, info, warn};
 
-pub use counters::ExportStats;
 use counters::Counters;
+pub use counters::ExportStats;
 pub use sonde_proto::v1::{Anomaly, EndpointUpdate, Hello};
 use spool::Spool;
 pub use spool::SpoolError;
@@ -84,7 +86,11 @@ pub struct ExporterConfig {
 }
 
 impl ExporterConfig {
-    pub fn new(collector_url: impl Into<String>, hello: Hello, spool_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        collector_url: impl Into<String>,
+        hello: Hello,
+        spool_dir: impl Into<PathBuf>,
+    ) -> Self {
         ExporterConfig {
             collector_url: collector_url.into(),
             hello,
@@ -109,20 +115,23 @@ pub enum ExportError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("invalid collector URL {url:?}: {source}")]
-    Url { url: String, source: tonic::transport::Error },
+    Url {
+        url: String,
+        source: tonic::transport::Error,
+    },
     #[error("TLS configuration refused: {0}")]
     Tls(tonic::transport::Error),
     #[error("the exporter has stopped")]
     Closed,
 }
 
-/// An item handed back by `try_send_*`.
+/// An item handed back by `try_send_*` (boxed: updates are large).
 #[derive(Debug, thiserror::Error)]
 pub enum TrySendError<T> {
     #[error("the export queue is full")]
-    Full(T),
+    Full(Box<T>),
     #[error("the exporter has stopped")]
-    Closed(T),
+    Closed(Box<T>),
 }
 
 enum Item {
@@ -142,26 +151,37 @@ pub struct ExportHandle {
 impl ExportHandle {
     /// Waits while the queue is full.
     pub async fn send_endpoint(&self, update: EndpointUpdate) -> Result<(), ExportError> {
-        self.tx.send(Item::Endpoint(Box::new(update))).await.map_err(|_| ExportError::Closed)?;
+        self.tx
+            .send(Item::Endpoint(Box::new(update)))
+            .await
+            .map_err(|_| ExportError::Closed)?;
         Counters::add(&self.counters.queued_items, 1);
         Ok(())
     }
 
     pub async fn send_anomaly(&self, anomaly: impl Into<Anomaly>) -> Result<(), ExportError> {
-        self.tx.send(Item::Anomaly(Box::new(anomaly.into()))).await.map_err(|_| ExportError::Closed)?;
+        self.tx
+            .send(Item::Anomaly(Box::new(anomaly.into())))
+            .await
+            .map_err(|_| ExportError::Closed)?;
         Counters::add(&self.counters.queued_items, 1);
         Ok(())
     }
 
     /// Never waits: a full queue hands the update back.
-    pub fn try_send_endpoint(&self, update: EndpointUpdate) -> Result<(), TrySendError<EndpointUpdate>> {
+    pub fn try_send_endpoint(
+        &self,
+        update: EndpointUpdate,
+    ) -> Result<(), TrySendError<EndpointUpdate>> {
         match self.tx.try_send(Item::Endpoint(Box::new(update))) {
             Ok(()) => {
                 Counters::add(&self.counters.queued_items, 1);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(Item::Endpoint(u))) => Err(TrySendError::Full(*u)),
-            Err(mpsc::error::TrySendError::Closed(Item::Endpoint(u))) => Err(TrySendError::Closed(*u)),
+            Err(mpsc::error::TrySendError::Full(Item::Endpoint(u))) => Err(TrySendError::Full(u)),
+            Err(mpsc::error::TrySendError::Closed(Item::Endpoint(u))) => {
+                Err(TrySendError::Closed(u))
+            }
             Err(_) => unreachable_item(),
         }
     }
@@ -172,8 +192,10 @@ impl ExportHandle {
                 Counters::add(&self.counters.queued_items, 1);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(Item::Anomaly(a))) => Err(TrySendError::Full(*a)),
-            Err(mpsc::error::TrySendError::Closed(Item::Anomaly(a))) => Err(TrySendError::Closed(*a)),
+            Err(mpsc::error::TrySendError::Full(Item::Anomaly(a))) => Err(TrySendError::Full(a)),
+            Err(mpsc::error::TrySendError::Closed(Item::Anomaly(a))) => {
+                Err(TrySendError::Closed(a))
+            }
             Err(_) => unreachable_item(),
         }
     }
@@ -185,14 +207,24 @@ impl ExportHandle {
         counters: std::collections::HashMap<String, u64>,
         blind_spots: Vec<BlindSpot>,
     ) -> Result<(), ExportError> {
-        let heartbeat = Heartbeat { counters, blind_spots, sent_at_unix_ns: now_ns() };
-        self.tx.send(Item::Heartbeat(heartbeat)).await.map_err(|_| ExportError::Closed)
+        let heartbeat = Heartbeat {
+            counters,
+            blind_spots,
+            sent_at_unix_ns: now_ns(),
+        };
+        self.tx
+            .send(Item::Heartbeat(heartbeat))
+            .await
+            .map_err(|_| ExportError::Closed)
     }
 
     /// Seals the batch being built; returns once it (and everything queued before) is spooled.
     pub async fn flush(&self) -> Result<(), ExportError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(Item::Flush(done)).await.map_err(|_| ExportError::Closed)?;
+        self.tx
+            .send(Item::Flush(done))
+            .await
+            .map_err(|_| ExportError::Closed)?;
         wait.await.map_err(|_| ExportError::Closed)
     }
 
@@ -219,12 +251,20 @@ impl Exporter {
     /// Loads the spool and starts the export task on the current tokio runtime.
     pub fn start(config: ExporterConfig) -> Result<Exporter, ExportError> {
         let counters = Arc::new(Counters::default());
-        let spool = Spool::open(&config.spool_dir, config.max_spool_bytes, config.fsync, &counters)?;
+        let spool = Spool::open(
+            &config.spool_dir,
+            config.max_spool_bytes,
+            config.fsync,
+            &counters,
+        )?;
         let endpoint = endpoint(&config)?;
         let micros = now_ns() / 1_000;
         let next_seq = spool.high_water().saturating_add(1).max(micros);
         if !spool.is_empty() {
-            info!(batches = spool.pending().len(), "export spool holds undelivered batches");
+            info!(
+                batches = spool.pending().len(),
+                "export spool holds undelivered batches"
+            );
         }
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let (stop, stop_rx) = watch::channel(None);
@@ -245,7 +285,11 @@ impl Exporter {
             stop: stop_rx,
         };
         let task = tokio::spawn(worker.run());
-        Ok(Exporter { handle: ExportHandle { tx, counters }, stop, task })
+        Ok(Exporter {
+            handle: ExportHandle { tx, counters },
+            stop,
+            task,
+        })
     }
 
     pub fn handle(&self) -> ExportHandle {
@@ -279,12 +323,16 @@ fn now_ns() -> u64 {
 fn endpoint(config: &ExporterConfig) -> Result<Endpoint, ExportError> {
     let url = config.collector_url.clone();
     let mut endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|source| ExportError::Url { url: url.clone(), source })?
+        .map_err(|source| ExportError::Url {
+            url: url.clone(),
+            source,
+        })?
         .connect_timeout(config.connect_timeout)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10));
     if let Some(tls) = &config.tls {
-        let mut tls_config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_cert_pem));
+        let mut tls_config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_cert_pem));
         if let Some((cert, key)) = &tls.client_identity_pem {
             tls_config = tls_config.identity(Identity::from_pem(cert, key));
         }
@@ -335,14 +383,28 @@ async fn open_connection(
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
     let (outbound, rx) = mpsc::channel(capacity);
-    let hello = AgentMessage { body: Some(agent_message::Body::Hello(hello)) };
-    outbound.send(hello).await.map_err(|_| tonic::Status::internal("outbound closed"))?;
+    let hello = AgentMessage {
+        body: Some(agent_message::Body::Hello(hello)),
+    };
+    outbound
+        .send(hello)
+        .await
+        .map_err(|_| tonic::Status::internal("outbound closed"))?;
     let mut inbound = client.report(ReceiverStream::new(rx)).await?.into_inner();
     match inbound.message().await? {
-        Some(CollectorMessage { body: Some(collector_message::Body::Ack(ack)) }) => {
-            Ok((Connection { outbound, inbound, sent_through: 0 }, ack.seq))
-        }
-        other => Err(tonic::Status::internal(format!("expected an Ack to the Hello, got {other:?}"))),
+        Some(CollectorMessage {
+            body: Some(collector_message::Body::Ack(ack)),
+        }) => Ok((
+            Connection {
+                outbound,
+                inbound,
+                sent_through: 0,
+            },
+            ack.seq,
+        )),
+        other => Err(tonic::Status::internal(format!(
+            "expected an Ack to the Hello, got {other:?}"
+        ))),
     }
 }
 
@@ -386,7 +448,10 @@ impl Worker {
         }
         let left = self.spool.pending().len();
         if left > 0 {
-            info!(batches = left, "exporter stopped; undelivered batches stay spooled");
+            info!(
+                batches = left,
+                "exporter stopped; undelivered batches stay spooled"
+            );
         }
         if let Some(connecting) = self.connecting.take() {
             connecting.abort();
@@ -398,7 +463,9 @@ impl Worker {
             Item::Endpoint(update) => self.current.endpoint_updates.push(*update),
             Item::Anomaly(anomaly) => self.current.anomalies.push(*anomaly),
             Item::Heartbeat(mut heartbeat) => {
-                heartbeat.counters.extend(self.counters.snapshot().as_counters());
+                heartbeat
+                    .counters
+                    .extend(self.counters.snapshot().as_counters());
                 self.heartbeat = Some(heartbeat);
                 self.send_heartbeat();
                 return;
@@ -412,7 +479,9 @@ impl Worker {
         if self.current_deadline.is_none() {
             self.current_deadline = Some(Instant::now() + self.config.max_batch_delay);
         }
-        if self.current.endpoint_updates.len() + self.current.anomalies.len() >= self.config.max_batch_items {
+        if self.current.endpoint_updates.len() + self.current.anomalies.len()
+            >= self.config.max_batch_items
+        {
             self.seal();
         }
     }
@@ -431,8 +500,12 @@ impl Worker {
     }
 
     fn send_heartbeat(&mut self) {
-        let (Some(conn), Some(heartbeat)) = (&self.conn, &self.heartbeat) else { return };
-        let message = AgentMessage { body: Some(agent_message::Body::Heartbeat(heartbeat.clone())) };
+        let (Some(conn), Some(heartbeat)) = (&self.conn, &self.heartbeat) else {
+            return;
+        };
+        let message = AgentMessage {
+            body: Some(agent_message::Body::Heartbeat(heartbeat.clone())),
+        };
         if conn.outbound.try_send(message).is_ok() {
             self.heartbeat = None;
         }
@@ -441,14 +514,26 @@ impl Worker {
     /// Transmits pending batches in order, within the in-flight window.
     fn pump(&mut self) {
         let Some(conn) = &mut self.conn else { return };
-        let in_flight = self.spool.pending().iter().filter(|p| p.seq() <= conn.sent_through).count();
+        let in_flight = self
+            .spool
+            .pending()
+            .iter()
+            .filter(|p| p.seq() <= conn.sent_through)
+            .count();
         let mut room = self.config.max_in_flight.saturating_sub(in_flight);
         let sent_through = conn.sent_through;
-        for pending in self.spool.pending().iter().filter(|p| p.seq() > sent_through) {
+        for pending in self
+            .spool
+            .pending()
+            .iter()
+            .filter(|p| p.seq() > sent_through)
+        {
             if room == 0 {
                 break;
             }
-            let message = AgentMessage { body: Some(agent_message::Body::Batch(pending.batch.clone())) };
+            let message = AgentMessage {
+                body: Some(agent_message::Body::Batch(pending.batch.clone())),
+            };
             match conn.outbound.try_send(message) {
                 Ok(()) => {
                     conn.sent_through = pending.seq();
@@ -473,7 +558,11 @@ impl Worker {
     fn schedule_reconnect(&mut self) {
         // Up to 25% jitter from the clock's low bits so a fleet does not reconnect in lockstep.
         let jitter_range = self.backoff.as_millis() as u64 / 4;
-        let jitter = if jitter_range > 0 { now_ns() % jitter_range } else { 0 };
+        let jitter = if jitter_range > 0 {
+            now_ns() % jitter_range
+        } else {
+            0
+        };
         self.next_attempt = Instant::now() + self.backoff + Duration::from_millis(jitter);
         self.backoff = (self.backoff * 2).min(self.config.backoff_max);
     }
@@ -503,14 +592,24 @@ impl Worker {
 
     fn on_message(&mut self, message: Result<Option<CollectorMessage>, tonic::Status>) {
         match message {
-            Ok(Some(CollectorMessage { body: Some(collector_message::Body::Ack(ack)) })) => {
-                let before: u64 = self.spool.pending().iter().filter(|p| p.seq() <= ack.seq).map(|p| p.items()).sum();
+            Ok(Some(CollectorMessage {
+                body: Some(collector_message::Body::Ack(ack)),
+            })) => {
+                let before: u64 = self
+                    .spool
+                    .pending()
+                    .iter()
+                    .filter(|p| p.seq() <= ack.seq)
+                    .map(|p| p.items())
+                    .sum();
                 let acked = self.spool.ack_through(ack.seq, &self.counters);
                 Counters::add(&self.counters.acked_batches, acked);
                 Counters::add(&self.counters.acked_items, before);
                 self.pump();
             }
-            Ok(Some(CollectorMessage { body: Some(collector_message::Body::Error(error)) })) => {
+            Ok(Some(CollectorMessage {
+                body: Some(collector_message::Body::Error(error)),
+            })) => {
                 warn!(seq = error.seq, reason = %error.message, "collector refused a batch; dropping it");
                 if self.spool.remove(error.seq, &self.counters) {
                     Counters::add(&self.counters.rejected_batches, 1);
@@ -533,7 +632,9 @@ impl Worker {
     }
 }
 
-async fn next_message(conn: &mut Option<Connection>) -> Result<Option<CollectorMessage>, tonic::Status> {
+async fn next_message(
+    conn: &mut Option<Connection>,
+) -> Result<Option<CollectorMessage>, tonic::Status> {
     match conn {
         Some(conn) => conn.inbound.message().await,
         None => std::future::pending().await,
@@ -546,7 +647,9 @@ async fn join_connecting(
     match connecting {
         Some(handle) => match handle.await {
             Ok(result) => result,
-            Err(error) => Err(tonic::Status::internal(format!("connect task failed: {error}"))),
+            Err(error) => Err(tonic::Status::internal(format!(
+                "connect task failed: {error}"
+            ))),
         },
         None => std::future::pending().await,
     }

@@ -59,21 +59,35 @@ pub struct Spool {
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("cannot create or read the spool directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Spool {
     /// Opens the spool directory and loads every readable segment in seq order. Unreadable
     /// segments are removed and counted (`spool_corrupt`).
-    pub fn open(dir: &Path, max_bytes: u64, fsync: bool, counters: &Counters) -> Result<Spool, SpoolError> {
-        let dir_error = |source| SpoolError::Dir { path: dir.to_path_buf(), source };
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        fsync: bool,
+        counters: &Counters,
+    ) -> Result<Spool, SpoolError> {
+        let dir_error = |source| SpoolError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        };
         fs::create_dir_all(dir).map_err(dir_error)?;
         let mut segments = Vec::new();
         for entry in fs::read_dir(dir).map_err(dir_error)? {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if let Some(seq) = name.strip_suffix(SEGMENT_SUFFIX).and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(seq) = name
+                .strip_suffix(SEGMENT_SUFFIX)
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 segments.push((seq, entry.path()));
             } else if name.ends_with(".tmp") {
                 // A write cut short by a crash: it was never acknowledged as spooled.
@@ -99,7 +113,11 @@ impl Spool {
                     let size = file_size(&path);
                     spool.high_water = spool.high_water.max(seq);
                     spool.bytes += size;
-                    spool.pending.push_back(PendingBatch { batch, size, on_disk: true });
+                    spool.pending.push_back(PendingBatch {
+                        batch,
+                        size,
+                        on_disk: true,
+                    });
                 }
                 _ => {
                     tracing::warn!(path = %path.display(), "removing unreadable spool segment");
@@ -130,7 +148,11 @@ impl Spool {
     /// Adds a sealed batch, writing its segment (failures are counted, the batch is kept).
     pub fn push(&mut self, batch: Batch, counters: &Counters) {
         let seq = batch.seq;
-        let record = SegmentRecord { version: SEGMENT_FORMAT_VERSION, seq, batch: batch.encode_to_vec() };
+        let record = SegmentRecord {
+            version: SEGMENT_FORMAT_VERSION,
+            seq,
+            batch: batch.encode_to_vec(),
+        };
         let encoded = match rmp_serde::to_vec(&record) {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -145,7 +167,11 @@ impl Spool {
         self.high_water = self.high_water.max(seq);
         self.write_high_water();
         self.bytes += size;
-        self.pending.push_back(PendingBatch { batch, size, on_disk });
+        self.pending.push_back(PendingBatch {
+            batch,
+            size,
+            on_disk,
+        });
         Counters::add(&counters.spooled_batches, 1);
         Counters::set(&counters.spooled_bytes, self.bytes);
         Counters::set(&counters.pending_batches, self.pending.len() as u64);
@@ -167,7 +193,9 @@ impl Spool {
 
     /// Drops one batch the collector refused.
     pub fn remove(&mut self, seq: u64, counters: &Counters) -> bool {
-        let Some(index) = self.pending.iter().position(|p| p.seq() == seq) else { return false };
+        let Some(index) = self.pending.iter().position(|p| p.seq() == seq) else {
+            return false;
+        };
         if let Some(done) = self.pending.remove(index) {
             self.forget(&done);
         }
@@ -186,7 +214,11 @@ impl Spool {
     fn evict_to_fit(&mut self, incoming: u64, counters: &Counters) {
         while !self.pending.is_empty() && self.bytes + incoming > self.max_bytes {
             if let Some(oldest) = self.pending.pop_front() {
-                tracing::warn!(seq = oldest.seq(), items = oldest.items(), "spool full: evicting the oldest batch");
+                tracing::warn!(
+                    seq = oldest.seq(),
+                    items = oldest.items(),
+                    "spool full: evicting the oldest batch"
+                );
                 Counters::add(&counters.evicted_batches, 1);
                 Counters::add(&counters.evicted_items, oldest.items());
                 self.forget(&oldest);
@@ -252,7 +284,11 @@ mod tests {
             seq,
             endpoint_updates: (0..items)
                 .map(|i| EndpointUpdate {
-                    key: Some(EndpointKey { method: "GET".into(), path_template: format!("/p/{i}"), ..EndpointKey::default() }),
+                    key: Some(EndpointKey {
+                        method: "GET".into(),
+                        path_template: format!("/p/{i}"),
+                        ..EndpointKey::default()
+                    }),
                     call_count: i as u64,
                     ..EndpointUpdate::default()
                 })
@@ -263,7 +299,10 @@ mod tests {
 
     #[test]
     fn reopen_restores_pending_in_order() -> Result<(), SpoolError> {
-        let dir = tempfile::tempdir().map_err(|source| SpoolError::Dir { path: "tmp".into(), source })?;
+        let dir = tempfile::tempdir().map_err(|source| SpoolError::Dir {
+            path: "tmp".into(),
+            source,
+        })?;
         let counters = Counters::default();
         let mut spool = Spool::open(dir.path(), 1 << 20, false, &counters)?;
         for seq in [3, 4, 5] {
@@ -281,11 +320,18 @@ mod tests {
 
     #[test]
     fn bound_evicts_oldest_and_counts() -> Result<(), SpoolError> {
-        let dir = tempfile::tempdir().map_err(|source| SpoolError::Dir { path: "tmp".into(), source })?;
+        let dir = tempfile::tempdir().map_err(|source| SpoolError::Dir {
+            path: "tmp".into(),
+            source,
+        })?;
         let counters = Counters::default();
-        let one = rmp_serde::to_vec(&SegmentRecord { version: 1, seq: 1, batch: batch(1, 5).encode_to_vec() })
-            .map(|v| v.len() as u64)
-            .unwrap_or(0);
+        let one = rmp_serde::to_vec(&SegmentRecord {
+            version: 1,
+            seq: 1,
+            batch: batch(1, 5).encode_to_vec(),
+        })
+        .map(|v| v.len() as u64)
+        .unwrap_or(0);
         let mut spool = Spool::open(dir.path(), one * 3 + one / 2, false, &counters)?;
         for seq in 1..=5 {
             spool.push(batch(seq, 5), &counters);
@@ -294,14 +340,23 @@ mod tests {
         assert_eq!(seqs, vec![3, 4, 5]);
         assert_eq!(Counters::get(&counters.evicted_batches), 2);
         assert_eq!(Counters::get(&counters.evicted_items), 10);
-        let files = fs::read_dir(dir.path()).map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().ends_with(".seg")).count()).unwrap_or(0);
+        let files = fs::read_dir(dir.path())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+                    .count()
+            })
+            .unwrap_or(0);
         assert_eq!(files, 3);
         Ok(())
     }
 
     #[test]
     fn corrupt_segment_is_removed_and_counted() -> Result<(), SpoolError> {
-        let dir = tempfile::tempdir().map_err(|source| SpoolError::Dir { path: "tmp".into(), source })?;
+        let dir = tempfile::tempdir().map_err(|source| SpoolError::Dir {
+            path: "tmp".into(),
+            source,
+        })?;
         let counters = Counters::default();
         let mut spool = Spool::open(dir.path(), 1 << 20, false, &counters)?;
         spool.push(batch(1, 1), &counters);
@@ -309,7 +364,14 @@ mod tests {
         drop(spool);
         let _ = fs::write(dir.path().join(format!("{:020}.seg", 1)), b"\xc1garbage");
         let spool = Spool::open(dir.path(), 1 << 20, false, &counters)?;
-        assert_eq!(spool.pending().iter().map(PendingBatch::seq).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            spool
+                .pending()
+                .iter()
+                .map(PendingBatch::seq)
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
         assert_eq!(Counters::get(&counters.spool_corrupt), 1);
         Ok(())
     }

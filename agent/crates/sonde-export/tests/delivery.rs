@@ -11,7 +11,9 @@ use sonde_export::{ExportStats, Exporter, ExporterConfig, Hello, TrySendError};
 use sonde_proto::v1::{Anomaly, EndpointKey, EndpointUpdate, ListEndpointsRequest, ServiceKey};
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn collector(port: u16, db: &Path) -> anyhow::Result<RunningCollector> {
@@ -47,7 +49,10 @@ fn exporter_config(port: u16, spool: PathBuf) -> ExporterConfig {
 fn endpoint(path: &str, calls: u64) -> EndpointUpdate {
     EndpointUpdate {
         key: Some(EndpointKey {
-            service: Some(ServiceKey { authority: "svc".into(), ..ServiceKey::default() }),
+            service: Some(ServiceKey {
+                authority: "svc".into(),
+                ..ServiceKey::default()
+            }),
             method: "GET".into(),
             path_template: path.into(),
             protocol: sonde_proto::v1::Protocol::Http1 as i32,
@@ -70,10 +75,17 @@ fn anomaly(key: &str) -> Anomaly {
     }
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+async fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     while !done() {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
@@ -82,13 +94,27 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
 /// (batches, endpoint updates, anomalies) committed for the agent.
 fn committed(collector: &RunningCollector) -> anyhow::Result<(u64, u64, u64)> {
     let agents = collector.store.list_agents()?;
-    let agent = agents.iter().find(|a| a.agent_id == "agent-1").context("agent not registered")?;
-    Ok((agent.batches_committed, agent.endpoint_updates_committed, agent.anomalies_committed))
+    let agent = agents
+        .iter()
+        .find(|a| a.agent_id == "agent-1")
+        .context("agent not registered")?;
+    Ok((
+        agent.batches_committed,
+        agent.endpoint_updates_committed,
+        agent.anomalies_committed,
+    ))
 }
 
 fn calls_of(collector: &RunningCollector, path: &str) -> anyhow::Result<u64> {
-    let (endpoints, _) = collector.store.list_endpoints(&ListEndpointsRequest { page_size: 1000, ..Default::default() })?;
-    Ok(endpoints.iter().find(|e| e.path_template == path).map(|e| e.call_count).unwrap_or(0))
+    let (endpoints, _) = collector.store.list_endpoints(&ListEndpointsRequest {
+        page_size: 1000,
+        ..Default::default()
+    })?;
+    Ok(endpoints
+        .iter()
+        .find(|e| e.path_template == path)
+        .map(|e| e.call_count)
+        .unwrap_or(0))
 }
 
 fn segment_files(dir: &Path) -> Vec<(String, u64)> {
@@ -96,7 +122,12 @@ fn segment_files(dir: &Path) -> Vec<(String, u64)> {
         .map(|d| {
             d.filter_map(Result::ok)
                 .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
-                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        e.metadata().map(|m| m.len()).unwrap_or(0),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -109,7 +140,9 @@ async fn collector_down_then_back_delivers_everything_once_in_order() -> anyhow:
     let exporter = Exporter::start(exporter_config(port, dir.path().join("spool")))?;
     let handle = exporter.handle();
     for i in 0..200 {
-        handle.send_endpoint(endpoint(&format!("/e/{i}"), 1)).await?;
+        handle
+            .send_endpoint(endpoint(&format!("/e/{i}"), 1))
+            .await?;
     }
     // The same endpoint with rising totals: only the last may win, which it does only in order.
     for total in 1..=100 {
@@ -141,19 +174,35 @@ async fn collector_down_then_back_delivers_everything_once_in_order() -> anyhow:
     assert_eq!(down.acked_batches, 0);
     assert_eq!(down.pending_batches, down.spooled_batches);
     assert!(down.spooled_batches >= 18, "{down:?}");
-    assert_eq!(segment_files(&dir.path().join("spool")).len() as u64, down.pending_batches);
+    assert_eq!(
+        segment_files(&dir.path().join("spool")).len() as u64,
+        down.pending_batches
+    );
 
     let collector = collector(port, &dir.path().join("collector.db")).await?;
-    wait_for("the spool to drain", Duration::from_secs(20), || exporter.stats().pending_batches == 0).await?;
+    wait_for("the spool to drain", Duration::from_secs(20), || {
+        exporter.stats().pending_batches == 0
+    })
+    .await?;
     let stats = exporter.stats();
     assert_eq!(committed(&collector)?, (stats.spooled_batches, 300, 50));
     assert_eq!(stats.acked_items, 350);
     assert_eq!(calls_of(&collector, "/counter")?, 100);
     assert_eq!(calls_of(&collector, "/e/199")?, 1);
     let (anomalies, _) = collector.store.list_anomalies(&Default::default())?;
-    let model = anomalies.iter().filter_map(|a| a.anomaly.as_ref()).find(|a| a.key == "model").context("model anomaly")?;
-    assert_eq!((model.count, model.severity), (4, sonde_proto::v1::Severity::Critical as i32));
-    assert!(segment_files(&dir.path().join("spool")).is_empty(), "acked segments must be deleted");
+    let model = anomalies
+        .iter()
+        .filter_map(|a| a.anomaly.as_ref())
+        .find(|a| a.key == "model")
+        .context("model anomaly")?;
+    assert_eq!(
+        (model.count, model.severity),
+        (4, sonde_proto::v1::Severity::Critical as i32)
+    );
+    assert!(
+        segment_files(&dir.path().join("spool")).is_empty(),
+        "acked segments must be deleted"
+    );
     exporter.shutdown(Duration::from_secs(1)).await;
     collector.stop().await
 }
@@ -169,7 +218,9 @@ async fn spool_bound_is_respected_and_evictions_counted() -> anyhow::Result<()> 
     let exporter = Exporter::start(config)?;
     let handle = exporter.handle();
     for i in 0..1000 {
-        handle.send_endpoint(endpoint(&format!("/bounded/{i}"), 1)).await?;
+        handle
+            .send_endpoint(endpoint(&format!("/bounded/{i}"), 1))
+            .await?;
     }
     handle.flush().await?;
     let stats = exporter.stats();
@@ -180,7 +231,10 @@ async fn spool_bound_is_respected_and_evictions_counted() -> anyhow::Result<()> 
     assert!(on_disk <= 8 * 1024, "spool holds {on_disk} bytes");
 
     let collector = collector(port, &dir.path().join("collector.db")).await?;
-    wait_for("the spool to drain", Duration::from_secs(20), || exporter.stats().pending_batches == 0).await?;
+    wait_for("the spool to drain", Duration::from_secs(20), || {
+        exporter.stats().pending_batches == 0
+    })
+    .await?;
     let (_, updates, _) = committed(&collector)?;
     assert_eq!(updates, 1000 - stats.evicted_items);
     // The newest survive eviction.
@@ -197,10 +251,16 @@ async fn a_restarted_exporter_delivers_its_spool() -> anyhow::Result<()> {
     let spool = dir.path().join("spool");
     let first = Exporter::start(exporter_config(port, spool.clone()))?;
     for i in 0..100 {
-        first.handle().send_endpoint(endpoint(&format!("/r/{i}"), 1)).await?;
+        first
+            .handle()
+            .send_endpoint(endpoint(&format!("/r/{i}"), 1))
+            .await?;
     }
     for i in 0..10 {
-        first.handle().send_anomaly(anomaly(&format!("r{i}"))).await?;
+        first
+            .handle()
+            .send_anomaly(anomaly(&format!("r{i}")))
+            .await?;
     }
     let stopped: ExportStats = first.shutdown(Duration::ZERO).await;
     assert_eq!(stopped.acked_batches, 0);
@@ -211,13 +271,22 @@ async fn a_restarted_exporter_delivers_its_spool() -> anyhow::Result<()> {
     let collector = collector(port, &dir.path().join("collector.db")).await?;
     let second = Exporter::start(exporter_config(port, spool.clone()))?;
     assert_eq!(second.stats().pending_batches, stopped.pending_batches);
-    wait_for("the old spool to drain", Duration::from_secs(20), || second.stats().pending_batches == 0).await?;
+    wait_for("the old spool to drain", Duration::from_secs(20), || {
+        second.stats().pending_batches == 0
+    })
+    .await?;
     assert_eq!(committed(&collector)?.1, 100);
     assert_eq!(committed(&collector)?.2, 10);
     // New batches get seqs above the replayed ones, so they are not mistaken for repeats.
-    second.handle().send_endpoint(endpoint("/after-restart", 3)).await?;
+    second
+        .handle()
+        .send_endpoint(endpoint("/after-restart", 3))
+        .await?;
     second.handle().flush().await?;
-    wait_for("the new batch", Duration::from_secs(10), || second.stats().pending_batches == 0).await?;
+    wait_for("the new batch", Duration::from_secs(10), || {
+        second.stats().pending_batches == 0
+    })
+    .await?;
     assert_eq!(committed(&collector)?.1, 101);
     assert_eq!(calls_of(&collector, "/after-restart")?, 3);
     second.shutdown(Duration::from_secs(1)).await;
@@ -237,7 +306,9 @@ async fn a_collector_restart_mid_run_loses_nothing_acknowledged() -> anyhow::Res
         for total in 1..=TOTAL {
             handle.send_endpoint(endpoint("/live", total)).await?;
             if total % 3 == 0 {
-                handle.send_anomaly(anomaly(&format!("live{total}"))).await?;
+                handle
+                    .send_anomaly(anomaly(&format!("live{total}")))
+                    .await?;
             }
             if total % 50 == 0 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -246,7 +317,10 @@ async fn a_collector_restart_mid_run_loses_nothing_acknowledged() -> anyhow::Res
         handle.flush().await?;
         anyhow::Ok(())
     });
-    wait_for("some deliveries", Duration::from_secs(10), || exporter.stats().acked_batches >= 5).await?;
+    wait_for("some deliveries", Duration::from_secs(10), || {
+        exporter.stats().acked_batches >= 5
+    })
+    .await?;
     let before = running.take().context("collector")?;
     let acked_before_stop = exporter.stats().acked_items;
     before.stop().await?;
@@ -254,13 +328,22 @@ async fn a_collector_restart_mid_run_loses_nothing_acknowledged() -> anyhow::Res
         // Everything acked so far is in the file, read by a fresh store.
         let store = sonde_collector::store::Store::open(&db, &Default::default())?;
         let agents = store.list_agents()?;
-        let stored = agents.first().map(|a| a.endpoint_updates_committed + a.anomalies_committed).unwrap_or(0);
-        assert!(stored >= acked_before_stop, "acked {acked_before_stop}, stored {stored}");
+        let stored = agents
+            .first()
+            .map(|a| a.endpoint_updates_committed + a.anomalies_committed)
+            .unwrap_or(0);
+        assert!(
+            stored >= acked_before_stop,
+            "acked {acked_before_stop}, stored {stored}"
+        );
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     let after = collector(port, &db).await?;
     producer.await??;
-    wait_for("the spool to drain", Duration::from_secs(30), || exporter.stats().pending_batches == 0).await?;
+    wait_for("the spool to drain", Duration::from_secs(30), || {
+        exporter.stats().pending_batches == 0
+    })
+    .await?;
     let (_, updates, anomalies) = committed(&after)?;
     assert_eq!((updates, anomalies), (TOTAL, TOTAL / 3));
     assert_eq!(calls_of(&after, "/live")?, TOTAL);
@@ -280,7 +363,11 @@ impl TinyTmpfs {
             .arg(path)
             .status()
             .context("running mount")?;
-        anyhow::ensure!(status.success(), "mounting a tmpfs at {} failed (this test needs root)", path.display());
+        anyhow::ensure!(
+            status.success(),
+            "mounting a tmpfs at {} failed (this test needs root)",
+            path.display()
+        );
         Ok(TinyTmpfs(path.to_path_buf()))
     }
 }
@@ -302,7 +389,12 @@ async fn a_full_spool_disk_is_counted_and_delivery_continues() -> anyhow::Result
     let exporter = Exporter::start(config)?;
     let handle = exporter.handle();
     for i in 0..1000 {
-        handle.send_endpoint(endpoint(&format!("/full/{i:04}/with/a/longer/path/to/fill/the/disk"), 1)).await?;
+        handle
+            .send_endpoint(endpoint(
+                &format!("/full/{i:04}/with/a/longer/path/to/fill/the/disk"),
+                1,
+            ))
+            .await?;
     }
     handle.flush().await?;
     let stats = exporter.stats();
@@ -311,7 +403,10 @@ async fn a_full_spool_disk_is_counted_and_delivery_continues() -> anyhow::Result
     assert_eq!(stats.evicted_batches, 0);
 
     let collector = collector(port, &dir.path().join("collector.db")).await?;
-    wait_for("delivery from memory", Duration::from_secs(20), || exporter.stats().pending_batches == 0).await?;
+    wait_for("delivery from memory", Duration::from_secs(20), || {
+        exporter.stats().pending_batches == 0
+    })
+    .await?;
     assert_eq!(committed(&collector)?.1, 1000);
     assert!(segment_files(&spool).is_empty());
     exporter.shutdown(Duration::from_secs(1)).await;
@@ -327,20 +422,32 @@ async fn a_full_queue_is_visible_to_the_caller() -> anyhow::Result<()> {
     let exporter = Exporter::start(config)?;
     let handle = exporter.handle();
     for i in 0..3 {
-        handle.try_send_endpoint(endpoint(&format!("/q/{i}"), 1)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        handle
+            .try_send_endpoint(endpoint(&format!("/q/{i}"), 1))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     match handle.try_send_endpoint(endpoint("/q/full", 7)) {
         Err(TrySendError::Full(returned)) => assert_eq!(returned.call_count, 7),
         other => anyhow::bail!("expected Full, got {other:?}"),
     }
-    assert!(matches!(handle.try_send_anomaly(anomaly("a")), Err(TrySendError::Full(_))));
+    assert!(matches!(
+        handle.try_send_anomaly(anomaly("a")),
+        Err(TrySendError::Full(_))
+    ));
     // The awaiting variant waits for room instead.
-    tokio::time::timeout(Duration::from_secs(5), handle.send_endpoint(endpoint("/q/waited", 1))).await??;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        handle.send_endpoint(endpoint("/q/waited", 1)),
+    )
+    .await??;
     handle.flush().await?;
     assert_eq!(exporter.stats().queued_items, 4);
     assert_eq!(exporter.stats().spooled_batches, 1);
     let stopped = exporter.shutdown(Duration::ZERO).await;
-    assert!(matches!(handle.send_endpoint(endpoint("/late", 1)).await, Err(sonde_export::ExportError::Closed)));
+    assert!(matches!(
+        handle.send_endpoint(endpoint("/late", 1)).await,
+        Err(sonde_export::ExportError::Closed)
+    ));
     assert_eq!(stopped.pending_batches, 1);
     Ok(())
 }
