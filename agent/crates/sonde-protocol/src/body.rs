@@ -176,6 +176,15 @@ fn decode(encoding: &str, input: &[u8], limit: usize) -> Decoded {
                 failed: true,
             };
         }
+        if res.is_err() && out.is_empty() && i > 0 {
+            // This layer is not what the label says (servers list codings they did not apply):
+            // keep what the layers before it produced.
+            return Decoded {
+                output: Bytes::from(data),
+                output_cut,
+                failed: true,
+            };
+        }
         if out.len() > bound {
             out.truncate(bound);
             output_cut = true;

@@ -332,7 +332,10 @@ fn classify(d: &mut Detector, dir: Direction, cfg: &TrackerConfig) -> Verdict {
 /// Classifies a direction from its very first bytes.
 fn classify_start(first: &[u8], dir: Direction, held: usize) -> Verdict {
     // Empty lines before the first request line are tolerated (RFC 9112 section 2.2).
-    let skip = first.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+    let skip = first
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
     let first = &first[skip..];
     let n = first.len().min(H2_PREFACE.len());
     if first[..n] == H2_PREFACE[..n] {

@@ -11,13 +11,19 @@ use sonde_model::{Direction, Exchange, ExchangeFlags};
 
 /// Case types not run, with the reason.
 const SKIPPED_TYPES: &[(&str, &str)] = &[
-    ("url", "llhttp's URL-parser unit tests: no HTTP message to feed"),
+    (
+        "url",
+        "llhttp's URL-parser unit tests: no HTTP message to feed",
+    ),
     (
         "lenient",
         "llhttp lenient-flag modes (request-lenient-*, response-lenient-*): the expected events \
          depend on llhttp switches we do not model; our own leniency is tested where it applies",
     ),
-    ("finish", "llhttp_finish() semantics of a parser API, not of a byte stream"),
+    (
+        "finish",
+        "llhttp_finish() semantics of a parser API, not of a byte stream",
+    ),
 ];
 
 /// Cases without an HTTP/1.x message: HTTP/0.9 has no headers and RTSP/ICE are other
@@ -29,14 +35,32 @@ fn is_http1(input: &[u8]) -> bool {
 /// Error cases of llhttp's strict mode that we accept on purpose: a passive sensor must follow
 /// what real peers accept, and these forms are accepted by common servers and clients.
 const LENIENT_BY_DESIGN: &[(&str, &str)] = &[
-    ("invalid.md: Extra space between HTTP version and status code", "repeated SP in status line"),
-    ("invalid.md: Only LFs present and no body", "bare LF line ends"),
+    (
+        "invalid.md: Extra space between HTTP version and status code",
+        "repeated SP in status line",
+    ),
+    (
+        "invalid.md: Only LFs present and no body",
+        "bare LF line ends",
+    ),
     ("invalid.md: Only LFs present", "bare LF line ends"),
     ("sample.md: No carriage ret", "bare LF line ends"),
-    ("sample.md: Spaces in header name", "invalid field lines are skipped, not fatal"),
-    ("transfer-encoding.md: Trailing space on chunked body", "whitespace after chunk size"),
-    ("transfer-encoding.md: No semicolon before chunk extensions", "chunk line tail skipped"),
-    ("transfer-encoding.md: No extension after semicolon", "empty chunk extension"),
+    (
+        "sample.md: Spaces in header name",
+        "invalid field lines are skipped, not fatal",
+    ),
+    (
+        "transfer-encoding.md: Trailing space on chunked body",
+        "whitespace after chunk size",
+    ),
+    (
+        "transfer-encoding.md: No semicolon before chunk extensions",
+        "chunk line tail skipped",
+    ),
+    (
+        "transfer-encoding.md: No extension after semicolon",
+        "empty chunk extension",
+    ),
 ];
 
 /// Flags that show we noticed something wrong with a message.
@@ -105,8 +129,11 @@ fn unescape(b: &[u8]) -> Vec<u8> {
                     continue;
                 }
                 b'x' => {
-                    let hex: Vec<u8> =
-                        b[i + 2..].iter().take_while(|c| c.is_ascii_hexdigit()).copied().collect();
+                    let hex: Vec<u8> = b[i + 2..]
+                        .iter()
+                        .take_while(|c| c.is_ascii_hexdigit())
+                        .copied()
+                        .collect();
                     if !hex.is_empty() {
                         let v = u32::from_str_radix(std::str::from_utf8(&hex).unwrap_or("0"), 16)
                             .unwrap_or(0);
@@ -130,7 +157,10 @@ fn unescape(b: &[u8]) -> Vec<u8> {
 /// input (`\r \n \t \f \xHH`) and quotes left as they are.
 fn log_string(s: &str) -> String {
     let s = s.trim_end_matches(['\r', '\n']);
-    let inner = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s);
+    let inner = s
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(s);
     // The same escapes as the input; the text is never multi-line, so no CRLF rewriting.
     String::from_utf8_lossy(&unescape(inner.as_bytes())).into_owned()
 }
@@ -140,7 +170,9 @@ fn parse_log(log: &str) -> (Vec<Expected>, bool) {
     let mut error = false;
     let mut last_span = "";
     for line in log.lines() {
-        let Some((_, rest)) = line.split_once(' ') else { continue };
+        let Some((_, rest)) = line.split_once(' ') else {
+            continue;
+        };
         if rest.starts_with("message begin") {
             msgs.push(Expected::default());
             last_span = "";
@@ -199,8 +231,11 @@ fn parse_log(log: &str) -> (Vec<Expected>, bool) {
 }
 
 fn read_cases(dir: &Path, out: &mut Vec<Case>) {
-    let mut entries: Vec<_> =
-        std::fs::read_dir(dir).expect("readable corpus dir").flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("readable corpus dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for path in entries {
         if path.is_dir() {
@@ -211,7 +246,10 @@ fn read_cases(dir: &Path, out: &mut Vec<Case>) {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("utf-8 markdown");
-        let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut title = String::new();
         let mut meta = serde_json::Value::Null;
         let mut block: Option<(String, String)> = None;
@@ -241,7 +279,11 @@ fn read_cases(dir: &Path, out: &mut Vec<Case>) {
                             .and_then(|t| t.as_str())
                             .unwrap_or(if lang == "url" { "url" } else { "request" })
                             .to_owned();
-                        let kind = if lang == "url" { "url".to_owned() } else { kind };
+                        let kind = if lang == "url" {
+                            "url".to_owned()
+                        } else {
+                            kind
+                        };
                         input = Some((kind, normalize(&body)));
                     }
                 } else {
@@ -281,9 +323,15 @@ fn our_url(x: &Exchange) -> String {
 /// The path-and-query a passive parser reports for a request target: the origin form as sent,
 /// the absolute form without scheme and authority.
 fn expected_url(url: &str) -> String {
-    let Some((_, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((_, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
     let tail = &rest[rest.find(['/', '?', '#']).unwrap_or(rest.len())..];
-    if tail.starts_with('/') { tail.to_owned() } else { format!("/{tail}") }
+    if tail.starts_with('/') {
+        tail.to_owned()
+    } else {
+        format!("/{tail}")
+    }
 }
 
 /// Field values without surrounding whitespace: RFC 9110 section 5.5 excludes it from the
@@ -294,7 +342,9 @@ fn ows_trimmed(v: &str) -> String {
 
 fn compare(e: &Expected, x: &Exchange, response: bool) -> Result<(), String> {
     let (headers, trailers, body_len) = if response {
-        let Some(r) = &x.response else { return Err("no response".into()) };
+        let Some(r) = &x.response else {
+            return Err("no response".into());
+        };
         if Some(r.status) != e.status {
             return Err(format!("status {} != {:?}", r.status, e.status));
         }
@@ -307,13 +357,23 @@ fn compare(e: &Expected, x: &Exchange, response: bool) -> Result<(), String> {
         if url != expected_url(&e.url) {
             return Err(format!("url {url:?} != {:?}", e.url));
         }
-        (&x.request.headers, &x.request.trailers, x.request.body.wire_len)
+        (
+            &x.request.headers,
+            &x.request.trailers,
+            x.request.body.wire_len,
+        )
     };
     // llhttp reports trailer fields as more header spans after the body.
-    let ours: Vec<(String, String)> =
-        headers.iter().chain(trailers).map(|h| (h.name.clone(), h.value.clone())).collect();
-    let theirs: Vec<(String, String)> =
-        e.headers.iter().map(|(n, v)| (n.to_ascii_lowercase(), ows_trimmed(v))).collect();
+    let ours: Vec<(String, String)> = headers
+        .iter()
+        .chain(trailers)
+        .map(|h| (h.name.clone(), h.value.clone()))
+        .collect();
+    let theirs: Vec<(String, String)> = e
+        .headers
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), ows_trimmed(v)))
+        .collect();
     if ours != theirs {
         return Err(format!("headers {ours:?} != {theirs:?}"));
     }
@@ -369,7 +429,11 @@ fn run_case(case: &Case) -> Outcome {
     }
     if !case.error {
         if ours.len() != complete.len() {
-            return Outcome::Fail(format!("{} exchanges, expected {}", ours.len(), complete.len()));
+            return Outcome::Fail(format!(
+                "{} exchanges, expected {}",
+                ours.len(),
+                complete.len()
+            ));
         }
         return Outcome::Pass;
     }
@@ -377,16 +441,29 @@ fn run_case(case: &Case) -> Outcome {
     let extra: Vec<&&Exchange> = ours.iter().skip(complete.len()).collect();
     let noticed = stats.parse_errors > 0
         || extra.iter().any(|x| x.flags.0 & NOTICED != 0)
-        || ours.iter().take(complete.len()).any(|x| x.flags.0 & NOTICED != 0);
-    if extra.is_empty() || noticed { Outcome::Pass } else { Outcome::Lenient }
+        || ours
+            .iter()
+            .take(complete.len())
+            .any(|x| x.flags.0 & NOTICED != 0);
+    if extra.is_empty() || noticed {
+        Outcome::Pass
+    } else {
+        Outcome::Lenient
+    }
 }
 
 #[test]
 fn llhttp_cases() {
-    let Some(dir) = corpus("llhttp-tests") else { return };
+    let Some(dir) = corpus("llhttp-tests") else {
+        return;
+    };
     let mut cases = Vec::new();
     read_cases(&dir.join("test"), &mut cases);
-    assert!(cases.len() > 200, "expected the llhttp cases, found {}", cases.len());
+    assert!(
+        cases.len() > 200,
+        "expected the llhttp cases, found {}",
+        cases.len()
+    );
 
     let mut pass = 0;
     let mut lenient = Vec::new();
@@ -405,13 +482,28 @@ fn llhttp_cases() {
             Outcome::Fail(why) => fail.push(format!("{}: {}: {why}", case.file, case.title)),
         }
     }
-    eprintln!("llhttp: {pass} pass, {} lenient, {} fail, {skipped} skipped", lenient.len(), fail.len());
+    eprintln!(
+        "llhttp: {pass} pass, {} lenient, {} fail, {skipped} skipped",
+        lenient.len(),
+        fail.len()
+    );
     for f in &fail {
         eprintln!("  FAIL: {f}");
     }
-    assert!(fail.is_empty(), "{} llhttp cases failed:\n{}", fail.len(), fail.join("\n"));
-    let expected_lenient: Vec<String> = LENIENT_BY_DESIGN.iter().map(|(c, _)| c.to_string()).collect();
-    assert_eq!(lenient, expected_lenient, "cases accepted where llhttp errors changed");
+    assert!(
+        fail.is_empty(),
+        "{} llhttp cases failed:\n{}",
+        fail.len(),
+        fail.join("\n")
+    );
+    let expected_lenient: Vec<String> = LENIENT_BY_DESIGN
+        .iter()
+        .map(|(c, _)| c.to_string())
+        .collect();
+    assert_eq!(
+        lenient, expected_lenient,
+        "cases accepted where llhttp errors changed"
+    );
     // Regression guard: every runnable case passes today.
     assert!(pass >= 185, "only {pass} llhttp cases pass");
 }

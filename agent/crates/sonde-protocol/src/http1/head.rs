@@ -46,6 +46,10 @@ pub(crate) struct Head {
     pub connection_close: bool,
     pub content_encoding: Option<String>,
     pub host: Option<String>,
+    /// Invalid field lines were dropped or repaired to parse the head.
+    pub salvaged: bool,
+    /// `Expect: 100-continue`: the body may never be sent if a final response comes first.
+    pub expect_continue: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -69,10 +73,69 @@ pub(crate) fn find_head_end(buf: &[u8]) -> Option<usize> {
 pub(crate) fn parse_head(kind: Kind, buf: &[u8], limits: HeadLimits) -> Result<Head, InvalidHead> {
     let max_headers = limits.max_headers.clamp(1, HARD_MAX_HEADERS);
     // httparse's lenient mode would drop folded continuation lines: join them first.
-    if let Some(unfolded) = unfold(buf) {
-        return parse_with_cut(kind, &unfolded, max_headers, limits);
+    let unfolded = unfold(buf);
+    let buf = unfolded.as_deref().unwrap_or(buf);
+    match parse_with_cut(kind, buf, max_headers, limits) {
+        Ok(head) => Ok(head),
+        Err(InvalidHead) => {
+            let salvaged = salvage(kind, buf).ok_or(InvalidHead)?;
+            let mut head = parse_with_cut(kind, &salvaged, max_headers, limits)?;
+            head.salvaged = true;
+            Ok(head)
+        }
     }
-    parse_with_cut(kind, buf, max_headers, limits)
+}
+
+/// Rebuilds a refused head from what can be trusted in it: field lines without a colon or with
+/// an invalid name are dropped, control bytes in values become spaces, and a status code glued
+/// to its reason (`200ok`) is separated. `None` when nothing changed.
+fn salvage(kind: Kind, buf: &[u8]) -> Option<Vec<u8>> {
+    let mut lines = buf.split_inclusive(|b| *b == b'\n');
+    let start = lines.next()?;
+    let mut out = Vec::with_capacity(buf.len());
+    match kind {
+        Kind::Response
+            if start.len() > 12
+                && start.starts_with(b"HTTP/1.")
+                && start[9..12].iter().all(u8::is_ascii_digit)
+                && !matches!(start[12], b' ' | b'\r' | b'\n') =>
+        {
+            out.extend_from_slice(&start[..12]);
+            out.push(b' ');
+            out.extend_from_slice(&start[12..]);
+        }
+        _ => out.extend_from_slice(start),
+    }
+    for line in lines {
+        let content = line.strip_suffix(b"\n").unwrap_or(line);
+        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        if content.is_empty() {
+            out.extend_from_slice(b"\r\n");
+            break;
+        }
+        let Some(colon) = memchr::memchr(b':', content) else {
+            continue;
+        };
+        let name = &content[..colon];
+        if name.is_empty() || !name.iter().all(|b| is_token(*b)) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.push(b':');
+        out.extend(content[colon + 1..].iter().map(|&b| {
+            if b < 0x20 && b != b'\t' || b == 0x7f {
+                b' '
+            } else {
+                b
+            }
+        }));
+        out.extend_from_slice(b"\r\n");
+    }
+    (out != buf).then_some(out)
+}
+
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Parses, cutting the head after `max_headers` fields when there are more.
@@ -198,8 +261,16 @@ fn fill_headers(head: &mut Head, raw: &[httparse::Header<'_>], limits: HeadLimit
             {
                 head.connection_close = true;
             }
-            "content-encoding" => head.content_encoding = Some(value.to_ascii_lowercase()),
+            "content-encoding" => {
+                // Repeated fields are one comma-separated list (RFC 9110 section 5.3).
+                let v = value.to_ascii_lowercase();
+                head.content_encoding = Some(match head.content_encoding.take() {
+                    Some(prev) => format!("{prev}, {v}"),
+                    None => v,
+                });
+            }
             "host" if head.host.is_none() => head.host = Some(value.clone()),
+            "expect" => head.expect_continue = value_bytes.eq_ignore_ascii_case(b"100-continue"),
             _ => {}
         }
         head.headers.push(Header {
@@ -288,6 +359,16 @@ fn unfold(buf: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let mut out = buf.to_vec();
+    // A whitespace-led line right after the start line continues nothing: it is discarded
+    // (RFC 9112 section 2.2) rather than glued onto the request or status line.
+    while matches!(out.get(first_nl + 1), Some(b' ' | b'\t')) {
+        let end =
+            memchr::memchr(b'\n', &out[first_nl + 1..]).map_or(out.len(), |p| first_nl + 2 + p);
+        if end >= out.len() {
+            break;
+        }
+        out.drain(first_nl + 1..end);
+    }
     let mut folded = false;
     let mut i = first_nl;
     while i + 1 < out.len() {
@@ -314,21 +395,19 @@ fn cut_after_lines(buf: &[u8], lines: usize) -> Vec<u8> {
     out
 }
 
-/// Parses a chunked trailer section (`buf` holds its field lines, without the final blank line).
+/// Parses a chunked trailer section (`buf` holds its field lines, without the final blank line)
+/// through the head parser behind a synthetic start line, so trailers get the same unfolding,
+/// salvage and limits as headers. Returns the fields and whether some were dropped.
 pub(crate) fn parse_trailers(buf: &[u8], limits: HeadLimits) -> (Vec<Header>, bool) {
-    let max_headers = limits.max_headers.clamp(1, HARD_MAX_HEADERS);
-    let mut block = Vec::with_capacity(buf.len() + 2);
+    const START: &[u8] = b"TRAILERS * HTTP/1.1\r\n";
+    let mut block = Vec::with_capacity(START.len() + buf.len() + 2);
+    block.extend_from_slice(START);
     block.extend_from_slice(buf);
     block.extend_from_slice(b"\r\n");
-    let mut storage = [httparse::EMPTY_HEADER; 32];
-    let slots = &mut storage[..max_headers.min(32)];
-    let parsed = match httparse::parse_headers(&block, slots) {
-        Ok(httparse::Status::Complete((_, fields))) => fields,
-        _ => return (Vec::new(), true),
-    };
-    let mut head = Head::default();
-    fill_headers(&mut head, parsed, limits);
-    (head.headers, false)
+    match parse_head(Kind::Request, &block, limits) {
+        Ok(head) => (head.headers, head.cut),
+        Err(InvalidHead) => (Vec::new(), true),
+    }
 }
 
 /// Whether `line` (without its LF) looks like the start line of a message of `kind`; used to
@@ -453,6 +532,39 @@ mod tests {
         assert_eq!(find_head_end(b"GET / HTTP/1.1\n\nrest"), Some(16));
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+    }
+
+    #[test]
+    fn refused_heads_are_salvaged() {
+        let l = HeadLimits {
+            max_headers: 10,
+            max_value_bytes: 100,
+        };
+        let head = parse_head(
+            Kind::Request,
+            b"GET / HTTP/1.0\r\nHost: h\r\nUser-Agent Mozilla\r\nX-Nul: a\0b\r\nCookie: p=1\r\n\r\n",
+            l,
+        )
+        .expect("salvaged");
+        let names: Vec<&str> = head.headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["host", "x-nul", "cookie"]);
+        assert_eq!(head.headers[1].value, "a b");
+        assert!(head.salvaged);
+        let resp = parse_head(
+            Kind::Response,
+            b"HTTP/1.1 200ok\r\nContent-Length: 1\r\n\r\n",
+            l,
+        )
+        .expect("salvaged");
+        assert_eq!((resp.status, resp.reason.as_str()), (200, "ok"));
+        let folded_first = parse_head(
+            Kind::Request,
+            b"GET / HTTP/1.0\r\n Bad-Fold: 1\r\nGood: 2\r\n\r\n",
+            l,
+        )
+        .expect("parses");
+        assert_eq!(folded_first.headers.len(), 1);
+        assert_eq!(folded_first.headers[0].name, "good");
     }
 
     #[test]

@@ -49,6 +49,7 @@ struct Pending {
     is_head: bool,
     is_connect: bool,
     upgrade: Option<String>,
+    expect_continue: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,18 +161,28 @@ impl Http1Conn {
         out: &mut Vec<Exchange>,
     ) -> Option<Switch> {
         self.pairing.last_ts = self.pairing.last_ts.max(ts_ns);
-        let mut ctx = Ctx {
-            p: &mut self.pairing,
-            cfg,
-            stats,
-            out,
-        };
-        if dir == self.request_dir {
-            self.req.feed(bytes, ts_ns, &mut ctx);
-        } else {
-            self.resp.feed(bytes, ts_ns, &mut ctx);
+        let mut rest = bytes.clone();
+        loop {
+            let mut ctx = Ctx {
+                p: &mut self.pairing,
+                cfg,
+                stats,
+                out,
+            };
+            let parser = if dir == self.request_dir {
+                &mut self.req
+            } else {
+                &mut self.resp
+            };
+            let n = parser.feed(&rest, ts_ns, &mut ctx);
+            if let Some(switch) = self.settle(ts_ns, cfg, stats, out) {
+                return Some(switch);
+            }
+            if n >= rest.len() {
+                return None;
+            }
+            rest = rest.slice(n..);
         }
-        self.settle(ts_ns, cfg, stats, out)
     }
 
     pub fn gap(
@@ -419,6 +430,7 @@ impl Ctx<'_> {
             is_head: false,
             is_connect,
             upgrade: head.upgrade,
+            expect_continue: head.expect_continue,
         };
         let mut pending = pending;
         pending.is_head = pending.request.method.eq_ignore_ascii_case("HEAD");
@@ -451,7 +463,11 @@ impl Ctx<'_> {
             p.req_target = ReqTarget::Queued;
         }
         // What follows a CONNECT request is tunnel data (or the next request if refused).
-        if is_connect { BodyPlan::NoBody } else { BodyPlan::Framed }
+        if is_connect {
+            BodyPlan::NoBody
+        } else {
+            BodyPlan::Framed
+        }
     }
 
     fn response_head(&mut self, head: Head, ts_ns: u64, resynced: bool) -> BodyPlan {
@@ -531,6 +547,11 @@ fn message_flags(head: &Head, resynced: bool, stats: &mut TrackerStats) -> Excha
     }
     if head.cut {
         flags.insert(ExchangeFlags::HEADERS_CUT);
+    }
+    if head.salvaged {
+        // Recovered, but the head was not valid: counted as a parse error too.
+        stats.heads_salvaged += 1;
+        stats.parse_errors += 1;
     }
     flags
 }
@@ -738,5 +759,19 @@ impl Handler for Ctx<'_> {
 
     fn on_head_cut(&mut self, _kind: Kind) {
         self.stats.headers_cut += 1;
+    }
+
+    fn pause_requested(&self, kind: Kind) -> bool {
+        kind == Kind::Response && self.p.held_verdict.is_some()
+    }
+
+    fn request_body_may_be_skipped(&self) -> bool {
+        self.p.req_target == ReqTarget::Queued
+            && self.p.queue.back().is_some_and(|p| {
+                p.expect_continue
+                    && p.resp_done
+                    && !p.flags.contains(ExchangeFlags::CONTINUED)
+                    && p.response.as_ref().is_some_and(|r| r.status >= 200)
+            })
     }
 }

@@ -43,6 +43,11 @@ pub(crate) trait Handler {
     fn on_parse_error(&mut self, kind: Kind);
     fn on_resync_skipped(&mut self, kind: Kind, bytes: u64);
     fn on_head_cut(&mut self, kind: Kind);
+    /// Stop feeding for now: a decision the other direction needs was just taken.
+    fn pause_requested(&self, kind: Kind) -> bool;
+    /// The request being parsed announced a body behind `Expect: 100-continue`, and a final
+    /// response came instead of `100`: the client may skip the body.
+    fn request_body_may_be_skipped(&self) -> bool;
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -122,6 +127,10 @@ pub(crate) struct DirParser {
     held_gap: bool,
     /// Time of the first byte of the head being collected.
     head_ts: u64,
+    /// Body bytes of the current message seen so far.
+    body_seen: u64,
+    /// Whether an announced-but-maybe-skipped body has been decided on.
+    skip_decided: bool,
     pub ignored_bytes: u64,
 }
 
@@ -138,6 +147,8 @@ impl DirParser {
             in_message: false,
             held_gap: false,
             head_ts: 0,
+            body_seen: 0,
+            skip_decided: false,
             ignored_bytes: 0,
         }
     }
@@ -172,15 +183,21 @@ impl DirParser {
         } else {
             self.state = State::Start;
         }
-        if !held.is_empty() {
-            self.feed(&held, ts_ns, h);
+        let mut rest = held;
+        while !rest.is_empty() {
+            let n = self.feed(&rest, ts_ns, h).max(1);
+            rest = rest.slice(n.min(rest.len())..);
         }
     }
 
-    /// Bytes of this direction, in order.
-    pub fn feed(&mut self, data: &Bytes, ts_ns: u64, h: &mut impl Handler) {
+    /// Bytes of this direction, in order. Returns how many were consumed: fewer than all when
+    /// the handler asked for a pause; the caller feeds the rest after acting on it.
+    pub fn feed(&mut self, data: &Bytes, ts_ns: u64, h: &mut impl Handler) -> usize {
         let mut pos = 0;
         while pos < data.len() {
+            if pos > 0 && h.pause_requested(self.kind) {
+                return pos;
+            }
             pos = match self.state {
                 State::Start => self.at_start(data, pos, ts_ns, h),
                 State::Head => self.in_head(data, pos, ts_ns, h),
@@ -205,6 +222,7 @@ impl DirParser {
                 State::Resync { overlong } => self.resync(data, pos, overlong, ts_ns, h),
             };
         }
+        data.len()
     }
 
     /// `len` bytes of this direction were not captured.
@@ -467,6 +485,8 @@ impl DirParser {
             && (head.upgrade.is_some() || head.method.eq_ignore_ascii_case("CONNECT"));
         let resynced = std::mem::take(&mut self.resynced);
         self.in_message = true;
+        self.body_seen = 0;
+        self.skip_decided = false;
         match h.on_head(self.kind, head, ts_ns, resynced) {
             BodyPlan::Framed => match framing {
                 Some(f) => self.state = State::Body(f),
@@ -491,7 +511,15 @@ impl DirParser {
         let avail = (data.len() - pos) as u64;
         match framing {
             Framing::Length(rem) => {
+                if self.kind == Kind::Request
+                    && !self.skip_decided
+                    && self.body_seen == 0
+                    && h.request_body_may_be_skipped()
+                {
+                    return self.decide_skipped_body(data, pos, ts_ns, h);
+                }
                 let n = rem.min(avail);
+                self.body_seen += n;
                 // `n <= avail`, which fits in usize.
                 let end = pos + n as usize;
                 h.on_body(self.kind, &data.slice(pos..end));
@@ -508,6 +536,44 @@ impl DirParser {
             }
             Framing::Chunked(chunk) => self.in_chunked(data, pos, chunk, ts_ns, h),
         }
+    }
+
+    /// After `Expect: 100-continue` and a final response, the first line after the head tells
+    /// whether the client sent the body or went on with the next request. Bytes are held
+    /// (bounded) until that line is complete, so the verdict does not depend on how the bytes
+    /// were delivered.
+    fn decide_skipped_body(
+        &mut self,
+        data: &Bytes,
+        pos: usize,
+        ts_ns: u64,
+        h: &mut impl Handler,
+    ) -> usize {
+        let rest = &data[pos..];
+        let nl = memchr::memchr(b'\n', rest);
+        let line_len = self.buf.len() + nl.unwrap_or(rest.len());
+        if nl.is_none() && line_len <= MAX_RESYNC_LINE {
+            self.buf.extend_from_slice(rest);
+            return data.len();
+        }
+        let next_request = nl.is_some() && {
+            let mut line = self.buf.to_vec();
+            line.extend_from_slice(&rest[..nl.unwrap_or(0)]);
+            is_plausible_start(Kind::Request, &line)
+        };
+        let held = std::mem::take(&mut self.buf).freeze();
+        self.skip_decided = true;
+        if next_request {
+            self.end_message(ts_ns, true, h);
+        }
+        // The held bytes are either the start of the next request or the first body bytes:
+        // parse them in the state just decided, then go on with the rest of `data`.
+        let mut held = held;
+        while !held.is_empty() {
+            let n = self.feed(&held, ts_ns, h).max(1);
+            held = held.slice(n.min(held.len())..);
+        }
+        pos
     }
 
     fn in_chunked(

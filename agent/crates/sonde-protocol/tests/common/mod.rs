@@ -12,7 +12,11 @@ use sonde_model::{
 };
 use sonde_protocol::{Tracker, TrackerConfig, TrackerStats};
 
-pub const CONN: ConnId = ConnId { tgid: 100, fd: 9, generation: 0 };
+pub const CONN: ConnId = ConnId {
+    tgid: 100,
+    fd: 9,
+    generation: 0,
+};
 
 /// The corpus folder `name`: `$SONDE_CORPORA/name` if the variable is set (and then it must
 /// exist), else `../shared/corpora/name` beside the repository. `None` (with a printed note)
@@ -20,14 +24,23 @@ pub const CONN: ConnId = ConnId { tgid: 100, fd: 9, generation: 0 };
 pub fn corpus(name: &str) -> Option<PathBuf> {
     if let Some(root) = std::env::var_os("SONDE_CORPORA") {
         let dir = PathBuf::from(root).join(name);
-        assert!(dir.is_dir(), "SONDE_CORPORA is set but {} is missing", dir.display());
+        assert!(
+            dir.is_dir(),
+            "SONDE_CORPORA is set but {} is missing",
+            dir.display()
+        );
         return Some(dir);
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../../shared/corpora").join(name);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../../shared/corpora")
+        .join(name);
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("note: corpus {name} not found at {}; skipping", dir.display());
+        eprintln!(
+            "note: corpus {name} not found at {}; skipping",
+            dir.display()
+        );
         None
     }
 }
@@ -84,7 +97,10 @@ pub fn to_events(deliveries: &[Delivery], split: Option<(usize, usize)>) -> Vec<
         }
     }
     let end = (deliveries.len() as u64 + 1) * 1_000_000;
-    evs.push(CaptureEvent::Close(ConnClose { conn: CONN, ts_ns: end }));
+    evs.push(CaptureEvent::Close(ConnClose {
+        conn: CONN,
+        ts_ns: end,
+    }));
     evs
 }
 
