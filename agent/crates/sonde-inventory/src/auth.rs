@@ -11,7 +11,9 @@ use sonde_model::{Header, Request};
 use crate::hash::SaltedHasher;
 
 /// How a call authenticated itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthScheme {
     #[default]
@@ -96,8 +98,18 @@ const API_KEY_HEADERS: [&str; 13] = [
 ];
 
 /// Query parameter names that carry API keys or tokens.
-const API_KEY_QUERY: [&str; 10] =
-    ["api_key", "apikey", "api-key", "key", "access_token", "token", "auth_token", "auth", "subscription-key", "x-api-key"];
+const API_KEY_QUERY: [&str; 10] = [
+    "api_key",
+    "apikey",
+    "api-key",
+    "key",
+    "access_token",
+    "token",
+    "auth_token",
+    "auth",
+    "subscription-key",
+    "x-api-key",
+];
 
 /// Whether a query parameter name carries a credential.
 pub fn is_credential_query_param(name: &str) -> bool {
@@ -120,7 +132,10 @@ pub fn is_session_cookie(name: &str) -> bool {
         "auth_session",
     ];
     let lower = name.to_ascii_lowercase();
-    EXACT.contains(&lower.as_str()) || lower.ends_with("_session") || lower.ends_with("-session") || lower.ends_with("sessionid")
+    EXACT.contains(&lower.as_str())
+        || lower.ends_with("_session")
+        || lower.ends_with("-session")
+        || lower.ends_with("sessionid")
 }
 
 const MAX_TOKEN: usize = 8192;
@@ -136,7 +151,11 @@ pub fn analyse(req: &Request, hasher: &SaltedHasher, now_ns: u64) -> AuthInfo {
         }
     }
     for h in &req.headers {
-        if API_KEY_HEADERS.iter().any(|k| h.name.eq_ignore_ascii_case(k)) && !h.value.trim().is_empty() {
+        if API_KEY_HEADERS
+            .iter()
+            .any(|k| h.name.eq_ignore_ascii_case(k))
+            && !h.value.trim().is_empty()
+        {
             info.scheme = AuthScheme::ApiKeyHeader;
             info.credential_name = Some(h.name.to_ascii_lowercase());
             info.principal = Some(hasher.hash("api_key", &[h.value.trim().as_bytes()]));
@@ -154,7 +173,11 @@ pub fn analyse(req: &Request, hasher: &SaltedHasher, now_ns: u64) -> AuthInfo {
             }
         }
     }
-    for h in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("cookie")) {
+    for h in req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+    {
         for c in h.value.split(';') {
             let (name, value) = c.trim().split_once('=').unwrap_or((c.trim(), ""));
             if !value.is_empty() && is_session_cookie(name) {
@@ -177,7 +200,10 @@ fn bounded_lower(s: &str) -> String {
 }
 
 fn find<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
-    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
 }
 
 fn analyse_authorization(value: &str, hasher: &SaltedHasher, now_ns: u64, info: &mut AuthInfo) {
@@ -187,9 +213,18 @@ fn analyse_authorization(value: &str, hasher: &SaltedHasher, now_ns: u64, info: 
     if scheme.eq_ignore_ascii_case("basic") {
         info.scheme = AuthScheme::Basic;
         let user = base64::engine::general_purpose::STANDARD
-            .decode(cred.as_bytes().get(..cred.len().min(MAX_TOKEN)).unwrap_or_default())
+            .decode(
+                cred.as_bytes()
+                    .get(..cred.len().min(MAX_TOKEN))
+                    .unwrap_or_default(),
+            )
             .ok()
-            .map(|raw| raw.split(|c| *c == b':').next().unwrap_or_default().to_vec());
+            .map(|raw| {
+                raw.split(|c| *c == b':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_vec()
+            });
         info.principal = Some(match user {
             Some(u) => hasher.hash("basic", &[&u]),
             None => hasher.hash("basic_raw", &[cred.as_bytes()]),
@@ -220,7 +255,9 @@ fn analyse_authorization(value: &str, hasher: &SaltedHasher, now_ns: u64, info: 
 pub fn looks_like_jwt(token: &str) -> bool {
     token.starts_with("eyJ")
         && token.bytes().filter(|c| *c == b'.').count() == 2
-        && token.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'='))
+        && token
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'='))
 }
 
 #[derive(Deserialize, Default)]
@@ -242,7 +279,9 @@ struct RawClaims {
 
 fn b64url(part: &str) -> Option<Vec<u8>> {
     let trimmed = part.trim_end_matches('=');
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed).ok()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(trimmed)
+        .ok()
 }
 
 fn claim_str(v: &Option<serde_json::Value>) -> Option<String> {
@@ -261,7 +300,8 @@ fn claim_str(v: &Option<serde_json::Value>) -> Option<String> {
 
 fn claim_time(v: &Option<serde_json::Value>) -> Option<i64> {
     let n = v.as_ref()?.as_number()?;
-    n.as_i64().or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+    n.as_i64()
+        .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
 }
 
 /// Decodes a JWT without verification. Returns the summary and the principal hash (iss + sub, or
@@ -270,7 +310,11 @@ pub fn decode_jwt(token: &str, hasher: &SaltedHasher, now_ns: u64) -> (JwtSummar
     let mut s = JwtSummary::default();
     let token = &token[..token.len().min(MAX_TOKEN)];
     let mut parts = token.split('.');
-    let (h, p, sig) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (h, p, sig) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
     let header: Option<RawHeader> = b64url(h).and_then(|raw| serde_json::from_slice(&raw).ok());
     let claims: Option<RawClaims> = b64url(p).and_then(|raw| serde_json::from_slice(&raw).ok());
     s.malformed = header.is_none() || claims.is_none();
@@ -281,20 +325,32 @@ pub fn decode_jwt(token: &str, hasher: &SaltedHasher, now_ns: u64) -> (JwtSummar
     s.kid = claim_str(&header.kid);
     s.iss = claim_str(&claims.iss);
     s.aud = match &claims.aud {
-        Some(serde_json::Value::Array(a)) => a.iter().take(8).filter_map(|v| claim_str(&Some(v.clone()))).collect(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .take(8)
+            .filter_map(|v| claim_str(&Some(v.clone())))
+            .collect(),
         other => claim_str(other).into_iter().collect(),
     };
     let sub = claim_str(&claims.sub);
-    s.sub_hash = sub.as_ref().map(|v| hasher.hash("jwt_sub", &[v.as_bytes()]));
+    s.sub_hash = sub
+        .as_ref()
+        .map(|v| hasher.hash("jwt_sub", &[v.as_bytes()]));
     s.exp = claim_time(&claims.exp);
     s.nbf = claim_time(&claims.nbf);
     s.iat = claim_time(&claims.iat);
     let now_s = (now_ns / 1_000_000_000) as i64;
     s.expired = s.exp.is_some_and(|e| e < now_s);
     s.not_yet_valid = s.nbf.is_some_and(|n| n > now_s);
-    s.unsigned = sig.is_empty() || s.alg.as_deref().is_some_and(|a| a.eq_ignore_ascii_case("none"));
+    s.unsigned = sig.is_empty()
+        || s.alg
+            .as_deref()
+            .is_some_and(|a| a.eq_ignore_ascii_case("none"));
     let principal = match &sub {
-        Some(sub) => hasher.hash("jwt", &[s.iss.as_deref().unwrap_or("").as_bytes(), sub.as_bytes()]),
+        Some(sub) => hasher.hash(
+            "jwt",
+            &[s.iss.as_deref().unwrap_or("").as_bytes(), sub.as_bytes()],
+        ),
         None => hasher.hash("jwt_token", &[token.as_bytes()]),
     };
     (s, principal)

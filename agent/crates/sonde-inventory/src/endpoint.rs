@@ -24,7 +24,10 @@ impl ServiceKey {
     /// Port of the server address, else of the authority.
     pub fn port(&self) -> Option<u16> {
         let from = |s: &str| s.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
-        self.address.as_deref().and_then(from).or_else(|| self.authority.as_deref().and_then(from))
+        self.address
+            .as_deref()
+            .and_then(from)
+            .or_else(|| self.authority.as_deref().and_then(from))
     }
 }
 
@@ -32,7 +35,12 @@ impl std::fmt::Display for ServiceKey {
     /// `authority@address[process]`, `-` for unknown parts: one token without spaces, so endpoint
     /// keys (`service METHOD /template`) split on spaces.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}", self.authority.as_deref().unwrap_or("-"), self.address.as_deref().unwrap_or("-"))?;
+        write!(
+            f,
+            "{}@{}",
+            self.authority.as_deref().unwrap_or("-"),
+            self.address.as_deref().unwrap_or("-")
+        )?;
         if let Some(p) = &self.process {
             write!(f, "[{p}]")?;
         }
@@ -157,7 +165,13 @@ pub struct EndpointRecord {
 }
 
 impl EndpointRecord {
-    pub(crate) fn new(id: u32, service: Arc<ServiceKey>, method: Arc<str>, template: Arc<str>, now_ns: u64) -> EndpointRecord {
+    pub(crate) fn new(
+        id: u32,
+        service: Arc<ServiceKey>,
+        method: Arc<str>,
+        template: Arc<str>,
+        now_ns: u64,
+    ) -> EndpointRecord {
         let key: Arc<str> = format!("{service} {method} {template}").into();
         EndpointRecord {
             id,
@@ -203,27 +217,55 @@ impl EndpointRecord {
             *self.status_counts.entry(*s).or_insert(0) += c;
         }
         self.no_response += other.no_response;
-        self.request_content_types.merge(&other.request_content_types, caps.max_content_types);
-        self.response_content_types.merge(&other.response_content_types, caps.max_content_types);
-        self.query_params.merge(&other.query_params, caps.max_query_params);
-        self.request_schema.merge(&other.request_schema, caps.schema_max_fields);
-        self.response_schema.merge(&other.response_schema, caps.schema_max_fields);
+        self.request_content_types
+            .merge(&other.request_content_types, caps.max_content_types);
+        self.response_content_types
+            .merge(&other.response_content_types, caps.max_content_types);
+        self.query_params
+            .merge(&other.query_params, caps.max_query_params);
+        self.request_schema
+            .merge(&other.request_schema, caps.schema_max_fields);
+        self.response_schema
+            .merge(&other.response_schema, caps.schema_max_fields);
         self.latency_ns.merge(&other.latency_ns);
         self.request_bytes.merge(&other.request_bytes);
         self.response_bytes.merge(&other.response_bytes);
         self.auth_schemes.merge(&other.auth_schemes, 16);
         for f in &other.sensitive {
-            self.add_sensitive(f.location, &f.path, f.kind, f.count, caps.max_sensitive_fields);
+            self.add_sensitive(
+                f.location,
+                &f.path,
+                f.kind,
+                f.count,
+                caps.max_sensitive_fields,
+            );
         }
         self.sensitive_dropped += other.sensitive_dropped;
-        self.callers.merge(&other.callers, caps.max_callers_per_endpoint);
+        self.callers
+            .merge(&other.callers, caps.max_callers_per_endpoint);
     }
 
-    pub(crate) fn add_sensitive(&mut self, location: Location, path: &str, kind: SensitiveKind, n: u64, cap: usize) {
-        if let Some(f) = self.sensitive.iter_mut().find(|f| f.kind == kind && f.location == location && f.path == path) {
+    pub(crate) fn add_sensitive(
+        &mut self,
+        location: Location,
+        path: &str,
+        kind: SensitiveKind,
+        n: u64,
+        cap: usize,
+    ) {
+        if let Some(f) = self
+            .sensitive
+            .iter_mut()
+            .find(|f| f.kind == kind && f.location == location && f.path == path)
+        {
             f.count = f.count.saturating_add(n);
         } else if self.sensitive.len() < cap {
-            self.sensitive.push(SensitiveField { location, path: path.to_owned(), kind, count: n });
+            self.sensitive.push(SensitiveField {
+                location,
+                path: path.to_owned(),
+                kind,
+                count: n,
+            });
         } else {
             self.sensitive_dropped += 1;
         }
@@ -243,7 +285,11 @@ impl EndpointRecord {
             + self.request_bytes.heap_bytes()
             + self.response_bytes.heap_bytes()
             + self.auth_schemes.heap_bytes()
-            + self.sensitive.iter().map(|f| f.path.capacity() + std::mem::size_of::<SensitiveField>()).sum::<usize>()
+            + self
+                .sensitive
+                .iter()
+                .map(|f| f.path.capacity() + std::mem::size_of::<SensitiveField>())
+                .sum::<usize>()
             + self.callers.heap_bytes()
     }
 }

@@ -12,7 +12,12 @@ pub enum SpecError {
         source: std::io::Error,
     },
     #[error("{file}:{line}:{column}: {message}")]
-    Parse { file: PathBuf, line: usize, column: usize, message: String },
+    Parse {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{file}: not an OpenAPI 3 document: {message}")]
     NotOpenApi { file: PathBuf, message: String },
 }

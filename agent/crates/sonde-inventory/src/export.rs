@@ -17,8 +17,21 @@ fn export_path(template: &str) -> (String, Vec<(String, String)>) {
     for seg in template.split('/').filter(|s| !s.is_empty()) {
         out.push('/');
         if let Some(kind) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            let base: String = kind.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
-            let base = if base.is_empty() { "param".to_owned() } else { base };
+            let base: String = kind
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let base = if base.is_empty() {
+                "param".to_owned()
+            } else {
+                base
+            };
             let mut name = base.clone();
             let mut n = 2;
             while params.iter().any(|(p, _)| *p == name) {
@@ -58,7 +71,12 @@ fn type_value(t: JsonTypes) -> Option<Value> {
     match names.len() {
         0 => None,
         1 => Some(Value::String(names[0].to_owned())),
-        _ => Some(Value::Array(names.into_iter().map(|n| Value::String(n.to_owned())).collect())),
+        _ => Some(Value::Array(
+            names
+                .into_iter()
+                .map(|n| Value::String(n.to_owned()))
+                .collect(),
+        )),
     }
 }
 
@@ -96,19 +114,29 @@ fn node_at<'a>(root: &'a mut Map<String, Value>, steps: &[Step<'_>]) -> &'a mut 
     for step in steps {
         let child = match step {
             Step::Key(k) => {
-                let props = node.entry("properties").or_insert_with(|| Value::Object(Map::new()));
+                let props = node
+                    .entry("properties")
+                    .or_insert_with(|| Value::Object(Map::new()));
                 if !props.is_object() {
                     *props = Value::Object(Map::new());
                 }
-                let Value::Object(props) = props else { unreachable!("made an object above") };
-                props.entry((*k).to_owned()).or_insert_with(|| Value::Object(Map::new()))
+                let Value::Object(props) = props else {
+                    unreachable!("made an object above")
+                };
+                props
+                    .entry((*k).to_owned())
+                    .or_insert_with(|| Value::Object(Map::new()))
             }
-            Step::Items => node.entry("items").or_insert_with(|| Value::Object(Map::new())),
+            Step::Items => node
+                .entry("items")
+                .or_insert_with(|| Value::Object(Map::new())),
         };
         if !child.is_object() {
             *child = Value::Object(Map::new());
         }
-        let Value::Object(m) = child else { unreachable!("made an object above") };
+        let Value::Object(m) = child else {
+            unreachable!("made an object above")
+        };
         node = m;
     }
     node
@@ -118,7 +146,9 @@ fn node_at<'a>(root: &'a mut Map<String, Value>, steps: &[Step<'_>]) -> &'a mut 
 pub fn body_schema(schema: &BodySchema) -> Value {
     let mut root = Map::new();
     for (path, f) in &schema.fields {
-        let Some(steps) = parse_field_path(path) else { continue };
+        let Some(steps) = parse_field_path(path) else {
+            continue;
+        };
         let node = node_at(&mut root, &steps);
         if let Some(t) = type_value(f.types) {
             node.insert("type".into(), t);
@@ -129,20 +159,49 @@ pub fn body_schema(schema: &BodySchema) -> Value {
 
 fn security_scheme(key: &str) -> Option<(String, Value)> {
     let (scheme, name) = key.split_once(':').unwrap_or((key, ""));
-    let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     Some(match scheme {
-        "basic" => ("basicAuth".into(), json!({"type": "http", "scheme": "basic"})),
-        "bearer_jwt" => ("bearerJwt".into(), json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})),
-        "bearer_opaque" => ("bearerAuth".into(), json!({"type": "http", "scheme": "bearer"})),
-        "api_key_header" => (format!("apiKeyHeader_{safe}"), json!({"type": "apiKey", "in": "header", "name": name})),
-        "api_key_query" => (format!("apiKeyQuery_{safe}"), json!({"type": "apiKey", "in": "query", "name": name})),
-        "session_cookie" => (format!("sessionCookie_{safe}"), json!({"type": "apiKey", "in": "cookie", "name": name})),
-        "other" if !name.is_empty() => (format!("http_{safe}"), json!({"type": "http", "scheme": name})),
+        "basic" => (
+            "basicAuth".into(),
+            json!({"type": "http", "scheme": "basic"}),
+        ),
+        "bearer_jwt" => (
+            "bearerJwt".into(),
+            json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}),
+        ),
+        "bearer_opaque" => (
+            "bearerAuth".into(),
+            json!({"type": "http", "scheme": "bearer"}),
+        ),
+        "api_key_header" => (
+            format!("apiKeyHeader_{safe}"),
+            json!({"type": "apiKey", "in": "header", "name": name}),
+        ),
+        "api_key_query" => (
+            format!("apiKeyQuery_{safe}"),
+            json!({"type": "apiKey", "in": "query", "name": name}),
+        ),
+        "session_cookie" => (
+            format!("sessionCookie_{safe}"),
+            json!({"type": "apiKey", "in": "cookie", "name": name}),
+        ),
+        "other" if !name.is_empty() => (
+            format!("http_{safe}"),
+            json!({"type": "http", "scheme": name}),
+        ),
         _ => return None,
     })
 }
 
-fn operation(rec: &EndpointRecord, path_params: &[(String, String)], schemes: &mut BTreeMap<String, Value>, used_ids: &mut Vec<String>) -> Value {
+fn operation(
+    rec: &EndpointRecord,
+    path_params: &[(String, String)],
+    schemes: &mut BTreeMap<String, Value>,
+    used_ids: &mut Vec<String>,
+) -> Value {
     let mut op = Map::new();
     let base: String = format!("{}_{}", rec.method.to_ascii_lowercase(), rec.template)
         .chars()
@@ -156,13 +215,18 @@ fn operation(rec: &EndpointRecord, path_params: &[(String, String)], schemes: &m
     }
     used_ids.push(id.clone());
     op.insert("operationId".into(), Value::String(id));
-    op.insert("summary".into(), Value::String(format!("Observed {} calls", rec.calls)));
+    op.insert(
+        "summary".into(),
+        Value::String(format!("Observed {} calls", rec.calls)),
+    );
     let mut params: Vec<Value> = path_params
         .iter()
         .map(|(name, kind)| json!({"name": name, "in": "path", "required": true, "schema": param_schema(kind)}))
         .collect();
     for name in rec.query_params.counts.keys() {
-        params.push(json!({"name": name, "in": "query", "required": false, "schema": {"type": "string"}}));
+        params.push(
+            json!({"name": name, "in": "query", "required": false, "schema": {"type": "string"}}),
+        );
     }
     if !params.is_empty() {
         op.insert("parameters".into(), Value::Array(params));
@@ -175,7 +239,11 @@ fn operation(rec: &EndpointRecord, path_params: &[(String, String)], schemes: &m
             content.insert("application/json".into(), json!({"schema": schema}));
         }
         for ct in req_types {
-            let s = if ct.contains("json") { schema.clone() } else { json!({}) };
+            let s = if ct.contains("json") {
+                schema.clone()
+            } else {
+                json!({})
+            };
             content.insert(ct.clone(), json!({"schema": s}));
         }
         op.insert("requestBody".into(), json!({"content": content}));
@@ -184,11 +252,18 @@ fn operation(rec: &EndpointRecord, path_params: &[(String, String)], schemes: &m
     let resp_schema = body_schema(&rec.response_schema);
     for status in rec.status_counts.keys() {
         let mut r = Map::new();
-        r.insert("description".into(), Value::String(format!("Observed status {status}")));
+        r.insert(
+            "description".into(),
+            Value::String(format!("Observed status {status}")),
+        );
         if (200..300).contains(status) && *status != 204 {
             let mut content = Map::new();
             for ct in rec.response_content_types.counts.keys() {
-                let s = if ct.contains("json") { resp_schema.clone() } else { json!({}) };
+                let s = if ct.contains("json") {
+                    resp_schema.clone()
+                } else {
+                    json!({})
+                };
                 content.insert(ct.clone(), json!({"schema": s}));
             }
             if !content.is_empty() {
@@ -198,7 +273,10 @@ fn operation(rec: &EndpointRecord, path_params: &[(String, String)], schemes: &m
         responses.insert(status.to_string(), Value::Object(r));
     }
     if responses.is_empty() {
-        responses.insert("default".into(), json!({"description": "No response observed"}));
+        responses.insert(
+            "default".into(),
+            json!({"description": "No response observed"}),
+        );
     }
     op.insert("responses".into(), Value::Object(responses));
     let mut security = Vec::new();
@@ -216,7 +294,10 @@ fn operation(rec: &EndpointRecord, path_params: &[(String, String)], schemes: &m
     if rec.declared.as_ref().is_some_and(|d| d.deprecated) {
         op.insert("deprecated".into(), Value::Bool(true));
     }
-    op.insert("x-sonde-classification".into(), Value::String(rec.classification.as_str().into()));
+    op.insert(
+        "x-sonde-classification".into(),
+        Value::String(rec.classification.as_str().into()),
+    );
     Value::Object(op)
 }
 
@@ -227,18 +308,28 @@ impl Inventory {
         let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
         let mut schemes = BTreeMap::new();
         let mut used_ids = Vec::new();
-        let mut records: Vec<&EndpointRecord> = self.service_endpoints(service).filter(|r| !r.overflow).collect();
+        let mut records: Vec<&EndpointRecord> = self
+            .service_endpoints(service)
+            .filter(|r| !r.overflow)
+            .collect();
         records.sort_by(|a, b| (&a.template, &a.method).cmp(&(&b.template, &b.method)));
         for rec in records {
             let method = rec.method.to_ascii_lowercase();
-            if !matches!(method.as_str(), "get" | "put" | "post" | "delete" | "options" | "head" | "patch" | "trace") {
+            if !matches!(
+                method.as_str(),
+                "get" | "put" | "post" | "delete" | "options" | "head" | "patch" | "trace"
+            ) {
                 continue;
             }
             let (path, params) = export_path(&rec.template);
             let op = operation(rec, &params, &mut schemes, &mut used_ids);
             paths.entry(path).or_default().insert(method, op);
         }
-        let host = service.authority.as_deref().or(service.address.as_deref()).filter(|h| !h.contains(['{', '}']));
+        let host = service
+            .authority
+            .as_deref()
+            .or(service.address.as_deref())
+            .filter(|h| !h.contains(['{', '}']));
         let server_url = host.map_or_else(|| "/".to_owned(), |h| format!("http://{h}"));
         let mut doc = json!({
             "openapi": "3.1.0",

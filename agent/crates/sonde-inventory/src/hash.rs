@@ -17,7 +17,9 @@ const KEY_CONTEXT: &str = "sonde-inventory 2026 principal and secret hashing v1"
 
 impl SaltedHasher {
     pub fn new(salt: &str) -> SaltedHasher {
-        SaltedHasher { key: blake3::derive_key(KEY_CONTEXT, salt.as_bytes()) }
+        SaltedHasher {
+            key: blake3::derive_key(KEY_CONTEXT, salt.as_bytes()),
+        }
     }
 
     /// Hash of `domain` and `parts`, each length-prefixed so that part boundaries cannot be

@@ -3,11 +3,12 @@
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sonde_model::{Anomaly, Body, Evidence, Exchange, Header, OwaspCategory, Role, Severity};
+use sonde_model::{ConnId, Anomaly, Body, Evidence, Exchange, Header, OwaspCategory, Role, Severity};
 
 use crate::auth::{self, AuthInfo, AuthScheme};
 use crate::config::InventoryConfig;
@@ -17,7 +18,9 @@ use crate::hash::SaltedHasher;
 use crate::schema::{self, BodyFacts, FieldSchema, JsonTypes, WalkOutcome};
 use crate::sensitive::{self, SensitiveKind};
 use crate::spec::{self, DeclaredSpec, ObservedSeg, SpecScope, SpecSet};
-use crate::template::{self, EndpointId, NodeId, ParamKind, ParamLabel, PathTrie, SegLabel, TrieChange};
+use crate::template::{
+    self, EndpointId, NodeId, ParamKind, ParamLabel, PathTrie, SegLabel, TrieChange,
+};
 
 /// A sensitive kind found in this call, with where it was.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,7 +85,9 @@ pub struct UnusedOperation {
     pub deprecated: bool,
 }
 
-const STANDARD_METHODS: [&str; 9] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT"];
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT",
+];
 const OTHER_METHOD: u16 = 15;
 const NO_NODE: NodeId = u32::MAX;
 
@@ -94,6 +99,8 @@ const RAISED_OVERFLOW: u8 = 16;
 
 struct Service {
     key: Arc<ServiceKey>,
+    /// The key's address, unformatted: compared on every call.
+    addr: Option<SocketAddr>,
     trie: PathTrie,
     custom_methods: Vec<Arc<str>>,
     endpoint_count: usize,
@@ -131,6 +138,7 @@ pub struct Inventory {
     decode_buf: Vec<u8>,
     facts: BodyFacts,
     text_buf: String,
+    caller_cache: (Option<(ConnId, Role, Option<SocketAddr>)>, String),
 }
 
 impl std::fmt::Debug for Inventory {
@@ -160,18 +168,35 @@ fn cut(s: &str, max: usize) -> &str {
 /// Lower-cased authority, or a marker when it is not a plausible host[:port].
 fn normalise_authority(a: &str) -> Cow<'_, str> {
     let a = a.trim();
-    if a.is_empty() || a.len() > 255 || !a.bytes().all(|c| c.is_ascii_alphanumeric() || b".-:[]_".contains(&c)) {
+    if a.is_empty()
+        || a.len() > 255
+        || !a
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b".-:[]_".contains(&c))
+    {
         return Cow::Borrowed("{invalid}");
     }
-    if a.bytes().any(|c| c.is_ascii_uppercase()) { Cow::Owned(a.to_ascii_lowercase()) } else { Cow::Borrowed(a) }
+    if a.bytes().any(|c| c.is_ascii_uppercase()) {
+        Cow::Owned(a.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(a)
+    }
 }
 
 fn media_type(v: &str) -> Cow<'_, str> {
     let m = cut(v.split(';').next().unwrap_or("").trim(), 64);
-    if m.is_empty() || !m.bytes().all(|c| c.is_ascii_alphanumeric() || b"/.+-_*".contains(&c)) {
+    if m.is_empty()
+        || !m
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"/.+-_*".contains(&c))
+    {
         return Cow::Borrowed("{invalid}");
     }
-    if m.bytes().any(|c| c.is_ascii_uppercase()) { Cow::Owned(m.to_ascii_lowercase()) } else { Cow::Borrowed(m) }
+    if m.bytes().any(|c| c.is_ascii_uppercase()) {
+        Cow::Owned(m.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(m)
+    }
 }
 
 enum BodyKind {
@@ -189,7 +214,13 @@ fn body_kind(content_type: Option<&str>, sample: &[u8]) -> BodyKind {
     if ct.starts_with("application/x-www-form-urlencoded") {
         return BodyKind::Form;
     }
-    if ct.starts_with("application/grpc") || ct.starts_with("image/") || ct.starts_with("video/") || ct.starts_with("audio/") || ct.contains("octet-stream") || ct.contains("protobuf") {
+    if ct.starts_with("application/grpc")
+        || ct.starts_with("image/")
+        || ct.starts_with("video/")
+        || ct.starts_with("audio/")
+        || ct.contains("octet-stream")
+        || ct.contains("protobuf")
+    {
         return BodyKind::Skip;
     }
     let first = sample.iter().find(|c| !c.is_ascii_whitespace());
@@ -200,7 +231,16 @@ fn body_kind(content_type: Option<&str>, sample: &[u8]) -> BodyKind {
 }
 
 fn split_template(t: &str) -> Vec<ObservedSeg<'_>> {
-    t.split('/').filter(|s| !s.is_empty()).map(|s| if s.starts_with('{') { ObservedSeg::Param } else { ObservedSeg::Literal(s) }).collect()
+    t.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            if s.starts_with('{') {
+                ObservedSeg::Param
+            } else {
+                ObservedSeg::Literal(s)
+            }
+        })
+        .collect()
 }
 
 impl Inventory {
@@ -227,6 +267,7 @@ impl Inventory {
             decode_buf: Vec::new(),
             facts: BodyFacts::default(),
             text_buf: String::new(),
+            caller_cache: (None, String::new()),
         }
     }
 
@@ -244,13 +285,20 @@ impl Inventory {
     }
 
     /// Loads a declared spec file for the services in `scope` and re-classifies every endpoint.
-    pub fn load_spec(&mut self, file: impl Into<PathBuf>, scope: SpecScope) -> Result<&DeclaredSpec, SpecError> {
+    pub fn load_spec(
+        &mut self,
+        file: impl Into<PathBuf>,
+        scope: SpecScope,
+    ) -> Result<&DeclaredSpec, SpecError> {
         let spec = spec::load_spec_file(&file.into(), scope)?;
         Ok(self.add_spec(spec))
     }
 
     /// Loads several spec files; a broken one does not stop the others. Returns the errors.
-    pub fn load_specs(&mut self, files: impl IntoIterator<Item = (PathBuf, SpecScope)>) -> Vec<SpecError> {
+    pub fn load_specs(
+        &mut self,
+        files: impl IntoIterator<Item = (PathBuf, SpecScope)>,
+    ) -> Vec<SpecError> {
         let mut errors = Vec::new();
         for (file, scope) in files {
             match spec::load_spec_file(&file, scope) {
@@ -275,7 +323,10 @@ impl Inventory {
             self.classify(id, None);
         }
         // `add` pushed it: the last spec is the one just added.
-        self.specs.specs().last().unwrap_or_else(|| unreachable!("spec was just added"))
+        self.specs
+            .specs()
+            .last()
+            .unwrap_or_else(|| unreachable!("spec was just added"))
     }
 
     pub fn specs(&self) -> impl Iterator<Item = &DeclaredSpec> {
@@ -298,11 +349,11 @@ impl Inventory {
     pub fn take_dirty(&mut self) -> Vec<EndpointRecord> {
         let mut out = Vec::with_capacity(self.dirty.len());
         for id in std::mem::take(&mut self.dirty) {
-            if let Some(Some(slot)) = self.slots.get_mut(id as usize) {
-                if slot.dirty {
-                    slot.dirty = false;
-                    out.push(slot.rec.clone());
-                }
+            if let Some(Some(slot)) = self.slots.get_mut(id as usize)
+                && slot.dirty
+            {
+                slot.dirty = false;
+                out.push(slot.rec.clone());
             }
         }
         out
@@ -345,8 +396,15 @@ impl Inventory {
     /// Approximate heap bytes held (records, tries, indexes).
     pub fn approx_heap_bytes(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<Option<Slot>>()
-            + self.endpoints().map(EndpointRecord::heap_bytes).sum::<usize>()
-            + self.services.iter().map(|s| s.trie.heap_bytes() + std::mem::size_of::<Service>()).sum::<usize>()
+            + self
+                .endpoints()
+                .map(EndpointRecord::heap_bytes)
+                .sum::<usize>()
+            + self
+                .services
+                .iter()
+                .map(|s| s.trie.heap_bytes() + std::mem::size_of::<Service>())
+                .sum::<usize>()
     }
 
     /// Analyses one exchange and updates its endpoint. `now_ns`: Unix time of the call, in ns.
@@ -354,9 +412,14 @@ impl Inventory {
         self.counters.exchanges += 1;
         let sid = self.service_for(ex);
         let (midx, method) = self.method_for(sid, &ex.request.method);
-        let grpc_path = ex.grpc.as_ref().filter(|g| !g.service.is_empty()).map(|g| format!("/{}/{}", g.service, g.method));
+        let grpc_path = ex
+            .grpc
+            .as_ref()
+            .filter(|g| !g.service.is_empty())
+            .map(|g| format!("/{}/{}", g.service, g.method));
         let path = grpc_path.as_deref().unwrap_or(&ex.request.path);
-        let (eid, new_endpoint) = self.endpoint_for(sid, midx, &method, path, grpc_path.is_some(), now_ns);
+        let (eid, new_endpoint) =
+            self.endpoint_for(sid, midx, &method, path, grpc_path.is_some(), now_ns);
         let auth = auth::analyse(&ex.request, &self.hasher, now_ns);
         let mut hits = Vec::new();
         self.update_stats(eid, ex, &auth, now_ns);
@@ -365,7 +428,13 @@ impl Inventory {
             self.scan_query(eid, q, &mut hits);
         }
         let req_ct = ex.request_header("content-type");
-        self.analyse_body(eid, &ex.request.body, req_ct, Location::RequestBody, &mut hits);
+        self.analyse_body(
+            eid,
+            &ex.request.body,
+            req_ct,
+            Location::RequestBody,
+            &mut hits,
+        );
         if let Some(resp) = &ex.response {
             self.scan_headers(eid, &resp.headers, Location::ResponseHeader, &mut hits);
             let ct = sonde_model::exchange::find_header(&resp.headers, "content-type");
@@ -406,11 +475,17 @@ impl Inventory {
             _ => None,
         };
         let authority = ex.request.authority.as_deref().map(normalise_authority);
-        let h = self.hash_state.hash_one((addr, process, authority.as_deref()));
+        let h = self
+            .hash_state
+            .hash_one((addr, process, authority.as_deref()));
         if let Some(ids) = self.service_index.get(&h) {
             for &id in ids {
-                let k = &self.services[id as usize].key;
-                if k.address == addr.map(|a| a.to_string()) && k.process.as_deref() == process && k.authority.as_deref() == authority.as_deref() {
+                let svc = &self.services[id as usize];
+                let k = &svc.key;
+                if svc.addr == addr
+                    && k.process.as_deref() == process
+                    && k.authority.as_deref() == authority.as_deref()
+                {
                     return id;
                 }
             }
@@ -424,32 +499,40 @@ impl Inventory {
         } else {
             authority
         };
-        let key = ServiceKey { address: addr.map(|a| a.to_string()), process: process.map(str::to_owned), authority: authority.map(Cow::into_owned) };
-        let h2 = self.hash_state.hash_one((addr, process, key.authority.as_deref()));
-        if h2 != h {
-            if let Some(ids) = self.service_index.get(&h2) {
-                if let Some(&id) = ids.iter().find(|id| *self.services[**id as usize].key == key) {
-                    return id;
-                }
-            }
+        let key = ServiceKey {
+            address: addr.map(|a| a.to_string()),
+            process: process.map(str::to_owned),
+            authority: authority.map(Cow::into_owned),
+        };
+        let h2 = self
+            .hash_state
+            .hash_one((addr, process, key.authority.as_deref()));
+        if h2 != h
+            && let Some(ids) = self.service_index.get(&h2)
+            && let Some(&id) = ids
+                .iter()
+                .find(|id| *self.services[**id as usize].key == key)
+        {
+            return id;
         }
         if self.services.len() >= self.cfg.max_services {
             self.counters.service_overflow_calls += 1;
             return self.overflow_service_id();
         }
-        if key.authority.as_deref() != Some("{other}") {
-            if let Some(c) = self.authorities_per_server.get_mut(&server_h) {
-                *c += 1;
-            }
+        if key.authority.as_deref() != Some("{other}")
+            && let Some(c) = self.authorities_per_server.get_mut(&server_h)
+        {
+            *c += 1;
         }
-        let id = self.push_service(key);
+        let id = self.push_service(key, addr);
         self.service_index.entry(h2).or_default().push(id);
         id
     }
 
-    fn push_service(&mut self, key: ServiceKey) -> u32 {
+    fn push_service(&mut self, key: ServiceKey, addr: Option<SocketAddr>) -> u32 {
         self.services.push(Service {
             key: Arc::new(key),
+            addr,
             trie: PathTrie::new(self.cfg.max_nodes_per_service, self.cfg.param_min_distinct),
             custom_methods: Vec::new(),
             endpoint_count: 0,
@@ -462,19 +545,33 @@ impl Inventory {
         if let Some(id) = self.overflow_service {
             return id;
         }
-        let id = self.push_service(ServiceKey { address: None, process: None, authority: Some("{overflow}".into()) });
+        let id = self.push_service(ServiceKey {
+            address: None,
+            process: None,
+            authority: Some("{overflow}".into()),
+        }, None);
         self.overflow_service = Some(id);
         id
     }
 
     fn method_for(&mut self, sid: u32, m: &str) -> (u16, Arc<str>) {
-        if let Some(i) = STANDARD_METHODS.iter().position(|s| s.eq_ignore_ascii_case(m)) {
+        if let Some(i) = STANDARD_METHODS
+            .iter()
+            .position(|s| s.eq_ignore_ascii_case(m))
+        {
             return (i as u16, self.standard_methods[i].clone());
         }
-        let valid = !m.is_empty() && m.len() <= 32 && m.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+        let valid = !m.is_empty()
+            && m.len() <= 32
+            && m.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
         let svc = &mut self.services[sid as usize];
         if valid {
-            if let Some(i) = svc.custom_methods.iter().position(|c| c.eq_ignore_ascii_case(m)) {
+            if let Some(i) = svc
+                .custom_methods
+                .iter()
+                .position(|c| c.eq_ignore_ascii_case(m))
+            {
                 return (16 + i as u16, svc.custom_methods[i].clone());
             }
             if svc.custom_methods.len() < self.cfg.max_custom_methods {
@@ -488,13 +585,23 @@ impl Inventory {
     }
 
     /// Finds or creates the endpoint of `path`; returns it and whether it is new.
-    fn endpoint_for(&mut self, sid: u32, midx: u16, method: &Arc<str>, path: &str, grpc: bool, now_ns: u64) -> (EndpointId, bool) {
+    fn endpoint_for(
+        &mut self,
+        sid: u32,
+        midx: u16,
+        method: &Arc<str>,
+        path: &str,
+        grpc: bool,
+        now_ns: u64,
+    ) -> (EndpointId, bool) {
         if Some(sid) == self.overflow_service {
             return self.overflow_endpoint(sid, midx, method, now_ns);
         }
         // Absolute-form targets (proxies): drop scheme and authority.
         let path = match path.find("://") {
-            Some(i) if !path.starts_with('/') => path[i + 3..].find('/').map_or("/", |p| &path[i + 3 + p..]),
+            Some(i) if !path.starts_with('/') => {
+                path[i + 3..].find('/').map_or("/", |p| &path[i + 3 + p..])
+            }
             _ => path,
         };
         self.seg_ranges.clear();
@@ -514,8 +621,16 @@ impl Inventory {
             None
         } else {
             let svc_key = self.services[sid as usize].key.clone();
-            let observed: Vec<ObservedSeg<'_>> = self.seg_ranges.iter().map(|&(s, e)| ObservedSeg::Literal(&path[s..e])).collect();
-            if rest { None } else { self.specs.best_match(&svc_key, &observed) }
+            let observed: Vec<ObservedSeg<'_>> = self
+                .seg_ranges
+                .iter()
+                .map(|&(s, e)| ObservedSeg::Literal(&path[s..e]))
+                .collect();
+            if rest {
+                None
+            } else {
+                self.specs.best_match(&svc_key, &observed)
+            }
         };
         let mut node = PathTrie::ROOT;
         let mut changes = std::mem::take(&mut self.changes);
@@ -532,7 +647,9 @@ impl Inventory {
                     Some(kind) => SegLabel::Param(ParamLabel::Kind(kind)),
                     // Resource names are identifiers; spaces, quotes or non-ASCII make it a value.
                     None if raw.len() > self.cfg.max_literal_len
-                        || decoded.iter().any(|c| !c.is_ascii_graphic() || b"@'\"<>;,()".contains(c)) =>
+                        || decoded
+                            .iter()
+                            .any(|c| !c.is_ascii_graphic() || b"@'\"<>;,()".contains(c)) =>
                     {
                         SegLabel::Param(ParamLabel::Kind(ParamKind::Param))
                     }
@@ -541,7 +658,11 @@ impl Inventory {
             };
             let trie = &mut self.services[sid as usize].trie;
             let learn = !grpc && declared.is_none();
-            let step = if learn || matches!(label, SegLabel::Param(_)) { trie.step(node, label, &mut changes) } else { trie.step_no_learn(node, label) };
+            let step = if learn || matches!(label, SegLabel::Param(_)) {
+                trie.step(node, label, &mut changes)
+            } else {
+                trie.step_no_learn(node, label)
+            };
             match step {
                 Ok(n) => node = n,
                 Err(_) => {
@@ -551,7 +672,11 @@ impl Inventory {
             }
         }
         if rest && !exhausted {
-            match self.services[sid as usize].trie.step(node, SegLabel::Param(ParamLabel::Kind(ParamKind::Rest)), &mut changes) {
+            match self.services[sid as usize].trie.step(
+                node,
+                SegLabel::Param(ParamLabel::Kind(ParamKind::Rest)),
+                &mut changes,
+            ) {
                 Ok(n) => node = n,
                 Err(_) => exhausted = true,
             }
@@ -575,23 +700,49 @@ impl Inventory {
         let rec = EndpointRecord::new(id, svc.key.clone(), method.clone(), template, now_ns);
         svc.trie.set_endpoint(node, midx, id);
         svc.endpoint_count += 1;
-        self.slots.push(Some(Slot { rec, service: sid, node, method_idx: midx, dirty: false, raised: 0 }));
+        self.slots.push(Some(Slot {
+            rec,
+            service: sid,
+            node,
+            method_idx: midx,
+            dirty: false,
+            raised: 0,
+        }));
         (id, true)
     }
 
     /// The overflow bucket of a service (one per service, all methods): bounded by construction.
-    fn overflow_endpoint(&mut self, sid: u32, _midx: u16, _method: &Arc<str>, now_ns: u64) -> (EndpointId, bool) {
+    fn overflow_endpoint(
+        &mut self,
+        sid: u32,
+        _midx: u16,
+        _method: &Arc<str>,
+        now_ns: u64,
+    ) -> (EndpointId, bool) {
         self.counters.endpoint_overflow_calls += 1;
         let svc = &mut self.services[sid as usize];
         if let Some(e) = svc.overflow {
             return (e, false);
         }
         let id = self.slots.len() as u32;
-        let mut rec = EndpointRecord::new(id, svc.key.clone(), Arc::from("*"), Arc::from("/{overflow}"), now_ns);
+        let mut rec = EndpointRecord::new(
+            id,
+            svc.key.clone(),
+            Arc::from("*"),
+            Arc::from("/{overflow}"),
+            now_ns,
+        );
         rec.overflow = true;
         svc.overflow = Some(id);
         tracing::warn!(service = %svc.key, "endpoint cap reached: further templates of this service are counted in its overflow endpoint");
-        self.slots.push(Some(Slot { rec, service: sid, node: NO_NODE, method_idx: OTHER_METHOD, dirty: false, raised: 0 }));
+        self.slots.push(Some(Slot {
+            rec,
+            service: sid,
+            node: NO_NODE,
+            method_idx: OTHER_METHOD,
+            dirty: false,
+            raised: 0,
+        }));
         (id, true)
     }
 
@@ -602,8 +753,11 @@ impl Inventory {
         for ch in changes.drain(..) {
             match ch {
                 TrieChange::Merged { from, into } => {
-                    let Some(src) = self.slots.get_mut(from as usize).and_then(Option::take) else { continue };
-                    let Some(dst) = self.slots.get_mut(into as usize).and_then(Option::as_mut) else {
+                    let Some(src) = self.slots.get_mut(from as usize).and_then(Option::take) else {
+                        continue;
+                    };
+                    let Some(dst) = self.slots.get_mut(into as usize).and_then(Option::as_mut)
+                    else {
                         self.slots[from as usize] = Some(src);
                         continue;
                     };
@@ -616,17 +770,31 @@ impl Inventory {
                     self.counters.endpoints_merged += 1;
                     self.services[sid as usize].endpoint_count -= 1;
                     merged_into.insert(from, into);
-                    self.retired.push(RetiredEndpoint { id: from, key: src.rec.key.clone(), replaced_by: None });
+                    self.retired.push(RetiredEndpoint {
+                        id: from,
+                        key: src.rec.key.clone(),
+                        replaced_by: None,
+                    });
                     pending.push((self.retired.len() - 1, into));
                 }
                 TrieChange::Retemplated { endpoint, node } => {
                     let template: Arc<str> = self.services[sid as usize].trie.template(node).into();
-                    let Some(slot) = self.slots.get_mut(endpoint as usize).and_then(Option::as_mut) else { continue };
+                    let Some(slot) = self
+                        .slots
+                        .get_mut(endpoint as usize)
+                        .and_then(Option::as_mut)
+                    else {
+                        continue;
+                    };
                     slot.node = node;
                     if slot.rec.template != template {
                         let old = slot.rec.key.clone();
                         slot.rec.set_template(template);
-                        self.retired.push(RetiredEndpoint { id: endpoint, key: old, replaced_by: None });
+                        self.retired.push(RetiredEndpoint {
+                            id: endpoint,
+                            key: old,
+                            replaced_by: None,
+                        });
                         pending.push((self.retired.len() - 1, endpoint));
                         if !slot.dirty {
                             slot.dirty = true;
@@ -646,7 +814,11 @@ impl Inventory {
                     break;
                 }
             }
-            let key = self.slots.get(id as usize).and_then(Option::as_ref).map(|s| s.rec.key.clone());
+            let key = self
+                .slots
+                .get(id as usize)
+                .and_then(Option::as_ref)
+                .map(|s| s.rec.key.clone());
             if let Some(r) = self.retired.get_mut(ri) {
                 r.replaced_by = key;
             }
@@ -662,13 +834,18 @@ impl Inventory {
     }
 
     fn classify(&mut self, id: u32, ex: Option<&Exchange>) {
-        let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else { return };
+        let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
+            return;
+        };
         if slot.rec.overflow {
             return;
         }
         let segs = split_template(&slot.rec.template);
-        let verdict = self.specs.classify(&slot.rec.service, &slot.rec.method, &segs);
-        let changed = slot.rec.classification != verdict.classification || slot.rec.declared != verdict.declared;
+        let verdict = self
+            .specs
+            .classify(&slot.rec.service, &slot.rec.method, &segs);
+        let changed = slot.rec.classification != verdict.classification
+            || slot.rec.declared != verdict.declared;
         slot.rec.classification = verdict.classification;
         slot.rec.classification_reason = verdict.reason;
         slot.rec.declared = verdict.declared;
@@ -680,7 +857,10 @@ impl Inventory {
             Classification::Shadow => (
                 RAISED_SHADOW,
                 "inventory.shadow_endpoint",
-                format!("{} {} is served by {} but no loaded OpenAPI spec declares it", slot.rec.method, slot.rec.template, slot.rec.service),
+                format!(
+                    "{} {} is served by {} but no loaded OpenAPI spec declares it",
+                    slot.rec.method, slot.rec.template, slot.rec.service
+                ),
             ),
             Classification::Zombie => (
                 RAISED_ZOMBIE,
@@ -690,7 +870,10 @@ impl Inventory {
                     slot.rec.method,
                     slot.rec.template,
                     slot.rec.service,
-                    slot.rec.classification_reason.as_deref().unwrap_or("deprecated")
+                    slot.rec
+                        .classification_reason
+                        .as_deref()
+                        .unwrap_or("deprecated")
                 ),
             ),
             _ => return,
@@ -700,11 +883,24 @@ impl Inventory {
         }
         slot.raised |= bit;
         let mut details = std::collections::BTreeMap::new();
-        details.insert("classification".to_owned(), slot.rec.classification.as_str().to_owned());
+        details.insert(
+            "classification".to_owned(),
+            slot.rec.classification.as_str().to_owned(),
+        );
         if let Some(r) = &slot.rec.classification_reason {
             details.insert("reason".to_owned(), r.clone());
         }
-        let anomaly = self.anomaly(id, kind, Severity::Medium, OwaspCategory::Api9Inventory, explanation, ex, Vec::new(), details, None);
+        let anomaly = self.anomaly(
+            id,
+            kind,
+            Severity::Medium,
+            OwaspCategory::Api9Inventory,
+            explanation,
+            ex,
+            Vec::new(),
+            details,
+            None,
+        );
         self.push_event(anomaly);
     }
 
@@ -721,13 +917,26 @@ impl Inventory {
         details: std::collections::BTreeMap<String, String>,
         principal: Option<String>,
     ) -> Anomaly {
-        let rec = self.slots.get(id as usize).and_then(Option::as_ref).map(|s| &s.rec);
+        let rec = self
+            .slots
+            .get(id as usize)
+            .and_then(Option::as_ref)
+            .map(|s| &s.rec);
         let (key, template, method, first, last) = match rec {
-            Some(r) => (r.key.to_string(), r.template.to_string(), r.method.to_string(), r.first_seen_ns, r.last_seen_ns),
+            Some(r) => (
+                r.key.to_string(),
+                r.template.to_string(),
+                r.method.to_string(),
+                r.first_seen_ns,
+                r.last_seen_ns,
+            ),
             None => (String::new(), String::new(), String::new(), 0, 0),
         };
         let mut request_line = format!("{method} {template}");
-        if let Some(q) = ex.and_then(|e| e.request.query.as_deref()).filter(|q| !q.is_empty()) {
+        if let Some(q) = ex
+            .and_then(|e| e.request.query.as_deref())
+            .filter(|q| !q.is_empty())
+        {
             request_line.push('?');
             for (i, pair) in q.split('&').take(16).enumerate() {
                 let name = pair.split('=').next().unwrap_or("");
@@ -743,7 +952,8 @@ impl Inventory {
         }
         let client = ex.and_then(|e| {
             let addr = e.conn.client_addr().map(|a| a.ip().to_string());
-            let proc = (e.conn.role == Role::Client && !e.conn.process.comm.is_empty()).then(|| e.conn.process.comm.clone());
+            let proc = (e.conn.role == Role::Client && !e.conn.process.comm.is_empty())
+                .then(|| e.conn.process.comm.clone());
             match (addr, proc) {
                 (Some(a), Some(p)) => Some(format!("{a}[{p}]")),
                 (Some(a), None) => Some(a),
@@ -766,7 +976,9 @@ impl Inventory {
                 request_line,
                 status: ex.and_then(Exchange::status),
                 request_bytes: ex.map_or(0, |e| e.request.body.wire_len),
-                response_bytes: ex.and_then(|e| e.response.as_ref()).map_or(0, |r| r.body.wire_len),
+                response_bytes: ex
+                    .and_then(|e| e.response.as_ref())
+                    .map_or(0, |r| r.body.wire_len),
                 field_kinds,
                 details,
             },
@@ -784,22 +996,50 @@ impl Inventory {
     }
 
     fn call_events(&mut self, id: u32, ex: &Exchange, auth: &AuthInfo, hits: &[SensitiveHit]) {
-        let Some(slot) = self.slots.get(id as usize).and_then(Option::as_ref) else { return };
+        let Some(slot) = self.slots.get(id as usize).and_then(Option::as_ref) else {
+            return;
+        };
         let raised = slot.raised;
         if slot.rec.overflow && raised & RAISED_OVERFLOW == 0 {
-            let explanation = format!("{} has more endpoints than the inventory keeps; further calls are only counted", slot.rec.service);
-            let a = self.anomaly(id, "inventory.endpoint_overflow", Severity::Low, OwaspCategory::Api9Inventory, explanation, Some(ex), Vec::new(), Default::default(), None);
+            let explanation = format!(
+                "{} has more endpoints than the inventory keeps; further calls are only counted",
+                slot.rec.service
+            );
+            let a = self.anomaly(
+                id,
+                "inventory.endpoint_overflow",
+                Severity::Low,
+                OwaspCategory::Api9Inventory,
+                explanation,
+                Some(ex),
+                Vec::new(),
+                Default::default(),
+                None,
+            );
             self.mark(id, RAISED_OVERFLOW);
             self.push_event(a);
         }
         if hits.is_empty() {
             return;
         }
-        let Some(slot) = self.slots.get(id as usize).and_then(Option::as_ref) else { return };
-        if auth.scheme == AuthScheme::None && raised & RAISED_PII == 0 && ex.status().is_some_and(|s| (200..300).contains(&s)) {
-            let pii: BTreeSet<SensitiveKind> = hits.iter().filter(|h| h.location.is_response() && h.kind.is_personal()).map(|h| h.kind).collect();
+        let Some(slot) = self.slots.get(id as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        if auth.scheme == AuthScheme::None
+            && raised & RAISED_PII == 0
+            && ex.status().is_some_and(|s| (200..300).contains(&s))
+        {
+            let pii: BTreeSet<SensitiveKind> = hits
+                .iter()
+                .filter(|h| h.location.is_response() && h.kind.is_personal())
+                .map(|h| h.kind)
+                .collect();
             if !pii.is_empty() {
-                let fields: BTreeSet<&str> = hits.iter().filter(|h| h.location.is_response() && h.kind.is_personal()).map(|h| h.path.as_str()).collect();
+                let fields: BTreeSet<&str> = hits
+                    .iter()
+                    .filter(|h| h.location.is_response() && h.kind.is_personal())
+                    .map(|h| h.path.as_str())
+                    .collect();
                 let kinds: Vec<String> = pii.iter().map(|k| k.as_str().to_owned()).collect();
                 let explanation = format!(
                     "{} {} on {} returns personal data ({}) to callers that present no credentials",
@@ -809,15 +1049,34 @@ impl Inventory {
                     kinds.join(", ")
                 );
                 let mut details = std::collections::BTreeMap::new();
-                details.insert("fields".to_owned(), fields.into_iter().take(16).collect::<Vec<_>>().join(","));
-                let a = self.anomaly(id, "inventory.unauthenticated_pii", Severity::High, OwaspCategory::Api3PropertyAuth, explanation, Some(ex), kinds, details, None);
+                details.insert(
+                    "fields".to_owned(),
+                    fields.into_iter().take(16).collect::<Vec<_>>().join(","),
+                );
+                let a = self.anomaly(
+                    id,
+                    "inventory.unauthenticated_pii",
+                    Severity::High,
+                    OwaspCategory::Api3PropertyAuth,
+                    explanation,
+                    Some(ex),
+                    kinds,
+                    details,
+                    None,
+                );
                 self.mark(id, RAISED_PII);
                 self.push_event(a);
             }
         }
-        let Some(slot) = self.slots.get(id as usize).and_then(Option::as_ref) else { return };
+        let Some(slot) = self.slots.get(id as usize).and_then(Option::as_ref) else {
+            return;
+        };
         if raised & RAISED_SECRET_QUERY == 0 {
-            let creds: BTreeSet<SensitiveKind> = hits.iter().filter(|h| h.location == Location::RequestQuery && h.kind.is_credential()).map(|h| h.kind).collect();
+            let creds: BTreeSet<SensitiveKind> = hits
+                .iter()
+                .filter(|h| h.location == Location::RequestQuery && h.kind.is_credential())
+                .map(|h| h.kind)
+                .collect();
             if !creds.is_empty() {
                 let kinds: Vec<String> = creds.iter().map(|k| k.as_str().to_owned()).collect();
                 let explanation = format!(
@@ -827,7 +1086,17 @@ impl Inventory {
                     slot.rec.service,
                     kinds.join(", ")
                 );
-                let a = self.anomaly(id, "inventory.credential_in_query", Severity::Medium, OwaspCategory::Api8Misconfiguration, explanation, Some(ex), kinds, Default::default(), auth.principal.clone());
+                let a = self.anomaly(
+                    id,
+                    "inventory.credential_in_query",
+                    Severity::Medium,
+                    OwaspCategory::Api8Misconfiguration,
+                    explanation,
+                    Some(ex),
+                    kinds,
+                    Default::default(),
+                    auth.principal.clone(),
+                );
                 self.mark(id, RAISED_SECRET_QUERY);
                 self.push_event(a);
             }
@@ -842,7 +1111,9 @@ impl Inventory {
 
     fn update_stats(&mut self, id: u32, ex: &Exchange, auth: &AuthInfo, now_ns: u64) {
         let cfg = &self.cfg;
-        let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else { return };
+        let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
+            return;
+        };
         let rec = &mut slot.rec;
         rec.calls = rec.calls.saturating_add(1);
         rec.first_seen_ns = rec.first_seen_ns.min(now_ns);
@@ -853,7 +1124,8 @@ impl Inventory {
                 *rec.status_counts.entry(r.status).or_insert(0) += 1;
                 rec.response_bytes.record(r.body.wire_len);
                 if let Some(ct) = sonde_model::exchange::find_header(&r.headers, "content-type") {
-                    rec.response_content_types.add(&media_type(ct), 1, cfg.max_content_types);
+                    rec.response_content_types
+                        .add(&media_type(ct), 1, cfg.max_content_types);
                 }
             }
             None => rec.no_response += 1,
@@ -862,34 +1134,63 @@ impl Inventory {
             rec.latency_ns.record(l);
         }
         if let Some(ct) = ex.request_header("content-type") {
-            rec.request_content_types.add(&media_type(ct), 1, cfg.max_content_types);
+            rec.request_content_types
+                .add(&media_type(ct), 1, cfg.max_content_types);
         }
         let buf = &mut self.text_buf;
         buf.clear();
         buf.push_str(auth.scheme.as_str());
-        if let Some(n) = auth.credential_name.as_deref().or(auth.other_scheme.as_deref()) {
+        if let Some(n) = auth
+            .credential_name
+            .as_deref()
+            .or(auth.other_scheme.as_deref())
+        {
             buf.push(':');
             buf.push_str(n);
         }
         rec.auth_schemes.add(buf, 1, 16);
-        buf.clear();
-        if let Some(a) = ex.conn.client_addr() {
-            let _ = write!(buf, "{}", a.ip());
+        // The caller text is formatted once per connection, not per call.
+        let conn_key = (ex.conn.id, ex.conn.role, ex.conn.client_addr());
+        if self.caller_cache.0 != Some(conn_key) {
+            let text = &mut self.caller_cache.1;
+            text.clear();
+            if let Some(a) = conn_key.2 {
+                let _ = write!(text, "{}", a.ip());
+            }
+            if ex.conn.role == Role::Client && !ex.conn.process.comm.is_empty() {
+                let _ = write!(text, "[{}]", cut(&ex.conn.process.comm, 64));
+            }
+            self.caller_cache.0 = Some(conn_key);
         }
-        if ex.conn.role == Role::Client && !ex.conn.process.comm.is_empty() {
-            let _ = write!(buf, "[{}]", cut(&ex.conn.process.comm, 64));
-        }
-        if !buf.is_empty() {
-            rec.callers.add(buf, 1, cfg.max_callers_per_endpoint);
+        if !self.caller_cache.1.is_empty() {
+            rec.callers.add(&self.caller_cache.1, 1, cfg.max_callers_per_endpoint);
         }
     }
 
-    fn scan_headers(&mut self, id: u32, headers: &[Header], loc: Location, hits: &mut Vec<SensitiveHit>) {
+    fn scan_headers(
+        &mut self,
+        id: u32,
+        headers: &[Header],
+        loc: Location,
+        hits: &mut Vec<SensitiveHit>,
+    ) {
         self.facts.clear();
         let mut path = std::mem::take(&mut self.text_buf);
         for h in headers {
             let name = h.name.as_str();
-            if h.value.is_empty() || matches!(name, "authorization" | "cookie" | "set-cookie" | "host" | "content-type" | "content-length" | "accept" | "user-agent") {
+            if h.value.is_empty()
+                || matches!(
+                    name,
+                    "authorization"
+                        | "cookie"
+                        | "set-cookie"
+                        | "host"
+                        | "content-type"
+                        | "content-length"
+                        | "accept"
+                        | "user-agent"
+                )
+            {
                 continue;
             }
             let mut kinds = sensitive::scan_value(h.value.as_bytes());
@@ -924,7 +1225,14 @@ impl Inventory {
         self.absorb(id, Location::RequestQuery, hits);
     }
 
-    fn analyse_body(&mut self, id: u32, body: &Body, content_type: Option<&str>, loc: Location, hits: &mut Vec<SensitiveHit>) {
+    fn analyse_body(
+        &mut self,
+        id: u32,
+        body: &Body,
+        content_type: Option<&str>,
+        loc: Location,
+        hits: &mut Vec<SensitiveHit>,
+    ) {
         if body.sample.is_empty() || body.decode_error {
             return;
         }
@@ -940,12 +1248,23 @@ impl Inventory {
         self.facts.clear();
         match body_kind(content_type, sample) {
             BodyKind::Json => {
-                let outcome = schema::walk_json(sample, self.cfg.schema_max_depth, self.cfg.schema_max_fields, &mut self.facts);
+                let outcome = schema::walk_json(
+                    sample,
+                    self.cfg.schema_max_depth,
+                    self.cfg.schema_max_fields,
+                    &mut self.facts,
+                );
                 if matches!(outcome, WalkOutcome::Invalid { .. }) {
                     self.counters.invalid_json_bodies += 1;
                 }
             }
-            BodyKind::Form => schema::scan_pairs(sample, "form", &mut self.facts, self.cfg.schema_max_fields, |_| {}),
+            BodyKind::Form => schema::scan_pairs(
+                sample,
+                "form",
+                &mut self.facts,
+                self.cfg.schema_max_fields,
+                |_| {},
+            ),
             BodyKind::Text => {
                 let kinds = sensitive::scan_text(sample);
                 self.facts.add_kinds("body", kinds, 1);
@@ -958,10 +1277,16 @@ impl Inventory {
     /// Moves the facts of one location into the endpoint record and the call's hits.
     fn absorb(&mut self, id: u32, loc: Location, hits: &mut Vec<SensitiveHit>) {
         let cfg = &self.cfg;
-        let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else { return };
+        let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
+            return;
+        };
         let rec = &mut slot.rec;
         if self.facts.is_json {
-            let schema = if loc == Location::RequestBody { &mut rec.request_schema } else { &mut rec.response_schema };
+            let schema = if loc == Location::RequestBody {
+                &mut rec.request_schema
+            } else {
+                &mut rec.response_schema
+            };
             schema.json_bodies += 1;
             if matches!(self.facts.outcome, Some(WalkOutcome::Invalid { .. })) {
                 schema.invalid_json += 1;
@@ -975,7 +1300,13 @@ impl Inventory {
                     fs.types.0 |= f.types;
                     fs.seen = fs.seen.saturating_add(1);
                 } else if schema.fields.len() < cfg.schema_max_fields {
-                    schema.fields.insert(path.clone(), FieldSchema { types: JsonTypes(f.types), seen: 1 });
+                    schema.fields.insert(
+                        path.clone(),
+                        FieldSchema {
+                            types: JsonTypes(f.types),
+                            seen: 1,
+                        },
+                    );
                 } else {
                     schema.fields_dropped += 1;
                 }
@@ -985,14 +1316,21 @@ impl Inventory {
             for kind in f.kinds.iter() {
                 rec.add_sensitive(loc, path, kind, 1, cfg.max_sensitive_fields);
                 if hits.len() < 256 {
-                    hits.push(SensitiveHit { location: loc, path: path.clone(), kind });
+                    hits.push(SensitiveHit {
+                        location: loc,
+                        path: path.clone(),
+                        kind,
+                    });
                 }
             }
         }
     }
 
     /// Records of one service.
-    pub fn service_endpoints<'a>(&'a self, service: &'a ServiceKey) -> impl Iterator<Item = &'a EndpointRecord> + 'a {
+    pub fn service_endpoints<'a>(
+        &'a self,
+        service: &'a ServiceKey,
+    ) -> impl Iterator<Item = &'a EndpointRecord> + 'a {
         self.endpoints().filter(move |r| *r.service == *service)
     }
 
@@ -1012,7 +1350,10 @@ impl Inventory {
                 return Err(format!("endpoint {} not at its node", s.rec.key));
             }
             if *svc.trie.template(s.node) != *s.rec.template {
-                return Err(format!("endpoint {} template differs from its node", s.rec.key));
+                return Err(format!(
+                    "endpoint {} template differs from its node",
+                    s.rec.key
+                ));
             }
         }
         Ok(())

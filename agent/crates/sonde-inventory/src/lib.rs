@@ -22,7 +22,10 @@ pub mod template;
 
 pub use auth::{AuthInfo, AuthScheme, JwtSummary};
 pub use config::InventoryConfig;
-pub use endpoint::{Classification, DeclaredRef, EndpointRecord, Location, RetiredEndpoint, SensitiveField, ServiceKey};
+pub use endpoint::{
+    Classification, DeclaredRef, EndpointRecord, Location, RetiredEndpoint, SensitiveField,
+    ServiceKey,
+};
 pub use error::SpecError;
 pub use inventory::{CallInfo, Inventory, InventoryCounters, SensitiveHit, UnusedOperation};
 pub use sensitive::{KindSet, SensitiveKind};

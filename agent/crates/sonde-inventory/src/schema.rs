@@ -34,7 +34,11 @@ impl JsonTypes {
     ];
 
     pub fn names(self) -> Vec<&'static str> {
-        Self::NAMES.iter().filter(|(b, _)| self.0 & b != 0).map(|(_, n)| *n).collect()
+        Self::NAMES
+            .iter()
+            .filter(|(b, _)| self.0 & b != 0)
+            .map(|(_, n)| *n)
+            .collect()
     }
 
     pub fn contains(self, bit: u8) -> bool {
@@ -108,6 +112,19 @@ impl BodySchema {
 pub struct FieldFacts {
     pub types: u8,
     pub kinds: KindSet,
+    /// Kind implied by the field's name (`password`), computed once per path and body.
+    name_kind: Option<SensitiveKind>,
+    /// Kind a bare number in this field would be (`phone`, `ssn`), computed once.
+    numeric_kind: Option<SensitiveKind>,
+}
+
+/// Children of a JSON field: by key, plus the array-items child. `hint` is where the next key
+/// is looked for first: objects in an array repeat their keys in order, so lookups are O(1).
+#[derive(Debug, Default)]
+struct FieldNode {
+    children: Vec<(Box<[u8]>, usize)>,
+    items: Option<usize>,
+    hint: usize,
 }
 
 /// Result of analysing one body sample: per field path, types and sensitive kinds. Reused across
@@ -115,6 +132,9 @@ pub struct FieldFacts {
 #[derive(Debug, Default)]
 pub struct BodyFacts {
     pub fields: Vec<(String, FieldFacts)>,
+    /// JSON fields as a tree parallel to `fields` (same index); no hashing per value.
+    tree: Vec<FieldNode>,
+    /// Non-JSON paths (`header.x`, `query.y`).
     index: ahash::AHashMap<String, usize>,
     pub dropped: u64,
     pub is_json: bool,
@@ -125,33 +145,115 @@ pub struct BodyFacts {
 impl BodyFacts {
     pub fn clear(&mut self) {
         self.fields.clear();
+        self.tree.clear();
         self.index.clear();
         self.dropped = 0;
         self.is_json = false;
         self.outcome = None;
     }
 
-    fn add(&mut self, path: &str, types: u8, kinds: KindSet, cap: usize) {
-        if let Some(&i) = self.index.get(path) {
-            if let Some((_, f)) = self.fields.get_mut(i) {
-                f.types |= types;
-                f.kinds = f.kinds.union(kinds);
-            }
-            return;
-        }
+    fn push(&mut self, path: String, name: &[u8], inherit: Option<usize>, cap: usize) -> Option<usize> {
         if self.fields.len() >= cap {
             self.dropped += 1;
-            return;
+            return None;
         }
-        self.index.insert(path.to_owned(), self.fields.len());
-        self.fields.push((path.to_owned(), FieldFacts { types, kinds }));
+        let facts = match inherit.and_then(|i| self.fields.get(i)) {
+            Some((_, parent)) => FieldFacts { types: 0, kinds: KindSet::EMPTY, ..*parent },
+            None => {
+                let name = std::str::from_utf8(name).unwrap_or("");
+                FieldFacts {
+                    types: 0,
+                    kinds: KindSet::EMPTY,
+                    name_kind: sensitive::kind_for_field_name(name),
+                    numeric_kind: sensitive::numeric_field_kind(name),
+                }
+            }
+        };
+        self.fields.push((path, facts));
+        self.tree.push(FieldNode::default());
+        Some(self.fields.len() - 1)
     }
 
-    /// Only kinds (for text and form bodies, headers and query strings).
-    pub fn add_kinds(&mut self, path: &str, kinds: KindSet, cap: usize) {
-        if !kinds.is_empty() {
-            self.add(path, 0, kinds, cap);
+    /// The document root `$`.
+    fn root(&mut self, cap: usize) -> Option<usize> {
+        if self.tree.is_empty() { self.push("$".to_owned(), b"", None, cap) } else { Some(0) }
+    }
+
+    /// Child of `parent` for object key `key` (raw bytes); keys that are values (ids, emails)
+    /// share one `{kind}` child.
+    fn child(&mut self, parent: usize, key: &[u8], cap: usize) -> Option<usize> {
+        let key = &key[..key.len().min(MAX_KEY)];
+        let node = self.tree.get_mut(parent)?;
+        let n = node.children.len();
+        if n > 0 {
+            let h = node.hint % n;
+            if *node.children[h].0 == *key {
+                node.hint = h + 1;
+                return Some(node.children[h].1);
+            }
+            if let Some(i) = node.children.iter().position(|(k, _)| **k == *key) {
+                node.hint = i + 1;
+                return Some(node.children[i].1);
+            }
         }
+        let label: &[u8] = match classify_segment(key) {
+            Some(kind) => kind.placeholder().as_bytes(),
+            None => key,
+        };
+        if label.as_ptr() != key.as_ptr() {
+            if let Some(&(_, idx)) = self.tree.get(parent)?.children.iter().find(|(k, _)| **k == *label) {
+                return Some(idx);
+            }
+        }
+        let parent_path = &self.fields.get(parent)?.0;
+        let mut path = String::with_capacity(parent_path.len() + 1 + label.len());
+        path.push_str(parent_path);
+        path.push('.');
+        path.push_str(std::str::from_utf8(label).unwrap_or("{invalid}"));
+        let idx = self.push(path, key, None, cap)?;
+        let label: Box<[u8]> = label.into();
+        if let Some(node) = self.tree.get_mut(parent) {
+            node.children.push((label, idx));
+        }
+        Some(idx)
+    }
+
+    /// The items child of an array field; it inherits the name hints (`"phones": [...]`).
+    fn items(&mut self, parent: usize, cap: usize) -> Option<usize> {
+        if let Some(i) = self.tree.get(parent)?.items {
+            return Some(i);
+        }
+        let path = format!("{}[]", self.fields.get(parent)?.0);
+        let idx = self.push(path, b"", Some(parent), cap)?;
+        if let Some(node) = self.tree.get_mut(parent) {
+            node.items = Some(idx);
+        }
+        Some(idx)
+    }
+
+    fn mark(&mut self, idx: Option<usize>, bit: u8, kinds: KindSet) {
+        if let Some((_, f)) = idx.and_then(|i| self.fields.get_mut(i)) {
+            f.types |= bit;
+            f.kinds = f.kinds.union(kinds);
+        }
+    }
+
+    /// Only kinds, at a non-JSON path (text and form bodies, headers and query strings).
+    pub fn add_kinds(&mut self, path: &str, kinds: KindSet, cap: usize) {
+        if kinds.is_empty() {
+            return;
+        }
+        let idx = match self.index.get(path) {
+            Some(&i) => Some(i),
+            None => {
+                let i = self.push(path.to_owned(), b"", None, cap);
+                if let Some(i) = i {
+                    self.index.insert(path.to_owned(), i);
+                }
+                i
+            }
+        };
+        self.mark(idx, 0, kinds);
     }
 }
 
@@ -167,15 +269,21 @@ pub enum WalkOutcome {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Frame {
+enum FrameKind {
     Object,
     Array,
+}
+
+/// An open container: its field slot (`None` past the width cap).
+#[derive(Clone, Copy)]
+struct Frame {
+    kind: FrameKind,
+    slot: Option<usize>,
 }
 
 struct Walker<'a, 'f> {
     b: &'a [u8],
     pos: usize,
-    path: String,
     facts: &'f mut BodyFacts,
     max_depth: usize,
     max_fields: usize,
@@ -186,8 +294,7 @@ const MAX_KEY: usize = 64;
 /// Walks a JSON sample, recording every field path with its types and sensitive kinds.
 pub fn walk_json(sample: &[u8], max_depth: usize, max_fields: usize, facts: &mut BodyFacts) -> WalkOutcome {
     facts.is_json = true;
-    let mut w = Walker { b: sample, pos: 0, path: String::with_capacity(64), facts, max_depth, max_fields };
-    w.path.push('$');
+    let mut w = Walker { b: sample, pos: 0, facts, max_depth, max_fields };
     let outcome = w.run();
     w.facts.outcome = Some(outcome);
     outcome
@@ -210,23 +317,27 @@ impl Walker<'_, '_> {
     }
 
     fn run(&mut self) -> WalkOutcome {
-        let mut stack: Vec<(Frame, usize)> = Vec::new();
+        let cap = self.max_fields;
+        let mut stack: Vec<Frame> = Vec::new();
         let mut step = Step::Value;
-        // Key of the value about to be parsed, for field-name rules (`password`).
-        let mut key_range: Option<(usize, usize)> = None;
+        // Field slot of the value about to be parsed.
+        let mut cur = self.facts.root(cap);
         loop {
             self.ws();
             let Some(&c) = self.b.get(self.pos) else {
-                return if stack.is_empty() && matches!(step, Step::AfterValue) { WalkOutcome::Complete } else { WalkOutcome::Truncated };
+                return if stack.is_empty() && matches!(step, Step::AfterValue) {
+                    WalkOutcome::Complete
+                } else {
+                    WalkOutcome::Truncated
+                };
             };
             match step {
                 Step::Value => {
-                    let depth = stack.len();
                     match c {
                         b'{' | b'[' => {
                             let bit = if c == b'{' { JsonTypes::OBJECT } else { JsonTypes::ARRAY };
-                            self.emit(bit, KindSet::EMPTY);
-                            if depth >= self.max_depth {
+                            self.facts.mark(cur, bit, KindSet::EMPTY);
+                            if stack.len() >= self.max_depth {
                                 match self.skip_container() {
                                     Some(()) => step = Step::AfterValue,
                                     None => return WalkOutcome::Truncated,
@@ -234,40 +345,37 @@ impl Walker<'_, '_> {
                                 continue;
                             }
                             self.pos += 1;
-                            let len = self.path.len();
+                            self.ws();
                             if c == b'{' {
-                                stack.push((Frame::Object, len));
-                                self.ws();
                                 if self.b.get(self.pos) == Some(&b'}') {
                                     self.pos += 1;
-                                    stack.pop();
                                     step = Step::AfterValue;
                                     continue;
                                 }
-                                match self.key(&mut key_range) {
-                                    Ok(()) => step = Step::Value,
+                                stack.push(Frame { kind: FrameKind::Object, slot: cur });
+                                match self.key(cur) {
+                                    Ok(slot) => cur = slot,
                                     Err(o) => return o,
                                 }
                             } else {
-                                stack.push((Frame::Array, len));
-                                self.path.push_str("[]");
-                                self.ws();
                                 if self.b.get(self.pos) == Some(&b']') {
                                     self.pos += 1;
-                                    if let Some((_, l)) = stack.pop() {
-                                        self.path.truncate(l);
-                                    }
                                     step = Step::AfterValue;
                                     continue;
                                 }
+                                let items = cur.and_then(|p| self.facts.items(p, cap));
+                                stack.push(Frame { kind: FrameKind::Array, slot: items });
+                                cur = items;
                             }
                         }
                         b'"' => {
                             let Some((s, e, escaped)) = self.string() else {
                                 return WalkOutcome::Truncated;
                             };
-                            let kinds = self.scan_string(s, e, escaped, key_range);
-                            self.emit(JsonTypes::STRING, kinds);
+                            if let Some(idx) = cur {
+                                let kinds = self.scan_string(s, e, escaped, idx);
+                                self.facts.mark(cur, JsonTypes::STRING, kinds);
+                            }
                             step = Step::AfterValue;
                         }
                         b'-' | b'0'..=b'9' => {
@@ -285,13 +393,13 @@ impl Walker<'_, '_> {
                             let mut kinds = KindSet::EMPTY;
                             if integer && digits.len() >= 7 {
                                 kinds = sensitive::scan_text(digits);
-                                if let Some(k) = key_range.and_then(|(ks, ke)| {
-                                    sensitive::numeric_kind_for_field_name(std::str::from_utf8(&self.b[ks..ke]).unwrap_or(""), digits.len())
-                                }) {
+                                if let Some(k) = cur.and_then(|i| self.facts.fields.get(i)).and_then(|(_, f)| f.numeric_kind)
+                                    && sensitive::numeric_kind_fits(k, digits.len())
+                                {
                                     kinds.insert(k);
                                 }
                             }
-                            self.emit(if integer { JsonTypes::INTEGER } else { JsonTypes::NUMBER }, kinds);
+                            self.facts.mark(cur, if integer { JsonTypes::INTEGER } else { JsonTypes::NUMBER }, kinds);
                             step = Step::AfterValue;
                         }
                         b't' | b'f' | b'n' => {
@@ -308,35 +416,33 @@ impl Walker<'_, '_> {
                                 return WalkOutcome::Truncated;
                             }
                             self.pos += lit.len();
-                            self.emit(bit, KindSet::EMPTY);
+                            self.facts.mark(cur, bit, KindSet::EMPTY);
                             step = Step::AfterValue;
                         }
                         _ => return WalkOutcome::Invalid { offset: self.pos },
                     }
                 }
                 Step::AfterValue => {
-                    let Some(&(frame, len)) = stack.last() else {
+                    let Some(&frame) = stack.last() else {
                         // Trailing bytes after a complete document.
                         return WalkOutcome::Invalid { offset: self.pos };
                     };
-                    match (frame, c) {
+                    match (frame.kind, c) {
                         (_, b',') => {
                             self.pos += 1;
-                            if frame == Frame::Object {
-                                self.path.truncate(len);
-                                self.ws();
-                                match self.key(&mut key_range) {
-                                    Ok(()) => {}
+                            if frame.kind == FrameKind::Object {
+                                match self.key(frame.slot) {
+                                    Ok(slot) => cur = slot,
                                     Err(o) => return o,
                                 }
+                            } else {
+                                cur = frame.slot;
                             }
                             step = Step::Value;
                         }
-                        (Frame::Object, b'}') | (Frame::Array, b']') => {
+                        (FrameKind::Object, b'}') | (FrameKind::Array, b']') => {
                             self.pos += 1;
-                            self.path.truncate(len);
                             stack.pop();
-                            key_range = None;
                         }
                         _ => return WalkOutcome::Invalid { offset: self.pos },
                     }
@@ -345,8 +451,8 @@ impl Walker<'_, '_> {
         }
     }
 
-    /// Parses `"key":` and appends `.key` to the path.
-    fn key(&mut self, key_range: &mut Option<(usize, usize)>) -> Result<(), WalkOutcome> {
+    /// Parses `"key":` and returns the slot of the value that follows.
+    fn key(&mut self, parent: Option<usize>) -> Result<Option<usize>, WalkOutcome> {
         self.ws();
         match self.b.get(self.pos) {
             Some(b'"') => {}
@@ -362,21 +468,8 @@ impl Walker<'_, '_> {
             Some(_) => return Err(WalkOutcome::Invalid { offset: self.pos }),
             None => return Err(WalkOutcome::Truncated),
         }
-        *key_range = Some((s, e));
-        let key = &self.b[s..e];
-        self.path.push('.');
-        match classify_segment(key) {
-            // Keys that are values (ids, emails, dates) must not become field names.
-            Some(kind) => self.path.push_str(kind.placeholder()),
-            None => {
-                let k = &key[..key.len().min(MAX_KEY)];
-                match std::str::from_utf8(k) {
-                    Ok(s) => self.path.push_str(s),
-                    Err(_) => self.path.push_str("{invalid}"),
-                }
-            }
-        }
-        Ok(())
+        let cap = self.max_fields;
+        Ok(parent.and_then(|p| self.facts.child(p, &self.b[s..e], cap)))
     }
 
     /// String at `pos` (on the opening quote): content range and whether it has escapes.
@@ -398,7 +491,7 @@ impl Walker<'_, '_> {
         }
     }
 
-    fn scan_string(&mut self, s: usize, e: usize, escaped: bool, key: Option<(usize, usize)>) -> KindSet {
+    fn scan_string(&mut self, s: usize, e: usize, escaped: bool, idx: usize) -> KindSet {
         let raw = &self.b[s..e];
         let mut kinds = if escaped {
             let mut buf = std::mem::take(&mut self.facts.unescape);
@@ -409,26 +502,28 @@ impl Walker<'_, '_> {
         } else {
             sensitive::scan_value(raw)
         };
-        if !raw.is_empty() {
-            if let Some((ks, ke)) = key {
-                let name = std::str::from_utf8(&self.b[ks..ke]).unwrap_or("");
-                if let Some(k) = sensitive::kind_for_field_name(name) {
-                    kinds.insert(k);
+        if raw.is_empty() {
+            return kinds;
+        }
+        let Some((_, f)) = self.facts.fields.get(idx) else { return kinds };
+        if let Some(k) = f.name_kind {
+            kinds.insert(k);
+        }
+        if let Some(k) = f.numeric_kind {
+            // Digits with the usual separators only: `(415) 555-0123`, `123 45 6789`.
+            let (mut digits, mut others) = (0, 0);
+            for c in raw {
+                if c.is_ascii_digit() {
+                    digits += 1;
+                } else if !matches!(c, b' ' | b'-' | b'(' | b')' | b'+' | b'.') {
+                    others += 1;
                 }
-                let digits = raw.iter().filter(|c| c.is_ascii_digit()).count();
-                if digits == raw.iter().filter(|c| !matches!(c, b' ' | b'-' | b'(' | b')' | b'+' | b'.')).count() {
-                    if let Some(k) = sensitive::numeric_kind_for_field_name(name, digits) {
-                        kinds.insert(k);
-                    }
-                }
+            }
+            if others == 0 && sensitive::numeric_kind_fits(k, digits) {
+                kinds.insert(k);
             }
         }
         kinds
-    }
-
-    fn emit(&mut self, bit: u8, kinds: KindSet) {
-        let cap = self.max_fields;
-        self.facts.add(&self.path, bit, kinds, cap);
     }
 
     /// Skips a container past the depth bound by counting brackets outside strings.
@@ -476,14 +571,20 @@ fn unescape_into(raw: &[u8], out: &mut Vec<u8>) {
             b'b' => out.push(8),
             b'f' => out.push(12),
             b'u' => {
-                let hex = |at: usize| raw.get(at..at + 4).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u32::from_str_radix(h, 16).ok());
+                let hex = |at: usize| {
+                    raw.get(at..at + 4)
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .and_then(|h| u32::from_str_radix(h, 16).ok())
+                };
                 let Some(mut cp) = hex(i) else { continue };
                 i += 4;
-                if (0xD800..0xDC00).contains(&cp) && raw.get(i) == Some(&b'\\') && raw.get(i + 1) == Some(&b'u') {
-                    if let Some(lo) = hex(i + 2).filter(|lo| (0xDC00..0xE000).contains(lo)) {
-                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                        i += 6;
-                    }
+                if (0xD800..0xDC00).contains(&cp)
+                    && raw.get(i) == Some(&b'\\')
+                    && raw.get(i + 1) == Some(&b'u')
+                    && let Some(lo) = hex(i + 2).filter(|lo| (0xDC00..0xE000).contains(lo))
+                {
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    i += 6;
                 }
                 let ch = char::from_u32(cp).unwrap_or('\u{FFFD}');
                 let mut tmp = [0u8; 4];
@@ -496,7 +597,13 @@ fn unescape_into(raw: &[u8], out: &mut Vec<u8>) {
 
 /// Scans `a=b&c=d` (query strings and form bodies): records kinds under `<prefix>.<name>`.
 /// Returns nothing: names are visited through `on_name` for the inventory's name list.
-pub fn scan_pairs(input: &[u8], prefix: &str, facts: &mut BodyFacts, cap: usize, mut on_name: impl FnMut(&str)) {
+pub fn scan_pairs(
+    input: &[u8],
+    prefix: &str,
+    facts: &mut BodyFacts,
+    cap: usize,
+    mut on_name: impl FnMut(&str),
+) {
     let mut path = String::with_capacity(prefix.len() + 32);
     let mut decoded = Vec::new();
     for pair in input.split(|c| *c == b'&') {

@@ -118,7 +118,9 @@ impl KindSet {
     }
 
     pub fn iter(self) -> impl Iterator<Item = SensitiveKind> {
-        SensitiveKind::ALL.into_iter().filter(move |k| self.contains(*k))
+        SensitiveKind::ALL
+            .into_iter()
+            .filter(move |k| self.contains(*k))
     }
 }
 
@@ -173,7 +175,10 @@ fn is_alnum(c: u8) -> bool {
 
 #[inline]
 fn is_word(c: u8) -> bool {
-    matches!(class(c), C_DIGIT | C_UPPER | C_LOWER | C_UNDERSCORE | C_DASH)
+    matches!(
+        class(c),
+        C_DIGIT | C_UPPER | C_LOWER | C_UNDERSCORE | C_DASH
+    )
 }
 
 fn at(b: &[u8], i: usize) -> u8 {
@@ -187,10 +192,16 @@ pub fn scan_text(b: &[u8]) -> KindSet {
     let mut i = 0;
     while i < n {
         let c = b[i];
-        let boundary = i == 0 || !is_alnum(b[i - 1]);
         match class(c) {
+            C_OTHER => {
+                // Spaces and punctuation start nothing: skip the whole run.
+                i += 1;
+                while i < n && class(b[i]) == C_OTHER {
+                    i += 1;
+                }
+            }
             C_DIGIT => {
-                if boundary {
+                if i == 0 || !is_alnum(b[i - 1]) {
                     let plus = i > 0 && b[i - 1] == b'+';
                     i = scan_digit_run(b, i, plus, false, &mut set);
                 } else {
@@ -201,14 +212,13 @@ pub fn scan_text(b: &[u8]) -> KindSet {
                 }
             }
             C_UPPER | C_LOWER => {
+                let boundary = i == 0 || !is_alnum(b[i - 1]);
                 let mut end = i + 1;
                 while end < n && is_word(b[end]) {
                     end += 1;
                 }
-                if boundary {
-                    if let Some(next) = check_word(b, i, end, &mut set) {
-                        end = next;
-                    }
+                if boundary && let Some(next) = check_word(b, i, end, &mut set) {
+                    end = next;
                 }
                 i = end;
             }
@@ -223,7 +233,9 @@ pub fn scan_text(b: &[u8]) -> KindSet {
             }
             C_PAREN => {
                 // US phone "(415) 555-0123".
-                if at(b, i + 4) == b')' && b.get(i + 1..i + 4).is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+                if at(b, i + 4) == b')'
+                    && b.get(i + 1..i + 4)
+                        .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
                 {
                     i = scan_digit_run(b, i + 1, false, true, &mut set);
                 } else {
@@ -252,7 +264,11 @@ pub fn scan_value(b: &[u8]) -> KindSet {
     let mut set = scan_text(b);
     if (3..=45).contains(&b.len())
         && b.contains(&b':')
-        && std::str::from_utf8(b).ok().and_then(|s| s.parse::<std::net::Ipv6Addr>().ok()).is_some()
+        && b.iter().all(|c| c.is_ascii_hexdigit() || *c == b':' || *c == b'.')
+        && std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok())
+            .is_some()
     {
         set.insert(SensitiveKind::IpAddress);
     }
@@ -295,18 +311,31 @@ pub fn kind_for_field_name(name: &str) -> Option<SensitiveKind> {
     None
 }
 
-/// Field names under which a bare digit string is a phone number or an SSN.
-pub fn numeric_kind_for_field_name(name: &str, digits: usize) -> Option<SensitiveKind> {
-    let lower = name.to_ascii_lowercase();
-    if (lower.contains("phone") || lower.contains("mobile") || lower == "tel" || lower.ends_with("_tel"))
-        && (7..=15).contains(&digits)
-    {
+/// Kind a bare digit string is in a field of this name: a phone number or an SSN.
+pub fn numeric_field_kind(name: &str) -> Option<SensitiveKind> {
+    let mut buf = [0u8; 48];
+    let n = name.len().min(buf.len());
+    for (d, c) in buf.iter_mut().zip(name.bytes()) {
+        *d = c.to_ascii_lowercase();
+    }
+    let lower = &buf[..n];
+    let has = |needle: &[u8]| lower.windows(needle.len()).any(|w| w == needle);
+    if has(b"phone") || has(b"mobile") || lower == b"tel" || lower.ends_with(b"_tel") {
         return Some(SensitiveKind::Phone);
     }
-    if (lower == "ssn" || lower.ends_with("_ssn") || lower.contains("social_security")) && digits == 9 {
+    if lower == b"ssn" || lower.ends_with(b"_ssn") || has(b"social_security") {
         return Some(SensitiveKind::UsSsn);
     }
     None
+}
+
+/// Whether `digits` digits fit the numeric kind (7 to 15 for a phone, 9 for an SSN).
+pub fn numeric_kind_fits(kind: SensitiveKind, digits: usize) -> bool {
+    match kind {
+        SensitiveKind::Phone => (7..=15).contains(&digits),
+        SensitiveKind::UsSsn => digits == 9,
+        _ => false,
+    }
 }
 
 /// Digit run starting at `start`: digits with single separators (space, dash, dot). Returns the
@@ -350,7 +379,11 @@ fn scan_digit_run(b: &[u8], start: usize, plus: bool, paren: bool, set: &mut Kin
             b')' if paren && ng == 1 => 8,
             _ => 0,
         };
-        let next = if sep == 8 && at(b, i + 1) == b' ' { i + 2 } else { i + 1 };
+        let next = if sep == 8 && at(b, i + 1) == b' ' {
+            i + 2
+        } else {
+            i + 1
+        };
         if sep != 0 && i < n && at(b, next).is_ascii_digit() {
             seps |= sep;
             i = next;
@@ -379,7 +412,9 @@ fn scan_digit_run(b: &[u8], start: usize, plus: bool, paren: bool, set: &mut Kin
         let mut pos = 0;
         let mut ok = true;
         for &l in g {
-            let v = d[pos..pos + l as usize].iter().fold(0u32, |a, x| a * 10 + u32::from(*x));
+            let v = d[pos..pos + l as usize]
+                .iter()
+                .fold(0u32, |a, x| a * 10 + u32::from(*x));
             ok &= v <= 255 && !(l > 1 && d[pos] == 0);
             pos += l as usize;
         }
@@ -427,9 +462,7 @@ fn card_iin(d: &[u8]) -> bool {
                 || ((3528..=3589).contains(&p(4)) && n >= 16)
                 || (matches!(p(2), 36 | 38 | 39) || (300..=305).contains(&p(3))) && n >= 14
         }
-        Some(6) => {
-            p(4) == 6011 || p(2) == 65 || (644..=649).contains(&p(3)) || p(2) == 62
-        }
+        Some(6) => p(4) == 6011 || p(2) == 65 || (644..=649).contains(&p(3)) || p(2) == 62,
         _ => false,
     }
 }
@@ -447,7 +480,7 @@ pub fn luhn(d: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Email around the `@` at `at_pos`; returns the index after the domain.
@@ -473,7 +506,10 @@ fn scan_email(b: &[u8], at_pos: usize) -> Option<usize> {
     let mut end = r;
     if end > at_pos + 1 && b[end - 1] == b'.' {
         end -= 1;
-        last_dot = b[at_pos + 1..end].iter().rposition(|c| *c == b'.').map(|p| p + at_pos + 1);
+        last_dot = b[at_pos + 1..end]
+            .iter()
+            .rposition(|c| *c == b'.')
+            .map(|p| p + at_pos + 1);
     }
     let dot = last_dot?;
     let tld = b.get(dot + 1..end)?;
@@ -492,8 +528,13 @@ fn check_word(b: &[u8], start: usize, end: usize, set: &mut KindSet) -> Option<u
     match first {
         b'A' => {
             if len == 20
-                && matches!(w.get(..4), Some(b"AKIA" | b"ASIA" | b"AGPA" | b"AIDA" | b"AROA" | b"ANPA" | b"AIPA"))
-                && w[4..].iter().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+                && matches!(
+                    w.get(..4),
+                    Some(b"AKIA" | b"ASIA" | b"AGPA" | b"AIDA" | b"AROA" | b"ANPA" | b"AIPA")
+                )
+                && w[4..]
+                    .iter()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
             {
                 set.insert(SensitiveKind::AwsAccessKey);
                 return None;
@@ -507,48 +548,56 @@ fn check_word(b: &[u8], start: usize, end: usize, set: &mut KindSet) -> Option<u
                 while j < b.len() && (is_alnum(b[j]) || matches!(b[j], b'+' | b'/' | b'=')) {
                     j += 1;
                 }
-                if j - end - 1 >= 40 {
+                if j - end > 40 {
                     set.insert(SensitiveKind::AzureStorageKey);
                 }
                 return Some(j);
             }
         }
         b'e' => {
-            if w.starts_with(b"eyJ") {
-                if let Some(jwt_end) = jwt_extent(b, start) {
-                    set.insert(SensitiveKind::Jwt);
-                    return Some(jwt_end);
-                }
-            }
-        }
-        b'g' => {
-            if (len == 40 && matches!(w.get(..4), Some(b"ghp_" | b"gho_" | b"ghu_" | b"ghs_" | b"ghr_")))
-                || (len >= 50 && w.starts_with(b"github_pat_"))
+            if w.starts_with(b"eyJ")
+                && let Some(jwt_end) = jwt_extent(b, start)
             {
-                set.insert(SensitiveKind::GithubToken);
-                return None;
+                set.insert(SensitiveKind::Jwt);
+                return Some(jwt_end);
             }
         }
-        b'x' => {
-            if len >= 15 && w.starts_with(b"xox") && matches!(at(w, 3), b'a' | b'b' | b'p' | b'o' | b's' | b'r') && at(w, 4) == b'-'
-            {
-                set.insert(SensitiveKind::SlackToken);
-                return None;
-            }
+        b'g' if ((len == 40
+            && matches!(
+                w.get(..4),
+                Some(b"ghp_" | b"gho_" | b"ghu_" | b"ghs_" | b"ghr_")
+            ))
+            || (len >= 50 && w.starts_with(b"github_pat_"))) =>
+        {
+            set.insert(SensitiveKind::GithubToken);
+            return None;
         }
-        b's' | b'r' => {
-            if len >= 24 && matches!(w.get(..8), Some(b"sk_live_" | b"sk_test_" | b"rk_live_" | b"rk_test_")) {
-                set.insert(SensitiveKind::StripeKey);
-                return None;
-            }
+        b'x' if len >= 15
+            && w.starts_with(b"xox")
+            && matches!(at(w, 3), b'a' | b'b' | b'p' | b'o' | b's' | b'r')
+            && at(w, 4) == b'-' =>
+        {
+            set.insert(SensitiveKind::SlackToken);
+            return None;
+        }
+        b's' | b'r'
+            if len >= 24
+                && matches!(
+                    w.get(..8),
+                    Some(b"sk_live_" | b"sk_test_" | b"rk_live_" | b"rk_test_")
+                ) =>
+        {
+            set.insert(SensitiveKind::StripeKey);
+            return None;
         }
         _ => {}
     }
-    if first.is_ascii_uppercase() && len >= 4 {
-        if let Some(iban_end) = iban_extent(b, start) {
-            set.insert(SensitiveKind::Iban);
-            return Some(iban_end);
-        }
+    if first.is_ascii_uppercase()
+        && len >= 4
+        && let Some(iban_end) = iban_extent(b, start)
+    {
+        set.insert(SensitiveKind::Iban);
+        return Some(iban_end);
     }
     None
 }
@@ -573,7 +622,8 @@ fn jwt_extent(b: &[u8], start: usize) -> Option<usize> {
         }
     }
     let payload_start = start + parts[0] + 1;
-    (parts[0] >= 10 && parts[1] >= 4 && b.get(payload_start..payload_start + 2) == Some(b"ey")).then_some(i)
+    (parts[0] >= 10 && parts[1] >= 4 && b.get(payload_start..payload_start + 2) == Some(b"ey"))
+        .then_some(i)
 }
 
 /// IBAN registry lengths of the countries most seen; an IBAN-shaped string from another
@@ -631,7 +681,11 @@ fn iban_length(cc: &[u8]) -> Option<usize> {
 /// IBAN at `start`, compact or printed in groups of four separated by single spaces.
 fn iban_extent(b: &[u8], start: usize) -> Option<usize> {
     let head = b.get(start..start + 4)?;
-    if !(head[0].is_ascii_uppercase() && head[1].is_ascii_uppercase() && head[2].is_ascii_digit() && head[3].is_ascii_digit()) {
+    if !(head[0].is_ascii_uppercase()
+        && head[1].is_ascii_uppercase()
+        && head[2].is_ascii_digit()
+        && head[3].is_ascii_digit())
+    {
         return None;
     }
     let want = iban_length(&head[..2])?;

@@ -24,20 +24,23 @@ pub struct SpecScope {
 impl SpecScope {
     pub fn matches(&self, svc: &ServiceKey) -> bool {
         if let Some(a) = &self.authority {
-            let host = svc.authority.as_deref().map(|h| h.rsplit_once(':').map_or(h, |(h, _)| h));
+            let host = svc
+                .authority
+                .as_deref()
+                .map(|h| h.rsplit_once(':').map_or(h, |(h, _)| h));
             if !host.is_some_and(|h| h.eq_ignore_ascii_case(a)) {
                 return false;
             }
         }
-        if let Some(p) = self.port {
-            if svc.port() != Some(p) {
-                return false;
-            }
+        if let Some(p) = self.port
+            && svc.port() != Some(p)
+        {
+            return false;
         }
-        if let Some(p) = &self.process {
-            if svc.process.as_deref() != Some(p.as_str()) {
-                return false;
-            }
+        if let Some(p) = &self.process
+            && svc.process.as_deref() != Some(p.as_str())
+        {
+            return false;
         }
         true
     }
@@ -183,13 +186,24 @@ fn base_path(server: &RawServer) -> String {
         }
         None => url.as_str(),
     };
-    let trimmed = path.split(['?', '#']).next().unwrap_or("").trim_end_matches('/');
-    if trimmed.is_empty() || trimmed.starts_with('/') { trimmed.to_owned() } else { format!("/{trimmed}") }
+    let trimmed = path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('/');
+    if trimmed.is_empty() || trimmed.starts_with('/') {
+        trimmed.to_owned()
+    } else {
+        format!("/{trimmed}")
+    }
 }
 
 /// Reads and parses a spec file (YAML or JSON, by content).
 pub fn load_spec_file(path: &Path, scope: SpecScope) -> Result<DeclaredSpec, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io { file: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
+        file: path.to_owned(),
+        source,
+    })?;
     parse_spec(path, &text, scope)
 }
 
@@ -206,14 +220,23 @@ pub fn parse_spec(file: &Path, text: &str, scope: SpecScope) -> Result<DeclaredS
     } else {
         serde_norway::from_str(text).map_err(|e| {
             let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-            SpecError::Parse { file: file.to_owned(), line, column, message: e.to_string() }
+            SpecError::Parse {
+                file: file.to_owned(),
+                line,
+                column,
+                message: e.to_string(),
+            }
         })?
     };
     let version = doc.openapi.as_ref().map(value_text).unwrap_or_default();
     if !version.starts_with("3.") {
         return Err(SpecError::NotOpenApi {
             file: file.to_owned(),
-            message: if version.is_empty() { "no `openapi` field".into() } else { format!("unsupported version {version}") },
+            message: if version.is_empty() {
+                "no `openapi` field".into()
+            } else {
+                format!("unsupported version {version}")
+            },
         });
     }
     let mut base_paths: Vec<String> = doc.servers.iter().map(base_path).collect();
@@ -227,7 +250,10 @@ pub fn parse_spec(file: &Path, text: &str, scope: SpecScope) -> Result<DeclaredS
         if !path.starts_with('/') {
             continue;
         }
-        let item_bases: Option<Vec<String>> = item.servers.as_ref().map(|s| s.iter().map(base_path).collect());
+        let item_bases: Option<Vec<String>> = item
+            .servers
+            .as_ref()
+            .map(|s| s.iter().map(base_path).collect());
         let ops = [
             ("GET", &item.get),
             ("PUT", &item.put),
@@ -242,11 +268,18 @@ pub fn parse_spec(file: &Path, text: &str, scope: SpecScope) -> Result<DeclaredS
             let Some(op) = op else { continue };
             let mut parameters: Vec<DeclaredParam> = Vec::new();
             for p in item.parameters.iter().chain(op.parameters.iter()) {
-                let (Some(name), Some(location)) = (&p.name, &p.location) else { continue };
+                let (Some(name), Some(location)) = (&p.name, &p.location) else {
+                    continue;
+                };
                 parameters.retain(|q| !(q.name == *name && q.location == *location));
-                parameters.push(DeclaredParam { name: name.clone(), location: location.clone(), required: p.required });
+                parameters.push(DeclaredParam {
+                    name: name.clone(),
+                    location: location.clone(),
+                    required: p.required,
+                });
             }
-            let security = security_names(op.security.as_ref()).unwrap_or_else(|| root_security.clone());
+            let security =
+                security_names(op.security.as_ref()).unwrap_or_else(|| root_security.clone());
             // Path-level servers override the document's; keep them as extra base paths.
             if let Some(bases) = &item_bases {
                 for b in bases {
@@ -267,7 +300,12 @@ pub fn parse_spec(file: &Path, text: &str, scope: SpecScope) -> Result<DeclaredS
     }
     let security_schemes = doc
         .components
-        .map(|c| c.security_schemes.into_iter().map(|(k, v)| (k, v.kind.unwrap_or_default())).collect())
+        .map(|c| {
+            c.security_schemes
+                .into_iter()
+                .map(|(k, v)| (k, v.kind.unwrap_or_default()))
+                .collect()
+        })
         .unwrap_or_default();
     Ok(DeclaredSpec {
         file: file.display().to_string(),
@@ -370,7 +408,11 @@ impl SpecSet {
                 let segs = split_pattern(&full);
                 match paths.iter_mut().find(|p| p.segs == segs) {
                     Some(p) => p.ops.push(i),
-                    None => paths.push(CompiledPath { segs, path: op.path.clone(), ops: vec![i] }),
+                    None => paths.push(CompiledPath {
+                        segs,
+                        path: op.path.clone(),
+                        ops: vec![i],
+                    }),
                 }
             }
         }
@@ -425,13 +467,28 @@ impl SpecSet {
     /// Managed / shadow / zombie for an endpoint (template segments) of a service.
     pub fn classify(&self, svc: &ServiceKey, method: &str, segs: &[ObservedSeg<'_>]) -> Verdict {
         if !self.in_scope(svc) {
-            return Verdict { classification: Classification::Unclassified, declared: None, reason: None };
+            return Verdict {
+                classification: Classification::Unclassified,
+                declared: None,
+                reason: None,
+            };
         }
         if let Some(m) = self.best_match(svc, segs) {
-            let (Some(c), Some(p)) = (self.specs.get(m.spec), self.specs.get(m.spec).and_then(|c| c.paths.get(m.path))) else {
-                return Verdict { classification: Classification::Shadow, declared: None, reason: None };
+            let (Some(c), Some(p)) = (
+                self.specs.get(m.spec),
+                self.specs.get(m.spec).and_then(|c| c.paths.get(m.path)),
+            ) else {
+                return Verdict {
+                    classification: Classification::Shadow,
+                    declared: None,
+                    reason: None,
+                };
             };
-            let op = p.ops.iter().filter_map(|i| c.spec.operations.get(*i)).find(|o| o.method.eq_ignore_ascii_case(method));
+            let op = p
+                .ops
+                .iter()
+                .filter_map(|i| c.spec.operations.get(*i))
+                .find(|o| o.method.eq_ignore_ascii_case(method));
             return match op {
                 Some(op) => {
                     let declared = Some(DeclaredRef {
@@ -445,16 +502,26 @@ impl SpecSet {
                         Verdict {
                             classification: Classification::Zombie,
                             declared,
-                            reason: Some(format!("operation {} {} is deprecated in {}", op.method, op.path, c.spec.file)),
+                            reason: Some(format!(
+                                "operation {} {} is deprecated in {}",
+                                op.method, op.path, c.spec.file
+                            )),
                         }
                     } else {
-                        Verdict { classification: Classification::Managed, declared, reason: None }
+                        Verdict {
+                            classification: Classification::Managed,
+                            declared,
+                            reason: None,
+                        }
                     }
                 }
                 None => Verdict {
                     classification: Classification::Shadow,
                     declared: None,
-                    reason: Some(format!("path {} is declared in {} but not for {method}", p.path, c.spec.file)),
+                    reason: Some(format!(
+                        "path {} is declared in {} but not for {method}",
+                        p.path, c.spec.file
+                    )),
                 },
             };
         }
@@ -465,7 +532,11 @@ impl SpecSet {
                 reason: Some(format!("older version of declared {newer}")),
             };
         }
-        Verdict { classification: Classification::Shadow, declared: None, reason: Some("no declared path matches".into()) }
+        Verdict {
+            classification: Classification::Shadow,
+            declared: None,
+            reason: Some("no declared path matches".into()),
+        }
     }
 
     /// A declared path equal to `segs` except for a higher `vN` at the version positions.
@@ -515,6 +586,8 @@ impl SpecSet {
 
     /// Every declared operation, with the spec it belongs to.
     pub fn operations(&self) -> impl Iterator<Item = (&DeclaredSpec, &DeclaredOperation)> {
-        self.specs.iter().flat_map(|c| c.spec.operations.iter().map(move |o| (&c.spec, o)))
+        self.specs
+            .iter()
+            .flat_map(|c| c.spec.operations.iter().map(move |o| (&c.spec, o)))
     }
 }

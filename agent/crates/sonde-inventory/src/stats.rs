@@ -93,7 +93,11 @@ impl LogHistogram {
         for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
             *a = a.saturating_add(*b);
         }
-        self.min = if self.count == 0 { other.min } else { self.min.min(other.min) };
+        self.min = if self.count == 0 {
+            other.min
+        } else {
+            self.min.min(other.min)
+        };
         self.max = self.max.max(other.max);
         self.count = self.count.saturating_add(other.count);
         self.sum = self.sum.saturating_add(other.sum);
@@ -141,7 +145,20 @@ mod tests {
 
     #[test]
     fn bucket_bounds_are_consistent() {
-        for v in [0u64, 1, 3, 4, 5, 7, 8, 100, 1000, 123_456, 1 << 40, u64::MAX] {
+        for v in [
+            0u64,
+            1,
+            3,
+            4,
+            5,
+            7,
+            8,
+            100,
+            1000,
+            123_456,
+            1 << 40,
+            u64::MAX,
+        ] {
             let idx = bucket_index(v);
             assert!(bucket_low(idx) <= v, "v={v} idx={idx}");
             if idx + 1 < MAX_BUCKETS && bucket_low(idx + 1) != u64::MAX {

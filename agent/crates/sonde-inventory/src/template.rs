@@ -51,10 +51,12 @@ impl ParamKind {
 /// Classifies one path segment (percent-decoded bytes). `None`: it looks like a literal.
 pub fn classify_segment(s: &[u8]) -> Option<ParamKind> {
     let len = s.len();
-    if len == 0 {
+    // Every typed kind has a digit or an `@`: most literals are rejected in one cheap pass.
+    if len == 0 || !s.iter().any(|c| c.is_ascii_digit() || *c == b'@') {
         return None;
     }
-    let (mut digits, mut upper, mut lower, mut hex_letters, mut other, mut transitions) = (0, 0, 0, 0, 0, 0);
+    let (mut digits, mut upper, mut lower, mut hex_letters, mut other, mut transitions) =
+        (0, 0, 0, 0, 0, 0);
     let mut prev_digit: Option<bool> = None;
     for &c in s {
         let is_digit = c.is_ascii_digit();
@@ -116,7 +118,9 @@ pub fn classify_segment(s: &[u8]) -> Option<ParamKind> {
             return Some(ParamKind::Id);
         }
     }
-    let b64 = s.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'+' | b'=' | b'.' | b'~'));
+    let b64 = s
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'+' | b'=' | b'.' | b'~'));
     if b64 && len >= 20 && digits > 0 && upper > 0 && lower > 0 {
         return Some(ParamKind::Token);
     }
@@ -132,7 +136,11 @@ pub fn classify_segment(s: &[u8]) -> Option<ParamKind> {
 fn is_uuid(s: &[u8]) -> bool {
     s.len() == 36
         && s.iter().enumerate().all(|(i, c)| {
-            if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() }
+            if matches!(i, 8 | 13 | 18 | 23) {
+                *c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
         })
 }
 
@@ -142,12 +150,18 @@ fn is_date(s: &[u8]) -> bool {
     }
     let d = |r: std::ops::Range<usize>| -> Option<u32> {
         let part = s.get(r)?;
-        part.iter().all(u8::is_ascii_digit).then(|| part.iter().fold(0, |a, c| a * 10 + u32::from(c - b'0')))
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0, |a, c| a * 10 + u32::from(c - b'0')))
     };
     let (Some(y), Some(m), Some(day)) = (d(0..4), d(5..7), d(8..10)) else {
         return false;
     };
-    s.get(4) == Some(&b'-') && s.get(7) == Some(&b'-') && (1900..=2200).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&day)
+    s.get(4) == Some(&b'-')
+        && s.get(7) == Some(&b'-')
+        && (1900..=2200).contains(&y)
+        && (1..=12).contains(&m)
+        && (1..=31).contains(&day)
 }
 
 fn is_email(s: &[u8]) -> bool {
@@ -156,11 +170,15 @@ fn is_email(s: &[u8]) -> bool {
     };
     let (local, domain) = (&s[..at], &s[at + 1..]);
     !local.is_empty()
-        && local.iter().all(|c| c.is_ascii_alphanumeric() || b"._%+-!#$&'*/=?^`{|}~".contains(c))
+        && local
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._%+-!#$&'*/=?^`{|}~".contains(c))
         && domain.contains(&b'.')
         && !domain.starts_with(b".")
         && !domain.ends_with(b".")
-        && domain.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
+        && domain
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
 }
 
 /// Percent-decodes into `buf` (bounded by its capacity); invalid escapes stay as they are.
@@ -240,7 +258,15 @@ struct Node {
 
 impl Node {
     fn new(parent: NodeId, label: NodeLabel) -> Node {
-        Node { parent, label, alive: true, learnt: false, literals: Vec::new(), params: Vec::new(), endpoints: Vec::new() }
+        Node {
+            parent,
+            label,
+            alive: true,
+            learnt: false,
+            literals: Vec::new(),
+            params: Vec::new(),
+            endpoints: Vec::new(),
+        }
     }
 }
 
@@ -268,7 +294,12 @@ pub struct PathTrie {
 
 impl PathTrie {
     pub fn new(max_nodes: usize, param_min_distinct: usize) -> PathTrie {
-        PathTrie { nodes: vec![Node::new(0, NodeLabel::Root)], live: 1, max_nodes, param_min_distinct: param_min_distinct.max(2) }
+        PathTrie {
+            nodes: vec![Node::new(0, NodeLabel::Root)],
+            live: 1,
+            max_nodes,
+            param_min_distinct: param_min_distinct.max(2),
+        }
     }
 
     pub const ROOT: NodeId = 0;
@@ -301,7 +332,12 @@ impl PathTrie {
 
     /// One step down from `node`. A literal at a learnt position, or one that pushes the number of
     /// literal siblings past the threshold, goes to `{param}` (the latter folds the siblings).
-    pub fn step(&mut self, node: NodeId, label: SegLabel<'_>, changes: &mut Vec<TrieChange>) -> Result<NodeId, NodesExhausted> {
+    pub fn step(
+        &mut self,
+        node: NodeId,
+        label: SegLabel<'_>,
+        changes: &mut Vec<TrieChange>,
+    ) -> Result<NodeId, NodesExhausted> {
         match label {
             SegLabel::Literal(lit) => {
                 if let Some((_, c)) = self.node(node).literals.iter().find(|(l, _)| &**l == lit) {
@@ -323,7 +359,11 @@ impl PathTrie {
     }
 
     /// Like `step` for a literal, without cardinality learning (declared paths, gRPC methods).
-    pub fn step_no_learn(&mut self, node: NodeId, label: SegLabel<'_>) -> Result<NodeId, NodesExhausted> {
+    pub fn step_no_learn(
+        &mut self,
+        node: NodeId,
+        label: SegLabel<'_>,
+    ) -> Result<NodeId, NodesExhausted> {
         match label {
             SegLabel::Literal(lit) => {
                 if let Some((_, c)) = self.node(node).literals.iter().find(|(l, _)| &**l == lit) {
@@ -349,7 +389,12 @@ impl PathTrie {
     /// Turns the literal children of `node` into one `{param}` child, merging their subtrees.
     fn fold(&mut self, node: NodeId, changes: &mut Vec<TrieChange>) -> Result<(), NodesExhausted> {
         // The param child may need a node: make room by folding first when the budget is spent.
-        let existing = self.node(node).params.iter().find(|(l, _)| *l == ParamLabel::Kind(ParamKind::Param)).map(|(_, c)| *c);
+        let existing = self
+            .node(node)
+            .params
+            .iter()
+            .find(|(l, _)| *l == ParamLabel::Kind(ParamKind::Param))
+            .map(|(_, c)| *c);
         let dst = match existing {
             Some(d) => d,
             None => {
@@ -358,8 +403,11 @@ impl PathTrie {
                     // Reuse the first literal child as the param node: no allocation needed.
                     Some(c) => {
                         self.node_mut(node).literals.remove(0);
-                        self.node_mut(c).label = NodeLabel::Param(ParamLabel::Kind(ParamKind::Param));
-                        self.node_mut(node).params.push((ParamLabel::Kind(ParamKind::Param), c));
+                        self.node_mut(c).label =
+                            NodeLabel::Param(ParamLabel::Kind(ParamKind::Param));
+                        self.node_mut(node)
+                            .params
+                            .push((ParamLabel::Kind(ParamKind::Param), c));
                         c
                     }
                     None => self.param_child(node, ParamLabel::Kind(ParamKind::Param))?,
@@ -395,17 +443,29 @@ impl PathTrie {
         self.live -= 1;
         self.node_mut(src).alive = false;
         for (lit, c) in s.literals {
-            let existing = self.node(dst).literals.iter().find(|(l, _)| *l == lit).map(|(_, d)| *d);
+            let existing = self
+                .node(dst)
+                .literals
+                .iter()
+                .find(|(l, _)| *l == lit)
+                .map(|(_, d)| *d);
             match existing {
                 Some(d) => self.merge_into(c, d, changes),
                 None if self.node(dst).learnt => {
                     self.node_mut(c).label = NodeLabel::Param(ParamLabel::Kind(ParamKind::Param));
-                    let p = self.node(dst).params.iter().find(|(l, _)| *l == ParamLabel::Kind(ParamKind::Param)).map(|(_, d)| *d);
+                    let p = self
+                        .node(dst)
+                        .params
+                        .iter()
+                        .find(|(l, _)| *l == ParamLabel::Kind(ParamKind::Param))
+                        .map(|(_, d)| *d);
                     match p {
                         Some(d) => self.merge_into(c, d, changes),
                         None => {
                             self.node_mut(c).parent = dst;
-                            self.node_mut(dst).params.push((ParamLabel::Kind(ParamKind::Param), c));
+                            self.node_mut(dst)
+                                .params
+                                .push((ParamLabel::Kind(ParamKind::Param), c));
                         }
                     }
                 }
@@ -416,7 +476,12 @@ impl PathTrie {
             }
         }
         for (p, c) in s.params {
-            let existing = self.node(dst).params.iter().find(|(l, _)| *l == p).map(|(_, d)| *d);
+            let existing = self
+                .node(dst)
+                .params
+                .iter()
+                .find(|(l, _)| *l == p)
+                .map(|(_, d)| *d);
             match existing {
                 Some(d) => self.merge_into(c, d, changes),
                 None => {
@@ -426,7 +491,12 @@ impl PathTrie {
             }
         }
         for (m, e) in s.endpoints {
-            let existing = self.node(dst).endpoints.iter().find(|(dm, _)| *dm == m).map(|(_, d)| *d);
+            let existing = self
+                .node(dst)
+                .endpoints
+                .iter()
+                .find(|(dm, _)| *dm == m)
+                .map(|(_, d)| *d);
             match existing {
                 Some(d) => changes.push(TrieChange::Merged { from: e, into: d }),
                 None => self.node_mut(dst).endpoints.push((m, e)),
@@ -441,14 +511,21 @@ impl PathTrie {
         let mut stack = vec![root];
         while let Some(n) = stack.pop() {
             let node = self.node(n);
-            changes.extend(node.endpoints.iter().map(|(_, e)| TrieChange::Retemplated { endpoint: *e, node: n }));
+            changes.extend(node.endpoints.iter().map(|(_, e)| TrieChange::Retemplated {
+                endpoint: *e,
+                node: n,
+            }));
             stack.extend(node.literals.iter().map(|(_, c)| *c));
             stack.extend(node.params.iter().map(|(_, c)| *c));
         }
     }
 
     pub fn endpoint(&self, node: NodeId, method: u16) -> Option<EndpointId> {
-        self.node(node).endpoints.iter().find(|(m, _)| *m == method).map(|(_, e)| *e)
+        self.node(node)
+            .endpoints
+            .iter()
+            .find(|(m, _)| *m == method)
+            .map(|(_, e)| *e)
     }
 
     pub fn set_endpoint(&mut self, node: NodeId, method: u16, id: EndpointId) {

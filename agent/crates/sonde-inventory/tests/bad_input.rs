@@ -18,13 +18,19 @@ impl Rng {
         self.0
     }
     fn word(&mut self, len: usize) -> String {
-        (0..len).map(|_| (b'a' + (self.next() % 26) as u8) as char).collect()
+        (0..len)
+            .map(|_| (b'a' + (self.next() % 26) as u8) as char)
+            .collect()
     }
 }
 
 #[test]
 fn many_unique_paths_stay_bounded() {
-    let cfg = InventoryConfig { max_endpoints_per_service: 500, max_nodes_per_service: 2000, ..InventoryConfig::default() };
+    let cfg = InventoryConfig {
+        max_endpoints_per_service: 500,
+        max_nodes_per_service: 2000,
+        ..InventoryConfig::default()
+    };
     let mut inv = Inventory::new(cfg);
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let n = 200_000u64;
@@ -53,7 +59,12 @@ fn many_unique_paths_stay_bounded() {
 
 #[test]
 fn hostile_hosts_and_methods_are_capped() {
-    let cfg = InventoryConfig { max_authorities_per_server: 4, max_services: 16, max_custom_methods: 2, ..InventoryConfig::default() };
+    let cfg = InventoryConfig {
+        max_authorities_per_server: 4,
+        max_services: 16,
+        max_custom_methods: 2,
+        ..InventoryConfig::default()
+    };
     let mut inv = Inventory::new(cfg);
     let mut rng = Rng(7);
     for i in 0..2000 {
@@ -61,8 +72,16 @@ fn hostile_hosts_and_methods_are_capped() {
         inv.observe(&ex("GET", "/").authority(&host).build(), NOW_NS);
         let m = format!("M{}", rng.word(5));
         inv.observe(&ex(&m, "/").build(), NOW_NS);
-        inv.observe(&ex("GET", "/").server(&format!("10.1.{}.{}:80", i / 250, i % 250)).build(), NOW_NS);
-        inv.observe(&ex("BAD METHOD\u{0}", "/").authority("bad host\r\n").build(), NOW_NS);
+        inv.observe(
+            &ex("GET", "/")
+                .server(&format!("10.1.{}.{}:80", i / 250, i % 250))
+                .build(),
+            NOW_NS,
+        );
+        inv.observe(
+            &ex("BAD METHOD\u{0}", "/").authority("bad host\r\n").build(),
+            NOW_NS,
+        );
     }
     assert!(inv.services().count() <= 17, "{}", inv.services().count());
     assert!(inv.counters().authorities_merged > 0);
@@ -77,20 +96,45 @@ fn hostile_hosts_and_methods_are_capped() {
 fn deep_and_wide_json_is_bounded() {
     let deep = "[".repeat(1_000_000);
     let mut facts = BodyFacts::default();
-    assert_eq!(walk_json(deep.as_bytes(), 8, 256, &mut facts), WalkOutcome::Truncated);
+    assert_eq!(
+        walk_json(deep.as_bytes(), 8, 256, &mut facts),
+        WalkOutcome::Truncated
+    );
     assert!(facts.fields.len() <= 9);
     let closed = format!("{}{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
     let mut facts = BodyFacts::default();
     // Levels past the depth bound are skipped by bracket counting, not validated.
-    assert_eq!(walk_json(closed.as_bytes(), 8, 256, &mut facts), WalkOutcome::Complete);
-    let deepest = facts.fields.iter().map(|(k, _)| k.matches('.').count()).max().unwrap_or(0);
+    assert_eq!(
+        walk_json(closed.as_bytes(), 8, 256, &mut facts),
+        WalkOutcome::Complete
+    );
+    let deepest = facts
+        .fields
+        .iter()
+        .map(|(k, _)| k.matches('.').count())
+        .max()
+        .unwrap_or(0);
     assert!(deepest <= 9, "{deepest}");
     let nested_ok = format!("{}1{}", "{\"a\":".repeat(50), "}".repeat(50));
     let mut facts = BodyFacts::default();
-    assert_eq!(walk_json(nested_ok.as_bytes(), 8, 256, &mut facts), WalkOutcome::Complete);
-    let wide: String = format!("{{{}}}", (0..100_000).map(|i| format!("\"k{i}x\":{i}")).collect::<Vec<_>>().join(","));
+    assert_eq!(
+        walk_json(nested_ok.as_bytes(), 8, 256, &mut facts),
+        WalkOutcome::Complete
+    );
+    let wide: String = format!(
+        "{{{}}}",
+        (0..100_000)
+            .map(|i| format!("\"k{i}x\":{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     let mut inv = Inventory::default();
-    let info = inv.observe(&ex("POST", "/wide").req_body("application/json", wide.as_bytes()).build(), NOW_NS);
+    let info = inv.observe(
+        &ex("POST", "/wide")
+            .req_body("application/json", wide.as_bytes())
+            .build(),
+        NOW_NS,
+    );
     let rec = inv.endpoint(info.endpoint_id).expect("record");
     assert_eq!(rec.request_schema.fields.len(), 256);
     assert!(rec.request_schema.fields_dropped > 0);
@@ -101,12 +145,30 @@ fn deep_and_wide_json_is_bounded() {
 fn invalid_utf8_and_garbage_bodies() {
     let mut inv = Inventory::default();
     let garbage: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
-    for ct in ["application/json", "text/plain", "application/x-www-form-urlencoded", ""] {
-        inv.observe(&ex("POST", "/g/%ff%fe/x").req_body(ct, &garbage).resp_body(ct, b"{\"k\xff\xfe\":\"\xc3\x28 a@b.co\"}").build(), NOW_NS);
+    for ct in [
+        "application/json",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "",
+    ] {
+        inv.observe(
+            &ex("POST", "/g/%ff%fe/x")
+                .req_body(ct, &garbage)
+                .resp_body(ct, b"{\"k\xff\xfe\":\"\xc3\x28 a@b.co\"}")
+                .build(),
+            NOW_NS,
+        );
     }
     let rec = inv.endpoints().next().expect("endpoint");
     assert!(rec.template.contains("{param}"), "{}", rec.template);
-    assert!(rec.response_schema.fields.keys().any(|k| k == "$.{invalid}"), "{:?}", rec.response_schema.fields);
+    assert!(
+        rec.response_schema
+            .fields
+            .keys()
+            .any(|k| k == "$.{invalid}"),
+        "{:?}",
+        rec.response_schema.fields
+    );
     assert!(inv.counters().invalid_json_bodies >= 1);
 }
 
@@ -118,16 +180,42 @@ fn malformed_jwts_do_not_panic() {
         "eyJ..".to_owned(),
         "eyJ.eyJ.".to_owned(),
         format!("{}.{}.", e(b"{\"alg\":\"none\"}"), e(b"[1,2,3]")),
-        format!("{}.{}.sig", e(b"{\"alg\":5}"), e(b"{\"sub\":{\"x\":1},\"exp\":\"soon\",\"aud\":[1,{}]}")),
+        format!(
+            "{}.{}.sig",
+            e(b"{\"alg\":5}"),
+            e(b"{\"sub\":{\"x\":1},\"exp\":\"soon\",\"aud\":[1,{}]}")
+        ),
         format!("{}.{}.sig", e(b"{\"alg\":\"HS256\"}"), e(deep.as_bytes())),
-        format!("{}.{}.sig", e(b"{\"alg\":\"HS256\"}"), e(b"{\"sub\":\"x\",\"exp\":1e400}")),
+        format!(
+            "{}.{}.sig",
+            e(b"{\"alg\":\"HS256\"}"),
+            e(b"{\"sub\":\"x\",\"exp\":1e400}")
+        ),
         format!("eyJ{}.{}.sig", "A".repeat(1 << 20), "B".repeat(10)),
-        format!("{}.{}.sig", e(b"{\"alg\":\"HS256\"}"), e("{\"sub\":\"\u{1F600}\u{1F600}\u{1F600}\"}".repeat(200).as_bytes())),
+        format!(
+            "{}.{}.sig",
+            e(b"{\"alg\":\"HS256\"}"),
+            e("{\"sub\":\"\u{1F600}\u{1F600}\u{1F600}\"}"
+                .repeat(200)
+                .as_bytes())
+        ),
     ];
     let mut inv = Inventory::default();
     for t in &tokens {
-        let info = inv.observe(&ex("GET", "/j").header("authorization", &format!("Bearer {t}")).build(), NOW_NS);
-        assert!(matches!(info.auth.scheme, AuthScheme::BearerJwt | AuthScheme::BearerOpaque), "{}", &t[..t.len().min(40)]);
+        let info = inv.observe(
+            &ex("GET", "/j")
+                .header("authorization", &format!("Bearer {t}"))
+                .build(),
+            NOW_NS,
+        );
+        assert!(
+            matches!(
+                info.auth.scheme,
+                AuthScheme::BearerJwt | AuthScheme::BearerOpaque
+            ),
+            "{}",
+            &t[..t.len().min(40)]
+        );
         if let Some(j) = &info.auth.jwt {
             assert!(j.malformed || j.alg.is_some(), "{j:?}");
             assert!(j.iss.as_ref().is_none_or(|s| s.len() <= 256));
@@ -138,21 +226,26 @@ fn malformed_jwts_do_not_panic() {
 #[test]
 fn random_bytes_everywhere() {
     let mut rng = Rng(42);
-    let mut inv = Inventory::new(InventoryConfig { max_endpoints_per_service: 300, ..InventoryConfig::default() });
+    let mut inv = Inventory::new(InventoryConfig {
+        max_endpoints_per_service: 300,
+        ..InventoryConfig::default()
+    });
     for _ in 0..5_000 {
         let len = (rng.next() % 200) as usize;
-        let bytes: Vec<u8> = (0..len).map(|_| {
-            let b = rng.next() as u8;
-            // Bias towards characters the parsers care about.
-            match b % 8 {
-                0 => b'/',
-                1 => b'{',
-                2 => b'"',
-                3 => b'%',
-                4 => b'@',
-                _ => b,
-            }
-        }).collect();
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                let b = rng.next() as u8;
+                // Bias towards characters the parsers care about.
+                match b % 8 {
+                    0 => b'/',
+                    1 => b'{',
+                    2 => b'"',
+                    3 => b'%',
+                    4 => b'@',
+                    _ => b,
+                }
+            })
+            .collect();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let path = format!("/{text}");
         let b = ex(&text.chars().take(8).collect::<String>(), &path)

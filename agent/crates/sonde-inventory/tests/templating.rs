@@ -18,19 +18,61 @@ fn templates(paths: &[&str], cfg: InventoryConfig) -> Vec<String> {
 
 /// (observed paths, expected templates), with the default configuration.
 const CASES: &[(&[&str], &[&str])] = &[
-    (&["/api/5f1c2a/org/onboardingStatus", "/api/8a2d91/org/projects"], &["/api/{id}/org/onboardingStatus", "/api/{id}/org/projects"]),
-    (&["/api/v2/faq/340/feedback", "/api/v2/faq/340/related"], &["/api/v2/faq/{int}/feedback", "/api/v2/faq/{int}/related"]),
-    (&["/predict/FR/STN/DUB/2026-08-16"], &["/predict/FR/STN/DUB/{date}"]),
-    (&["/users/alice@example.com/keys", "/users/bob%40example.org/keys"], &["/users/{email}/keys"]),
-    (&["/api/v1/users/12", "/api/v2/users/13"], &["/api/v1/users/{int}", "/api/v2/users/{int}"]),
-    (&["/customers/cus_9fK2LmQ8", "/customers/cus_Ab3dE5fG7h"], &["/customers/{id}"]),
-    (&["/orders/3fa85f64-5717-4562-b3fc-2c963f66afa6", "/orders/7c9e6679-7425-40de-944b-e07fc1f90ae7/items"], &["/orders/{uuid}", "/orders/{uuid}/items"]),
-    (&["/blobs/9c56cc51b374c3ba189210d5b6d4bf57790d351c96c47c02190ecf1e430635ab"], &["/blobs/{hash}"]),
-    (&["/reset/dGhpcyBpcyBhIHRva2VuIHZhbHVlMTIz"], &["/reset/{token}"]),
+    (
+        &[
+            "/api/5f1c2a/org/onboardingStatus",
+            "/api/8a2d91/org/projects",
+        ],
+        &["/api/{id}/org/onboardingStatus", "/api/{id}/org/projects"],
+    ),
+    (
+        &["/api/v2/faq/340/feedback", "/api/v2/faq/340/related"],
+        &["/api/v2/faq/{int}/feedback", "/api/v2/faq/{int}/related"],
+    ),
+    (
+        &["/predict/FR/STN/DUB/2026-08-16"],
+        &["/predict/FR/STN/DUB/{date}"],
+    ),
+    (
+        &[
+            "/users/alice@example.com/keys",
+            "/users/bob%40example.org/keys",
+        ],
+        &["/users/{email}/keys"],
+    ),
+    (
+        &["/api/v1/users/12", "/api/v2/users/13"],
+        &["/api/v1/users/{int}", "/api/v2/users/{int}"],
+    ),
+    (
+        &["/customers/cus_9fK2LmQ8", "/customers/cus_Ab3dE5fG7h"],
+        &["/customers/{id}"],
+    ),
+    (
+        &[
+            "/orders/3fa85f64-5717-4562-b3fc-2c963f66afa6",
+            "/orders/7c9e6679-7425-40de-944b-e07fc1f90ae7/items",
+        ],
+        &["/orders/{uuid}", "/orders/{uuid}/items"],
+    ),
+    (
+        &["/blobs/9c56cc51b374c3ba189210d5b6d4bf57790d351c96c47c02190ecf1e430635ab"],
+        &["/blobs/{hash}"],
+    ),
+    (
+        &["/reset/dGhpcyBpcyBhIHRva2VuIHZhbHVlMTIz"],
+        &["/reset/{token}"],
+    ),
     (&["/health", "/health/", "//health"], &["/health"]),
     (&["/"], &["/"]),
-    (&["/files/report.pdf", "/files/summary.pdf"], &["/files/report.pdf", "/files/summary.pdf"]),
-    (&["/api/users/me", "/api/users/42"], &["/api/users/me", "/api/users/{int}"]),
+    (
+        &["/files/report.pdf", "/files/summary.pdf"],
+        &["/files/report.pdf", "/files/summary.pdf"],
+    ),
+    (
+        &["/api/users/me", "/api/users/42"],
+        &["/api/users/me", "/api/users/{int}"],
+    ),
 ];
 
 #[test]
@@ -55,12 +97,20 @@ fn raw_email_never_in_endpoint_names() {
 
 #[test]
 fn cardinality_learns_parameter_and_folds_retroactively() {
-    let cfg = InventoryConfig { param_min_distinct: 5, ..InventoryConfig::default() };
+    let cfg = InventoryConfig {
+        param_min_distinct: 5,
+        ..InventoryConfig::default()
+    };
     let mut inv = Inventory::new(cfg);
-    let names = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+    let names = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+    ];
     // Each user name twice, with two sub-resources: literals that are really parameters.
     for n in names {
-        inv.observe(&ex("GET", &format!("/profiles/{n}/settings")).build(), NOW_NS);
+        inv.observe(
+            &ex("GET", &format!("/profiles/{n}/settings")).build(),
+            NOW_NS,
+        );
         inv.observe(&ex("GET", &format!("/profiles/{n}")).build(), NOW_NS);
         inv.observe(&ex("POST", &format!("/profiles/{n}")).build(), NOW_NS);
     }
@@ -69,7 +119,10 @@ fn cardinality_learns_parameter_and_folds_retroactively() {
         inv.observe(&ex("GET", &format!("/faq/{r}")).build(), NOW_NS);
     }
     inv.check_consistency().expect("consistent");
-    let mut t: Vec<(String, String, u64)> = inv.endpoints().map(|r| (r.method.to_string(), r.template.to_string(), r.calls)).collect();
+    let mut t: Vec<(String, String, u64)> = inv
+        .endpoints()
+        .map(|r| (r.method.to_string(), r.template.to_string(), r.calls))
+        .collect();
     t.sort();
     assert_eq!(
         t,
@@ -83,14 +136,21 @@ fn cardinality_learns_parameter_and_folds_retroactively() {
     );
     // The folded keys are reported as retired, pointing at their replacement.
     let retired = inv.take_retired();
-    assert!(retired.iter().any(|r| r.key.ends_with("GET /profiles/alice/settings")
-        && r.replaced_by.as_deref().is_some_and(|k| k.ends_with("GET /profiles/{param}/settings"))));
+    assert!(retired.iter().any(|r| {
+        r.key.ends_with("GET /profiles/alice/settings")
+            && r.replaced_by
+                .as_deref()
+                .is_some_and(|k| k.ends_with("GET /profiles/{param}/settings"))
+    }));
     assert!(!retired.iter().any(|r| r.key.contains("{param}")));
 }
 
 #[test]
 fn endpoint_cap_overflows_into_counted_bucket() {
-    let cfg = InventoryConfig { max_endpoints_per_service: 10, ..InventoryConfig::default() };
+    let cfg = InventoryConfig {
+        max_endpoints_per_service: 10,
+        ..InventoryConfig::default()
+    };
     let mut inv = Inventory::new(cfg);
     let methods = ["GET", "POST", "PUT", "DELETE", "PATCH"];
     for r in ["a", "b", "c", "d"] {
@@ -104,5 +164,11 @@ fn endpoint_cap_overflows_into_counted_bucket() {
     assert_eq!(overflow[0].calls, 10);
     assert_eq!(inv.counters().endpoint_overflow_calls, 10);
     let events = inv.drain_events();
-    assert_eq!(events.iter().filter(|e| e.kind == "inventory.endpoint_overflow").count(), 1);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == "inventory.endpoint_overflow")
+            .count(),
+        1
+    );
 }

@@ -6,17 +6,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sonde_model::{Body, ConnId, ConnMeta, Exchange, ExchangeFlags, Header, HttpVersion, ProcessInfo, Request, Response, Role};
+use sonde_model::{
+    Body, ConnId, ConnMeta, Exchange, ExchangeFlags, Header, HttpVersion, ProcessInfo, Request,
+    Response, Role,
+};
 
 /// `$SONDE_CORPORA` if set (then the corpus must exist), else `../shared/corpora` beside the
 /// repository. `None` (with a note) only when neither exists.
 pub fn corpus(rel: &str) -> Option<PathBuf> {
     if let Some(root) = std::env::var_os("SONDE_CORPORA") {
         let p = PathBuf::from(root).join(rel);
-        assert!(p.exists(), "SONDE_CORPORA is set but {} is missing", p.display());
+        assert!(
+            p.exists(),
+            "SONDE_CORPORA is set but {} is missing",
+            p.display()
+        );
         return Some(p);
     }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../../shared/corpora").join(rel);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../../shared/corpora")
+        .join(rel);
     if p.exists() {
         Some(p)
     } else {
@@ -35,9 +44,17 @@ pub fn conn(server: &str, client: &str, comm: &str) -> Arc<ConnMeta> {
     let local: SocketAddr = server.parse().expect("test address");
     let remote: SocketAddr = client.parse().expect("test address");
     Arc::new(ConnMeta {
-        id: ConnId { tgid: 10, fd: 5, generation: 1 },
+        id: ConnId {
+            tgid: 10,
+            fd: 5,
+            generation: 1,
+        },
         role: Role::Server,
-        process: ProcessInfo { pid: 10, comm: comm.into(), cgroup_id: 0 },
+        process: ProcessInfo {
+            pid: 10,
+            comm: comm.into(),
+            cgroup_id: 0,
+        },
         local: Some(local),
         remote: Some(remote),
     })
@@ -81,7 +98,12 @@ pub fn ex(method: &str, target: &str) -> Ex {
 }
 
 fn body(ct_json: &[u8]) -> Body {
-    Body { declared_len: Some(ct_json.len() as u64), wire_len: ct_json.len() as u64, sample: Bytes::copy_from_slice(ct_json), ..Body::default() }
+    Body {
+        declared_len: Some(ct_json.len() as u64),
+        wire_len: ct_json.len() as u64,
+        sample: Bytes::copy_from_slice(ct_json),
+        ..Body::default()
+    }
 }
 
 impl Ex {
@@ -94,7 +116,10 @@ impl Ex {
         self
     }
     pub fn req_body(mut self, content_type: &str, b: &[u8]) -> Ex {
-        self.ex.request.headers.push(Header::new("content-type", content_type));
+        self.ex
+            .request
+            .headers
+            .push(Header::new("content-type", content_type));
         self.ex.request.body = body(b);
         self
     }
