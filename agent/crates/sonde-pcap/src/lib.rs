@@ -19,5 +19,5 @@ mod stats;
 pub use decode::{LinkType, Skip, TcpFlags, TcpSegment, decode_frame};
 pub use error::PcapError;
 pub use reader::PcapReader;
-pub use reassembly::{ReassemblyLimits, TcpReassembler};
+pub use reassembly::{PIECE_COST, ReassemblyLimits, TcpReassembler};
 pub use stats::{PcapStats, ReassemblyStats};

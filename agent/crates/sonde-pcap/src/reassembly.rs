@@ -28,9 +28,10 @@ pub struct ReassemblyLimits {
     pub max_connections: usize,
     /// Out-of-order segments held per direction. Default 256.
     pub max_pending_segments: usize,
-    /// Captured bytes held out of order per direction. Default 1 MiB.
+    /// Memory held out of order per direction: captured bytes plus [`PIECE_COST`] per held
+    /// piece. Default 1 MiB.
     pub max_pending_bytes: usize,
-    /// Captured bytes held out of order across all connections. Default 64 MiB.
+    /// The same across all connections. Default 64 MiB.
     pub max_pending_bytes_total: usize,
     /// Segments starting further than this past the next expected byte are dropped as
     /// implausible. Default 1 GiB, the largest window TCP can advertise.
@@ -55,6 +56,10 @@ impl Default for ReassemblyLimits {
         }
     }
 }
+
+/// Bookkeeping charged per held piece on top of its captured bytes, so pieces without captured
+/// bytes (snaplen-cut segments) cannot pile up unaccounted: about the size of a map entry.
+pub const PIECE_COST: usize = 64;
 
 /// Segments between two idle sweeps at least, so a capture with wild timestamps cannot make
 /// every packet scan the table.
@@ -95,7 +100,7 @@ struct DirState {
     next_offset: u64,
     /// Out-of-order pieces by offset; non-overlapping, all at or past `next_offset`.
     pending: BTreeMap<u64, Piece>,
-    /// Captured bytes in `pending`.
+    /// Memory charged for `pending`: captured bytes plus [`PIECE_COST`] per piece.
     pending_bytes: usize,
     /// Offset of the FIN, once seen.
     fin_offset: Option<u64>,
@@ -282,8 +287,9 @@ impl DirState {
             } else {
                 &[]
             };
-            self.pending_bytes += part.len();
-            *sink.pending_total += part.len();
+            let cost = part.len() + PIECE_COST;
+            self.pending_bytes += cost;
+            *sink.pending_total += cost;
             self.pending.insert(
                 a,
                 Piece {
@@ -302,8 +308,9 @@ impl DirState {
                 break;
             }
             let piece = entry.remove();
-            self.pending_bytes = self.pending_bytes.saturating_sub(piece.data.len());
-            *sink.pending_total = sink.pending_total.saturating_sub(piece.data.len());
+            let cost = piece.data.len() + PIECE_COST;
+            self.pending_bytes = self.pending_bytes.saturating_sub(cost);
+            *sink.pending_total = sink.pending_total.saturating_sub(cost);
             let p_end = p_start + piece.len;
             if p_end <= self.next_offset {
                 // Cannot happen while pieces stay at or past `next_offset`; never emit twice.
@@ -369,14 +376,14 @@ impl DirState {
     }
 
     /// Records the FIN that follows `wire_len` payload bytes starting at `seq`.
-    fn on_fin(&mut self, seq: u32, wire_len: u64) {
+    fn on_fin(&mut self, seq: u32, wire_len: u64, max_seq_ahead: u32) {
         if self.fin_offset.is_some() {
             return;
         }
         let base = *self.base_seq.get_or_insert(seq);
         let fin_seq = seq.wrapping_add(wire_len as u32);
         let rel = seq_delta(fin_seq, self.expected_seq(base));
-        if rel >= 0 {
+        if (0..=i64::from(max_seq_ahead)).contains(&rel) {
             self.fin_offset = self.next_offset.checked_add(rel.unsigned_abs());
         }
     }
@@ -451,7 +458,8 @@ impl TcpReassembler {
         self.table.len()
     }
 
-    /// Captured bytes currently held in reorder buffers.
+    /// Memory currently charged to reorder buffers (captured bytes plus [`PIECE_COST`] per
+    /// piece).
     pub fn pending_bytes(&self) -> usize {
         self.pending_total
     }
@@ -615,7 +623,7 @@ impl TcpReassembler {
             conn.dirs[direction.index()].on_data(data_seq, payload, wire_len, &mut sink);
         }
         if seg.flags.fin {
-            conn.dirs[direction.index()].on_fin(data_seq, wire_len);
+            conn.dirs[direction.index()].on_fin(data_seq, wire_len, self.limits.max_seq_ahead);
         }
         if seg.flags.ack {
             sink.direction = direction.opposite();

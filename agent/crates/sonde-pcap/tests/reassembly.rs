@@ -19,7 +19,9 @@ use pcap_file::pcapng::blocks::interface_description::{
 use pcap_file::pcapng::blocks::simple_packet::SimplePacketBlock;
 use pcap_file::pcapng::{Block, PcapNgWriter};
 use sonde_model::{CaptureEvent, Direction, Role};
-use sonde_pcap::{LinkType, PcapError, PcapReader, ReassemblyLimits, TcpReassembler, decode_frame};
+use sonde_pcap::{
+    LinkType, PIECE_COST, PcapError, PcapReader, ReassemblyLimits, TcpReassembler, decode_frame,
+};
 
 use common::synth::{Framing, SYN, Synth, ack, fin_ack, rst, syn_ack};
 use common::{Replay, replay};
@@ -529,6 +531,49 @@ fn reorder_buffers_stay_within_the_global_bound() {
         .filter(|e| matches!(e, CaptureEvent::Data(d) if d.data.is_empty() && d.len == 1))
         .count();
     assert_eq!(gaps, 50);
+}
+
+#[test]
+fn pieces_without_captured_bytes_are_still_charged() {
+    // Snap length 54: every payload byte is cut, yet each held piece costs memory.
+    let limits = ReassemblyLimits {
+        max_pending_bytes_total: 64 * PIECE_COST,
+        ..ReassemblyLimits::default()
+    };
+    let mut reassembler = TcpReassembler::new(limits);
+    let mut out = VecDeque::new();
+    let mut cap = Synth::new(Framing::Ethernet);
+    cap.snaplen = 54;
+    for i in 0..40u32 {
+        let c: SocketAddr = format!("10.3.0.{}:{}", i + 1, 40_000 + i)
+            .parse()
+            .expect("addr");
+        let frames = [cap.frame(c, server(), 1, SYN, b"")]
+            .into_iter()
+            .chain((1..6).map(|k| cap.frame(c, server(), 2 + 1000 * k, ack(1), &[b'y'; 1000])));
+        for frame in frames {
+            let cut = &frame[..frame.len().min(54)];
+            let seg = decode_frame(LinkType::Ethernet, cut, frame.len() as u32).expect("tcp");
+            reassembler.on_segment(u64::from(i), &seg, &mut out);
+            assert!(reassembler.pending_bytes() <= 64 * PIECE_COST + PIECE_COST);
+        }
+    }
+    assert!(reassembler.stats().global_buffer_overflows > 0);
+    reassembler.finish(&mut out);
+    // Per connection: a 1000-byte gap for the lost first segment, then five uncaptured chunks.
+    let chunks: Vec<(u64, u64, usize)> = out
+        .iter()
+        .filter_map(|e| match e {
+            CaptureEvent::Data(d) => Some((d.offset, d.len, d.data.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(chunks.len(), 40 * 6);
+    assert!(
+        chunks
+            .iter()
+            .all(|&(offset, len, data)| offset % 1000 == 0 && len == 1000 && data == 0)
+    );
 }
 
 #[test]
