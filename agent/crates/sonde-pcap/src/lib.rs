@@ -9,6 +9,23 @@
 //!
 //! Memory stays bounded on hostile captures ([`ReassemblyLimits`]); everything skipped or dropped
 //! is counted in [`PcapStats`].
+//!
+//! ```no_run
+//! use sonde_model::CaptureEvent;
+//! use sonde_pcap::PcapReader;
+//!
+//! let mut reader = PcapReader::open("capture.pcapng")?;
+//! for event in reader.by_ref() {
+//!     match event? {
+//!         CaptureEvent::Open(open) => println!("{} {:?} -> {:?}", open.conn, open.remote, open.local),
+//!         CaptureEvent::Data(chunk) if chunk.data.is_empty() => println!("gap of {} bytes", chunk.len),
+//!         CaptureEvent::Data(chunk) => println!("{} bytes at {}", chunk.len, chunk.offset),
+//!         CaptureEvent::Close(close) => println!("{} closed", close.conn),
+//!     }
+//! }
+//! println!("{:?}", reader.stats());
+//! # Ok::<(), sonde_pcap::PcapError>(())
+//! ```
 
 mod decode;
 mod error;

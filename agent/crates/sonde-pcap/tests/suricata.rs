@@ -84,6 +84,33 @@ fn every_suricata_pcap_replays_without_error() {
             .map(|s| s.bytes.len())
             .sum();
         assert!(bytes > 0, "{name}: no payload rebuilt");
+        // With the handshake seen, offset 0 is the first byte each side sent: a request line or
+        // the HTTP/2 preface from the client; a status line or a SETTINGS frame from the server
+        // (http-missing-protocol's server answers with bare bytes).
+        for conn in replay
+            .conns
+            .values()
+            .filter(|c| c.open.role == Role::Server)
+        {
+            let request = &conn.stream(Direction::Ingress).bytes;
+            let method_end = request.iter().position(|&b| b == b' ').unwrap_or(0);
+            assert!(
+                request.starts_with(b"PRI * HTTP/2.0\r\n")
+                    || (method_end > 0 && request[..method_end].iter().all(u8::is_ascii_uppercase)),
+                "{name}: client stream starts with {:?}",
+                String::from_utf8_lossy(&request[..request.len().min(20)])
+            );
+            let response = &conn.stream(Direction::Egress).bytes;
+            let settings_frame =
+                response.get(3) == Some(&4) && response.get(5..9) == Some(&[0, 0, 0, 0]);
+            if !response.is_empty() && !name.to_string().contains("http-missing-protocol") {
+                assert!(
+                    response.starts_with(b"HTTP/1.") || settings_frame,
+                    "{name}: server stream starts with {:?}",
+                    &response[..response.len().min(12)]
+                );
+            }
+        }
         // Every payload byte on the wire is either delivered, reported missing, or counted as
         // a duplicate.
         let delivered: u64 = replay
