@@ -5,6 +5,8 @@
 //! offer a decode without verification at all).
 
 use base64::Engine;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use sonde_model::{Header, Request};
 
@@ -77,7 +79,7 @@ pub struct AuthInfo {
     pub other_scheme: Option<String>,
     /// Salted hash identifying the caller: JWT iss+sub, Basic user, API key, token or session.
     pub principal: Option<String>,
-    pub jwt: Option<JwtSummary>,
+    pub jwt: Option<Arc<JwtSummary>>,
 }
 
 /// Header names that carry API keys.
@@ -142,10 +144,10 @@ const MAX_TOKEN: usize = 8192;
 const MAX_CLAIM: usize = 256;
 
 /// Analyses the credentials of a request. `now_ns` is the call time (Unix ns) for `exp`/`nbf`.
-pub fn analyse(req: &Request, hasher: &SaltedHasher, now_ns: u64) -> AuthInfo {
+pub fn analyse(req: &Request, hasher: &SaltedHasher, now_ns: u64, cache: &mut JwtCache) -> AuthInfo {
     let mut info = AuthInfo::default();
     if let Some(value) = find(&req.headers, "authorization") {
-        analyse_authorization(value, hasher, now_ns, &mut info);
+        analyse_authorization(value, hasher, now_ns, cache, &mut info);
         if info.scheme != AuthScheme::None {
             return info;
         }
@@ -206,7 +208,13 @@ fn find<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
         .map(|h| h.value.as_str())
 }
 
-fn analyse_authorization(value: &str, hasher: &SaltedHasher, now_ns: u64, info: &mut AuthInfo) {
+fn analyse_authorization(
+    value: &str,
+    hasher: &SaltedHasher,
+    now_ns: u64,
+    cache: &mut JwtCache,
+    info: &mut AuthInfo,
+) {
     let value = value.trim();
     let (scheme, cred) = value.split_once(' ').unwrap_or((value, ""));
     let cred = cred.trim();
@@ -235,7 +243,7 @@ fn analyse_authorization(value: &str, hasher: &SaltedHasher, now_ns: u64, info: 
         }
         if looks_like_jwt(cred) {
             info.scheme = AuthScheme::BearerJwt;
-            let (summary, principal) = decode_jwt(cred, hasher, now_ns);
+            let (summary, principal) = cache.decode(cred, hasher, now_ns);
             info.principal = Some(principal);
             info.jwt = Some(summary);
         } else {
@@ -354,4 +362,49 @@ pub fn decode_jwt(token: &str, hasher: &SaltedHasher, now_ns: u64) -> (JwtSummar
         None => hasher.hash("jwt_token", &[token.as_bytes()]),
     };
     (s, principal)
+}
+
+/// Recently decoded JWTs: clients present the same token on every call, so decoding (two
+/// base64 + JSON parses and hashing) is done once per token. Bounded; cleared when full.
+#[derive(Debug)]
+pub struct JwtCache {
+    state: ahash::RandomState,
+    entries: ahash::AHashMap<u64, (Box<str>, Arc<JwtSummary>, String)>,
+    cap: usize,
+}
+
+impl Default for JwtCache {
+    fn default() -> Self {
+        JwtCache { state: ahash::RandomState::new(), entries: Default::default(), cap: 1024 }
+    }
+}
+
+impl JwtCache {
+    /// Summary and principal of `token`, from the cache when the same token was seen.
+    pub fn decode(&mut self, token: &str, hasher: &SaltedHasher, now_ns: u64) -> (Arc<JwtSummary>, String) {
+        let token = &token[..token.len().min(MAX_TOKEN)];
+        let h = self.state.hash_one(token);
+        let now_s = (now_ns / 1_000_000_000) as i64;
+        if let Some((t, summary, principal)) = self.entries.get_mut(&h)
+            && **t == *token
+        {
+            // Time-dependent flags are re-evaluated for this call.
+            let expired = summary.exp.is_some_and(|e| e < now_s);
+            let not_yet_valid = summary.nbf.is_some_and(|n| n > now_s);
+            if summary.expired != expired || summary.not_yet_valid != not_yet_valid {
+                let mut fresh = (**summary).clone();
+                fresh.expired = expired;
+                fresh.not_yet_valid = not_yet_valid;
+                *summary = Arc::new(fresh);
+            }
+            return (summary.clone(), principal.clone());
+        }
+        let (summary, principal) = decode_jwt(token, hasher, now_ns);
+        let summary = Arc::new(summary);
+        if self.entries.len() >= self.cap {
+            self.entries.clear();
+        }
+        self.entries.insert(h, (token.into(), summary.clone(), principal.clone()));
+        (summary, principal)
+    }
 }

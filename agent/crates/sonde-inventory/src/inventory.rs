@@ -139,6 +139,8 @@ pub struct Inventory {
     facts: BodyFacts,
     text_buf: String,
     caller_cache: (Option<(ConnId, Role, Option<SocketAddr>)>, String),
+    service_cache: Option<(ConnId, u32)>,
+    jwt_cache: auth::JwtCache,
 }
 
 impl std::fmt::Debug for Inventory {
@@ -268,6 +270,8 @@ impl Inventory {
             facts: BodyFacts::default(),
             text_buf: String::new(),
             caller_cache: (None, String::new()),
+            service_cache: None,
+            jwt_cache: auth::JwtCache::default(),
         }
     }
 
@@ -420,7 +424,7 @@ impl Inventory {
         let path = grpc_path.as_deref().unwrap_or(&ex.request.path);
         let (eid, new_endpoint) =
             self.endpoint_for(sid, midx, &method, path, grpc_path.is_some(), now_ns);
-        let auth = auth::analyse(&ex.request, &self.hasher, now_ns);
+        let auth = auth::analyse(&ex.request, &self.hasher, now_ns, &mut self.jwt_cache);
         let mut hits = Vec::new();
         self.update_stats(eid, ex, &auth, now_ns);
         self.scan_headers(eid, &ex.request.headers, Location::RequestHeader, &mut hits);
@@ -468,6 +472,21 @@ impl Inventory {
     }
 
     fn service_for(&mut self, ex: &Exchange) -> u32 {
+        // Calls of one connection nearly always share a service: a one-entry cache skips the
+        // hashing and comparisons.
+        if let Some((id, sid)) = &self.service_cache
+            && *id == ex.conn.id
+            && self.services.get(*sid as usize).is_some_and(|s| s.addr == ex.conn.server_addr())
+            && self.services[*sid as usize].key.authority.as_deref() == ex.request.authority.as_deref()
+        {
+            return *sid;
+        }
+        let sid = self.service_lookup(ex);
+        self.service_cache = Some((ex.conn.id, sid));
+        sid
+    }
+
+    fn service_lookup(&mut self, ex: &Exchange) -> u32 {
         let conn = &ex.conn;
         let addr = conn.server_addr();
         let process = match conn.role {
@@ -598,8 +617,9 @@ impl Inventory {
             return self.overflow_endpoint(sid, midx, method, now_ns);
         }
         // Absolute-form targets (proxies): drop scheme and authority.
-        let path = match path.find("://") {
-            Some(i) if !path.starts_with('/') => {
+        let absolute = if path.starts_with('/') { None } else { path.find("://") };
+        let path = match absolute {
+            Some(i) => {
                 path[i + 3..].find('/').map_or("/", |p| &path[i + 3 + p..])
             }
             _ => path,
