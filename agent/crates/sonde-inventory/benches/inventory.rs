@@ -9,9 +9,12 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
-use sonde_inventory::{Inventory, InventoryConfig};
 use sonde_inventory::schema::{BodyFacts, walk_json};
-use sonde_model::{Body, ConnId, ConnMeta, Exchange, ExchangeFlags, Header, HttpVersion, ProcessInfo, Request, Response, Role};
+use sonde_inventory::{Inventory, InventoryConfig};
+use sonde_model::{
+    Body, ConnId, ConnMeta, Exchange, ExchangeFlags, Header, HttpVersion, ProcessInfo, Request,
+    Response, Role,
+};
 
 /// Counts live heap bytes, for the memory-per-endpoint figure.
 struct Counting;
@@ -46,15 +49,29 @@ fn conn() -> Arc<ConnMeta> {
     let local: SocketAddr = "10.0.0.1:8080".parse().unwrap_or_else(|_| unreachable!());
     let remote: SocketAddr = "10.0.0.9:51000".parse().unwrap_or_else(|_| unreachable!());
     Arc::new(ConnMeta {
-        id: ConnId { tgid: 1, fd: 3, generation: 0 },
+        id: ConnId {
+            tgid: 1,
+            fd: 3,
+            generation: 0,
+        },
         role: Role::Server,
-        process: ProcessInfo { pid: 1, comm: "api".into(), cgroup_id: 0 },
+        process: ProcessInfo {
+            pid: 1,
+            comm: "api".into(),
+            cgroup_id: 0,
+        },
         local: Some(local),
         remote: Some(remote),
     })
 }
 
-fn exchange(conn: &Arc<ConnMeta>, method: &str, path: String, req_body: Body, resp_body: Body) -> Exchange {
+fn exchange(
+    conn: &Arc<ConnMeta>,
+    method: &str,
+    path: String,
+    req_body: Body,
+    resp_body: Body,
+) -> Exchange {
     Exchange {
         conn: conn.clone(),
         version: HttpVersion::Http11,
@@ -64,7 +81,11 @@ fn exchange(conn: &Arc<ConnMeta>, method: &str, path: String, req_body: Body, re
             authority: Some("api.example.com".into()),
             path,
             query: None,
-            headers: vec![Header::new("user-agent", "wrk"), Header::new("accept", "application/json"), Header::new("x-request-id", "4bf92f3577b34da6")],
+            headers: vec![
+                Header::new("user-agent", "wrk"),
+                Header::new("accept", "application/json"),
+                Header::new("x-request-id", "4bf92f3577b34da6"),
+            ],
             trailers: vec![],
             body: req_body,
             ts_start_ns: NOW,
@@ -73,7 +94,10 @@ fn exchange(conn: &Arc<ConnMeta>, method: &str, path: String, req_body: Body, re
         response: Some(Response {
             status: 200,
             reason: "OK".into(),
-            headers: vec![Header::new("content-type", "application/json"), Header::new("content-length", "512")],
+            headers: vec![
+                Header::new("content-type", "application/json"),
+                Header::new("content-length", "512"),
+            ],
             trailers: vec![],
             body: resp_body,
             ts_start_ns: NOW + 50_000,
@@ -87,7 +111,10 @@ fn exchange(conn: &Arc<ConnMeta>, method: &str, path: String, req_body: Body, re
 /// 1000 exchanges over 40 templates with varying ids, no bodies.
 fn no_body_mix() -> Vec<Exchange> {
     let c = conn();
-    let resources = ["users", "orders", "invoices", "products", "carts", "reviews", "sessions", "teams", "projects", "files"];
+    let resources = [
+        "users", "orders", "invoices", "products", "carts", "reviews", "sessions", "teams",
+        "projects", "files",
+    ];
     (0..1000u32)
         .map(|i| {
             let r = resources[(i % 10) as usize];
@@ -97,7 +124,13 @@ fn no_body_mix() -> Vec<Exchange> {
                 2 => format!("/api/v1/{r}/{}/history", 1000 + i * 7),
                 _ => format!("/api/v1/{r}/3fa85f64-5717-4562-b3fc-{:012x}", i),
             };
-            exchange(&c, if i % 5 == 0 { "POST" } else { "GET" }, path, Body::default(), Body::default())
+            exchange(
+                &c,
+                if i % 5 == 0 { "POST" } else { "GET" },
+                path,
+                Body::default(),
+                Body::default(),
+            )
         })
         .collect()
 }
@@ -126,7 +159,12 @@ fn json_sample() -> Vec<u8> {
 }
 
 fn body(b: &[u8]) -> Body {
-    Body { declared_len: Some(b.len() as u64), wire_len: b.len() as u64, sample: Bytes::copy_from_slice(b), ..Body::default() }
+    Body {
+        declared_len: Some(b.len() as u64),
+        wire_len: b.len() as u64,
+        sample: Bytes::copy_from_slice(b),
+        ..Body::default()
+    }
 }
 
 fn memory_per_endpoint() {
@@ -135,7 +173,10 @@ fn memory_per_endpoint() {
     let small = &sample[..2048];
     let before = LIVE.load(Ordering::Relaxed);
     // No learning, so that each of the 1000 templates stays its own endpoint.
-    let cfg = InventoryConfig { param_min_distinct: 1_000_000, ..InventoryConfig::default() };
+    let cfg = InventoryConfig {
+        param_min_distinct: 1_000_000,
+        ..InventoryConfig::default()
+    };
     let mut inv = Inventory::new(cfg.clone());
     let n = 1000u32;
     for round in 0..5u32 {
@@ -152,7 +193,9 @@ fn memory_per_endpoint() {
     let bytes = LIVE.load(Ordering::Relaxed) - before;
     println!(
         "memory: {endpoints} endpoints (5 calls each, JSON responses with {} schema fields), {} bytes heap total, {} bytes per endpoint (estimate from sizes: {})",
-        inv.endpoints().next().map_or(0, |r| r.response_schema.fields.len()),
+        inv.endpoints()
+            .next()
+            .map_or(0, |r| r.response_schema.fields.len()),
         bytes,
         bytes / endpoints.max(1) as isize,
         inv.approx_heap_bytes() / endpoints.max(1)
@@ -160,12 +203,22 @@ fn memory_per_endpoint() {
     let before = LIVE.load(Ordering::Relaxed);
     let mut bare = Inventory::new(cfg);
     for i in 0..n {
-        let ex = exchange(&c, "GET", format!("/svc{}/res{}", i % 50, i / 50), Body::default(), Body::default());
+        let ex = exchange(
+            &c,
+            "GET",
+            format!("/svc{}/res{}", i % 50, i / 50),
+            Body::default(),
+            Body::default(),
+        );
         black_box(bare.observe(&ex, NOW));
     }
     let _ = bare.take_dirty();
     let bytes = LIVE.load(Ordering::Relaxed) - before;
-    println!("memory: {} bodiless endpoints, {} bytes per endpoint", bare.endpoints().count(), bytes / bare.endpoints().count().max(1) as isize);
+    println!(
+        "memory: {} bodiless endpoints, {} bytes per endpoint",
+        bare.endpoints().count(),
+        bytes / bare.endpoints().count().max(1) as isize
+    );
     drop(inv);
     drop(bare);
 }
@@ -189,7 +242,9 @@ fn benches(c: &mut Criterion) {
     let token = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwiaXNzIjoiaHR0cHM6Ly9pZHAiLCJleHAiOjE3ODAwMDM2MDB9.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
     let mut jwt_mix = mix.clone();
     for ex in &mut jwt_mix {
-        ex.request.headers.push(Header::new("authorization", format!("Bearer {token}")));
+        ex.request
+            .headers
+            .push(Header::new("authorization", format!("Bearer {token}")));
     }
     g.bench_function("no_body_bearer_jwt_1000_exchanges", |b| {
         b.iter(|| {
@@ -210,11 +265,21 @@ fn benches(c: &mut Criterion) {
             black_box(walk_json(black_box(&sample), 8, 256, &mut facts))
         })
     });
-    g.bench_function("scan_text_only_16k", |b| b.iter(|| black_box(sonde_inventory::sensitive::scan_text(black_box(&sample)))));
+    g.bench_function("scan_text_only_16k", |b| {
+        b.iter(|| black_box(sonde_inventory::sensitive::scan_text(black_box(&sample))))
+    });
     let cn = conn();
-    let with_body = exchange(&cn, "GET", "/api/v1/customers".into(), Body::default(), body(&sample));
+    let with_body = exchange(
+        &cn,
+        "GET",
+        "/api/v1/customers".into(),
+        Body::default(),
+        body(&sample),
+    );
     let mut inv2 = Inventory::default();
-    g.bench_function("observe_16k_json_response", |b| b.iter(|| black_box(inv2.observe(&with_body, NOW))));
+    g.bench_function("observe_16k_json_response", |b| {
+        b.iter(|| black_box(inv2.observe(&with_body, NOW)))
+    });
     g.finish();
 }
 

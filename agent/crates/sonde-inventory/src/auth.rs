@@ -144,7 +144,12 @@ const MAX_TOKEN: usize = 8192;
 const MAX_CLAIM: usize = 256;
 
 /// Analyses the credentials of a request. `now_ns` is the call time (Unix ns) for `exp`/`nbf`.
-pub fn analyse(req: &Request, hasher: &SaltedHasher, now_ns: u64, cache: &mut JwtCache) -> AuthInfo {
+pub fn analyse(
+    req: &Request,
+    hasher: &SaltedHasher,
+    now_ns: u64,
+    cache: &mut JwtCache,
+) -> AuthInfo {
     let mut info = AuthInfo::default();
     if let Some(value) = find(&req.headers, "authorization") {
         analyse_authorization(value, hasher, now_ns, cache, &mut info);
@@ -375,13 +380,22 @@ pub struct JwtCache {
 
 impl Default for JwtCache {
     fn default() -> Self {
-        JwtCache { state: ahash::RandomState::new(), entries: Default::default(), cap: 1024 }
+        JwtCache {
+            state: ahash::RandomState::new(),
+            entries: Default::default(),
+            cap: 1024,
+        }
     }
 }
 
 impl JwtCache {
     /// Summary and principal of `token`, from the cache when the same token was seen.
-    pub fn decode(&mut self, token: &str, hasher: &SaltedHasher, now_ns: u64) -> (Arc<JwtSummary>, String) {
+    pub fn decode(
+        &mut self,
+        token: &str,
+        hasher: &SaltedHasher,
+        now_ns: u64,
+    ) -> (Arc<JwtSummary>, String) {
         let token = &token[..token.len().min(MAX_TOKEN)];
         let h = self.state.hash_one(token);
         let now_s = (now_ns / 1_000_000_000) as i64;
@@ -404,7 +418,8 @@ impl JwtCache {
         if self.entries.len() >= self.cap {
             self.entries.clear();
         }
-        self.entries.insert(h, (token.into(), summary.clone(), principal.clone()));
+        self.entries
+            .insert(h, (token.into(), summary.clone(), principal.clone()));
         (summary, principal)
     }
 }

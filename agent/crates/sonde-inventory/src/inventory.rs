@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sonde_model::{ConnId, Anomaly, Body, Evidence, Exchange, Header, OwaspCategory, Role, Severity};
+use sonde_model::{
+    Anomaly, Body, ConnId, Evidence, Exchange, Header, OwaspCategory, Role, Severity,
+};
 
 use crate::auth::{self, AuthInfo, AuthScheme};
 use crate::config::InventoryConfig;
@@ -476,8 +478,12 @@ impl Inventory {
         // hashing and comparisons.
         if let Some((id, sid)) = &self.service_cache
             && *id == ex.conn.id
-            && self.services.get(*sid as usize).is_some_and(|s| s.addr == ex.conn.server_addr())
-            && self.services[*sid as usize].key.authority.as_deref() == ex.request.authority.as_deref()
+            && self
+                .services
+                .get(*sid as usize)
+                .is_some_and(|s| s.addr == ex.conn.server_addr())
+            && self.services[*sid as usize].key.authority.as_deref()
+                == ex.request.authority.as_deref()
         {
             return *sid;
         }
@@ -564,11 +570,14 @@ impl Inventory {
         if let Some(id) = self.overflow_service {
             return id;
         }
-        let id = self.push_service(ServiceKey {
-            address: None,
-            process: None,
-            authority: Some("{overflow}".into()),
-        }, None);
+        let id = self.push_service(
+            ServiceKey {
+                address: None,
+                process: None,
+                authority: Some("{overflow}".into()),
+            },
+            None,
+        );
         self.overflow_service = Some(id);
         id
     }
@@ -617,11 +626,13 @@ impl Inventory {
             return self.overflow_endpoint(sid, midx, method, now_ns);
         }
         // Absolute-form targets (proxies): drop scheme and authority.
-        let absolute = if path.starts_with('/') { None } else { path.find("://") };
+        let absolute = if path.starts_with('/') {
+            None
+        } else {
+            path.find("://")
+        };
         let path = match absolute {
-            Some(i) => {
-                path[i + 3..].find('/').map_or("/", |p| &path[i + 3 + p..])
-            }
+            Some(i) => path[i + 3..].find('/').map_or("/", |p| &path[i + 3 + p..]),
             _ => path,
         };
         self.seg_ranges.clear();
@@ -1183,7 +1194,8 @@ impl Inventory {
             self.caller_cache.0 = Some(conn_key);
         }
         if !self.caller_cache.1.is_empty() {
-            rec.callers.add(&self.caller_cache.1, 1, cfg.max_callers_per_endpoint);
+            rec.callers
+                .add(&self.caller_cache.1, 1, cfg.max_callers_per_endpoint);
         }
     }
 

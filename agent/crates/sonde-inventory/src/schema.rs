@@ -152,13 +152,23 @@ impl BodyFacts {
         self.outcome = None;
     }
 
-    fn push(&mut self, path: String, name: &[u8], inherit: Option<usize>, cap: usize) -> Option<usize> {
+    fn push(
+        &mut self,
+        path: String,
+        name: &[u8],
+        inherit: Option<usize>,
+        cap: usize,
+    ) -> Option<usize> {
         if self.fields.len() >= cap {
             self.dropped += 1;
             return None;
         }
         let facts = match inherit.and_then(|i| self.fields.get(i)) {
-            Some((_, parent)) => FieldFacts { types: 0, kinds: KindSet::EMPTY, ..*parent },
+            Some((_, parent)) => FieldFacts {
+                types: 0,
+                kinds: KindSet::EMPTY,
+                ..*parent
+            },
             None => {
                 let name = std::str::from_utf8(name).unwrap_or("");
                 FieldFacts {
@@ -176,7 +186,11 @@ impl BodyFacts {
 
     /// The document root `$`.
     fn root(&mut self, cap: usize) -> Option<usize> {
-        if self.tree.is_empty() { self.push("$".to_owned(), b"", None, cap) } else { Some(0) }
+        if self.tree.is_empty() {
+            self.push("$".to_owned(), b"", None, cap)
+        } else {
+            Some(0)
+        }
     }
 
     /// Child of `parent` for object key `key` (raw bytes); keys that are values (ids, emails)
@@ -196,14 +210,20 @@ impl BodyFacts {
                 return Some(node.children[i].1);
             }
         }
-        let label: &[u8] = match classify_segment(key) {
+        let typed = classify_segment(key);
+        let label: &[u8] = match typed {
             Some(kind) => kind.placeholder().as_bytes(),
             None => key,
         };
-        if label.as_ptr() != key.as_ptr() {
-            if let Some(&(_, idx)) = self.tree.get(parent)?.children.iter().find(|(k, _)| **k == *label) {
-                return Some(idx);
-            }
+        if typed.is_some()
+            && let Some(&(_, idx)) = self
+                .tree
+                .get(parent)?
+                .children
+                .iter()
+                .find(|(k, _)| **k == *label)
+        {
+            return Some(idx);
         }
         let parent_path = &self.fields.get(parent)?.0;
         let mut path = String::with_capacity(parent_path.len() + 1 + label.len());
@@ -292,9 +312,20 @@ struct Walker<'a, 'f> {
 const MAX_KEY: usize = 64;
 
 /// Walks a JSON sample, recording every field path with its types and sensitive kinds.
-pub fn walk_json(sample: &[u8], max_depth: usize, max_fields: usize, facts: &mut BodyFacts) -> WalkOutcome {
+pub fn walk_json(
+    sample: &[u8],
+    max_depth: usize,
+    max_fields: usize,
+    facts: &mut BodyFacts,
+) -> WalkOutcome {
     facts.is_json = true;
-    let mut w = Walker { b: sample, pos: 0, facts, max_depth, max_fields };
+    let mut w = Walker {
+        b: sample,
+        pos: 0,
+        facts,
+        max_depth,
+        max_fields,
+    };
     let outcome = w.run();
     w.facts.outcome = Some(outcome);
     outcome
@@ -332,96 +363,114 @@ impl Walker<'_, '_> {
                 };
             };
             match step {
-                Step::Value => {
-                    match c {
-                        b'{' | b'[' => {
-                            let bit = if c == b'{' { JsonTypes::OBJECT } else { JsonTypes::ARRAY };
-                            self.facts.mark(cur, bit, KindSet::EMPTY);
-                            if stack.len() >= self.max_depth {
-                                match self.skip_container() {
-                                    Some(()) => step = Step::AfterValue,
-                                    None => return WalkOutcome::Truncated,
-                                }
+                Step::Value => match c {
+                    b'{' | b'[' => {
+                        let bit = if c == b'{' {
+                            JsonTypes::OBJECT
+                        } else {
+                            JsonTypes::ARRAY
+                        };
+                        self.facts.mark(cur, bit, KindSet::EMPTY);
+                        if stack.len() >= self.max_depth {
+                            match self.skip_container() {
+                                Some(()) => step = Step::AfterValue,
+                                None => return WalkOutcome::Truncated,
+                            }
+                            continue;
+                        }
+                        self.pos += 1;
+                        self.ws();
+                        if c == b'{' {
+                            if self.b.get(self.pos) == Some(&b'}') {
+                                self.pos += 1;
+                                step = Step::AfterValue;
                                 continue;
                             }
-                            self.pos += 1;
-                            self.ws();
-                            if c == b'{' {
-                                if self.b.get(self.pos) == Some(&b'}') {
-                                    self.pos += 1;
-                                    step = Step::AfterValue;
-                                    continue;
-                                }
-                                stack.push(Frame { kind: FrameKind::Object, slot: cur });
-                                match self.key(cur) {
-                                    Ok(slot) => cur = slot,
-                                    Err(o) => return o,
-                                }
-                            } else {
-                                if self.b.get(self.pos) == Some(&b']') {
-                                    self.pos += 1;
-                                    step = Step::AfterValue;
-                                    continue;
-                                }
-                                let items = cur.and_then(|p| self.facts.items(p, cap));
-                                stack.push(Frame { kind: FrameKind::Array, slot: items });
-                                cur = items;
+                            stack.push(Frame {
+                                kind: FrameKind::Object,
+                                slot: cur,
+                            });
+                            match self.key(cur) {
+                                Ok(slot) => cur = slot,
+                                Err(o) => return o,
                             }
-                        }
-                        b'"' => {
-                            let Some((s, e, escaped)) = self.string() else {
-                                return WalkOutcome::Truncated;
-                            };
-                            if let Some(idx) = cur {
-                                let kinds = self.scan_string(s, e, escaped, idx);
-                                self.facts.mark(cur, JsonTypes::STRING, kinds);
-                            }
-                            step = Step::AfterValue;
-                        }
-                        b'-' | b'0'..=b'9' => {
-                            let s = self.pos;
-                            let mut integer = true;
-                            while let Some(&d) = self.b.get(self.pos) {
-                                match d {
-                                    b'0'..=b'9' | b'-' => {}
-                                    b'.' | b'e' | b'E' | b'+' => integer = false,
-                                    _ => break,
-                                }
+                        } else {
+                            if self.b.get(self.pos) == Some(&b']') {
                                 self.pos += 1;
+                                step = Step::AfterValue;
+                                continue;
                             }
-                            let digits = &self.b[s..self.pos];
-                            let mut kinds = KindSet::EMPTY;
-                            if integer && digits.len() >= 7 {
-                                kinds = sensitive::scan_text(digits);
-                                if let Some(k) = cur.and_then(|i| self.facts.fields.get(i)).and_then(|(_, f)| f.numeric_kind)
-                                    && sensitive::numeric_kind_fits(k, digits.len())
-                                {
-                                    kinds.insert(k);
-                                }
-                            }
-                            self.facts.mark(cur, if integer { JsonTypes::INTEGER } else { JsonTypes::NUMBER }, kinds);
-                            step = Step::AfterValue;
+                            let items = cur.and_then(|p| self.facts.items(p, cap));
+                            stack.push(Frame {
+                                kind: FrameKind::Array,
+                                slot: items,
+                            });
+                            cur = items;
                         }
-                        b't' | b'f' | b'n' => {
-                            let (lit, bit): (&[u8], u8) = match c {
-                                b't' => (b"true", JsonTypes::BOOLEAN),
-                                b'f' => (b"false", JsonTypes::BOOLEAN),
-                                _ => (b"null", JsonTypes::NULL),
-                            };
-                            let avail = &self.b[self.pos..self.b.len().min(self.pos + lit.len())];
-                            if avail != &lit[..avail.len()] {
-                                return WalkOutcome::Invalid { offset: self.pos };
-                            }
-                            if avail.len() < lit.len() {
-                                return WalkOutcome::Truncated;
-                            }
-                            self.pos += lit.len();
-                            self.facts.mark(cur, bit, KindSet::EMPTY);
-                            step = Step::AfterValue;
-                        }
-                        _ => return WalkOutcome::Invalid { offset: self.pos },
                     }
-                }
+                    b'"' => {
+                        let Some((s, e, escaped)) = self.string() else {
+                            return WalkOutcome::Truncated;
+                        };
+                        if let Some(idx) = cur {
+                            let kinds = self.scan_string(s, e, escaped, idx);
+                            self.facts.mark(cur, JsonTypes::STRING, kinds);
+                        }
+                        step = Step::AfterValue;
+                    }
+                    b'-' | b'0'..=b'9' => {
+                        let s = self.pos;
+                        let mut integer = true;
+                        while let Some(&d) = self.b.get(self.pos) {
+                            match d {
+                                b'0'..=b'9' | b'-' => {}
+                                b'.' | b'e' | b'E' | b'+' => integer = false,
+                                _ => break,
+                            }
+                            self.pos += 1;
+                        }
+                        let digits = &self.b[s..self.pos];
+                        let mut kinds = KindSet::EMPTY;
+                        if integer && digits.len() >= 7 {
+                            kinds = sensitive::scan_text(digits);
+                            if let Some(k) = cur
+                                .and_then(|i| self.facts.fields.get(i))
+                                .and_then(|(_, f)| f.numeric_kind)
+                                && sensitive::numeric_kind_fits(k, digits.len())
+                            {
+                                kinds.insert(k);
+                            }
+                        }
+                        self.facts.mark(
+                            cur,
+                            if integer {
+                                JsonTypes::INTEGER
+                            } else {
+                                JsonTypes::NUMBER
+                            },
+                            kinds,
+                        );
+                        step = Step::AfterValue;
+                    }
+                    b't' | b'f' | b'n' => {
+                        let (lit, bit): (&[u8], u8) = match c {
+                            b't' => (b"true", JsonTypes::BOOLEAN),
+                            b'f' => (b"false", JsonTypes::BOOLEAN),
+                            _ => (b"null", JsonTypes::NULL),
+                        };
+                        let avail = &self.b[self.pos..self.b.len().min(self.pos + lit.len())];
+                        if avail != &lit[..avail.len()] {
+                            return WalkOutcome::Invalid { offset: self.pos };
+                        }
+                        if avail.len() < lit.len() {
+                            return WalkOutcome::Truncated;
+                        }
+                        self.pos += lit.len();
+                        self.facts.mark(cur, bit, KindSet::EMPTY);
+                        step = Step::AfterValue;
+                    }
+                    _ => return WalkOutcome::Invalid { offset: self.pos },
+                },
                 Step::AfterValue => {
                     let Some(&frame) = stack.last() else {
                         // Trailing bytes after a complete document.
@@ -505,7 +554,9 @@ impl Walker<'_, '_> {
         if raw.is_empty() {
             return kinds;
         }
-        let Some((_, f)) = self.facts.fields.get(idx) else { return kinds };
+        let Some((_, f)) = self.facts.fields.get(idx) else {
+            return kinds;
+        };
         if let Some(k) = f.name_kind {
             kinds.insert(k);
         }

@@ -264,7 +264,8 @@ pub fn scan_value(b: &[u8]) -> KindSet {
     let mut set = scan_text(b);
     if (3..=45).contains(&b.len())
         && b.contains(&b':')
-        && b.iter().all(|c| c.is_ascii_hexdigit() || *c == b':' || *c == b'.')
+        && b.iter()
+            .all(|c| c.is_ascii_hexdigit() || *c == b':' || *c == b'.')
         && std::str::from_utf8(b)
             .ok()
             .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok())

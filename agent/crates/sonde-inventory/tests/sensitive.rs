@@ -422,10 +422,18 @@ fn auth_schemes_table() {
         ..InventoryConfig::default()
     });
     assert_ne!(look(&mut salted, &valid).principal, a.principal);
-    assert_eq!(Some(SaltedHasher::new("").hash("jwt_sub", &[b"u1"])), j.sub_hash.clone());
+    assert_eq!(
+        Some(SaltedHasher::new("").hash("jwt_sub", &[b"u1"])),
+        j.sub_hash.clone()
+    );
     // A cached token is re-evaluated against the call time.
     let later = inv
-        .observe(&ex("GET", "/r").header("authorization", &format!("Bearer {valid}")).build(), NOW_NS + 3_600_000_000_000)
+        .observe(
+            &ex("GET", "/r")
+                .header("authorization", &format!("Bearer {valid}"))
+                .build(),
+            NOW_NS + 3_600_000_000_000,
+        )
         .auth;
     assert!(later.jwt.is_some_and(|j| j.expired));
 }

@@ -172,3 +172,37 @@ fn endpoint_cap_overflows_into_counted_bucket() {
         1
     );
 }
+
+#[test]
+fn grpc_endpoint_is_service_and_method() {
+    let mut inv = Inventory::new(InventoryConfig {
+        param_min_distinct: 3,
+        ..InventoryConfig::default()
+    });
+    // More methods than the learning threshold: gRPC names are never folded into `{param}`.
+    for m in ["SayHello", "SayBye", "Stream", "Ping", "Status"] {
+        let mut e = ex("POST", &format!("/helloworld.Greeter/{m}")).build();
+        e.version = sonde_model::HttpVersion::Http2;
+        e.grpc = Some(sonde_model::GrpcInfo {
+            service: "helloworld.Greeter".into(),
+            method: m.into(),
+            status: Some(0),
+            ..Default::default()
+        });
+        let info = inv.observe(&e, NOW_NS);
+        assert_eq!(&*info.template, format!("/helloworld.Greeter/{m}"));
+    }
+    assert_eq!(inv.endpoints().count(), 5);
+}
+
+#[test]
+fn config_defaults_from_empty_document() {
+    let cfg: InventoryConfig = serde_json::from_str("{}").expect("empty config");
+    assert_eq!(cfg, InventoryConfig::default());
+    let cfg: InventoryConfig =
+        serde_json::from_str(r#"{"salt":"s","param_min_distinct":7}"#).expect("partial config");
+    assert_eq!(
+        (cfg.salt.as_str(), cfg.param_min_distinct, cfg.max_services),
+        ("s", 7, 1024)
+    );
+}
