@@ -43,16 +43,30 @@ fn h2load_mix() -> Vec<peer::Call> {
 
 /// Header blocks of one direction's bytes, in order (HEADERS + CONTINUATION joined).
 fn header_blocks(wire: &[u8]) -> Vec<Vec<u8>> {
-    let mut pos = if wire.starts_with(PREFACE) { PREFACE.len() } else { 0 };
+    let mut pos = if wire.starts_with(PREFACE) {
+        PREFACE.len()
+    } else {
+        0
+    };
     let mut blocks = Vec::new();
     let mut pending = Vec::new();
     while let Some(h) = FrameHeader::peek(&wire[pos..]) {
         let end = pos + HEADER_LEN + h.length as usize;
-        let Some(payload) = wire.get(pos + HEADER_LEN..end) else { break };
+        let Some(payload) = wire.get(pos + HEADER_LEN..end) else {
+            break;
+        };
         pos = end;
         match frame::decode(&h, payload) {
-            Ok(Frame::Headers { fragment, end_headers, .. })
-            | Ok(Frame::Continuation { fragment, end_headers, .. }) => {
+            Ok(Frame::Headers {
+                fragment,
+                end_headers,
+                ..
+            })
+            | Ok(Frame::Continuation {
+                fragment,
+                end_headers,
+                ..
+            }) => {
                 pending.extend_from_slice(fragment);
                 if end_headers {
                     blocks.push(std::mem::take(&mut pending));
@@ -70,7 +84,10 @@ fn bench(c: &mut Criterion) {
     let (xs, stats) = peer::decode(&capture, &cfg);
     assert_eq!(xs.len(), CALLS, "{stats:?}");
     let bytes: usize = capture.iter().map(|(_, b)| b.len()).sum();
-    eprintln!("capture: {} reads, {bytes} bytes, {CALLS} exchanges", capture.len());
+    eprintln!(
+        "capture: {} reads, {bytes} bytes, {CALLS} exchanges",
+        capture.len()
+    );
 
     let mut g = c.benchmark_group("connection");
     g.throughput(Throughput::Elements(CALLS as u64));
@@ -90,7 +107,11 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     let wire = |dir: Direction| -> Vec<u8> {
-        capture.iter().filter(|(d, _)| *d == dir).flat_map(|(_, b)| b.iter().copied()).collect()
+        capture
+            .iter()
+            .filter(|(d, _)| *d == dir)
+            .flat_map(|(_, b)| b.iter().copied())
+            .collect()
     };
     let requests = header_blocks(&wire(Direction::Ingress));
     let responses = header_blocks(&wire(Direction::Egress));

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub struct Http2Config {
     /// Bytes of body kept as a sample, per message (request and response each). Default 64 KiB.
     pub body_sample_bytes: usize,
+    /// Body sample bytes held at once across all open streams of a connection; past it, samples
+    /// of open streams stop growing (marked truncated, counted). Default 2 MiB.
+    pub max_connection_sample_bytes: usize,
     /// Streams tracked at once per connection; opening one more emits the oldest early (flagged
     /// truncated). Default 256.
     pub max_streams: usize,
@@ -38,6 +41,7 @@ impl Default for Http2Config {
     fn default() -> Self {
         Http2Config {
             body_sample_bytes: 64 * 1024,
+            max_connection_sample_bytes: 2 * 1024 * 1024,
             max_streams: 256,
             stream_timeout_ns: 30_000_000_000,
             max_header_block_bytes: 64 * 1024,

@@ -121,6 +121,8 @@ pub struct Connection {
     stats: Http2Stats,
     frame_errors: u64,
     abandoned: bool,
+    /// Capacity of the body samples of open streams (bounded by `max_connection_sample_bytes`).
+    sample_bytes_held: usize,
 }
 
 impl Connection {
@@ -263,6 +265,7 @@ impl Connection {
             stats: Http2Stats::default(),
             frame_errors: 0,
             abandoned: false,
+            sample_bytes_held: 0,
         }
     }
 
@@ -1013,7 +1016,6 @@ impl Connection {
     }
 
     fn data_chunk(&mut self, d: Direction, stream_id: u32, chunk: &[u8], ts: u64) {
-        let limit = self.cfg.body_sample_bytes;
         let Some(side) = self.side(d) else { return };
         let Some(s) = self.streams.get_mut(&stream_id) else {
             return;
@@ -1024,13 +1026,25 @@ impl Connection {
             Side::Request => s.request.as_mut(),
             Side::Response => s.response.as_mut(),
         };
-        if let Some(msg) = msg {
-            msg.body.data(chunk, limit);
-            if grpc {
-                msg.grpc.feed(chunk);
-            }
-            msg.ts_end_ns = ts;
+        let Some(msg) = msg else { return };
+        let budget = self
+            .cfg
+            .max_connection_sample_bytes
+            .saturating_sub(self.sample_bytes_held);
+        let before = msg.body.sample.capacity();
+        let limit = self
+            .cfg
+            .body_sample_bytes
+            .min(before.saturating_add(budget));
+        if limit < self.cfg.body_sample_bytes && msg.body.sample.len() + chunk.len() > limit {
+            self.stats.samples_cut_by_budget += 1;
         }
+        msg.body.data(chunk, limit);
+        self.sample_bytes_held += msg.body.sample.capacity().saturating_sub(before);
+        if grpc {
+            msg.grpc.feed(chunk);
+        }
+        msg.ts_end_ns = ts;
     }
 
     fn data_missing(&mut self, d: Direction, stream_id: u32, len: u64) {
@@ -1073,6 +1087,12 @@ impl Connection {
     }
 
     fn emit(&mut self, id: u32, s: Stream, out: &mut Vec<Exchange>) {
+        let held: usize = [&s.request, &s.response]
+            .iter()
+            .filter_map(|m| m.as_ref())
+            .map(|m| m.body.sample.capacity())
+            .sum();
+        self.sample_bytes_held = self.sample_bytes_held.saturating_sub(held);
         if let Some(x) = build_exchange(&self.meta, id, s) {
             self.stats.exchanges += 1;
             out.push(x);
@@ -1180,10 +1200,15 @@ fn skip_or_header(remaining: u64) -> ReadState {
     }
 }
 
-fn split_path(path: &str) -> (String, Option<String>) {
-    match path.split_once('?') {
-        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-        None => (path.to_owned(), None),
+/// Splits `:path` into path and query, reusing the string for the path.
+fn split_path(mut path: String) -> (String, Option<String>) {
+    match path.find('?') {
+        Some(i) => {
+            let query = path.get(i + 1..).map(str::to_owned);
+            path.truncate(i);
+            (path, query)
+        }
+        None => (path, None),
     }
 }
 
@@ -1194,7 +1219,11 @@ fn build_exchange(meta: &Arc<ConnMeta>, id: u32, s: Stream) -> Option<Exchange> 
     if !req.ended && !reset {
         flags.insert(ExchangeFlags::TRUNCATED);
     }
-    let (path, query) = split_path(req.pseudo.path.as_deref().unwrap_or_default());
+    let host = match req.pseudo.authority {
+        Some(_) => None,
+        None => req.header("host").map(str::to_owned),
+    };
+    let (path, query) = split_path(req.pseudo.path.unwrap_or_default());
     let grpc_info = s.grpc.then(|| {
         let (service, method) = grpc::split_path(&path).unwrap_or_default();
         GrpcInfo {
@@ -1206,11 +1235,7 @@ fn build_exchange(meta: &Arc<ConnMeta>, id: u32, s: Stream) -> Option<Exchange> 
             ..GrpcInfo::default()
         }
     });
-    let authority = req
-        .pseudo
-        .authority
-        .clone()
-        .or_else(|| req.header("host").map(str::to_owned));
+    let authority = req.pseudo.authority.or(host);
     let request = Request {
         method: req.pseudo.method.unwrap_or_default(),
         authority,

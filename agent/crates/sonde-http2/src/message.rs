@@ -69,11 +69,20 @@ impl BlockFields {
     }
 }
 
+/// Header bytes as text; bytes that are not UTF-8 (obs-text) become U+FFFD.
+fn text(bytes: &[u8]) -> String {
+    // The strict check is much faster than the lossy path and almost always succeeds.
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
 /// Text of at most `limit` bytes (cut on a character boundary); whether it was cut.
 fn bounded_text(bytes: &[u8], limit: usize) -> (String, bool) {
     let cut = bytes.len() > limit;
     let bytes = bytes.get(..limit).unwrap_or(bytes);
-    let mut text = String::from_utf8_lossy(bytes).into_owned();
+    let mut text = text(bytes);
     if cut {
         // A cut multi-byte character decodes to U+FFFD at the end; drop it.
         while text.ends_with('\u{fffd}') {
@@ -97,6 +106,14 @@ pub(crate) struct BodyAcc {
 impl BodyAcc {
     pub fn data(&mut self, data: &[u8], limit: usize) {
         self.wire_len += data.len() as u64;
+        if self.sample.capacity() == 0 {
+            // One allocation for the usual body whose length was announced.
+            let expect = self
+                .declared_len
+                .map_or(data.len() as u64, |l| l.max(data.len() as u64));
+            self.sample
+                .reserve(usize::try_from(expect).unwrap_or(limit).min(limit));
+        }
         let room = limit.saturating_sub(self.sample.len());
         if data.len() > room {
             self.sample_truncated = true;

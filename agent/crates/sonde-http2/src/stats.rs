@@ -28,6 +28,8 @@ pub struct Http2Stats {
     pub abandoned: bool,
     /// Bytes ignored because their direction or the connection was abandoned.
     pub bytes_ignored: u64,
+    /// DATA chunks whose sample was cut because the connection's sample budget was spent.
+    pub samples_cut_by_budget: u64,
     pub streams_opened: u64,
     /// Streams emitted early because `max_streams` were already open.
     pub streams_evicted: u64,

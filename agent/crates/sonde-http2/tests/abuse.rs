@@ -488,3 +488,63 @@ mod random_input {
         }
     }
 }
+
+#[test]
+fn body_samples_of_open_streams_share_one_budget() {
+    let cfg = Http2Config::default();
+    let mut c = server();
+    let mut out = Vec::new();
+    let body = vec![b'z'; 16_000];
+    for i in 0..200u32 {
+        let sid = 2 * i + 1;
+        c.on_data(
+            C2S,
+            &frame(
+                kind::HEADERS,
+                flags::END_HEADERS,
+                sid,
+                &get_block("/upload"),
+            ),
+            1,
+            &mut out,
+        );
+        for _ in 0..5 {
+            c.on_data(C2S, &frame(kind::DATA, 0, sid, &body), 1, &mut out);
+        }
+        assert!(
+            c.buffered_bytes() <= cfg.max_connection_sample_bytes + 256 * 1024,
+            "{}",
+            c.buffered_bytes()
+        );
+    }
+    let s = c.stats();
+    assert_eq!(c.open_streams(), 200);
+    assert!(s.samples_cut_by_budget > 0);
+    c.on_close(2, &mut out);
+    assert_eq!(out.len(), 200);
+    // Early streams got full samples, later ones were cut; sizes are exact regardless.
+    assert_eq!(out[0].request.body.sample.len(), 64 * 1024);
+    assert!(out[199].request.body.sample.is_empty());
+    assert!(
+        out.iter()
+            .all(|x| x.request.body.wire_len == 80_000 && x.request.body.sample_truncated)
+    );
+    // Finished streams give their budget back.
+    c.on_data(
+        C2S,
+        &frame(kind::HEADERS, flags::END_HEADERS, 401, &get_block("/again")),
+        3,
+        &mut out,
+    );
+    c.on_data(
+        C2S,
+        &frame(kind::DATA, flags::END_STREAM, 401, b"fresh"),
+        3,
+        &mut out,
+    );
+    respond_ok(&mut c, 401, &mut out);
+    assert_eq!(
+        out.last().map(|x| x.request.body.sample.as_ref()),
+        Some(&b"fresh"[..])
+    );
+}

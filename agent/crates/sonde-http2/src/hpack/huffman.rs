@@ -44,6 +44,9 @@ struct Tables {
     first_index: [u16; MAX_LEN + 1],
     /// Symbols sorted by (length, symbol).
     symbols: [u16; 257],
+    /// Indexed by the next 8 bits: `(symbol << 8) | length` for codes of at most 8 bits, 0 when
+    /// the code is longer (then the per-length scan decides). Most header text is such symbols.
+    fast: [u16; 256],
 }
 
 const fn build_tables() -> Tables {
@@ -77,11 +80,28 @@ const fn build_tables() -> Tables {
         fill[l] += 1;
         sym += 1;
     }
+    let mut fast = [0u16; 256];
+    let mut i = 0;
+    while i < 257 {
+        let sym = symbols[i] as usize;
+        let l = CODE_LENGTHS[sym] as usize;
+        if l <= 8 {
+            let code = first_code[l] + (i as u32 - first_index[l] as u32);
+            let start = (code << (8 - l)) as usize;
+            let mut k = 0;
+            while k < (1 << (8 - l)) {
+                fast[start + k] = ((sym as u16) << 8) | l as u16;
+                k += 1;
+            }
+        }
+        i += 1;
+    }
     Tables {
         limit,
         first_code,
         first_index,
         symbols,
+        fast,
     }
 }
 
@@ -116,6 +136,16 @@ pub fn decode(src: &[u8], dst: &mut Vec<u8>) -> Result<(), HuffmanError> {
         }
         if nbits == 0 {
             return Ok(());
+        }
+        if nbits >= 8 {
+            let entry = t.fast[(acc >> 56) as usize];
+            if entry != 0 {
+                let len = u32::from(entry & 0xff);
+                dst.push((entry >> 8) as u8);
+                acc <<= len;
+                nbits -= len;
+                continue;
+            }
         }
         let top = acc >> 32;
         let mut len = 5;
