@@ -597,3 +597,25 @@ fn config_round_trips_with_defaults() {
         Some(ConfigError::Zero("max_pipelined"))
     );
 }
+
+#[test]
+fn upgrade_refused_before_the_request_body_ended() {
+    let (out, _) = run(&[
+        Piece::Data(
+            C,
+            b"POST /ws HTTP/1.1\r\nUpgrade: websocket\r\nContent-Length: 6\r\n\r\nab",
+        ),
+        Piece::Data(S, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"),
+        Piece::Data(C, b"cdefGET /next HTTP/1.1\r\n\r\n"),
+        Piece::Data(S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    ]);
+    let got: Vec<_> = out.iter().map(summary).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("POST".into(), "/ws".into(), Some(400)),
+            ("GET".into(), "/next".into(), Some(200))
+        ]
+    );
+    assert_eq!(&out[0].request.body.sample[..], b"abcdef");
+}

@@ -131,6 +131,8 @@ pub(crate) struct DirParser {
     body_seen: u64,
     /// Whether an announced-but-maybe-skipped body has been decided on.
     skip_decided: bool,
+    /// Upgrade/CONNECT verdict received while the request was still being parsed.
+    early_verdict: Option<bool>,
     pub ignored_bytes: u64,
 }
 
@@ -149,6 +151,7 @@ impl DirParser {
             head_ts: 0,
             body_seen: 0,
             skip_decided: false,
+            early_verdict: None,
             ignored_bytes: 0,
         }
     }
@@ -170,6 +173,11 @@ impl DirParser {
     /// parsing the held bytes as HTTP/1.
     pub fn release(&mut self, switched: bool, ts_ns: u64, h: &mut impl Handler) {
         if !matches!(self.state, State::Held) {
+            // The verdict came before the request ended (its body is still streaming): apply
+            // it when the request ends.
+            if self.in_message && self.hold_after {
+                self.early_verdict = Some(switched);
+            }
             return;
         }
         if switched {
@@ -299,10 +307,10 @@ impl DirParser {
         }
         self.in_message = false;
         self.buf.clear();
-        self.state = if self.hold_after && complete {
-            State::Held
-        } else {
-            State::Start
+        self.state = match (self.hold_after && complete, self.early_verdict.take()) {
+            (true, Some(true)) => State::Tunnel,
+            (true, None) => State::Held,
+            _ => State::Start,
         };
         self.hold_after = false;
     }
