@@ -107,6 +107,10 @@ struct Stream {
 /// one that sends the preface, else the one `ConnMeta::role` names, else the one whose first
 /// header block carries `:method`. Each finished stream becomes one [`Exchange`]; bodies are
 /// sampled as sent (`Body::encoding` names a content-encoding, which is not undone here).
+///
+/// Header fields that cannot be resolved (HPACK state unknown after a late join or lost bytes)
+/// are left out and the exchange is flagged `HEADERS_CUT`; an unresolved pseudo-header leaves
+/// its field empty (`method`, `path`) or `0` (`status`). Such fields are never guessed.
 #[derive(Debug)]
 pub struct Connection {
     meta: Arc<ConnMeta>,

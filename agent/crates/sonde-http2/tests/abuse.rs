@@ -321,25 +321,24 @@ fn stream_timeouts_emit_idle_streams() {
     };
     let mut c = Connection::new(meta(Role::Client), &cfg);
     let mut out = Vec::new();
-    c.on_data(S2C.opposite(), PREFACE, 0, &mut out);
-    // Role::Client: requests are Egress.
-    c.on_data(
-        Direction::Egress,
-        &frame(
-            kind::HEADERS,
-            flags::END_HEADERS | flags::END_STREAM,
-            1,
-            &get_block("/slow"),
-        ),
-        10,
-        &mut out,
+    // Role::Client: the owner writes the preface and the requests (Egress).
+    c.on_data(Direction::Egress, PREFACE, 0, &mut out);
+    let slow = get_block("/slow");
+    let headers = frame(
+        kind::HEADERS,
+        flags::END_HEADERS | flags::END_STREAM,
+        1,
+        &slow,
     );
+    c.on_data(Direction::Egress, &headers, 10, &mut out);
+    assert_eq!(c.stats().preface_mismatches, 0);
     c.tick(500, &mut out);
     assert!(out.is_empty());
     c.tick(2_000, &mut out);
     assert_eq!(out.len(), 1);
     assert!(out[0].flags.contains(ExchangeFlags::RESPONSE_MISSING));
     assert_eq!(c.stats().streams_timed_out, 1);
+    assert_eq!(c.stats().frame_errors_total(), 0);
 }
 
 #[test]

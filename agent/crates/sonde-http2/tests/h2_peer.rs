@@ -100,6 +100,58 @@ fn concurrent_streams_rebuild_exactly() {
         assert!(x.request.ts_start_ns <= resp.ts_end_ns);
     }
     assert!(matched.iter().all(|m| *m));
+
+    // The streams really were concurrent on the wire.
+    let mut c = Connection::new(peer::server_meta(), &Http2Config::default());
+    let mut out = Vec::new();
+    let mut most_open = 0;
+    for (d, b) in &capture {
+        c.on_data(*d, b, 0, &mut out);
+        most_open = most_open.max(c.open_streams());
+    }
+    assert!(most_open >= 10, "at most {most_open} streams open at once");
+}
+
+#[test]
+fn large_header_blocks_arrive_in_continuation_frames() {
+    let big = "v".repeat(40_000);
+    let calls = vec![
+        Call::get("/big-headers")
+            .header("cookie", &big)
+            .header("x-after", "kept"),
+        Call::get("/next").header("x-resp-len", "3"),
+    ];
+    let (outcomes, capture) = peer::converse(calls, false);
+    assert_eq!(outcomes[0].status, Some(200));
+    let cfg = Http2Config::default();
+    let (xs, stats) = peer::decode(&capture, &cfg);
+    let xs = peer::by_stream(xs);
+    assert_eq!(xs.len(), 2, "{stats:?}");
+    let cookie = xs[0]
+        .request
+        .headers
+        .iter()
+        .find(|h| h.name == "cookie")
+        .expect("cookie");
+    assert!(cookie.value_truncated);
+    assert_eq!(cookie.value.len(), cfg.max_header_value_bytes);
+    assert!(big.starts_with(&cookie.value));
+    assert_eq!(xs[0].request_header("x-after"), Some("kept"));
+    assert_eq!(xs[1].request.path, "/next");
+    assert_eq!(stats.frame_errors_total(), 0);
+    // More than one frame carried the block: CONTINUATION was used.
+    let ingress: Vec<u8> = capture
+        .iter()
+        .filter(|(d, _)| *d == Direction::Ingress)
+        .flat_map(|(_, b)| b.iter().copied())
+        .collect();
+    let mut pos = sonde_http2::frame::PREFACE.len();
+    let mut continuations = 0;
+    while let Some(h) = sonde_http2::frame::FrameHeader::peek(&ingress[pos..]) {
+        continuations += usize::from(h.kind == sonde_http2::frame::kind::CONTINUATION);
+        pos += sonde_http2::frame::HEADER_LEN + h.length as usize;
+    }
+    assert!(continuations >= 1);
 }
 
 #[test]

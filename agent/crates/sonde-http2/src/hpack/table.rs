@@ -265,6 +265,33 @@ mod tests {
     }
 
     #[test]
+    fn unknown_name_is_accounted_at_its_lower_bound() {
+        // Encoder's view: max 100; "a: 1234567" (40) then "nm: v" (35) = 75, both kept.
+        let mut t = DynamicTable::unknown(65536);
+        t.set_max_size(100);
+        t.insert(Some(b"a"), b"1234567");
+        // Name copied from an entry we never saw: its length is unknown to us.
+        t.insert(None, b"v");
+        assert_eq!(
+            t.get(62),
+            Lookup::Found {
+                name: None,
+                value: b"v"
+            }
+        );
+        // Over-counting the unknown name would have evicted this entry, which the encoder still
+        // has and may refer to.
+        assert_eq!(
+            t.get(63),
+            Lookup::Found {
+                name: Some(b"a"),
+                value: b"1234567"
+            }
+        );
+        assert_eq!(t.size(), 40 + 33);
+    }
+
+    #[test]
     fn unknown_tail_clears_when_known_entries_fill_the_table() {
         let mut t = DynamicTable::unknown(65536);
         t.insert(Some(b"a"), b"b");
