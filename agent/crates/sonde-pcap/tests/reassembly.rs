@@ -823,3 +823,23 @@ fn pcapng_interfaces_keep_their_own_link_type_and_clock() {
     assert_eq!(r.stats.records, 2 * eth.frames.len() as u64 + 1);
     assert_eq!(r.stats.reassembly.segments_after_close, 1);
 }
+
+#[test]
+fn records_of_an_undecoded_link_type_are_counted() {
+    use pcap_file::DataLink;
+    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+    let header = PcapHeader {
+        datalink: DataLink::IEEE802_11,
+        ..PcapHeader::default()
+    };
+    let mut writer = PcapWriter::with_header(Vec::new(), header).expect("header");
+    for i in 0..3u64 {
+        let packet =
+            PcapPacket::new(Duration::from_secs(i), 4, &[1u8, 2, 3, 4][..]).expect("packet");
+        writer.write_packet(&packet).expect("write");
+    }
+    let r = read(writer.into_inner());
+    assert!(r.error.is_none());
+    assert!(r.events.is_empty());
+    assert_eq!((r.stats.records, r.stats.unsupported_link), (3, 3));
+}
