@@ -17,8 +17,9 @@ use sonde_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
@@ -570,6 +571,10 @@ impl BoundCollector {
             database = %config.database.display(),
             "collector serving"
         );
+        // Without TCP_NODELAY small replies wait on delayed ACKs (~40 ms per query on loopback).
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
         let signal = async move {
             shutdown.await;
             info!("collector shutting down");
@@ -580,7 +585,7 @@ impl BoundCollector {
             .add_service(reflection)
             .add_service(ingest)
             .add_service(query)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+            .serve_with_incoming_shutdown(incoming, signal);
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let mut stopped = stop_rx;
         tokio::select! {

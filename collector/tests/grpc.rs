@@ -966,3 +966,91 @@ async fn a_database_from_a_newer_collector_is_refused() -> anyhow::Result<()> {
     assert!(error.contains("newer than this collector"), "{error}");
     Ok(())
 }
+
+/// Sends arbitrary bytes as gRPC messages, to feed the server undecodable input.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let bytes = src.copy_to_bytes(src.remaining());
+        Ok(Some(bytes.to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn undecodable_bytes_are_answered_with_errors() -> anyhow::Result<()> {
+    let fx = Fixture::start().await?;
+    let channel = tonic::transport::Endpoint::from_shared(fx.url())?
+        .connect()
+        .await?;
+    // Field 1 as a length-delimited value claiming more bytes than follow; then a bad wire type.
+    let garbage: Vec<Vec<u8>> = vec![vec![0x0a, 0xff, 0xff, 0x03, 0x01], vec![0x0f, 0x0f, 0x0f]];
+    for bytes in garbage {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/sonde.v1.Ingest/Report");
+        let reply = grpc
+            .streaming(
+                tonic::Request::new(tokio_stream::iter(vec![bytes.clone()])),
+                path,
+                RawCodec,
+            )
+            .await;
+        match reply {
+            Err(status) => assert_ne!(status.code(), Code::Ok),
+            Ok(mut stream) => {
+                let next = stream.get_mut().message().await;
+                assert!(next.is_err(), "garbage ingest got {next:?}");
+            }
+        }
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await?;
+        let path =
+            tonic::codegen::http::uri::PathAndQuery::from_static("/sonde.v1.Query/ListEndpoints");
+        let reply = grpc.unary(tonic::Request::new(bytes), path, RawCodec).await;
+        assert!(reply.is_err(), "garbage query got an answer");
+    }
+    // Still serving.
+    let mut session = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
+    assert_eq!(
+        session
+            .batch_acked(batch(1, vec![endpoint("s", "GET", "/", 1)], vec![]))
+            .await?,
+        1
+    );
+    fx.collector.stop().await
+}

@@ -520,7 +520,7 @@ impl Worker {
             .iter()
             .filter(|p| p.seq() <= conn.sent_through)
             .count();
-        let mut room = self.config.max_in_flight.saturating_sub(in_flight);
+        let mut room = self.config.max_in_flight.max(1).saturating_sub(in_flight);
         let sent_through = conn.sent_through;
         for pending in self
             .spool
@@ -584,7 +584,18 @@ impl Worker {
                 self.pump();
             }
             Err(status) => {
-                debug!(code = ?status.code(), message = status.message(), "collector connection failed");
+                // Refusals that retrying will not fix deserve a warning; plain unreachability
+                // is expected while the collector is down and stays at debug.
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::InvalidArgument
+                ) {
+                    warn!(code = ?status.code(), message = status.message(), "collector refused this agent");
+                } else {
+                    debug!(code = ?status.code(), message = status.message(), "collector connection failed");
+                }
                 self.schedule_reconnect();
             }
         }

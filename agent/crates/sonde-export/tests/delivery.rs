@@ -451,3 +451,82 @@ async fn a_full_queue_is_visible_to_the_caller() -> anyhow::Result<()> {
     assert_eq!(stopped.pending_batches, 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_export_needs_the_agent_certificate() -> anyhow::Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let server_key = KeyPair::generate()?;
+    let server =
+        CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&server_key, &ca)?;
+    let agent_key = KeyPair::generate()?;
+    let agent = CertificateParams::new(vec!["agent-1".to_string()])?.signed_by(&agent_key, &ca)?;
+    let dir = tempfile::tempdir()?;
+    let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    let port = free_port()?;
+    let collector = sonde_collector::spawn(CollectorConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        database: dir.path().join("collector.db"),
+        synchronous_full: false,
+        tls: Some(sonde_collector::TlsConfig {
+            cert: write("server.pem", server.pem())?,
+            key: write("server.key", server_key.serialize_pem())?,
+            client_ca: Some(write("ca.pem", ca.pem())?),
+        }),
+        ..CollectorConfig::default()
+    })
+    .await?;
+    let tls = |identity: bool| sonde_export::ExportTls {
+        ca_cert_pem: ca.pem().into_bytes(),
+        client_identity_pem: identity.then(|| {
+            (
+                agent.pem().into_bytes(),
+                agent_key.serialize_pem().into_bytes(),
+            )
+        }),
+        domain: Some("localhost".into()),
+    };
+    let url = format!("https://127.0.0.1:{port}");
+
+    let mut without = exporter_config(port, dir.path().join("spool-without"));
+    without.collector_url = url.clone();
+    without.tls = Some(tls(false));
+    let refused = Exporter::start(without)?;
+    refused
+        .handle()
+        .send_endpoint(endpoint("/nocert", 1))
+        .await?;
+    refused.handle().flush().await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(refused.stats().acked_batches, 0);
+    assert_eq!(
+        refused.stats().pending_batches,
+        1,
+        "the refused batch stays spooled"
+    );
+    assert!(collector.store.list_agents()?.is_empty());
+    refused.shutdown(Duration::ZERO).await;
+
+    let mut with = exporter_config(port, dir.path().join("spool-with"));
+    with.collector_url = url;
+    with.tls = Some(tls(true));
+    let accepted = Exporter::start(with)?;
+    accepted
+        .handle()
+        .send_endpoint(endpoint("/cert", 1))
+        .await?;
+    accepted.handle().flush().await?;
+    wait_for("delivery over mTLS", Duration::from_secs(10), || {
+        accepted.stats().acked_batches == 1
+    })
+    .await?;
+    assert_eq!(calls_of(&collector, "/cert")?, 1);
+    accepted.shutdown(Duration::from_secs(1)).await;
+    collector.stop().await
+}
