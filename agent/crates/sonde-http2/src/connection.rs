@@ -1097,7 +1097,7 @@ impl Connection {
             .map(|m| m.body.sample.capacity())
             .sum();
         self.sample_bytes_held = self.sample_bytes_held.saturating_sub(held);
-        if let Some(x) = build_exchange(&self.meta, id, s) {
+        if let Some(x) = build_exchange(&self.meta, id, s, self.cfg.body_sample_bytes) {
             self.stats.exchanges += 1;
             out.push(x);
         }
@@ -1216,7 +1216,12 @@ fn split_path(mut path: String) -> (String, Option<String>) {
     }
 }
 
-fn build_exchange(meta: &Arc<ConnMeta>, id: u32, s: Stream) -> Option<Exchange> {
+fn build_exchange(
+    meta: &Arc<ConnMeta>,
+    id: u32,
+    s: Stream,
+    sample_limit: usize,
+) -> Option<Exchange> {
     let req = s.request?;
     let mut flags = s.flags;
     let reset = flags.contains(ExchangeFlags::RESET);
@@ -1247,7 +1252,7 @@ fn build_exchange(meta: &Arc<ConnMeta>, id: u32, s: Stream) -> Option<Exchange> 
         query,
         headers: req.headers,
         trailers: req.trailers,
-        body: req.body.finish(),
+        body: req.body.finish(sample_limit, req.ended),
         ts_start_ns: req.ts_start_ns,
         ts_end_ns: req.ts_end_ns,
     };
@@ -1280,7 +1285,7 @@ fn build_exchange(meta: &Arc<ConnMeta>, id: u32, s: Stream) -> Option<Exchange> 
                 reason: String::new(),
                 headers: resp.headers,
                 trailers: resp.trailers,
-                body: resp.body.finish(),
+                body: resp.body.finish(sample_limit, resp.ended),
                 ts_start_ns: resp.ts_start_ns,
                 ts_end_ns: resp.ts_end_ns,
             })

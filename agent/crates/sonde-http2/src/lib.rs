@@ -6,6 +6,7 @@
 
 pub mod config;
 mod connection;
+mod content;
 pub mod frame;
 pub mod grpc;
 pub mod hpack;

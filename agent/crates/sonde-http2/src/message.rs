@@ -128,15 +128,29 @@ impl BodyAcc {
         self.sample_truncated = true;
     }
 
-    pub fn finish(self) -> Body {
+    /// The final body: the sample is content-decoded (bounded by `limit`) when an encoding was
+    /// announced. `complete`: the message ended normally, so all of its body was seen.
+    pub fn finish(self, limit: usize, complete: bool) -> Body {
+        let mut sample = self.sample;
+        let mut sample_truncated = self.sample_truncated;
+        let mut decode_error = false;
+        if let Some(encoding) = &self.encoding
+            && !sample.is_empty()
+        {
+            let whole = complete && !self.sample_truncated && self.missing_len == 0;
+            let d = crate::content::decode(encoding, &sample, limit, whole);
+            decode_error = d.failed;
+            sample_truncated |= d.cut;
+            sample = d.output;
+        }
         Body {
             declared_len: self.declared_len,
             wire_len: self.wire_len,
             missing_len: self.missing_len,
-            sample: Bytes::from(self.sample),
-            sample_truncated: self.sample_truncated,
+            sample: Bytes::from(sample),
+            sample_truncated,
             encoding: self.encoding,
-            decode_error: false,
+            decode_error,
         }
     }
 }

@@ -387,3 +387,30 @@ fn gap_inside_a_data_frame_keeps_framing() {
     assert_eq!(xs[1].flags, ExchangeFlags::default());
     assert_eq!(c.stats().resyncs, 0);
 }
+
+#[test]
+fn gzip_bodies_are_sampled_decoded() {
+    let calls = vec![
+        Call::get("/small.json").header("x-gzip", "20"),
+        Call::get("/large.json").header("x-gzip", "20000"),
+    ];
+    let (_, capture) = peer::converse(calls, false);
+    let cfg = Http2Config::default();
+    let (xs, _) = peer::decode(&capture, &cfg);
+    let xs = peer::by_stream(xs);
+    assert_eq!(xs.len(), 2);
+    let small = &xs[0].response.as_ref().expect("response").body;
+    assert_eq!(small.encoding.as_deref(), Some("gzip"));
+    assert_eq!(small.sample, peer::plain_text(20));
+    assert!(!small.sample_truncated && !small.decode_error);
+    assert_eq!(Some(small.wire_len), small.declared_len);
+    let large = &xs[1].response.as_ref().expect("response").body;
+    let text = peer::plain_text(20_000);
+    assert!(
+        large.wire_len > 64 * 1024,
+        "compressed body must exceed the sample"
+    );
+    assert_eq!(large.sample.len(), cfg.body_sample_bytes);
+    assert_eq!(&large.sample[..], &text[..cfg.body_sample_bytes]);
+    assert!(large.sample_truncated && !large.decode_error);
+}

@@ -106,6 +106,20 @@ pub fn grpc_frame(payload: &[u8], compressed: bool) -> Vec<u8> {
     v
 }
 
+/// `n` JSON records, the plain text of `x-gzip` responses.
+pub fn plain_text(n: usize) -> Vec<u8> {
+    (0..n)
+        .flat_map(|i| format!("{{\"id\":{i},\"name\":\"user {i}\"}}\n").into_bytes())
+        .collect()
+}
+
+fn gzip_text(n: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(&plain_text(n)).expect("in-memory write");
+    e.finish().expect("in-memory finish")
+}
+
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
@@ -162,6 +176,21 @@ async fn serve_one(req: Request<h2::RecvStream>, mut respond: h2::server::SendRe
         );
         trailers.insert("grpc-message", HeaderValue::from_static("all%20done"));
         let _ = send.send_trailers(trailers);
+        return;
+    }
+    if let Some(n) = header(h, "x-gzip").and_then(|v| v.parse::<usize>().ok()) {
+        let body = gzip_text(n);
+        let resp = Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .header("content-length", body.len().to_string())
+            .body(())
+            .expect("response");
+        let Ok(mut send) = respond.send_response(resp, false) else {
+            return;
+        };
+        let _ = send.send_data(Bytes::from(body), true);
         return;
     }
     let status: u16 = header(h, "x-status")
