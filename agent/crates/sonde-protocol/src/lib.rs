@@ -240,7 +240,7 @@ fn on_data(
 ) {
     match &mut conn.proto {
         Protocol::Http1(h) => {
-            if let Some(switch) = h.data(dir, &bytes, ts_ns, cfg, stats, out) {
+            if let Some(switch) = h.data(dir, bytes, ts_ns, cfg, stats, out) {
                 switch_protocol(conn, switch, stats);
             }
         }
@@ -450,7 +450,7 @@ fn decide(
             for dir in [request_dir, request_dir.opposite()] {
                 for (bytes, ts) in &held[dir.index()] {
                     if let Protocol::Http1(h) = &mut conn.proto
-                        && let Some(switch) = h.data(dir, bytes, *ts, cfg, stats, out)
+                        && let Some(switch) = h.data(dir, bytes.clone(), *ts, cfg, stats, out)
                     {
                         switch_protocol(conn, switch, stats);
                     }

@@ -619,3 +619,41 @@ fn upgrade_refused_before_the_request_body_ended() {
     );
     assert_eq!(&out[0].request.body.sample[..], b"abcdef");
 }
+
+#[test]
+fn a_million_tiny_chunks_stay_bounded() {
+    let mut t = Tracker::new(TrackerConfig::default()).expect("valid");
+    let mut out = Vec::new();
+    let mut conv: Vec<u8> = b"POST /drip HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    while conv.len() < 1_000_000 {
+        conv.extend_from_slice(b"1;x=y\r\nz\r\n");
+    }
+    conv.extend_from_slice(b"0\r\n\r\n");
+    let data = Bytes::from(conv);
+    for i in 0..data.len() {
+        t.on_event(
+            CaptureEvent::Data(DataChunk {
+                conn: CONN,
+                direction: C,
+                source: Source::Syscall,
+                offset: i as u64,
+                len: 1,
+                data: data.slice(i..i + 1),
+                ts_ns: i as u64,
+                tid: 0,
+            }),
+            &mut out,
+        );
+    }
+    // The request waits for its response until the flush.
+    assert!(out.is_empty());
+    let stats = t.stats();
+    assert_eq!(stats.requests, 1);
+    assert_eq!(stats.stream.buffered_bytes, 0);
+    assert_eq!(stats.parse_errors, 0);
+    t.flush(&mut out);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].flags.contains(ExchangeFlags::RESPONSE_MISSING));
+    assert_eq!(out[0].request.body.sample.len(), 64 << 10);
+    assert!(out[0].request.body.wire_len > 99_000);
+}

@@ -240,7 +240,7 @@ fn version(minor: Option<u8>) -> HttpVersion {
 fn fill_headers(head: &mut Head, raw: &[httparse::Header<'_>], limits: HeadLimits) {
     head.headers.reserve_exact(raw.len());
     for h in raw {
-        let name = h.name.to_ascii_lowercase();
+        let name = lower_name(h.name);
         let value_bytes = trim(h.value);
         let (value, value_truncated) = bounded_value(value_bytes, limits.max_value_bytes);
         match name.as_str() {
@@ -282,6 +282,14 @@ fn fill_headers(head: &mut Head, raw: &[httparse::Header<'_>], limits: HeadLimit
     if head.transfer_encoding && head.content_length.is_some() {
         head.ambiguous_framing = true;
     }
+}
+
+/// A field name in lower case; most names on the wire already are (HTTP/2 style clients) or
+/// only need their capitals folded, so this is one allocation and one pass.
+fn lower_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    out.extend(name.chars().map(|c| c.to_ascii_lowercase()));
+    out
 }
 
 /// Content-Length: a list of identical values is tolerated (RFC 9110 section 8.6); differing

@@ -154,14 +154,14 @@ impl Http1Conn {
     pub fn data(
         &mut self,
         dir: Direction,
-        bytes: &Bytes,
+        bytes: Bytes,
         ts_ns: u64,
         cfg: &TrackerConfig,
         stats: &mut TrackerStats,
         out: &mut Vec<Exchange>,
     ) -> Option<Switch> {
         self.pairing.last_ts = self.pairing.last_ts.max(ts_ns);
-        let mut rest = bytes.clone();
+        let mut rest = bytes;
         loop {
             let mut ctx = Ctx {
                 p: &mut self.pairing,
