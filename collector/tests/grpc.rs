@@ -541,6 +541,25 @@ async fn the_same_endpoint_from_two_agents_is_merged() -> anyhow::Result<()> {
         anomalies[0].hosts,
         vec!["host-a".to_string(), "host-b".to_string()]
     );
+    // Agent a's running total grows from 2 to 4: the group total moves by the delta only.
+    a.batch_acked(batch(
+        2,
+        vec![],
+        vec![anomaly("shared", "shop GET /cart", 4, 150)],
+    ))
+    .await?;
+    let regrouped = query
+        .list_anomalies(ListAnomaliesRequest::default())
+        .await?
+        .into_inner()
+        .anomalies;
+    assert_eq!(
+        regrouped[0]
+            .anomaly
+            .as_ref()
+            .map(|x| (x.count, x.last_seen_unix_ns)),
+        Some((7, 200))
+    );
     let by_host = query
         .list_anomalies(ListAnomaliesRequest {
             host: "host-b".into(),

@@ -235,7 +235,7 @@ impl Store {
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?;
-        let Some((last_seq, _host)) = agent else {
+        let Some((last_seq, host)) = agent else {
             return Err(StoreError::UnknownAgent(agent_id.to_string()));
         };
         let last_seq = to_u64(last_seq);
@@ -251,7 +251,7 @@ impl Store {
         }
         let mut anomalies = Vec::with_capacity(batch.anomalies.len());
         for anomaly in &batch.anomalies {
-            anomalies.push(apply_anomaly(&tx, agent_id, anomaly)?);
+            anomalies.push(apply_anomaly(&tx, agent_id, &host, anomaly)?);
         }
         tx.execute(
             "UPDATE agents SET last_seq = ?2, batches_committed = batches_committed + 1,
@@ -616,6 +616,7 @@ fn apply_endpoint_update(
 fn apply_anomaly(
     tx: &rusqlite::Transaction<'_>,
     agent_id: &str,
+    host: &str,
     anomaly: &Anomaly,
 ) -> Result<StoredAnomaly, StoreError> {
     // The agent's count is its running total: keep the largest seen, so a repeat or a reset
@@ -629,17 +630,14 @@ fn apply_anomaly(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .optional()?;
+    let incoming = (
+        to_i64(anomaly.first_seen_unix_ns),
+        to_i64(anomaly.last_seen_unix_ns),
+        to_i64(anomaly.count),
+    );
     let (first, last, count) = match previous {
-        None => (
-            to_i64(anomaly.first_seen_unix_ns),
-            to_i64(anomaly.last_seen_unix_ns),
-            to_i64(anomaly.count),
-        ),
-        Some((f, l, c)) => (
-            f.min(to_i64(anomaly.first_seen_unix_ns)),
-            l.max(to_i64(anomaly.last_seen_unix_ns)),
-            c.max(to_i64(anomaly.count)),
-        ),
+        None => incoming,
+        Some((f, l, c)) => (f.min(incoming.0), l.max(incoming.1), c.max(incoming.2)),
     };
     tx.prepare_cached(
         "INSERT INTO anomaly_reports (anomaly_key, agent_id, first_seen, last_seen, report_count)
@@ -649,48 +647,42 @@ fn apply_anomaly(
     )?
     .execute(params![anomaly.key, agent_id, first, last, count])?;
 
-    let (total, first_all, last_all): (i64, i64, i64) = tx
+    // The grouped row is updated incrementally: the total changes by this agent's delta,
+    // first/last seen only widen, and the host list grows when the agent is new for this key.
+    let stored: Option<(i64, i64, i64, String, Vec<u8>)> = tx
         .prepare_cached(
-            "SELECT SUM(report_count), MIN(first_seen), MAX(last_seen) FROM anomaly_reports WHERE anomaly_key = ?1",
+            "SELECT first_seen, last_seen, total_count, hosts, latest FROM anomalies WHERE anomaly_key = ?1",
         )?
         .query_row(params![anomaly.key], |r| {
-            Ok((
-                r.get::<_, Option<i64>>(0)?.unwrap_or(0),
-                r.get::<_, Option<i64>>(1)?.unwrap_or(0),
-                r.get::<_, Option<i64>>(2)?.unwrap_or(0),
-            ))
-        })?;
-    let mut hosts = BTreeSet::new();
-    {
-        let mut stmt = tx.prepare_cached(
-            "SELECT DISTINCT a.host FROM anomaly_reports r JOIN agents a ON a.agent_id = r.agent_id
-             WHERE r.anomaly_key = ?1",
-        )?;
-        let mut rows = stmt.query(params![anomaly.key])?;
-        while let Some(row) = rows.next()? {
-            hosts.insert(row.get::<_, String>(0)?);
-        }
-    }
-    // Evidence, severity and explanation come from the most recently seen report.
-    let stored: Option<Vec<u8>> = tx
-        .prepare_cached("SELECT latest FROM anomalies WHERE anomaly_key = ?1")?
-        .query_row(params![anomaly.key], |r| r.get(0))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .optional()?;
-    let mut latest = match stored {
-        Some(blob) => {
+    let previous_count = previous.map(|p| p.2).unwrap_or(0);
+    let (mut latest, total, first_all, last_all, hosts) = match stored {
+        Some((f, l, total, hosts, blob)) => {
             let stored = Anomaly::decode(blob.as_slice())?;
-            if stored.last_seen_unix_ns > anomaly.last_seen_unix_ns {
+            // Evidence, severity and explanation come from the most recently seen report.
+            let latest = if stored.last_seen_unix_ns > anomaly.last_seen_unix_ns {
                 stored
             } else {
                 anomaly.clone()
-            }
+            };
+            let mut hosts: BTreeSet<String> = split(&hosts).into_iter().collect();
+            hosts.insert(host.to_string());
+            let total = total.saturating_sub(previous_count).saturating_add(count);
+            (latest, total, f.min(first), l.max(last), hosts)
         }
-        None => anomaly.clone(),
+        None => (
+            anomaly.clone(),
+            count,
+            first,
+            last,
+            BTreeSet::from([host.to_string()]),
+        ),
     };
     latest.count = to_u64(total);
     latest.first_seen_unix_ns = to_u64(first_all);
     latest.last_seen_unix_ns = to_u64(last_all);
-    let hosts_joined = joined(hosts.iter().cloned());
     let id: i64 = tx
         .prepare_cached(
             "INSERT INTO anomalies (anomaly_key, kind, severity, category, endpoint, first_seen, last_seen,
@@ -712,7 +704,7 @@ fn apply_anomaly(
                 first_all,
                 last_all,
                 total,
-                hosts_joined,
+                joined(hosts.iter().cloned()),
                 latest.encode_to_vec()
             ],
             |r| r.get(0),
