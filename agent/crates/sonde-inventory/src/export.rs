@@ -223,7 +223,7 @@ fn operation(
         .iter()
         .map(|(name, kind)| json!({"name": name, "in": "path", "required": true, "schema": param_schema(kind)}))
         .collect();
-    for name in rec.query_params.counts.keys() {
+    for name in rec.query_params.names() {
         params.push(
             json!({"name": name, "in": "query", "required": false, "schema": {"type": "string"}}),
         );
@@ -231,7 +231,7 @@ fn operation(
     if !params.is_empty() {
         op.insert("parameters".into(), Value::Array(params));
     }
-    let req_types: Vec<&String> = rec.request_content_types.counts.keys().collect();
+    let req_types: Vec<&str> = rec.request_content_types.names().collect();
     if !req_types.is_empty() || !rec.request_schema.fields.is_empty() {
         let mut content = Map::new();
         let schema = body_schema(&rec.request_schema);
@@ -244,7 +244,7 @@ fn operation(
             } else {
                 json!({})
             };
-            content.insert(ct.clone(), json!({"schema": s}));
+            content.insert(ct.to_owned(), json!({"schema": s}));
         }
         op.insert("requestBody".into(), json!({"content": content}));
     }
@@ -258,13 +258,13 @@ fn operation(
         );
         if (200..300).contains(status) && *status != 204 {
             let mut content = Map::new();
-            for ct in rec.response_content_types.counts.keys() {
+            for ct in rec.response_content_types.names() {
                 let s = if ct.contains("json") {
                     resp_schema.clone()
                 } else {
                     json!({})
                 };
-                content.insert(ct.clone(), json!({"schema": s}));
+                content.insert(ct.to_owned(), json!({"schema": s}));
             }
             if !content.is_empty() {
                 r.insert("content".into(), Value::Object(content));
@@ -280,7 +280,7 @@ fn operation(
     }
     op.insert("responses".into(), Value::Object(responses));
     let mut security = Vec::new();
-    for key in rec.auth_schemes.counts.keys() {
+    for key in rec.auth_schemes.names() {
         if key == "none" {
             security.push(json!({}));
         } else if let Some((name, scheme)) = security_scheme(key) {

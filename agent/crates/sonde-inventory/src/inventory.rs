@@ -1391,3 +1391,12 @@ impl Inventory {
         Ok(())
     }
 }
+
+// The agent moves an inventory into its shard thread.
+const _: () = {
+    fn assert_send<T: Send>() {}
+    #[allow(dead_code)]
+    fn inventory_is_send() {
+        assert_send::<Inventory>();
+    }
+};

@@ -1,7 +1,5 @@
 //! Bounded summaries kept per endpoint: a log-bucketed histogram and capped counters.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 /// Sub-buckets per power of two: relative bucket width 2^(1/4) - 1 ≈ 19%, so a quantile read
@@ -108,23 +106,54 @@ impl LogHistogram {
     }
 }
 
-/// Counters by name, at most `cap` names; further names are counted in `overflow`.
+/// Counters by name, at most `cap` names; further names are counted in `overflow`. A sorted
+/// vector rather than a map: a handful of names per endpoint, and a map node costs ~400 bytes
+/// even for one entry. Serialized as a map (`{"name": count}`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CappedCounts {
-    pub counts: BTreeMap<String, u64>,
+    #[serde(with = "sorted_map")]
+    counts: Vec<(String, u64)>,
     /// Observations whose name was not kept because the cap was reached.
     pub overflow: u64,
 }
 
 impl CappedCounts {
     pub fn add(&mut self, name: &str, n: u64, cap: usize) {
-        if let Some(c) = self.counts.get_mut(name) {
-            *c = c.saturating_add(n);
-        } else if self.counts.len() < cap {
-            self.counts.insert(name.to_owned(), n);
-        } else {
-            self.overflow = self.overflow.saturating_add(n);
+        match self.counts.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
+            Ok(i) => {
+                if let Some((_, c)) = self.counts.get_mut(i) {
+                    *c = c.saturating_add(n);
+                }
+            }
+            Err(i) if self.counts.len() < cap => self.counts.insert(i, (name.to_owned(), n)),
+            Err(_) => self.overflow = self.overflow.saturating_add(n),
         }
+    }
+
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.counts
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .and_then(|i| self.counts.get(i))
+            .map(|(_, c)| *c)
+    }
+
+    /// Names in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.counts.iter().map(|(k, _)| k.as_str())
+    }
+
+    /// (name, count) in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.counts.iter().map(|(k, c)| (k.as_str(), *c))
+    }
+
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
     }
 
     pub fn merge(&mut self, other: &CappedCounts, cap: usize) {
@@ -135,7 +164,25 @@ impl CappedCounts {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.counts.keys().map(|k| k.capacity() + 48).sum()
+        self.counts.capacity() * std::mem::size_of::<(String, u64)>()
+            + self.counts.iter().map(|(k, _)| k.capacity()).sum::<usize>()
+    }
+}
+
+/// Serde for a sorted `Vec<(String, u64)>` as a map.
+mod sorted_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(v.iter().map(|(k, c)| (k, c)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, u64)>, D::Error> {
+        Ok(BTreeMap::<String, u64>::deserialize(d)?
+            .into_iter()
+            .collect())
     }
 }
 
@@ -193,8 +240,9 @@ mod tests {
             c.add(&format!("n{i}"), 1, 4);
         }
         c.add("n0", 5, 4);
-        assert_eq!(c.counts.len(), 4);
+        assert_eq!(c.len(), 4);
         assert_eq!(c.overflow, 6);
-        assert_eq!(c.counts.get("n0"), Some(&6));
+        assert_eq!(c.get("n0"), Some(6));
+        assert_eq!(c.names().collect::<Vec<_>>(), ["n0", "n1", "n2", "n3"]);
     }
 }

@@ -209,11 +209,7 @@ fn sensitive_fields_per_location_in_inventory() {
     let rec = inv.endpoint(info.endpoint_id).expect("record");
     assert_eq!(rec.sensitive.len(), 5);
     assert_eq!(
-        rec.query_params
-            .counts
-            .keys()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+        rec.query_params.names().collect::<Vec<_>>(),
         ["email", "ref"]
     );
     let json = serde_json::to_string(rec).expect("json");
