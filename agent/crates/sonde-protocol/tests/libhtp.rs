@@ -374,3 +374,27 @@ fn specific_conversations() {
     assert!(out[0].flags.contains(ExchangeFlags::TRUNCATED));
     assert_eq!(stats.parse_errors, 1);
 }
+
+/// The reader itself, on the marker forms the corpus README describes (including lost bytes,
+/// which no file of this corpus version uses).
+#[test]
+fn t_reader_follows_the_libhtp_driver() {
+    let dir = std::env::temp_dir().join(format!("sonde-t-reader-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("gap.t");
+    std::fs::write(
+        &path,
+        b">>>\r\nGET / HTTP/1.1\r\n\r\n\r\n<><\r\n12345\r\n<<<\nHTTP/1.1 200 OK\n\nlast",
+    )
+    .expect("write");
+    let got = read_t(&path);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(
+        got,
+        vec![
+            Delivery::Data(Direction::Egress, b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+            Delivery::Gap(Direction::Ingress, 5),
+            Delivery::Data(Direction::Ingress, b"HTTP/1.1 200 OK\n\nlast".to_vec()),
+        ]
+    );
+}

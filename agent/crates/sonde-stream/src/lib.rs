@@ -150,6 +150,8 @@ pub struct Counters {
     pub implicit_opens: u64,
     /// Events for connections closed a moment ago (dropped).
     pub late_after_close: u64,
+    /// Chunks carrying more data than their length (surplus dropped).
+    pub malformed: u64,
     /// Connections currently tracked and bytes currently held out of order.
     pub connections: u64,
     pub buffered_bytes: u64,
@@ -299,8 +301,16 @@ impl Assembler {
         sink(StreamEvent::Open(meta));
     }
 
-    fn on_data(&mut self, chunk: DataChunk, sink: &mut impl FnMut(StreamEvent)) {
+    fn on_data(&mut self, mut chunk: DataChunk, sink: &mut impl FnMut(StreamEvent)) {
         self.counters.chunks += 1;
+        if chunk.data.len() as u64 > chunk.len {
+            // A source bug: more bytes than the chunk covers. Offsets are what later chunks
+            // rely on, so the surplus is dropped.
+            self.counters.malformed += 1;
+            chunk
+                .data
+                .truncate(usize::try_from(chunk.len).unwrap_or(usize::MAX));
+        }
         let id = chunk.conn;
         if self.recently_closed.contains(&id) {
             self.counters.late_after_close += 1;

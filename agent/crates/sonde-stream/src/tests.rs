@@ -393,6 +393,19 @@ fn open_after_data_upgrades_metadata() {
 }
 
 #[test]
+fn chunk_with_more_data_than_length_is_trimmed() {
+    let (out, c) = run(
+        AssemblerConfig::default(),
+        vec![
+            chunk(Direction::Egress, 0, b"abcdef", 3, 0),
+            full(Direction::Egress, 3, b"XYZ"),
+        ],
+    );
+    assert_eq!(render(&out, Direction::Egress), b"abcXYZ");
+    assert_eq!(c.malformed, 1);
+}
+
+#[test]
 fn zero_limits_are_rejected() {
     let cfg = AssemblerConfig {
         max_connections: 0,
