@@ -198,6 +198,15 @@ pub fn analyse(
     info
 }
 
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn bounded_lower(s: &str) -> String {
     let mut end = s.len().min(64);
     while !s.is_char_boundary(end) {
@@ -321,7 +330,7 @@ fn claim_time(v: &Option<serde_json::Value>) -> Option<i64> {
 /// the whole token when it has no subject).
 pub fn decode_jwt(token: &str, hasher: &SaltedHasher, now_ns: u64) -> (JwtSummary, String) {
     let mut s = JwtSummary::default();
-    let token = &token[..token.len().min(MAX_TOKEN)];
+    let token = cut(token, MAX_TOKEN);
     let mut parts = token.split('.');
     let (h, p, sig) = (
         parts.next().unwrap_or(""),
@@ -396,7 +405,7 @@ impl JwtCache {
         hasher: &SaltedHasher,
         now_ns: u64,
     ) -> (Arc<JwtSummary>, String) {
-        let token = &token[..token.len().min(MAX_TOKEN)];
+        let token = cut(token, MAX_TOKEN);
         let h = self.state.hash_one(token);
         let now_s = (now_ns / 1_000_000_000) as i64;
         if let Some((t, summary, principal)) = self.entries.get_mut(&h)

@@ -229,7 +229,7 @@ impl BodyFacts {
         let mut path = String::with_capacity(parent_path.len() + 1 + label.len());
         path.push_str(parent_path);
         path.push('.');
-        path.push_str(std::str::from_utf8(label).unwrap_or("{invalid}"));
+        path.push_str(utf8_prefix(label).unwrap_or("{invalid}"));
         let idx = self.push(path, key, None, cap)?;
         let label: Box<[u8]> = label.into();
         if let Some(node) = self.tree.get_mut(parent) {
@@ -599,6 +599,17 @@ impl Walker<'_, '_> {
             self.pos += 1;
         }
         None
+    }
+}
+
+/// The text of `b`, or of its valid start when the cut at `MAX_KEY` split a character.
+fn utf8_prefix(b: &[u8]) -> Option<&str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => Some(s),
+        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => {
+            std::str::from_utf8(&b[..e.valid_up_to()]).ok()
+        }
+        Err(_) => None,
     }
 }
 

@@ -289,3 +289,28 @@ fn dirty_deltas_and_serde_round_trip() {
     let latency = back.latency_ns.quantile(0.5).expect("latency");
     assert!((180_000..=220_000).contains(&latency), "{latency}");
 }
+
+#[test]
+fn cuts_at_character_boundaries() {
+    let hasher = sonde_inventory::hash::SaltedHasher::new("");
+    let token = format!("eyJ{}é.x.y", "a".repeat(8188));
+    let (summary, principal) = sonde_inventory::auth::decode_jwt(&token, &hasher, NOW_NS);
+    assert!(summary.malformed);
+    assert_eq!(principal.len(), 32);
+    let mut cache = sonde_inventory::auth::JwtCache::default();
+    let _ = cache.decode(&token, &hasher, NOW_NS);
+    let key = format!("{{\"{}é\":1}}", "k".repeat(63));
+    let mut facts = BodyFacts::default();
+    assert_eq!(
+        walk_json(key.as_bytes(), 8, 16, &mut facts),
+        WalkOutcome::Complete
+    );
+    assert!(
+        facts
+            .fields
+            .iter()
+            .any(|(p, _)| *p == format!("$.{}", "k".repeat(63))),
+        "{:?}",
+        facts.fields
+    );
+}
