@@ -250,7 +250,17 @@ fn on_data(
             let i = dir.index();
             d.held_len[i] += bytes.len();
             d.held[i].push((bytes, ts_ns));
-            let verdict = classify(d, dir, cfg);
+            let verdict = classify(d, dir, conn.meta.role.request_direction(), cfg);
+            if let Verdict::Http1 { request_dir, .. } = verdict
+                && conn
+                    .meta
+                    .role
+                    .request_direction()
+                    .is_some_and(|r| r != request_dir)
+            {
+                // The data disagrees with the socket's role: parse what the bytes say.
+                stats.role_mismatches += 1;
+            }
             decide(conn, verdict, cfg, stats, out);
         }
     }
@@ -297,7 +307,13 @@ fn switch_protocol(conn: &mut Conn, switch: Switch, stats: &mut TrackerStats) {
 }
 
 /// Looks at the held first bytes of `dir` (the direction that just got data).
-fn classify(d: &mut Detector, dir: Direction, cfg: &TrackerConfig) -> Verdict {
+/// `role_dir`: the request direction the socket's role implies, when known.
+fn classify(
+    d: &mut Detector,
+    dir: Direction,
+    role_dir: Option<Direction>,
+    cfg: &TrackerConfig,
+) -> Verdict {
     let i = dir.index();
     if d.joined[i] {
         // Joined mid-stream: scan this delivery for a start line of either kind.
@@ -305,7 +321,7 @@ fn classify(d: &mut Detector, dir: Direction, cfg: &TrackerConfig) -> Verdict {
             return Verdict::Undecided;
         };
         d.scanned += last.len() as u64;
-        let verdict = scan_for_start(last, dir);
+        let verdict = scan_for_start(last, dir, role_dir);
         if matches!(verdict, Verdict::Undecided) {
             // Nothing to replay from a delivery without a start line.
             d.held[i].clear();
@@ -373,17 +389,25 @@ fn classify_start(first: &[u8], dir: Direction, held: usize) -> Verdict {
     }
 }
 
-fn scan_for_start(buf: &[u8], dir: Direction) -> Verdict {
+/// Looks for a start line anywhere in a delivery of a connection joined mid-stream. With the
+/// role known, only the kind each direction should carry counts (a body that quotes a status
+/// line on the request side is not taken for a response).
+fn scan_for_start(buf: &[u8], dir: Direction, role_dir: Option<Direction>) -> Verdict {
+    let (want_request, want_response) = match role_dir {
+        Some(r) if r == dir => (true, false),
+        Some(_) => (false, true),
+        None => (true, true),
+    };
     let mut start = 0;
     while let Some(i) = memchr::memchr(b'\n', &buf[start..]) {
         let line = &buf[start..start + i];
-        if is_plausible_start(Kind::Request, line) {
+        if want_request && is_plausible_start(Kind::Request, line) {
             return Verdict::Http1 {
                 request_dir: dir,
                 joined: true,
             };
         }
-        if is_plausible_start(Kind::Response, line) {
+        if want_response && is_plausible_start(Kind::Response, line) {
             return Verdict::Http1 {
                 request_dir: dir.opposite(),
                 joined: true,

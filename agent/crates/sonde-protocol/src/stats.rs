@@ -12,6 +12,9 @@ pub struct TrackerStats {
     pub http1_connections: u64,
     /// Connections detected as HTTP/2 (prior knowledge or h2c upgrade) and not parsed yet.
     pub http2_connections_unparsed: u64,
+    /// Connections whose data shows requests in the direction the socket's role says carries
+    /// responses; they are parsed as the data says.
+    pub role_mismatches: u64,
     /// Connections whose first bytes are not HTTP; their bytes are ignored.
     pub non_http_connections: u64,
     /// Bytes ignored on non-HTTP, HTTP/2 or upgraded connections.

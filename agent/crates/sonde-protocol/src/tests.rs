@@ -657,3 +657,61 @@ fn a_million_tiny_chunks_stay_bounded() {
     assert_eq!(out[0].request.body.sample.len(), 64 << 10);
     assert!(out[0].request.body.wire_len > 99_000);
 }
+
+#[test]
+fn known_role_guides_a_mid_stream_join_and_mismatches_are_counted() {
+    // A server-side socket joined mid-stream: the request direction (ingress) quotes a status
+    // line inside a body; it must not be taken for a response stream.
+    let chunk = |dir, offset, data: &'static [u8], ts| {
+        CaptureEvent::Data(DataChunk {
+            conn: CONN,
+            direction: dir,
+            source: Source::Syscall,
+            offset,
+            len: data.len() as u64,
+            data: Bytes::from_static(data),
+            ts_ns: ts,
+            tid: 0,
+        })
+    };
+    let open = CaptureEvent::Open(ConnOpen {
+        conn: CONN,
+        ts_ns: 0,
+        role: Role::Server,
+        process: ProcessInfo::default(),
+        local: None,
+        remote: None,
+    });
+    let (out, stats) = run_with(
+        TrackerConfig::default(),
+        vec![
+            open,
+            chunk(
+                Direction::Ingress,
+                100,
+                b"quoted:\nHTTP/1.1 200 OK\r\nmore body\r\n",
+                1,
+            ),
+            chunk(Direction::Ingress, 136, b"GET /real HTTP/1.1\r\n\r\n", 2),
+            chunk(
+                Direction::Egress,
+                50,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                3,
+            ),
+        ],
+    );
+    assert_eq!(stats.role_mismatches, 0);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].request.path, "/real");
+
+    // A client socket whose egress carries a status line: parsed as the data says, counted.
+    let (out, stats) = run(&[
+        Piece::Data(C, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        Piece::Data(S, b"GET /x HTTP/1.1\r\n\r\n"),
+    ]);
+    assert_eq!(stats.role_mismatches, 1);
+    assert_eq!(stats.http1_connections, 1);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].request.path, "/x");
+}
