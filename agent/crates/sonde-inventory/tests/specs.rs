@@ -526,6 +526,21 @@ fn openapi_export_is_valid_and_reimports() {
     );
     let text = serde_json::to_string_pretty(&doc).expect("json");
     assert!(!text.contains("alice") && !text.contains("k-123456") && !text.contains("abc\""));
+    // A typed OpenAPI 3.1 model accepts it: version, operations, parameters, bodies, responses.
+    let typed = oas3::from_json(&text).expect("export parses as OpenAPI 3.1");
+    typed.validate_version().expect("3.1.x version");
+    assert_eq!(typed.operations().count(), 3);
+    for (_, _, op) in typed.operations() {
+        let params = op.parameters(&typed).expect("parameters resolve");
+        let body = op.request_body(&typed).expect("request body resolves");
+        // GETs carry their path/query parameters, the POST its JSON body.
+        assert!(
+            !params.is_empty() || body.is_some(),
+            "{:?}",
+            op.operation_id
+        );
+        assert!(!op.responses(&typed).is_empty());
+    }
     // Re-import through our own loader: same operations.
     let file = temp_file("export.json", &text);
     let mut again = Inventory::default();
