@@ -240,8 +240,8 @@ fn on_data(
 ) {
     match &mut conn.proto {
         Protocol::Http1(h) => {
-            if let Some(switch) = h.data(dir, bytes, ts_ns, cfg, stats, out) {
-                switch_protocol(conn, switch, stats);
+            if let Some((switch, leftover)) = h.data(dir, bytes, ts_ns, cfg, stats, out) {
+                switch_protocol(conn, switch, leftover, stats);
             }
         }
         Protocol::Http2 { bytes: n, .. } => *n += bytes.len() as u64,
@@ -276,8 +276,8 @@ fn on_gap(
 ) {
     match &mut conn.proto {
         Protocol::Http1(h) => {
-            if let Some(switch) = h.gap(dir, len, cfg, stats, out) {
-                switch_protocol(conn, switch, stats);
+            if let Some((switch, leftover)) = h.gap(dir, len, cfg, stats, out) {
+                switch_protocol(conn, switch, leftover, stats);
             }
         }
         Protocol::Http2 { bytes, .. } => *bytes += len,
@@ -293,16 +293,22 @@ fn on_gap(
     }
 }
 
-fn switch_protocol(conn: &mut Conn, switch: Switch, stats: &mut TrackerStats) {
-    if switch == Switch::H2c {
-        if let Protocol::Http1(h) = &conn.proto {
-            stats.ignored_bytes += h.ignored_bytes();
+/// Leaves HTTP/1 after a switch; `leftover` is the rest of the delivery that switched, already
+/// in the new protocol (for h2c, the server's first HTTP/2 frames).
+fn switch_protocol(conn: &mut Conn, switch: Switch, leftover: Bytes, stats: &mut TrackerStats) {
+    match switch {
+        Switch::H2c => {
+            if let Protocol::Http1(h) = &conn.proto {
+                stats.ignored_bytes += h.ignored_bytes();
+            }
+            stats.http2_connections_unparsed += 1;
+            conn.proto = Protocol::Http2 {
+                start: Http2Start::H2cUpgrade,
+                bytes: leftover.len() as u64,
+            };
         }
-        stats.http2_connections_unparsed += 1;
-        conn.proto = Protocol::Http2 {
-            start: Http2Start::H2cUpgrade,
-            bytes: 0,
-        };
+        // The HTTP/1 state stays, in tunnel mode, and counts what follows.
+        Switch::Opaque => stats.ignored_bytes += leftover.len() as u64,
     }
 }
 
@@ -464,20 +470,17 @@ fn decide(
             joined,
         } => {
             stats.http1_connections += 1;
-            let held = std::mem::take(held);
+            let mut held = std::mem::take(held);
             let mut h = Box::new(Http1Conn::new(conn.meta.clone(), request_dir, cfg));
             if joined {
                 h.start_lost();
             }
             conn.proto = Protocol::Http1(h);
             // Replay what was held, requests first: a response cannot precede its request.
+            // Each delivery goes wherever the connection is by then (a switch may happen).
             for dir in [request_dir, request_dir.opposite()] {
-                for (bytes, ts) in &held[dir.index()] {
-                    if let Protocol::Http1(h) = &mut conn.proto
-                        && let Some(switch) = h.data(dir, bytes.clone(), *ts, cfg, stats, out)
-                    {
-                        switch_protocol(conn, switch, stats);
-                    }
+                for (bytes, ts) in std::mem::take(&mut held[dir.index()]) {
+                    on_data(conn, dir, bytes, ts, cfg, stats, out);
                 }
             }
         }

@@ -290,6 +290,25 @@ fn h2c_upgrade_and_prior_knowledge_are_counted_as_http2() {
         Some(ConnProtocol::Http2(Http2Start::H2cUpgrade))
     );
 
+    // The server's first HTTP/2 bytes in the same delivery as the 101 reach the HTTP/2 state.
+    let mut t = Tracker::new(TrackerConfig::default()).expect("valid");
+    for ev in events(
+        Some(Role::Client),
+        &[
+            Piece::Data(C, b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n"),
+            Piece::Data(
+                S,
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+            ),
+        ],
+    ) {
+        t.on_event(ev, &mut sink);
+    }
+    match t.conns.get(&CONN).map(|c| &c.proto) {
+        Some(Protocol::Http2 { bytes, .. }) => assert_eq!(*bytes, 9),
+        other => panic!("expected HTTP/2 state, got {other:?}"),
+    }
+
     let (out, stats) = run(&[
         Piece::Data(C, b"PRI * HTTP/2.0\r\n"),
         Piece::Data(C, b"\r\nSM\r\n\r\n"),

@@ -150,7 +150,8 @@ impl Http1Conn {
         self.req.ignored_bytes + self.resp.ignored_bytes
     }
 
-    /// Feeds bytes of one direction. Returns a protocol switch when one happened.
+    /// Feeds bytes of one direction. Returns a protocol switch when one happened, with the rest
+    /// of the delivery (bytes of the new protocol).
     pub fn data(
         &mut self,
         dir: Direction,
@@ -159,7 +160,7 @@ impl Http1Conn {
         cfg: &TrackerConfig,
         stats: &mut TrackerStats,
         out: &mut Vec<Exchange>,
-    ) -> Option<Switch> {
+    ) -> Option<(Switch, Bytes)> {
         self.pairing.last_ts = self.pairing.last_ts.max(ts_ns);
         let mut rest = bytes;
         loop {
@@ -176,7 +177,7 @@ impl Http1Conn {
             };
             let n = parser.feed(&rest, ts_ns, &mut ctx);
             if let Some(switch) = self.settle(ts_ns, cfg, stats, out) {
-                return Some(switch);
+                return Some((switch, rest.slice(n.min(rest.len())..)));
             }
             if n >= rest.len() {
                 return None;
@@ -192,7 +193,7 @@ impl Http1Conn {
         cfg: &TrackerConfig,
         stats: &mut TrackerStats,
         out: &mut Vec<Exchange>,
-    ) -> Option<Switch> {
+    ) -> Option<(Switch, Bytes)> {
         let ts_ns = self.pairing.last_ts;
         let mut ctx = Ctx {
             p: &mut self.pairing,
@@ -206,6 +207,7 @@ impl Http1Conn {
             self.resp.gap(len, ts_ns, &mut ctx);
         }
         self.settle(ts_ns, cfg, stats, out)
+            .map(|s| (s, Bytes::new()))
     }
 
     /// Applies a held request's verdict and reports a switch.
