@@ -654,6 +654,10 @@ impl Connection {
                 self.stats.frames_on_unknown_streams += 1;
             }
             if len == 0 {
+                if h.has(flags::PADDED) {
+                    // The pad length octet itself is missing.
+                    self.frame_error(FrameErrorKind::PaddingTooLong);
+                }
                 self.data_end(d, h, out);
                 return ReadState::Header {
                     buf: [0; HEADER_LEN],

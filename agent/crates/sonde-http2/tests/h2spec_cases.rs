@@ -157,6 +157,15 @@ fn cases() -> Vec<Case> {
             .concat(),
             check: |s| s.frame_error(FrameErrorKind::PaddingTooLong) == 1,
         },
+        Case {
+            desc: "Sends a DATA frame with invalid pad length",
+            wire: [
+                frame(kind::HEADERS, EH, 1, &get),
+                frame(kind::DATA, flags::PADDED, 1, &[]),
+            ]
+            .concat(),
+            check: |s| s.frame_error(FrameErrorKind::PaddingTooLong) == 1,
+        },
     ]
 }
 
