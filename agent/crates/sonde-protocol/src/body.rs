@@ -55,7 +55,7 @@ impl BodyAcc {
 
     /// Body bytes, in order, all captured.
     pub fn data(&mut self, bytes: &Bytes) {
-        self.wire_len += bytes.len() as u64;
+        self.wire_len = self.wire_len.saturating_add(bytes.len() as u64);
         if self.cut {
             return;
         }
@@ -77,8 +77,8 @@ impl BodyAcc {
 
     /// Body bytes that exist but were not captured; the sample stops here.
     pub fn gap(&mut self, len: u64) {
-        self.wire_len += len;
-        self.missing_len += len;
+        self.wire_len = self.wire_len.saturating_add(len);
+        self.missing_len = self.missing_len.saturating_add(len);
         if len > 0 {
             self.cut = true;
         }

@@ -280,8 +280,8 @@ fn on_gap(
                 switch_protocol(conn, switch, leftover, stats);
             }
         }
-        Protocol::Http2 { bytes, .. } => *bytes += len,
-        Protocol::Other => stats.ignored_bytes += len,
+        Protocol::Http2 { bytes, .. } => *bytes = bytes.saturating_add(len),
+        Protocol::Other => stats.ignored_bytes = stats.ignored_bytes.saturating_add(len),
         Protocol::Detecting(d) => {
             // Held bytes of this direction are now followed by a hole: look anywhere instead.
             let i = dir.index();

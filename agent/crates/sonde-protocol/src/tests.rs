@@ -66,7 +66,7 @@ fn events(role: Option<Role>, pieces: &[Piece<'_>]) -> Vec<CaptureEvent> {
                     ts_ns: ts,
                     tid: 1,
                 }));
-                *off += len;
+                *off = off.saturating_add(*len);
             }
         }
     }
@@ -733,4 +733,24 @@ fn known_role_guides_a_mid_stream_join_and_mismatches_are_counted() {
     assert_eq!(stats.http1_connections, 1);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].request.path, "/x");
+}
+
+#[test]
+fn enormous_lengths_saturate_instead_of_overflowing() {
+    let (out, stats) = run(&[
+        Piece::Data(
+            C,
+            b"POST /x HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\nab",
+        ),
+        Piece::Gap(C, u64::MAX - 200),
+        Piece::Data(S, b"HTTP/1.1 200 OK\r\n\r\nabc"),
+        Piece::Gap(S, u64::MAX),
+    ]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].request.body.wire_len, u64::MAX - 198);
+    assert_eq!(
+        out[0].response.as_ref().expect("resp").body.wire_len,
+        u64::MAX
+    );
+    assert!(stats.stream.gap_bytes >= u64::MAX - 200);
 }

@@ -505,7 +505,7 @@ fn trim_to(mut chunk: DataChunk, next: u64, counters: &mut Counters) -> Option<D
     }
     let cut = next - chunk.offset;
     counters.overlaps += 1;
-    counters.overlap_bytes += cut;
+    counters.overlap_bytes = counters.overlap_bytes.saturating_add(cut);
     let captured = chunk.data.len() as u64;
     chunk.data = if cut >= captured {
         Bytes::new()
@@ -544,7 +544,7 @@ fn deliver(
         emit_gap(
             chunk.conn,
             chunk.direction,
-            chunk.offset + captured,
+            chunk.offset.saturating_add(captured),
             missing,
             counters,
             sink,
@@ -562,7 +562,7 @@ fn emit_gap(
     sink: &mut impl FnMut(StreamEvent),
 ) {
     counters.gaps += 1;
-    counters.gap_bytes += len;
+    counters.gap_bytes = counters.gap_bytes.saturating_add(len);
     sink(StreamEvent::Gap {
         conn,
         dir,

@@ -311,7 +311,7 @@ fn note_content_length(head: &mut Head, value: &[u8]) {
 }
 
 pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 {
+    if digits.is_empty() || digits.len() > 20 {
         return None;
     }
     let mut v: u64 = 0;

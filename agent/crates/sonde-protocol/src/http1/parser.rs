@@ -272,7 +272,7 @@ impl DirParser {
                 self.lose(h);
             }
             State::Held => self.held_gap = true,
-            State::Tunnel => self.ignored_bytes += len,
+            State::Tunnel => self.ignored_bytes = self.ignored_bytes.saturating_add(len),
             State::Resync { .. } => {
                 h.on_resync_skipped(self.kind, self.buf.len() as u64);
                 self.buf.clear();
