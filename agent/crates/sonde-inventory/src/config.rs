@@ -20,6 +20,10 @@ pub struct InventoryConfig {
     pub max_endpoints_per_service: usize,
     /// Path-trie nodes per service before unseen literals go to the overflow endpoint. Default 20000.
     pub max_nodes_per_service: usize,
+    /// Endpoints over all services (~2-5 KiB each) before new ones go to overflow. Default 50000.
+    pub max_endpoints_total: usize,
+    /// Path-trie nodes over all services (~150 bytes each). Default 500000.
+    pub max_nodes_total: usize,
     /// Path segments considered; deeper segments fold into a trailing `{rest}`. Default 24.
     pub max_path_segments: usize,
     /// A literal longer than this is treated as a parameter. Default 64.
@@ -57,6 +61,8 @@ impl Default for InventoryConfig {
             max_authorities_per_server: 16,
             max_endpoints_per_service: 2000,
             max_nodes_per_service: 20_000,
+            max_endpoints_total: 50_000,
+            max_nodes_total: 500_000,
             max_path_segments: 24,
             max_literal_len: 64,
             param_min_distinct: 24,

@@ -143,6 +143,9 @@ pub struct Inventory {
     caller_cache: (Option<(ConnId, Role, Option<SocketAddr>)>, String),
     service_cache: Option<(ConnId, u32)>,
     jwt_cache: auth::JwtCache,
+    /// Endpoints (not overflow buckets) and trie nodes over all services, for the global caps.
+    live_endpoints: usize,
+    total_nodes: usize,
 }
 
 impl std::fmt::Debug for Inventory {
@@ -274,6 +277,8 @@ impl Inventory {
             caller_cache: (None, String::new()),
             service_cache: None,
             jwt_cache: auth::JwtCache::default(),
+            live_endpoints: 0,
+            total_nodes: 0,
         }
     }
 
@@ -663,6 +668,16 @@ impl Inventory {
                 self.specs.best_match(&svc_key, &observed)
             }
         };
+        let nodes_before = {
+            let budget = self.cfg.max_nodes_total.saturating_sub(self.total_nodes);
+            let trie = &mut self.services[sid as usize].trie;
+            let live = trie.live_nodes();
+            trie.set_max_nodes(
+                live.saturating_add(budget)
+                    .min(self.cfg.max_nodes_per_service),
+            );
+            live
+        };
         let mut node = PathTrie::ROOT;
         let mut changes = std::mem::take(&mut self.changes);
         let mut exhausted = false;
@@ -716,6 +731,8 @@ impl Inventory {
             self.apply_changes(sid, &mut changes);
         }
         self.changes = changes;
+        let nodes_after = self.services[sid as usize].trie.live_nodes();
+        self.total_nodes = (self.total_nodes + nodes_after).saturating_sub(nodes_before);
         if exhausted {
             return self.overflow_endpoint(sid, midx, method, now_ns);
         }
@@ -723,7 +740,9 @@ impl Inventory {
         if let Some(e) = svc.trie.endpoint(node, midx) {
             return (e, false);
         }
-        if svc.endpoint_count >= self.cfg.max_endpoints_per_service {
+        if svc.endpoint_count >= self.cfg.max_endpoints_per_service
+            || self.live_endpoints >= self.cfg.max_endpoints_total
+        {
             return self.overflow_endpoint(sid, midx, method, now_ns);
         }
         let template: Arc<str> = svc.trie.template(node).into();
@@ -731,6 +750,7 @@ impl Inventory {
         let rec = EndpointRecord::new(id, svc.key.clone(), method.clone(), template, now_ns);
         svc.trie.set_endpoint(node, midx, id);
         svc.endpoint_count += 1;
+        self.live_endpoints += 1;
         self.slots.push(Some(Slot {
             rec,
             service: sid,
@@ -800,6 +820,7 @@ impl Inventory {
                     }
                     self.counters.endpoints_merged += 1;
                     self.services[sid as usize].endpoint_count -= 1;
+                    self.live_endpoints = self.live_endpoints.saturating_sub(1);
                     merged_into.insert(from, into);
                     self.retired.push(RetiredEndpoint {
                         id: from,

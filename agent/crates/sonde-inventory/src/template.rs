@@ -289,6 +289,7 @@ pub struct PathTrie {
     nodes: Vec<Node>,
     live: usize,
     max_nodes: usize,
+    hard_cap: usize,
     param_min_distinct: usize,
 }
 
@@ -298,11 +299,17 @@ impl PathTrie {
             nodes: vec![Node::new(0, NodeLabel::Root)],
             live: 1,
             max_nodes,
+            hard_cap: max_nodes.saturating_mul(2).min(u32::MAX as usize),
             param_min_distinct: param_min_distinct.max(2),
         }
     }
 
     pub const ROOT: NodeId = 0;
+
+    /// Lowers (or restores, up to the value given at creation's hard cap) the live-node budget.
+    pub fn set_max_nodes(&mut self, max: usize) {
+        self.max_nodes = max;
+    }
 
     pub fn live_nodes(&self) -> usize {
         self.live
@@ -317,7 +324,8 @@ impl PathTrie {
     }
 
     fn alloc(&mut self, parent: NodeId, label: NodeLabel) -> Result<NodeId, NodesExhausted> {
-        if self.live >= self.max_nodes || self.nodes.len() >= u32::MAX as usize {
+        // Folded nodes stay as tombstones: bound the arena itself too, not only the live count.
+        if self.live >= self.max_nodes || self.nodes.len() >= self.hard_cap {
             return Err(NodesExhausted);
         }
         self.live += 1;

@@ -314,3 +314,27 @@ fn cuts_at_character_boundaries() {
         facts.fields
     );
 }
+
+#[test]
+fn global_caps_bound_all_services_together() {
+    let cfg = InventoryConfig {
+        max_endpoints_total: 50,
+        max_nodes_total: 120,
+        ..InventoryConfig::default()
+    };
+    let mut inv = Inventory::new(cfg);
+    for s in 0..20 {
+        for r in 0..10 {
+            inv.observe(
+                &ex("GET", &format!("/r{r}/x"))
+                    .server(&format!("10.2.0.{s}:80"))
+                    .build(),
+                NOW_NS,
+            );
+        }
+    }
+    assert!(inv.endpoints().filter(|r| !r.overflow).count() <= 50);
+    assert_eq!(inv.endpoints().map(|r| r.calls).sum::<u64>(), 200);
+    assert!(inv.counters().endpoint_overflow_calls > 0);
+    inv.check_consistency().expect("consistent");
+}
