@@ -39,6 +39,8 @@ pub struct TrackerStats {
     pub resync_skipped_bytes: u64,
     /// Heads cut at `max_head_bytes` or `max_headers`.
     pub headers_cut: u64,
+    /// Connections that ended in the middle of a message head (that message is dropped).
+    pub heads_unfinished: u64,
     /// Heads parsed only after dropping invalid field lines or repairing the status line.
     pub heads_salvaged: u64,
     /// Messages with ambiguous framing (conflicting Content-Length, TE with CL, bad CL).

@@ -349,6 +349,10 @@ fn specific_conversations() {
         stats.responses_unpaired, 1,
         "the second request's head never ended"
     );
+    assert_eq!(
+        stats.heads_unfinished, 1,
+        "dropped at the close, and counted"
+    );
 
     let (out, _) = run_file(&dir, "99-expect-100.t");
     assert_eq!(paths(&out)[0], triple("PUT", "/forbidden", Some(401)));

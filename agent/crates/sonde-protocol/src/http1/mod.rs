@@ -763,6 +763,10 @@ impl Handler for Ctx<'_> {
         self.stats.headers_cut += 1;
     }
 
+    fn on_head_unfinished(&mut self, _kind: Kind, _bytes: u64) {
+        self.stats.heads_unfinished += 1;
+    }
+
     fn pause_requested(&self, kind: Kind) -> bool {
         kind == Kind::Response && self.p.held_verdict.is_some()
     }

@@ -43,6 +43,8 @@ pub(crate) trait Handler {
     fn on_parse_error(&mut self, kind: Kind);
     fn on_resync_skipped(&mut self, kind: Kind, bytes: u64);
     fn on_head_cut(&mut self, kind: Kind);
+    /// The direction ended inside a message head (the message is dropped, counted).
+    fn on_head_unfinished(&mut self, kind: Kind, bytes: u64);
     /// Stop feeding for now: a decision the other direction needs was just taken.
     fn pause_requested(&self, kind: Kind) -> bool;
     /// The request being parsed announced a body behind `Expect: 100-continue`, and a final
@@ -286,6 +288,7 @@ impl DirParser {
         match self.state {
             State::Body(Framing::UntilClose) => self.end_message(ts_ns, true, h),
             _ if self.in_message => self.end_message(ts_ns, false, h),
+            State::Head => h.on_head_unfinished(self.kind, self.buf.len() as u64),
             _ => {}
         }
         self.buf.clear();
