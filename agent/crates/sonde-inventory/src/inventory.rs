@@ -330,6 +330,9 @@ impl Inventory {
         tracing::info!(file = %spec.file, operations = spec.operations.len(), "declared spec loaded");
         self.specs.add(spec);
         let ids: Vec<u32> = (0..self.slots.len() as u32).collect();
+        for &id in &ids {
+            self.adopt_declared_template(id);
+        }
         for id in ids {
             self.classify(id, None);
         }
@@ -881,6 +884,90 @@ impl Inventory {
         for id in reclassify {
             if self.slots.get(id as usize).is_some_and(Option::is_some) {
                 self.classify(id, None);
+            }
+        }
+    }
+
+    /// Moves an endpoint observed before a spec was loaded to the declared template it matches
+    /// (`/v1/pets/{int}` → `/v1/pets/{petId}`), merging endpoints that now coincide.
+    fn adopt_declared_template(&mut self, id: u32) {
+        let Some(slot) = self.slots.get(id as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        if slot.rec.overflow || slot.node == NO_NODE {
+            return;
+        }
+        let (sid, old_node, midx) = (slot.service, slot.node, slot.method_idx);
+        let template = slot.rec.template.clone();
+        let segs = split_template(&template);
+        let Some(m) = self.specs.best_match(&slot.rec.service, &segs) else {
+            return;
+        };
+        let labels: Vec<SegLabel<'_>> = segs
+            .iter()
+            .enumerate()
+            .map(|(i, seg)| match (self.specs.param_name(m, i), seg) {
+                (Some(name), _) => SegLabel::Param(ParamLabel::Named(name.into())),
+                (None, ObservedSeg::Literal(l)) => SegLabel::Literal(l),
+                // A declared literal never matches a template parameter (best_match ensures it).
+                (None, ObservedSeg::Param) => SegLabel::Param(ParamLabel::Kind(ParamKind::Param)),
+            })
+            .collect();
+        let trie = &mut self.services[sid as usize].trie;
+        let mut node = PathTrie::ROOT;
+        for label in labels {
+            match trie.step_no_learn(node, label) {
+                Ok(n) => node = n,
+                Err(_) => return,
+            }
+        }
+        if node == old_node {
+            return;
+        }
+        trie.remove_endpoint(old_node, midx);
+        let new_template: Arc<str> = trie.template(node).into();
+        match trie.endpoint(node, midx) {
+            Some(into) => {
+                let Some(src) = self.slots.get_mut(id as usize).and_then(Option::take) else {
+                    return;
+                };
+                let Some(dst) = self.slots.get_mut(into as usize).and_then(Option::as_mut) else {
+                    self.slots[id as usize] = Some(src);
+                    return;
+                };
+                dst.rec.merge(&src.rec, &self.cfg);
+                dst.raised |= src.raised;
+                if !dst.dirty {
+                    dst.dirty = true;
+                    self.dirty.push(into);
+                }
+                let replaced_by = Some(dst.rec.key.clone());
+                self.counters.endpoints_merged += 1;
+                self.services[sid as usize].endpoint_count -= 1;
+                self.live_endpoints = self.live_endpoints.saturating_sub(1);
+                self.retired.push(RetiredEndpoint {
+                    id,
+                    key: src.rec.key.clone(),
+                    replaced_by,
+                });
+            }
+            None => {
+                trie.set_endpoint(node, midx, id);
+                let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
+                    return;
+                };
+                let old = slot.rec.key.clone();
+                slot.node = node;
+                slot.rec.set_template(new_template);
+                self.retired.push(RetiredEndpoint {
+                    id,
+                    key: old,
+                    replaced_by: Some(slot.rec.key.clone()),
+                });
+                if !slot.dirty {
+                    slot.dirty = true;
+                    self.dirty.push(id);
+                }
             }
         }
     }

@@ -536,6 +536,11 @@ impl PathTrie {
             .map(|(_, e)| *e)
     }
 
+    /// Detaches the endpoint of `method` from `node` (it is being moved elsewhere).
+    pub fn remove_endpoint(&mut self, node: NodeId, method: u16) {
+        self.node_mut(node).endpoints.retain(|(m, _)| *m != method);
+    }
+
     pub fn set_endpoint(&mut self, node: NodeId, method: u16, id: EndpointId) {
         let n = self.node_mut(node);
         match n.endpoints.iter_mut().find(|(m, _)| *m == method) {

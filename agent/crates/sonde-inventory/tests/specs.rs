@@ -401,13 +401,29 @@ fn spec_loaded_after_traffic_reclassifies() {
         "openapi: 3.0.3\ninfo: {title: t, version: '2'}\npaths:\n  /v2/items/{id}:\n    get:\n      responses: {'200': {description: ok}}\n",
     );
     inv.load_spec(&spec, SpecScope::default()).expect("loads");
-    let class = |t: &str| {
+    let class = |inv: &Inventory, t: &str| {
         inv.endpoints()
             .find(|r| &*r.template == t)
             .map(|r| r.classification)
     };
-    assert_eq!(class("/v2/items/{int}"), Some(Classification::Managed));
-    assert_eq!(class("/v1/items/{int}"), Some(Classification::Zombie));
+    // Endpoints seen before the spec move to its templates.
+    assert_eq!(class(&inv, "/v2/items/{id}"), Some(Classification::Managed));
+    assert_eq!(class(&inv, "/v2/items/{int}"), None);
+    let retired = inv.take_retired();
+    assert!(retired.iter().any(|r| {
+        r.key.ends_with("GET /v2/items/{int}")
+            && r.replaced_by
+                .as_deref()
+                .is_some_and(|k| k.ends_with("GET /v2/items/{id}"))
+    }));
+    inv.check_consistency().expect("consistent");
+    // New calls land on the same endpoint.
+    let info = inv.observe(&ex("GET", "/v2/items/77").build(), NOW_NS);
+    assert_eq!(
+        (&*info.template, info.new_endpoint),
+        ("/v2/items/{id}", false)
+    );
+    assert_eq!(class(&inv, "/v1/items/{int}"), Some(Classification::Zombie));
     // Scoped specs do not apply to other services.
     let mut scoped = Inventory::default();
     scoped
