@@ -13,6 +13,46 @@ use crate::capture::TcpStrategy;
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
     pub capture: CaptureConfig,
+    /// HTTP/1 and HTTP/2 reconstruction limits and timeouts (sonde-protocol's defaults).
+    pub protocol: sonde_protocol::TrackerConfig,
+    /// Inventory caps, salt and thresholds (sonde-inventory's defaults).
+    pub inventory: sonde_inventory::InventoryConfig,
+    /// Declared OpenAPI specs (`[[specs]] path = "..."`). Default: none (every endpoint is
+    /// unclassified until a spec is declared).
+    pub specs: Vec<crate::pipeline::SpecSource>,
+    pub export: ExportConfig,
+}
+
+/// Where inventory and anomalies go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Collector URL. Default `http://127.0.0.1:7419`.
+    pub collector_url: String,
+    /// Run a collector inside the agent (the single-host main job). Default false.
+    pub embedded_collector: bool,
+    /// Database of the embedded collector. Default `/var/lib/sonde/collector.db`.
+    pub embedded_database: std::path::PathBuf,
+    /// Unacknowledged batches wait here while the collector is away. Default
+    /// `/var/lib/sonde/spool`.
+    pub spool_dir: std::path::PathBuf,
+    /// Bound on the spool. Default 64 MiB.
+    pub max_spool_bytes: u64,
+    /// How often changed endpoints are sent. Default 2 s.
+    pub interval_ms: u64,
+}
+
+impl Default for ExportConfig {
+    fn default() -> ExportConfig {
+        ExportConfig {
+            collector_url: "http://127.0.0.1:7419".into(),
+            embedded_collector: false,
+            embedded_database: "/var/lib/sonde/collector.db".into(),
+            spool_dir: "/var/lib/sonde/spool".into(),
+            max_spool_bytes: 64 * 1024 * 1024,
+            interval_ms: 2000,
+        }
+    }
 }
 
 impl AgentConfig {

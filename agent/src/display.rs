@@ -91,3 +91,42 @@ mod tests {
         assert_eq!(clock(3_723_000_456_000), "01:02:03.000456");
     }
 }
+
+/// One line per exchange: `METHOD host/path -> status, sizes, latency, pid/process`.
+pub fn exchange_line(ex: &sonde_model::Exchange) -> String {
+    let req = &ex.request;
+    let host = req.authority.as_deref().unwrap_or("-");
+    let query = req.query.as_deref().map(|q| format!("?{q}")).unwrap_or_default();
+    let status = match &ex.response {
+        Some(r) => r.status.to_string(),
+        None => "(no response)".into(),
+    };
+    let resp_len = ex.response.as_ref().map(|r| r.body.wire_len).unwrap_or(0);
+    let latency = ex
+        .latency_ns()
+        .map(|ns| format!("{:.2}ms", ns as f64 / 1e6))
+        .unwrap_or_else(|| "-".into());
+    let grpc = ex
+        .grpc
+        .as_ref()
+        .map(|g| format!(" grpc-status={}", g.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into())))
+        .unwrap_or_default();
+    let flags = ex.flags.names();
+    let flags = if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join(",")) };
+    let peer = match ex.conn.role {
+        Role::Server => "server",
+        Role::Client => "client",
+        Role::Unknown => "?",
+    };
+    format!(
+        "{} {} {host}{}{query} -> {status}{grpc}, req {}B resp {}B, {latency}, {}[{}] ({peer} side, {}){flags}",
+        clock(req.ts_start_ns),
+        req.method,
+        req.path,
+        req.body.wire_len,
+        resp_len,
+        ex.conn.process.comm,
+        ex.conn.process.pid,
+        ex.version.as_str(),
+    )
+}

@@ -8,4 +8,6 @@
 pub mod capture;
 pub mod config;
 pub mod display;
+pub mod pipeline;
 pub mod record;
+pub mod export;

@@ -12,6 +12,8 @@ use sonde_agent::record::{FORMAT_VERSION, Recorder, RecordingHeader};
 use sonde_model::CaptureEvent;
 use tokio::sync::mpsc;
 
+mod run;
+
 #[derive(Parser)]
 #[command(name = "sonde-agent", version, about = "Sonde: eBPF API traffic sensor")]
 struct Cli {
@@ -26,6 +28,71 @@ struct Cli {
 enum Command {
     /// Print every captured socket event (the debugging view).
     Capture(CaptureArgs),
+    /// Print every HTTP exchange, live from the kernel or from a pcap or a recording.
+    Observe(ObserveArgs),
+    /// Print the API inventory built from live traffic (or a pcap/recording) as a table or JSON.
+    Inventory(InventoryArgs),
+    /// The agent: capture, inventory and export to a collector (optionally embedded).
+    Run(RunArgs),
+}
+
+/// Where events come from.
+#[derive(clap::Args, Clone)]
+struct SourceArgs {
+    /// Read a pcap or pcapng file instead of the kernel.
+    #[arg(long, conflicts_with = "replay")]
+    pcap: Option<PathBuf>,
+    /// Read a recording made with `capture --record` instead of the kernel.
+    #[arg(long)]
+    replay: Option<PathBuf>,
+    /// Only these processes (repeatable).
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// Only connections with this local or remote port (repeatable).
+    #[arg(long = "port")]
+    ports: Vec<u16>,
+    /// Declared OpenAPI spec (repeatable).
+    #[arg(long = "spec")]
+    specs: Vec<PathBuf>,
+    /// Stop after this many seconds (live source; default: until Ctrl-C).
+    #[arg(long)]
+    duration: Option<u64>,
+}
+
+#[derive(clap::Args)]
+struct ObserveArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// One JSON object per exchange.
+    #[arg(long)]
+    json: bool,
+    /// Print nothing per exchange (benchmarks).
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct InventoryArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Start a collector inside the agent (single host).
+    #[arg(long)]
+    embedded_collector: bool,
+    /// Collector URL (default from the config: http://127.0.0.1:7419).
+    #[arg(long, env = "SONDE_COLLECTOR")]
+    collector: Option<String>,
+    /// Directory for the spool and the embedded collector's database.
+    #[arg(long, env = "SONDE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -54,6 +121,9 @@ struct CaptureArgs {
     /// Print nothing per event (with --record, for long captures).
     #[arg(long)]
     quiet: bool,
+    /// Attach programs that return at once to the same hooks (the cost floor, for benchmarks).
+    #[arg(long, hide = true)]
+    empty_programs: bool,
 }
 
 fn init_tracing() {
@@ -80,11 +150,49 @@ async fn main() -> anyhow::Result<()> {
             }
             capture(config, args).await
         }
+        Command::Observe(args) => {
+            apply_source(&mut config, &args.source);
+            run::observe(config, args.source, args.json, args.quiet).await
+        }
+        Command::Inventory(args) => {
+            apply_source(&mut config, &args.source);
+            run::inventory(config, args.source, args.json).await
+        }
+        Command::Run(args) => {
+            apply_source(&mut config, &args.source);
+            if args.embedded_collector {
+                config.export.embedded_collector = true;
+            }
+            if let Some(url) = args.collector {
+                config.export.collector_url = url;
+            }
+            if let Some(dir) = args.state_dir {
+                config.export.spool_dir = dir.join("spool");
+                config.export.embedded_database = dir.join("collector.db");
+            }
+            run::run(config, args.source).await
+        }
     }
 }
 
+fn apply_source(config: &mut AgentConfig, source: &SourceArgs) {
+    config.capture.pids.extend(&source.pids);
+    config.capture.ports.extend(&source.ports);
+    config.specs.extend(source.specs.iter().map(|p| sonde_agent::pipeline::SpecSource {
+        path: p.clone(),
+        authority: None,
+        port: None,
+        process: None,
+    }));
+}
+
 async fn capture(config: AgentConfig, args: CaptureArgs) -> anyhow::Result<()> {
-    let mut live = LiveCapture::start(&config.capture).context("starting the live capture")?;
+    let mut live = if args.empty_programs {
+        LiveCapture::start_empty(&config.capture)
+    } else {
+        LiveCapture::start(&config.capture)
+    }
+    .context("starting the live capture")?;
     eprintln!("sonde-agent capture: {}", live.report());
     let (tx, mut rx) = mpsc::channel::<Vec<CaptureEvent>>(config.capture.channel_batches);
     live.spawn_reader(tx, Duration::from_millis(config.capture.poll_interval_ms))?;

@@ -1,11 +1,347 @@
-//! `cargo xtask bench`: whole-system overhead (`capture`) and the criterion suites.
+//! `cargo xtask bench capture`: the whole-system overhead run (nginx + wrk on loopback, with
+//! and without the agent, in one session); `cargo xtask bench <crate>`: that crate's criterion
+//! benchmarks.
+//!
+//! Modes are alternated round by round because this machine is noisy (DESIGN.md: ±10% between
+//! identical runs): `none` (no agent), `floor` (the same hooks with programs that return at once)
+//! and `agent`. Two kinds of figure per mode:
+//! - peak: wrk as fast as it goes; throughput ratio against `none`;
+//! - paced: wrk held at a fixed rate; whole-host busy CPU per request from /proc/stat, the
+//!   agent's own CPU per request, and eBPF run time per request (bpf_stats, read from the agent's
+//!   program fds).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{cargo, root, run};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// `capture`, or a crate's criterion bench name.
+    /// `capture` (whole-system run), or the name of a crate whose criterion benches to run.
     which: String,
+    /// Rounds per mode.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Requests per second of the paced runs.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u32,
+    /// Agent subcommand and flags to measure (default: the capture view, printing nothing).
+    #[arg(long, default_value = "capture --quiet")]
+    agent: String,
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("unknown benchmark {}", args.which)
+    if args.which != "capture" {
+        return run(cargo().current_dir(root()).args(["bench", "--locked", "-p", &args.which]));
+    }
+    crate::setup::setup()?;
+    run(cargo().current_dir(root()).args(["build", "--release", "--locked", "-p", "sonde-agent"]))?;
+    capture_bench(&args)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    None,
+    Floor,
+    Agent,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Floor => "floor",
+            Mode::Agent => "agent",
+        }
+    }
+}
+
+#[derive(Default, Clone)]
+struct Sample {
+    requests: f64,
+    seconds: f64,
+    host_busy_s: f64,
+    agent_cpu_s: f64,
+    bpf_ns: f64,
+    bpf_runs: f64,
+    drops: u64,
+}
+
+fn capture_bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("sonde-bench-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("www"))?;
+    std::fs::write(dir.join("www").join("index.html"), "x".repeat(612))?;
+    let port = 18_191;
+    let nginx = Nginx::start(&dir, port)?;
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let lua = dir.join("paced.lua");
+    // wrk's delay() is per connection: 10 connections each waiting 10/rate s between requests.
+    let conns = 10u32;
+    let delay_ms = 1000.0 * f64::from(conns) / f64::from(args.rate);
+    std::fs::write(&lua, format!("function delay() return {delay_ms:.3} end\n"))?;
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    let agent_bin = crate::util::target_dir().join("release").join("sonde-agent");
+
+    // Warm up nginx and the page cache.
+    wrk(&url, 2, None, conns)?;
+    let modes = [Mode::None, Mode::Floor, Mode::Agent];
+    let mut peak: Vec<(Mode, Sample)> = Vec::new();
+    let mut paced: Vec<(Mode, Sample)> = Vec::new();
+    for round in 0..args.rounds {
+        for &mode in &modes {
+            for (pace, out) in [(None, &mut peak), (Some(lua.as_path()), &mut paced)] {
+                let agent = Agent::start(mode, &agent_bin, &args.agent)?;
+                let s = measure(&url, args.seconds, pace, conns, agent.as_ref())?;
+                if let Some(a) = agent {
+                    let drops = a.stop()?;
+                    out.push((mode, Sample { drops, ..s }));
+                } else {
+                    out.push((mode, s));
+                }
+                eprintln!("round {round} {:<5} {}: done", mode.name(), if pace.is_some() { "paced" } else { "peak" });
+            }
+        }
+    }
+    drop(nginx);
+    report(&peak, &paced, args);
+    Ok(())
+}
+
+fn report(peak: &[(Mode, Sample)], paced: &[(Mode, Sample)], args: &BenchArgs) {
+    let median = |v: &mut Vec<f64>| -> f64 {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let per_mode = |set: &[(Mode, Sample)], mode: Mode, f: &dyn Fn(&Sample) -> f64| {
+        let mut v: Vec<f64> = set.iter().filter(|(m, _)| *m == mode).map(|(_, s)| f(s)).collect();
+        median(&mut v)
+    };
+    let rps = |s: &Sample| s.requests / s.seconds;
+    let base_rps = per_mode(peak, Mode::None, &rps);
+    println!("\n== capture overhead: nginx + wrk on loopback, {} rounds x {} s, medians ==", args.rounds, args.seconds);
+    println!("agent command: sonde-agent {}", args.agent);
+    println!("{:<6} {:>12} {:>8} | {:>16} {:>16} {:>16} {:>10}", "mode", "peak req/s", "ratio", "host µs/req", "agent µs/req", "eBPF µs/req", "drops");
+    let base_host = per_mode(paced, Mode::None, &|s| 1e6 * s.host_busy_s / s.requests);
+    for mode in [Mode::None, Mode::Floor, Mode::Agent] {
+        let r = per_mode(peak, mode, &rps);
+        let host = per_mode(paced, mode, &|s| 1e6 * s.host_busy_s / s.requests);
+        let agent = per_mode(paced, mode, &|s| 1e6 * s.agent_cpu_s / s.requests);
+        let bpf = per_mode(paced, mode, &|s| s.bpf_ns / 1e3 / s.requests);
+        let drops: u64 = peak.iter().chain(paced).filter(|(m, _)| *m == mode).map(|(_, s)| s.drops).sum();
+        println!(
+            "{:<6} {:>12.0} {:>8.3} | {:>8.2} (+{:>5.2}) {:>16.2} {:>16.3} {:>10}",
+            mode.name(),
+            r,
+            r / base_rps,
+            host,
+            host - base_host,
+            agent,
+            bpf,
+            drops
+        );
+    }
+    let bpf_floor = per_mode(paced, Mode::Floor, &|s| s.bpf_ns / 1e3 / s.requests);
+    let bpf_agent = per_mode(paced, Mode::Agent, &|s| s.bpf_ns / 1e3 / s.requests);
+    let runs = per_mode(paced, Mode::Agent, &|s| s.bpf_runs / s.requests);
+    println!(
+        "eBPF above the empty-hook floor: {:.3} µs/request ({runs:.1} program runs per request); paced at {} req/s",
+        bpf_agent - bpf_floor,
+        args.rate
+    );
+}
+
+fn measure(url: &str, seconds: u32, pace: Option<&Path>, conns: u32, agent: Option<&Agent>) -> anyhow::Result<Sample> {
+    let busy0 = host_busy_seconds()?;
+    let cpu0 = agent.map(|a| a.cpu_seconds()).unwrap_or(0.0);
+    let (ns0, runs0) = agent.map(|a| a.bpf_stats()).unwrap_or((0, 0));
+    let (requests, secs) = wrk(url, seconds, pace, conns)?;
+    let busy1 = host_busy_seconds()?;
+    let cpu1 = agent.map(|a| a.cpu_seconds()).unwrap_or(0.0);
+    let (ns1, runs1) = agent.map(|a| a.bpf_stats()).unwrap_or((0, 0));
+    Ok(Sample {
+        requests,
+        seconds: secs,
+        host_busy_s: busy1 - busy0,
+        agent_cpu_s: cpu1 - cpu0,
+        bpf_ns: (ns1 - ns0) as f64,
+        bpf_runs: (runs1 - runs0) as f64,
+        drops: 0,
+    })
+}
+
+/// Runs wrk; returns (requests, seconds).
+fn wrk(url: &str, seconds: u32, pace: Option<&Path>, conns: u32) -> anyhow::Result<(f64, f64)> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", &format!("-c{conns}"), &format!("-d{seconds}s")]);
+    if let Some(p) = pace {
+        cmd.arg("-s").arg(p);
+    }
+    cmd.arg(url);
+    let out = cmd.output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "  123456 requests in 5.00s, 98.1MB read"
+    let line = text.lines().find(|l| l.contains(" requests in ")).with_context(|| format!("wrk output: {text}"))?;
+    let mut words = line.split_whitespace();
+    let requests: f64 = words.next().context("requests")?.parse()?;
+    let secs = words.nth(2).context("seconds")?.trim_end_matches(|c: char| c == ',' || c == 's');
+    Ok((requests, secs.parse().unwrap_or(f64::from(seconds))))
+}
+
+/// Busy CPU seconds of the whole host (all but idle and iowait) from /proc/stat.
+fn host_busy_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu = stat.lines().next().context("/proc/stat is empty")?;
+    let v: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    Ok((total - idle) / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    100.0
+}
+
+struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    fn start(mode: Mode, bin: &Path, subcommand: &str) -> anyhow::Result<Option<Agent>> {
+        let mut cmd = Command::new(bin);
+        match mode {
+            Mode::None => return Ok(None),
+            Mode::Floor => {
+                cmd.args(["capture", "--quiet", "--empty-programs"]);
+            }
+            Mode::Agent => {
+                cmd.args(subcommand.split_whitespace());
+            }
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).env("SONDE_LOG", "warn");
+        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let agent = Agent { child };
+        // Attached when its programs appear among its fds.
+        for _ in 0..200 {
+            if !agent.bpf_prog_fds().is_empty() {
+                std::thread::sleep(Duration::from_millis(1000));
+                return Ok(Some(agent));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the agent did not attach its programs in 10 s")
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = after_comm.split_whitespace().collect();
+        let utime: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let stime: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        (utime + stime) / clock_ticks()
+    }
+
+    fn bpf_prog_fds(&self) -> Vec<PathBuf> {
+        let dir = PathBuf::from(format!("/proc/{}/fdinfo", self.pid()));
+        std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("prog_type:")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sum of run_time_ns and run_cnt over the agent's programs.
+    fn bpf_stats(&self) -> (u64, u64) {
+        let mut ns = 0;
+        let mut runs = 0;
+        for p in self.bpf_prog_fds() {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            for line in text.lines() {
+                if let Some(v) = line.strip_prefix("run_time_ns:") {
+                    ns += v.trim().parse::<u64>().unwrap_or(0);
+                } else if let Some(v) = line.strip_prefix("run_cnt:") {
+                    runs += v.trim().parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+        (ns, runs)
+    }
+
+    /// Stops the agent with SIGINT and returns the drop counters it printed.
+    fn stop(mut self) -> anyhow::Result<u64> {
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(self.child.id() as i32, 2) };
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn()?).wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        let mut drops = 0;
+        for line in text.lines() {
+            let mut w = line.split_whitespace();
+            if let (Some(name), Some(v)) = (w.next(), w.next())
+                && matches!(name, "ring_full_data" | "ring_full_conn" | "read_user_failed" | "map_full")
+            {
+                drops += v.parse::<u64>().unwrap_or(0);
+            }
+        }
+        Ok(drops)
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+struct Nginx {
+    child: Child,
+}
+
+impl Nginx {
+    fn start(dir: &Path, port: u16) -> anyhow::Result<Nginx> {
+        let conf = format!(
+            "daemon off; master_process on; worker_processes 1; user root;
+pid {d}/nginx.pid; error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off; sendfile on; keepalive_requests 10000000;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  server {{ listen 127.0.0.1:{port}; root {d}/www; }} }}
+",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .spawn()
+            .context("starting nginx")?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Nginx { child });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("nginx did not listen on {port}")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(self.child.id() as i32, 3) };
+        let _ = self.child.wait();
+    }
 }

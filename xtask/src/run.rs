@@ -24,7 +24,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "-p",
         "sonde-collector",
     ]))?;
-    let agent = root.join("target").join("release").join("sonde-agent");
+    let agent = crate::util::target_dir().join("release").join("sonde-agent");
     let mut cmd = std::process::Command::new(agent);
     cmd.arg("capture");
     if args.demo {

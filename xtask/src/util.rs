@@ -51,3 +51,8 @@ pub fn describe(cmd: &Command) -> String {
 pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
+
+/// Where cargo puts build outputs (`CARGO_TARGET_DIR`, else `target/` under the root).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{KProbe, TracePoint};
 use aya::{Ebpf, EbpfLoader};
-use sonde_common::{Config, counter};
+use sonde_common::{Config, Counters, counter};
 use sonde_model::CaptureEvent;
 use tokio::sync::mpsc;
 
@@ -72,6 +72,26 @@ impl KernelCounters {
     }
 }
 
+/// Reads the kernel counters; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct CountersReader {
+    map: Arc<PerCpuArray<MapData, Counters>>,
+}
+
+impl CountersReader {
+    /// Sums the per-CPU values.
+    pub fn read(&self) -> KernelCounters {
+        let per_cpu = self.map.get(&0, 0).map(|v| v.iter().copied().collect::<Vec<_>>());
+        let per_cpu = per_cpu.unwrap_or_default();
+        let values = counter::NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (*name, per_cpu.iter().map(|c| c.values[i]).sum()))
+            .collect();
+        KernelCounters { values }
+    }
+}
+
 /// User-space counters of the ring reader.
 #[derive(Debug, Default)]
 pub struct ReaderStats {
@@ -103,7 +123,7 @@ impl ReaderStats {
 pub struct LiveCapture {
     ebpf: Ebpf,
     report: StrategyReport,
-    counters: PerCpuArray<MapData, u64>,
+    counters: Arc<PerCpuArray<MapData, Counters>>,
     stats: Arc<ReaderStats>,
     stop: Arc<AtomicBool>,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -112,6 +132,16 @@ pub struct LiveCapture {
 impl LiveCapture {
     /// Loads the programs, probes and attaches hooks, and configures the kernel side.
     pub fn start(cfg: &CaptureConfig) -> Result<LiveCapture, CaptureError> {
+        LiveCapture::start_inner(cfg, false)
+    }
+
+    /// Attaches a program that returns at once to every hook the real capture would use: the
+    /// cost floor of the hook set, for benchmarks. Nothing is captured.
+    pub fn start_empty(cfg: &CaptureConfig) -> Result<LiveCapture, CaptureError> {
+        LiveCapture::start_inner(cfg, true)
+    }
+
+    fn start_inner(cfg: &CaptureConfig, empty: bool) -> Result<LiveCapture, CaptureError> {
         raise_memlock_limit();
         let tracefs_root = tracefs::ensure_tracefs()?;
         if let Err(e) = tracefs::ensure_bpffs() {
@@ -137,6 +167,21 @@ impl LiveCapture {
             Default::default()
         };
 
+        if empty {
+            let p: &mut TracePoint = ebpf
+                .program_mut("empty_tracepoint")
+                .ok_or_else(|| CaptureError::Load("program empty_tracepoint missing".into()))?
+                .try_into()
+                .map_err(|e| CaptureError::Load(format!("empty_tracepoint: {e}")))?;
+            p.load().map_err(|e| CaptureError::Load(format!("loading empty_tracepoint: {e:#}")))?;
+        }
+        let attach_tracepoint = |ebpf: &mut Ebpf, prog: &str, category: &str, name: &str| {
+            if empty {
+                attach_loaded(ebpf, "empty_tracepoint", category, name)
+            } else {
+                attach_tracepoint(ebpf, prog, category, name)
+            }
+        };
         let mut attached = Vec::new();
         for name in SYSCALL_PROGRAMS {
             attach_tracepoint(&mut ebpf, name, "syscalls", name)?;
@@ -203,6 +248,8 @@ impl LiveCapture {
             tgid_filter_enabled: u32::from(!cfg.pids.is_empty()),
             port_filter_enabled: u32::from(!cfg.ports.is_empty()),
             sock_tracepoints: u32::from(chosen.marks_in_syscall()),
+            exclude_enabled: u32::from(!cfg.exclude_pids.is_empty()),
+            _pad: 0,
             wakeup_threshold: cfg.wakeup_threshold_bytes,
             tp,
         };
@@ -216,11 +263,11 @@ impl LiveCapture {
         .map_err(|e| CaptureError::Load(format!("CONFIG: {e}")))?;
         config_map.set(0, config, 0).map_err(|e| CaptureError::Load(format!("CONFIG: {e}")))?;
 
-        let counters = PerCpuArray::try_from(
+        let counters = Arc::new(PerCpuArray::try_from(
             ebpf.take_map("COUNTERS")
                 .ok_or_else(|| CaptureError::Load("map COUNTERS missing".into()))?,
         )
-        .map_err(|e| CaptureError::Load(format!("COUNTERS: {e}")))?;
+        .map_err(|e| CaptureError::Load(format!("COUNTERS: {e}")))?);
 
         let report = StrategyReport {
             syscall_hooks: "syscall tracepoints",
@@ -240,6 +287,11 @@ impl LiveCapture {
         })
     }
 
+    /// A handle that reads the kernel counters from another thread.
+    pub fn counters_reader(&self) -> CountersReader {
+        CountersReader { map: self.counters.clone() }
+    }
+
     pub fn report(&self) -> &StrategyReport {
         &self.report
     }
@@ -250,17 +302,10 @@ impl LiveCapture {
 
     /// Sums the per-CPU kernel counters.
     pub fn kernel_counters(&self) -> KernelCounters {
-        let mut values = Vec::with_capacity(counter::COUNT as usize);
-        for (i, name) in counter::NAMES.iter().enumerate() {
-            let v = self
-                .counters
-                .get(&(i as u32), 0)
-                .map(|per_cpu| per_cpu.iter().sum::<u64>())
-                .unwrap_or(0);
-            values.push((*name, v));
-        }
-        KernelCounters { values }
+        self.counters_reader().read()
     }
+
+
 
     /// Starts the ring reader thread: it drains the ring in batches (on wake-up or every
     /// `poll_interval`), decodes, and blocks on the channel when the pipeline is slow, so
@@ -383,6 +428,18 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) ->
         .try_into()
         .map_err(|e| CaptureError::Load(format!("{prog}: {e}")))?;
     p.load().map_err(|e| CaptureError::Load(format!("loading {prog}: {e:#}")))?;
+    p.attach(category, name)
+        .map_err(|e| CaptureError::Attach(format!("attaching {prog} to {category}/{name}: {e}")))?;
+    Ok(())
+}
+
+/// Attaches an already loaded tracepoint program to one more tracepoint.
+fn attach_loaded(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<(), CaptureError> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| CaptureError::Load(format!("program {prog} missing from the object")))?
+        .try_into()
+        .map_err(|e| CaptureError::Load(format!("{prog}: {e}")))?;
     p.attach(category, name)
         .map_err(|e| CaptureError::Attach(format!("attaching {prog} to {category}/{name}: {e}")))?;
     Ok(())

@@ -6,12 +6,8 @@
 #![no_std]
 
 /// Bytes of payload one data event carries at most.
-/// (Per-CPU map values are limited to 32 KiB, and the scratch record is twice a chunk.)
+/// (Records of the largest class hold 16 KiB, twice a chunk: see the eBPF crate's `emit_one`.)
 pub const CHUNK_SIZE: usize = 8 * 1024;
-/// The scratch buffer is twice the chunk so `len & SCRATCH_MASK` is a bound the verifier accepts
-/// for any `len <= CHUNK_SIZE` (see DESIGN.md, verifier pitfalls).
-pub const SCRATCH_DATA_SIZE: usize = 2 * CHUNK_SIZE;
-pub const SCRATCH_MASK: u64 = (SCRATCH_DATA_SIZE - 1) as u64;
 /// Data events one syscall emits at most; bytes past `MAX_CHUNKS_PER_CALL * chunk` travel as a
 /// length only.
 pub const MAX_CHUNKS_PER_CALL: u32 = 8;
@@ -65,7 +61,14 @@ pub mod open_flags {
     pub const MID_STREAM: u16 = 2;
 }
 
-/// Per-CPU counters, indices into the `COUNTERS` map.
+/// Per-CPU counters: the single value of the `COUNTERS` map (one lookup per program run).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub values: [u64; counter::COUNT as usize],
+}
+
+/// Indices into [`Counters::values`].
 pub mod counter {
     /// Data records lost because the ring buffer was full.
     pub const RING_FULL_DATA: u32 = 0;
@@ -212,7 +215,10 @@ pub struct PendingCall {
     pub not_tcp: u8,
     /// 1 for sendfile (no user buffer).
     pub sendfile: u8,
-    pub _pad: [u8; 7],
+    /// 1 once `sys_exit` handled the call. Entries are overwritten, not deleted (cheaper), in
+    /// an LRU map that forgets threads which no longer make calls.
+    pub done: u8,
+    pub _pad: [u8; 6],
 }
 
 /// What the kernel side knows about an fd of a process.
@@ -283,6 +289,9 @@ pub struct Config {
     pub port_filter_enabled: u32,
     /// 1: the sock tracepoints tell TCP; 0: only connect/accept hints do (fallback strategy).
     pub sock_tracepoints: u32,
+    /// 1: `TGID_EXCLUDE` holds processes to skip besides the agent.
+    pub exclude_enabled: u32,
+    pub _pad: u32,
     /// Ring bytes pending after which a record forces a wake-up of user space.
     pub wakeup_threshold: u64,
     pub tp: TracepointOffsets,
@@ -297,18 +306,12 @@ impl Default for Config {
             tgid_filter_enabled: 0,
             port_filter_enabled: 0,
             sock_tracepoints: 1,
+            exclude_enabled: 0,
+            _pad: 0,
             wakeup_threshold: 256 * 1024,
             tp: TracepointOffsets::default(),
         }
     }
-}
-
-/// Per-CPU scratch record: a data header and room for one chunk, built here because the BPF
-/// stack (512 bytes) cannot hold it.
-#[repr(C)]
-pub struct DataRecord {
-    pub header: DataHeader,
-    pub data: [u8; SCRATCH_DATA_SIZE],
 }
 
 pub const DATA_HEADER_SIZE: usize = core::mem::size_of::<DataHeader>();
@@ -320,14 +323,15 @@ const _: () = assert!(core::mem::size_of::<SockAddrs>() == 40);
 const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
 const _: () = assert!(core::mem::size_of::<FdState>() == 32);
 const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 64);
-const _: () = assert!(CHUNK_SIZE.is_power_of_two() && SCRATCH_DATA_SIZE.is_power_of_two());
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
+const _: () = assert!(CHUNK_SIZE.is_power_of_two() && CHUNK_SIZE <= 8192);
 
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     // SAFETY: all of these are repr(C), Copy, made of integers and arrays with explicit padding.
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for FdState {}
     unsafe impl aya::Pod for PendingCall {}
     unsafe impl aya::Pod for SockAddrs {}

@@ -1,0 +1,196 @@
+//! The analysis pipeline behind `observe` and `run`: capture events → protocol → inventory,
+//! driven from one thread that owns the per-connection state (no lock per event).
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sonde_inventory::{CallInfo, Inventory, SpecScope};
+use sonde_model::{Anomaly, CaptureEvent, Exchange, Role};
+use sonde_protocol::Tracker;
+
+use crate::capture::procfs;
+use crate::config::AgentConfig;
+
+/// What the pipeline produced from one batch of events.
+pub trait Sink {
+    /// One exchange and the inventory's analysis of it.
+    fn exchange(&mut self, ex: &Exchange, call: &CallInfo);
+    /// Inventory events (shadow/zombie endpoints, personal data served without auth).
+    fn anomalies(&mut self, anomalies: Vec<Anomaly>);
+}
+
+/// Counters of the analysis thread.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PipelineStats {
+    pub events: u64,
+    pub exchanges: u64,
+    /// Client-side views of calls whose server side is captured on this host too.
+    pub duplicate_client_views: u64,
+}
+
+/// Protocol tracking and inventory for one stream of capture events.
+pub struct Analyzer {
+    tracker: Tracker,
+    inventory: Inventory,
+    local: LocalServers,
+    dedupe: bool,
+    exchanges: Vec<Exchange>,
+    stats: PipelineStats,
+}
+
+impl Analyzer {
+    pub fn new(cfg: &AgentConfig) -> anyhow::Result<Analyzer> {
+        let tracker = Tracker::new(cfg.protocol.clone())
+            .map_err(|e| anyhow::anyhow!("protocol configuration: {e}"))?;
+        let mut inventory = Inventory::new(cfg.inventory.clone());
+        let specs = cfg.specs.iter().map(|s| {
+            (
+                s.path.clone(),
+                SpecScope { authority: s.authority.clone(), port: s.port, process: s.process.clone() },
+            )
+        });
+        for err in inventory.load_specs(specs) {
+            tracing::warn!(error = %err, "declared spec skipped");
+        }
+        Ok(Analyzer {
+            tracker,
+            inventory,
+            local: LocalServers::default(),
+            // With a process filter the server side may not be captured: keep both views.
+            dedupe: cfg.capture.pids.is_empty(),
+            exchanges: Vec::with_capacity(256),
+            stats: PipelineStats::default(),
+        })
+    }
+
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    pub fn inventory_mut(&mut self) -> &mut Inventory {
+        &mut self.inventory
+    }
+
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    pub fn stats(&self) -> &PipelineStats {
+        &self.stats
+    }
+
+    /// Feeds a batch of capture events.
+    pub fn on_events(&mut self, batch: Vec<CaptureEvent>, sink: &mut dyn Sink) {
+        self.stats.events += batch.len() as u64;
+        for ev in batch {
+            self.tracker.on_event(ev, &mut self.exchanges);
+        }
+        self.drain(sink);
+    }
+
+    /// Timeouts (requests whose response never came, idle connections).
+    pub fn tick(&mut self, now_unix_ns: u64, sink: &mut dyn Sink) {
+        self.tracker.tick(now_unix_ns, &mut self.exchanges);
+        self.drain(sink);
+    }
+
+    /// End of input: every pending request is emitted.
+    pub fn flush(&mut self, sink: &mut dyn Sink) {
+        self.tracker.flush(&mut self.exchanges);
+        self.drain(sink);
+    }
+
+    fn drain(&mut self, sink: &mut dyn Sink) {
+        let mut exchanges = std::mem::take(&mut self.exchanges);
+        for ex in exchanges.drain(..) {
+            if self.dedupe && self.is_duplicate_client_view(&ex) {
+                self.stats.duplicate_client_views += 1;
+                continue;
+            }
+            self.stats.exchanges += 1;
+            let now = ex.response.as_ref().map(|r| r.ts_end_ns).unwrap_or(ex.request.ts_end_ns);
+            let call = self.inventory.observe(&ex, now);
+            sink.exchange(&ex, &call);
+        }
+        self.exchanges = exchanges;
+        let events = self.inventory.drain_events();
+        if !events.is_empty() {
+            sink.anomalies(events);
+        }
+    }
+
+    /// A call between two processes of this host is seen twice, from the client's socket and
+    /// from the server's. The server's view is the one that names the serving process, so the
+    /// client's is dropped when its destination is a port this host listens on.
+    fn is_duplicate_client_view(&mut self, ex: &Exchange) -> bool {
+        if ex.conn.role != Role::Client {
+            return false;
+        }
+        let Some(server) = ex.conn.server_addr() else {
+            return false;
+        };
+        self.local.serves(server)
+    }
+}
+
+/// Ports this host listens on, from /proc/net/tcp{,6}, refreshed at most once a second.
+#[derive(Default)]
+struct LocalServers {
+    listening: HashSet<(Option<IpAddr>, u16)>,
+    refreshed: Option<Instant>,
+}
+
+impl LocalServers {
+    fn serves(&mut self, addr: SocketAddr) -> bool {
+        if self.refreshed.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+            self.refresh();
+        }
+        self.listening.contains(&(None, addr.port())) || self.listening.contains(&(Some(addr.ip()), addr.port()))
+    }
+
+    fn refresh(&mut self) {
+        self.refreshed = Some(Instant::now());
+        self.listening.clear();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let Ok(text) = std::fs::read_to_string(table) else {
+                continue;
+            };
+            for row in procfs::parse_table(&text) {
+                if row.state != 0x0A {
+                    continue;
+                }
+                let ip = row.local.ip();
+                // A wildcard listener serves every local address.
+                let key = if ip.is_unspecified() { None } else { Some(ip) };
+                self.listening.insert((key, row.local.port()));
+            }
+        }
+    }
+}
+
+/// A declared OpenAPI spec and the services it describes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecSource {
+    /// OpenAPI 3.0/3.1 file, YAML or JSON.
+    pub path: PathBuf,
+    /// Only services with this Host/authority (port ignored).
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Only services on this server port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Only services of this process (`comm`).
+    #[serde(default)]
+    pub process: Option<String>,
+}
+
+/// Unix-epoch nanoseconds now.
+pub fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,426 @@
+//! The pipeline commands: `observe`, `inventory`, `run`.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sonde_agent::capture::LiveCapture;
+use sonde_agent::config::AgentConfig;
+use sonde_agent::display;
+use sonde_agent::pipeline::{Analyzer, Sink, now_unix_ns};
+use sonde_agent::record::Replay;
+use sonde_inventory::CallInfo;
+use sonde_model::{Anomaly, CaptureEvent, Exchange};
+use tokio::sync::mpsc;
+
+use crate::SourceArgs;
+
+/// A running source of capture events.
+struct Source {
+    rx: mpsc::Receiver<Vec<CaptureEvent>>,
+    live: Option<LiveCapture>,
+    /// The source ends by itself (a file).
+    finite: bool,
+}
+
+fn start_source(config: &AgentConfig, args: &SourceArgs) -> anyhow::Result<Source> {
+    let (tx, rx) = mpsc::channel::<Vec<CaptureEvent>>(config.capture.channel_batches);
+    if let Some(path) = &args.pcap {
+        let reader = sonde_pcap::PcapReader::open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        std::thread::spawn(move || feed(reader.map(|r| r.map_err(anyhow::Error::from)), tx));
+        return Ok(Source { rx, live: None, finite: true });
+    }
+    if let Some(path) = &args.replay {
+        let replay = Replay::open(path)?;
+        std::thread::spawn(move || feed(replay.map(|r| r.map_err(anyhow::Error::from)), tx));
+        return Ok(Source { rx, live: None, finite: true });
+    }
+    let mut live = LiveCapture::start(&config.capture).context("starting the live capture")?;
+    eprintln!("sonde-agent: {}", live.report());
+    live.spawn_reader(tx, Duration::from_millis(config.capture.poll_interval_ms))?;
+    Ok(Source { rx, live: Some(live), finite: false })
+}
+
+/// Sends a file's events in batches; a damaged file ends the feed with a logged error.
+fn feed(events: impl Iterator<Item = anyhow::Result<CaptureEvent>>, tx: mpsc::Sender<Vec<CaptureEvent>>) {
+    let mut batch = Vec::with_capacity(1024);
+    for ev in events {
+        match ev {
+            Ok(ev) => batch.push(ev),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "input ends early");
+                break;
+            }
+        }
+        if batch.len() == 1024 && tx.blocking_send(std::mem::replace(&mut batch, Vec::with_capacity(1024))).is_err() {
+            return;
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.blocking_send(batch);
+    }
+}
+
+/// Drives an analyzer from a source until the source ends, Ctrl-C, or the duration.
+async fn drive(
+    mut source: Source,
+    analyzer: &mut Analyzer,
+    sink: &mut dyn Sink,
+    duration: Option<u64>,
+    mut every: impl FnMut(&mut Analyzer),
+) -> anyhow::Result<()> {
+    let deadline = async {
+        match duration {
+            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            batch = source.rx.recv() => match batch {
+                Some(batch) => analyzer.on_events(batch, sink),
+                None => break,
+            },
+            _ = tick.tick() => {
+                if !source.finite {
+                    analyzer.tick(now_unix_ns(), sink);
+                }
+                every(analyzer);
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut deadline => break,
+        }
+    }
+    if let Some(mut live) = source.live.take() {
+        live.stop();
+        while let Ok(batch) = source.rx.try_recv() {
+            analyzer.on_events(batch, sink);
+        }
+        print_capture_counters(&live);
+    }
+    analyzer.flush(sink);
+    every(analyzer);
+    Ok(())
+}
+
+fn print_capture_counters(live: &LiveCapture) {
+    let k = live.kernel_counters();
+    let drops: Vec<String> = k.drops().map(|(n, v)| format!("{n}={v}")).collect();
+    let reader: Vec<String> = live.reader_stats().snapshot().iter().map(|(n, v)| format!("{n}={v}")).collect();
+    eprintln!(
+        "capture: {}; kernel drops: {}; reader: {}",
+        live.report(),
+        drops.join(" "),
+        reader.join(" ")
+    );
+}
+
+struct PrintSink {
+    json: bool,
+    quiet: bool,
+    out: std::io::BufWriter<std::io::Stdout>,
+}
+
+impl Sink for PrintSink {
+    fn exchange(&mut self, ex: &Exchange, call: &CallInfo) {
+        if self.quiet {
+            return;
+        }
+        let r = if self.json {
+            serde_json::to_writer(&mut self.out, &exchange_json(ex, call)).map_err(std::io::Error::other)
+                .and_then(|()| writeln!(self.out))
+        } else {
+            writeln!(self.out, "{}  => {}", display::exchange_line(ex), call.template)
+        };
+        if r.is_err() {
+            self.quiet = true;
+        }
+    }
+
+    fn anomalies(&mut self, anomalies: Vec<Anomaly>) {
+        if self.quiet {
+            return;
+        }
+        for a in anomalies {
+            let _ = writeln!(
+                self.out,
+                "ANOMALY {} {} {}: {}",
+                a.severity.as_str(),
+                a.category.code(),
+                a.kind,
+                a.explanation
+            );
+        }
+        let _ = self.out.flush();
+    }
+}
+
+/// JSON view of an exchange for tooling: no raw header values (they may be secrets), only names.
+fn exchange_json(ex: &Exchange, call: &CallInfo) -> serde_json::Value {
+    serde_json::json!({
+        "ts_ns": ex.request.ts_start_ns,
+        "version": ex.version.as_str(),
+        "stream_id": ex.stream_id,
+        "method": ex.request.method,
+        "authority": ex.request.authority,
+        "path": ex.request.path,
+        "template": &*call.template,
+        "endpoint": &*call.endpoint,
+        "status": ex.status(),
+        "request_body_bytes": ex.request.body.wire_len,
+        "response_body_bytes": ex.response.as_ref().map(|r| r.body.wire_len),
+        "latency_ns": ex.latency_ns(),
+        "pid": ex.conn.process.pid,
+        "process": ex.conn.process.comm,
+        "role": ex.conn.role,
+        "local": ex.conn.local.map(|a| a.to_string()),
+        "remote": ex.conn.remote.map(|a| a.to_string()),
+        "request_headers": ex.request.headers.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+        "grpc": ex.grpc.as_ref().map(|g| serde_json::json!({
+            "service": g.service, "method": g.method, "status": g.status,
+            "request_messages": g.request_messages, "response_messages": g.response_messages,
+        })),
+        "flags": ex.flags.names(),
+        "auth": format!("{:?}", call.auth.scheme),
+    })
+}
+
+pub async fn observe(config: AgentConfig, args: SourceArgs, json: bool, quiet: bool) -> anyhow::Result<()> {
+    let mut analyzer = Analyzer::new(&config)?;
+    let source = start_source(&config, &args)?;
+    let mut sink = PrintSink { json, quiet, out: std::io::BufWriter::new(std::io::stdout()) };
+    drive(source, &mut analyzer, &mut sink, args.duration, |_| {}).await?;
+    sink.out.flush()?;
+    let s = analyzer.stats();
+    eprintln!(
+        "{} events, {} exchanges ({} duplicate client-side views of local calls folded)",
+        s.events, s.exchanges, s.duplicate_client_views
+    );
+    Ok(())
+}
+
+struct CollectSink {
+    anomalies: Vec<Anomaly>,
+}
+
+impl Sink for CollectSink {
+    fn exchange(&mut self, _: &Exchange, _: &CallInfo) {}
+    fn anomalies(&mut self, anomalies: Vec<Anomaly>) {
+        self.anomalies.extend(anomalies);
+    }
+}
+
+pub async fn inventory(config: AgentConfig, args: SourceArgs, json: bool) -> anyhow::Result<()> {
+    let mut analyzer = Analyzer::new(&config)?;
+    let source = start_source(&config, &args)?;
+    let mut sink = CollectSink { anomalies: Vec::new() };
+    drive(source, &mut analyzer, &mut sink, args.duration, |_| {}).await?;
+    let inv = analyzer.inventory();
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    if json {
+        let endpoints: Vec<_> = inv.endpoints().collect();
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({
+                "endpoints": endpoints,
+                "unused_operations": inv.unused_operations().iter().map(|u| format!("{u:?}")).collect::<Vec<_>>(),
+                "events": sink.anomalies,
+                "counters": inv.counters(),
+            }),
+        )?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{:<40} {:<7} {:<40} {:>7} {:<14} {:<10} {}",
+            "SERVICE", "METHOD", "TEMPLATE", "CALLS", "STATUS", "CLASS", "AUTH / SENSITIVE"
+        )?;
+        let mut endpoints: Vec<_> = inv.endpoints().collect();
+        endpoints.sort_by(|a, b| a.key.cmp(&b.key));
+        for e in endpoints {
+            let status: Vec<String> = e.status_counts.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+            let auth: Vec<String> = e.auth_schemes.iter().map(|(k, _)| k.to_string()).collect();
+            let sensitive: Vec<String> = e.sensitive.iter().map(|f| format!("{}@{}", f.kind.as_str(), f.path)).collect();
+            writeln!(
+                out,
+                "{:<40} {:<7} {:<40} {:>7} {:<14} {:<10} {} {}",
+                e.service.to_string(),
+                e.method,
+                e.template,
+                e.calls,
+                status.join(","),
+                e.classification.as_str(),
+                auth.join(","),
+                sensitive.join(",")
+            )?;
+        }
+        for a in &sink.anomalies {
+            writeln!(out, "EVENT {} {} {}: {}", a.severity.as_str(), a.category.code(), a.kind, a.explanation)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Sends inventory changes and anomalies to the exporter, waiting when it is full (the pressure
+/// backs up into the ring, where the kernel side counts what it cannot hold).
+struct ExportSink {
+    handle: sonde_export::ExportHandle,
+    rt: tokio::runtime::Handle,
+    sent_anomalies: u64,
+}
+
+impl Sink for ExportSink {
+    fn exchange(&mut self, _: &Exchange, _: &CallInfo) {}
+    fn anomalies(&mut self, anomalies: Vec<Anomaly>) {
+        for a in anomalies {
+            tracing::info!(kind = %a.kind, severity = a.severity.as_str(), "{}", a.explanation);
+            let wire = sonde_export::anomaly_from_model(a);
+            if tokio::task::block_in_place(|| self.rt.block_on(self.handle.send_anomaly(wire))).is_ok() {
+                self.sent_anomalies += 1;
+            }
+        }
+    }
+}
+
+pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
+    let export = config.export.clone();
+    let collector = if export.embedded_collector {
+        if let Some(dir) = export.embedded_database.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let url: url_parts::Addr = export.collector_url.parse()?;
+        let cfg = sonde_collector::config::CollectorConfig {
+            listen: url.0,
+            database: export.embedded_database.clone(),
+            ..Default::default()
+        };
+        let c = sonde_collector::server::spawn(cfg).await.context("starting the embedded collector")?;
+        eprintln!("sonde-agent: embedded collector on {} (database {})", c.url(false), export.embedded_database.display());
+        Some(c)
+    } else {
+        None
+    };
+    std::fs::create_dir_all(&export.spool_dir)
+        .with_context(|| format!("creating the spool {}", export.spool_dir.display()))?;
+
+    let mut analyzer = Analyzer::new(&config)?;
+    let source = start_source(&config, &args)?;
+    let strategy = source
+        .live
+        .as_ref()
+        .and_then(|l| l.report().tcp)
+        .map(|t| t.as_str().to_string())
+        .unwrap_or_else(|| "replay".into());
+    let hello = sonde_export::Hello {
+        agent_id: agent_id(&export.spool_dir),
+        host: read_trim("/proc/sys/kernel/hostname"),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        kernel: read_trim("/proc/sys/kernel/osrelease"),
+        capture_strategy: strategy,
+        started_at_unix_ns: now_unix_ns(),
+    };
+    let mut ecfg = sonde_export::ExporterConfig::new(export.collector_url.clone(), hello, export.spool_dir.clone());
+    ecfg.max_spool_bytes = export.max_spool_bytes;
+    let exporter = sonde_export::Exporter::start(ecfg).context("starting the exporter")?;
+    let handle = exporter.handle();
+    let rt = tokio::runtime::Handle::current();
+    let mut sink = ExportSink { handle: handle.clone(), rt: rt.clone(), sent_anomalies: 0 };
+    let interval = Duration::from_millis(export.interval_ms.max(100));
+    let mut last_export = std::time::Instant::now();
+    let live_counters = source.live.as_ref().map(|l| {
+        let counters = l.counters_reader();
+        (move || counters.read(), l.reader_stats())
+    });
+    drive(source, &mut analyzer, &mut sink, args.duration, |analyzer| {
+        if last_export.elapsed() < interval {
+            return;
+        }
+        last_export = std::time::Instant::now();
+        let dirty = analyzer.inventory_mut().take_dirty();
+        for rec in &dirty {
+            let update = sonde_agent::export::endpoint_update(rec);
+            if tokio::task::block_in_place(|| rt.block_on(handle.send_endpoint(update))).is_err() {
+                tracing::warn!("exporter stopped; endpoint update not sent");
+            }
+        }
+        let mut counters = std::collections::HashMap::new();
+        flatten_counters("pipeline", &serde_json::to_value(analyzer.stats()).unwrap_or_default(), &mut counters);
+        flatten_counters("protocol", &serde_json::to_value(analyzer.tracker().stats()).unwrap_or_default(), &mut counters);
+        flatten_counters("inventory", &serde_json::to_value(analyzer.inventory().counters()).unwrap_or_default(), &mut counters);
+        if let Some((kernel, reader)) = &live_counters {
+            for (name, v) in kernel().values {
+                counters.insert(format!("kernel.{name}"), v);
+            }
+            for (name, v) in reader.snapshot() {
+                counters.insert(format!("reader.{name}"), v);
+            }
+        }
+        let _ = tokio::task::block_in_place(|| rt.block_on(handle.heartbeat(counters, Vec::new())));
+    })
+    .await?;
+    let _ = handle.flush().await;
+    exporter.shutdown(Duration::from_secs(5)).await;
+    if let Some(c) = collector {
+        c.stop().await?;
+    }
+    Ok(())
+}
+
+/// Numeric leaves of a JSON value as `prefix.path` counters.
+fn flatten_counters(prefix: &str, v: &serde_json::Value, out: &mut std::collections::HashMap<String, u64>) {
+    match v {
+        serde_json::Value::Number(n) => {
+            if let Some(n) = n.as_u64() {
+                out.insert(prefix.to_string(), n);
+            }
+        }
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                flatten_counters(&format!("{prefix}.{k}"), v, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// A stable agent id kept beside the spool (so restarts resume the same identity).
+fn agent_id(spool: &std::path::Path) -> String {
+    let path = spool.join("agent-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if !id.is_empty() {
+            return id;
+        }
+    }
+    let id = format!("{}-{:x}", read_trim("/proc/sys/kernel/hostname"), now_unix_ns());
+    let _ = std::fs::write(&path, &id);
+    id
+}
+
+mod url_parts {
+    /// The socket address of an `http://host:port` URL (the embedded collector's listen address).
+    pub struct Addr(pub std::net::SocketAddr);
+
+    impl std::str::FromStr for Addr {
+        type Err = anyhow::Error;
+        fn from_str(s: &str) -> anyhow::Result<Addr> {
+            let rest = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://")).unwrap_or(s);
+            let hostport = rest.split('/').next().unwrap_or(rest);
+            use std::net::ToSocketAddrs as _;
+            let addr = hostport
+                .to_socket_addrs()
+                .map_err(|e| anyhow::anyhow!("collector URL {s}: {e}"))?
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("collector URL {s} names no address"))?;
+            Ok(Addr(addr))
+        }
+    }
+}
