@@ -49,7 +49,8 @@ impl BodyAcc {
         }
     }
 
-    fn kept(&self) -> usize {
+    /// Bytes held for the sample so far.
+    pub fn kept(&self) -> usize {
         self.first.len() + self.rest.len()
     }
 

@@ -30,6 +30,10 @@ pub struct TrackerConfig {
     /// Bytes scanned for a plausible message start after a gap or a mid-stream join before the
     /// connection is given up as not HTTP. Default 256 KiB.
     pub resync_scan_bytes: u64,
+    /// Bytes of protocol state (parser buffers, queued requests, body samples) over all
+    /// connections. Checked at every `tick`: above it the connections holding the most are
+    /// shed (their pending exchanges emitted `TRUNCATED`, later bytes ignored). Default 256 MiB.
+    pub max_protocol_state_bytes: usize,
 }
 
 impl Default for TrackerConfig {
@@ -44,6 +48,7 @@ impl Default for TrackerConfig {
             max_pipelined: 64,
             response_timeout_ns: 60_000_000_000,
             resync_scan_bytes: 256 << 10,
+            max_protocol_state_bytes: 256 << 20,
         }
     }
 }

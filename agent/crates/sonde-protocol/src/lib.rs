@@ -139,11 +139,54 @@ impl Tracker {
             stats,
         } = self;
         assembler.tick(now_ns, &mut |sev| handle(cfg, conns, stats, sev, out));
-        for conn in conns.values_mut() {
-            if let Protocol::Http1(h) = &mut conn.proto {
-                h.tick(now_ns, cfg, stats, out);
+        let mut sizes = Vec::new();
+        let mut total = 0usize;
+        for (id, conn) in conns.iter_mut() {
+            let size = match &mut conn.proto {
+                Protocol::Http1(h) => {
+                    h.tick(now_ns, cfg, stats, out);
+                    h.state_bytes()
+                }
+                Protocol::Detecting(d) => d.held_len[0] + d.held_len[1],
+                Protocol::Http2 { .. } | Protocol::Other => 0,
+            };
+            total = total.saturating_add(size);
+            if size > 0 {
+                sizes.push((size, *id));
             }
         }
+        if total > cfg.max_protocol_state_bytes {
+            // Shed the biggest first: fewest connections lost for the memory regained.
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            for (size, id) in sizes {
+                if total <= cfg.max_protocol_state_bytes {
+                    break;
+                }
+                let Some(conn) = conns.get_mut(&id) else {
+                    continue;
+                };
+                if let Protocol::Http1(h) = &mut conn.proto {
+                    let first = out.len();
+                    h.close(now_ns, cfg, stats, out);
+                    for x in out.iter_mut().skip(first) {
+                        x.flags.insert(sonde_model::ExchangeFlags::TRUNCATED);
+                    }
+                    stats.ignored_bytes += h.ignored_bytes();
+                }
+                conn.proto = Protocol::Other;
+                stats.connections_shed += 1;
+                total = total.saturating_sub(size);
+                if stats.connections_shed.is_power_of_two() {
+                    tracing::warn!(
+                        conn = %id,
+                        bytes = size,
+                        shed = stats.connections_shed,
+                        "protocol state over budget; shedding connection (logged at powers of two)"
+                    );
+                }
+            }
+        }
+        stats.protocol_state_bytes = total as u64;
     }
 
     /// End of input: every connection is closed and everything pending emitted.

@@ -50,6 +50,10 @@ pub struct TrackerStats {
     /// Body samples decoded from a content encoding, and failures.
     pub bodies_decoded: u64,
     pub decode_errors: u64,
-    /// Connections with protocol state right now.
+    /// Connections shed to stay within `max_protocol_state_bytes`.
+    pub connections_shed: u64,
+    /// Connections with protocol state right now, and the bytes that state held at the last
+    /// `tick` (an estimate: buffers, field text and samples).
     pub connections_open: u64,
+    pub protocol_state_bytes: u64,
 }

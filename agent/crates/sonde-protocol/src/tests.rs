@@ -754,3 +754,81 @@ fn enormous_lengths_saturate_instead_of_overflowing() {
     );
     assert!(stats.stream.gap_bytes >= u64::MAX - 200);
 }
+
+#[test]
+fn protocol_state_over_budget_sheds_the_biggest_connection() {
+    let cfg = TrackerConfig {
+        max_protocol_state_bytes: 64 << 10,
+        ..Default::default()
+    };
+    let mut t = Tracker::new(cfg).expect("valid");
+    let mut out = Vec::new();
+    let big = ConnId {
+        tgid: 1,
+        fd: 1,
+        generation: 0,
+    };
+    let small = ConnId {
+        tgid: 1,
+        fd: 2,
+        generation: 0,
+    };
+    let data = |conn, dir, offset: u64, bytes: Vec<u8>, ts| {
+        CaptureEvent::Data(DataChunk {
+            conn,
+            direction: dir,
+            source: Source::Syscall,
+            offset,
+            len: bytes.len() as u64,
+            data: Bytes::from(bytes),
+            ts_ns: ts,
+            tid: 0,
+        })
+    };
+    // 40 pipelined requests with 2 KiB headers each, never answered: ~100 KiB of state.
+    let mut pipelined = Vec::new();
+    for i in 0..40 {
+        pipelined.extend_from_slice(
+            format!("GET /{i} HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "p".repeat(2048)).as_bytes(),
+        );
+    }
+    let big_len = pipelined.len() as u64;
+    t.on_event(data(big, C, 0, pipelined, 1), &mut out);
+    t.on_event(
+        data(small, C, 0, b"GET /ok HTTP/1.1\r\n\r\n".to_vec(), 2),
+        &mut out,
+    );
+    t.tick(3, &mut out);
+    let stats = t.stats();
+    assert_eq!(stats.connections_shed, 1);
+    assert!(
+        stats.protocol_state_bytes <= 64 << 10,
+        "{}",
+        stats.protocol_state_bytes
+    );
+    assert_eq!(out.len(), 40, "the shed connection's requests are emitted");
+    assert!(
+        out.iter()
+            .all(|x| x.conn.id == big && x.flags.contains(ExchangeFlags::TRUNCATED))
+    );
+    assert_eq!(t.protocol(&big), Some(ConnProtocol::Other));
+    // The other connection goes on.
+    out.clear();
+    t.on_event(
+        data(
+            small,
+            S,
+            0,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            4,
+        ),
+        &mut out,
+    );
+    t.on_event(
+        data(big, C, big_len, b"GET /late HTTP/1.1\r\n\r\n".to_vec(), 5),
+        &mut out,
+    );
+    t.flush(&mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].conn.id, out[0].status()), (small, Some(200)));
+}

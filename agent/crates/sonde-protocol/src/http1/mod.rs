@@ -150,6 +150,33 @@ impl Http1Conn {
         self.req.ignored_bytes + self.resp.ignored_bytes
     }
 
+    /// Bytes this connection holds: parser buffers, field text and body samples of the
+    /// requests waiting for their response. An estimate for the global budget.
+    pub fn state_bytes(&self) -> usize {
+        const PER_FIELD: usize = 48;
+        let fields = |hs: &[Header]| -> usize {
+            hs.iter()
+                .map(|h| h.name.len() + h.value.len() + PER_FIELD)
+                .sum()
+        };
+        let pending = |p: &Pending| -> usize {
+            std::mem::size_of::<Pending>()
+                + fields(&p.request.headers)
+                + fields(&p.request.trailers)
+                + p.request.path.len()
+                + p.request.query.as_ref().map_or(0, String::len)
+                + p.req_body.as_ref().map_or(0, BodyAcc::kept)
+                + p.resp_body.as_ref().map_or(0, BodyAcc::kept)
+                + p.response
+                    .as_ref()
+                    .map_or(0, |r| fields(&r.headers) + fields(&r.trailers))
+        };
+        self.req.buffer_capacity()
+            + self.resp.buffer_capacity()
+            + self.pairing.queue.iter().map(pending).sum::<usize>()
+            + self.pairing.unpaired.as_ref().map_or(0, pending)
+    }
+
     /// Feeds bytes of one direction. Returns a protocol switch when one happened, with the rest
     /// of the delivery (bytes of the new protocol).
     pub fn data(

@@ -164,6 +164,11 @@ impl DirParser {
         self.buf.clear();
     }
 
+    /// Bytes allocated for this parser's buffer.
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Stops parsing: the connection switched protocols.
     pub fn tunnel(&mut self) {
         self.ignored_bytes += self.buf.len() as u64;
