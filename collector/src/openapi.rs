@@ -46,7 +46,12 @@ impl SchemaNode {
 
     fn to_json(&self) -> Value {
         let mut schema = Map::new();
-        let types: Vec<&String> = self.types.iter().collect();
+        let has_number = self.types.contains("number");
+        let types: Vec<&String> = self
+            .types
+            .iter()
+            .filter(|t| !(has_number && t.as_str() == "integer"))
+            .collect();
         match types.as_slice() {
             [] => {}
             [only] => {
@@ -82,13 +87,78 @@ fn schema_of(fields: &[SchemaField]) -> Option<Value> {
     Some(root.to_json())
 }
 
-fn path_parameters(template: &str) -> Vec<String> {
-    template
-        .split('/')
-        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
+/// The template as an OpenAPI path with unique parameter names (`/a/{int}/b/{int}` becomes
+/// `/a/{int}/b/{int2}`), and each parameter's name with the inventory's kind (`int`, `uuid`, ...).
+fn export_path(template: &str) -> (String, Vec<(String, String)>) {
+    let mut path = String::new();
+    let mut params: Vec<(String, String)> = Vec::new();
+    for segment in template.split('/').filter(|s| !s.is_empty()) {
+        path.push('/');
+        let Some(kind) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) else {
+            path.push_str(segment);
+            continue;
+        };
+        let base: String = kind
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let base = if base.is_empty() {
+            "param".to_string()
+        } else {
+            base
+        };
+        let mut name = base.clone();
+        let mut n = 2;
+        while params.iter().any(|(p, _)| *p == name) {
+            name = format!("{base}{n}");
+            n += 1;
+        }
+        path.push('{');
+        path.push_str(&name);
+        path.push('}');
+        params.push((name, kind.to_string()));
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    (path, params)
+}
+
+/// Schema of a path parameter from the inventory's parameter kind.
+fn parameter_schema(kind: &str) -> Value {
+    match kind {
+        "int" => json!({"type": "integer"}),
+        "uuid" => json!({"type": "string", "format": "uuid"}),
+        "date" => json!({"type": "string", "format": "date"}),
+        "email" => json!({"type": "string", "format": "email"}),
+        "hash" => json!({"type": "string", "pattern": "^[0-9a-fA-F]+$"}),
+        _ => json!({"type": "string"}),
+    }
+}
+
+/// The most frequent media type seen on one side (`request:` / `response:` prefixed entries),
+/// parameters stripped; JSON when none was recorded.
+fn media_type(content_types: &std::collections::HashMap<String, u64>, side: &str) -> String {
+    let prefix = format!("{side}:");
+    content_types
+        .iter()
+        .filter_map(|(name, count)| name.strip_prefix(&prefix).map(|n| (n, *count)))
+        .filter(|(name, _)| name.contains('/'))
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)))
+        .map(|(name, _)| {
+            name.split(';')
+                .next()
+                .unwrap_or(name)
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|| "application/json".to_string())
 }
 
 fn operation_id(method: &str, template: &str) -> String {
@@ -102,15 +172,24 @@ fn operation_id(method: &str, template: &str) -> String {
 /// Security scheme name and definition for an observed auth scheme.
 fn security_scheme(scheme: &str) -> Option<(&'static str, Value)> {
     Some(match scheme {
-        "bearer" | "jwt" => ("bearerAuth", json!({"type": "http", "scheme": "bearer"})),
-        "basic" => ("basicAuth", json!({"type": "http", "scheme": "basic"})),
-        "api_key" => (
-            "apiKey",
-            json!({"type": "apiKey", "in": "header", "name": "X-API-Key",
-                   "description": "API key observed; the header name is not recorded by the agent"}),
+        "bearer_jwt" | "jwt" => (
+            "bearerJwt",
+            json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}),
         ),
-        "cookie" => (
-            "cookieAuth",
+        "bearer_opaque" | "bearer" => ("bearerAuth", json!({"type": "http", "scheme": "bearer"})),
+        "basic" => ("basicAuth", json!({"type": "http", "scheme": "basic"})),
+        "api_key_header" | "api_key" => (
+            "apiKeyHeader",
+            json!({"type": "apiKey", "in": "header", "name": "X-API-Key",
+                   "description": "API key observed in a header; the agent does not record which"}),
+        ),
+        "api_key_query" => (
+            "apiKeyQuery",
+            json!({"type": "apiKey", "in": "query", "name": "api_key",
+                   "description": "API key observed in the query string"}),
+        ),
+        "session_cookie" | "cookie" => (
+            "sessionCookie",
             json!({"type": "apiKey", "in": "cookie", "name": "session"}),
         ),
         "mtls" => ("mutualTLS", json!({"type": "mutualTLS"})),
@@ -124,9 +203,12 @@ pub fn build(service: &str, endpoints: &[(EndpointSummary, EndpointUpdate)]) -> 
     let mut schemes: BTreeMap<&'static str, Value> = BTreeMap::new();
     for (summary, merged) in endpoints {
         let method = summary.method.to_ascii_lowercase();
-        let mut parameters: Vec<Value> = path_parameters(&summary.path_template)
-            .into_iter()
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        let (path, path_params) = export_path(&summary.path_template);
+        let mut parameters: Vec<Value> = path_params
+            .iter()
+            .map(|(name, kind)| {
+                json!({"name": name, "in": "path", "required": true, "schema": parameter_schema(kind)})
+            })
             .collect();
         parameters.extend(merged.query_params.iter().map(
             |name| json!({"name": name, "in": "query", "required": false, "schema": {"type": "string"}}),
@@ -146,7 +228,7 @@ pub fn build(service: &str, endpoints: &[(EndpointSummary, EndpointUpdate)]) -> 
         if let Some(schema) = schema_of(&merged.request_schema) {
             operation.insert(
                 "requestBody".into(),
-                json!({"content": {"application/json": {"schema": schema}}}),
+                json!({"content": {media_type(&merged.content_types, "request"): {"schema": schema}}}),
             );
         }
         let response_schema = schema_of(&merged.response_schema);
@@ -170,7 +252,7 @@ pub fn build(service: &str, endpoints: &[(EndpointSummary, EndpointUpdate)]) -> 
             {
                 response.insert(
                     "content".into(),
-                    json!({"application/json": {"schema": schema}}),
+                    json!({media_type(&merged.content_types, "response"): {"schema": schema}}),
                 );
             }
             responses.insert(status.to_string(), Value::Object(response));
@@ -212,7 +294,7 @@ pub fn build(service: &str, endpoints: &[(EndpointSummary, EndpointUpdate)]) -> 
             }),
         );
         paths
-            .entry(summary.path_template.clone())
+            .entry(path)
             .or_default()
             .insert(method, Value::Object(operation));
     }
@@ -279,32 +361,72 @@ mod tests {
             id: "ab".into(),
             service: "api.example".into(),
             method: "GET".into(),
-            path_template: "/users/{id}".into(),
+            path_template: "/users/{int}/friends/{int}".into(),
             call_count: 3,
-            auth_schemes: vec!["bearer".into()],
+            auth_schemes: vec!["bearer_jwt".into()],
             ..EndpointSummary::default()
         };
         let merged = EndpointUpdate {
             query_params: vec!["expand".into()],
             status_counts: [(200, 2), (404, 1)].into_iter().collect(),
+            content_types: [
+                (
+                    "response:application/vnd.api+json; charset=utf-8".to_string(),
+                    2,
+                ),
+                ("response:text/plain".to_string(), 1),
+            ]
+            .into_iter()
+            .collect(),
             response_schema: vec![field("id", &["integer"])],
             ..EndpointUpdate::default()
         };
         let (doc, paths) = build("api.example", &[(summary, merged)]);
         assert_eq!(paths, 1);
         assert_eq!(doc["openapi"], "3.1.0");
-        let op = &doc["paths"]["/users/{id}"]["get"];
-        assert_eq!(op["parameters"][0]["name"], "id");
-        assert_eq!(op["parameters"][1]["in"], "query");
+        let op = &doc["paths"]["/users/{int}/friends/{int2}"]["get"];
+        assert_eq!(op["parameters"][0]["name"], "int");
+        assert_eq!(op["parameters"][0]["schema"]["type"], "integer");
+        assert_eq!(op["parameters"][1]["name"], "int2");
+        assert_eq!(op["parameters"][2]["in"], "query");
         assert_eq!(
-            op["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["id"]["type"],
+            op["responses"]["200"]["content"]["application/vnd.api+json"]["schema"]["properties"]["id"]
+                ["type"],
             "integer"
         );
         assert!(op["responses"]["404"].get("content").is_none());
-        assert_eq!(op["security"][0]["bearerAuth"], json!([]));
+        assert_eq!(op["security"][0]["bearerJwt"], json!([]));
         assert_eq!(
-            doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
-            "bearer"
+            doc["components"]["securitySchemes"]["bearerJwt"]["bearerFormat"],
+            "JWT"
+        );
+    }
+
+    #[test]
+    fn number_absorbs_integer_and_root_types_apply_to_the_body() {
+        let schema = schema_of(&[
+            field("", &["array"]),
+            field("[].price", &["integer", "number"]),
+        ]);
+        assert_eq!(
+            schema,
+            Some(
+                json!({"type": "array", "items": {"type": "object", "properties": {
+                    "price": {"type": "number"}
+                }}})
+            )
+        );
+    }
+
+    #[test]
+    fn a_bare_root_template_is_slash() {
+        assert_eq!(export_path(""), ("/".to_string(), vec![]));
+        assert_eq!(
+            export_path("/{}/x"),
+            (
+                "/{param}/x".to_string(),
+                vec![("param".to_string(), String::new())]
+            )
         );
     }
 }
