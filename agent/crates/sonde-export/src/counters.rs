@@ -17,6 +17,7 @@ pub struct Counters {
     pub spool_write_errors: AtomicU64,
     pub spool_corrupt: AtomicU64,
     pub rejected_batches: AtomicU64,
+    pub oversized_items: AtomicU64,
     pub reconnects: AtomicU64,
     pub connected: AtomicU64,
 }
@@ -48,6 +49,7 @@ impl Counters {
             spool_write_errors: Counters::get(&self.spool_write_errors),
             spool_corrupt: Counters::get(&self.spool_corrupt),
             rejected_batches: Counters::get(&self.rejected_batches),
+            oversized_items: Counters::get(&self.oversized_items),
             reconnects: Counters::get(&self.reconnects),
             connected: Counters::get(&self.connected) != 0,
         }
@@ -78,6 +80,8 @@ pub struct ExportStats {
     pub spool_corrupt: u64,
     /// Batches the collector refused as invalid.
     pub rejected_batches: u64,
+    /// Items dropped because alone they exceed the gRPC message limit.
+    pub oversized_items: u64,
     /// Connections lost (each followed by a reconnect attempt).
     pub reconnects: u64,
     pub connected: bool,
@@ -102,6 +106,10 @@ impl ExportStats {
                 self.spool_write_errors,
             ),
             ("export.rejected_batches".to_string(), self.rejected_batches),
+            (
+                "export.drops.oversized_items".to_string(),
+                self.oversized_items,
+            ),
             ("export.reconnects".to_string(), self.reconnects),
         ])
     }

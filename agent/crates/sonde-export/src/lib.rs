@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prost::Message;
 use sonde_proto::v1::ingest_client::IngestClient;
 use sonde_proto::v1::{
     AgentMessage, Batch, BlindSpot, CollectorMessage, Heartbeat, agent_message, collector_message,
@@ -42,6 +43,11 @@ pub use spool::SpoolError;
 pub fn anomaly_from_model(anomaly: sonde_model::Anomaly) -> Anomaly {
     Anomaly::from(anomaly)
 }
+
+/// Bytes a repeated-field entry adds around an item (tag and length prefix), an upper bound.
+const ITEM_FRAMING_BYTES: usize = 8;
+/// Room kept in a gRPC message for the AgentMessage/Batch envelope (seq, timestamps, tags).
+const BATCH_FRAMING_BYTES: usize = 64;
 
 /// TLS towards the collector.
 #[derive(Clone, Debug, Default)]
@@ -275,6 +281,7 @@ impl Exporter {
             rx,
             spool,
             current: Batch::default(),
+            current_bytes: 0,
             current_deadline: None,
             next_seq,
             counters: counters.clone(),
@@ -357,6 +364,8 @@ struct Worker {
     rx: mpsc::Receiver<Item>,
     spool: Spool,
     current: Batch,
+    /// Encoded size of `current`, framing included.
+    current_bytes: usize,
     current_deadline: Option<Instant>,
     next_seq: u64,
     counters: Arc<Counters>,
@@ -459,9 +468,13 @@ impl Worker {
     }
 
     fn accept(&mut self, item: Item) {
+        let size = match &item {
+            Item::Endpoint(update) => update.encoded_len(),
+            Item::Anomaly(anomaly) => anomaly.encoded_len(),
+            Item::Heartbeat(_) | Item::Flush(_) => 0,
+        }
+        .saturating_add(ITEM_FRAMING_BYTES);
         match item {
-            Item::Endpoint(update) => self.current.endpoint_updates.push(*update),
-            Item::Anomaly(anomaly) => self.current.anomalies.push(*anomaly),
             Item::Heartbeat(mut heartbeat) => {
                 heartbeat
                     .counters
@@ -475,7 +488,30 @@ impl Worker {
                 let _ = done.send(());
                 return;
             }
+            Item::Endpoint(_) | Item::Anomaly(_) => {}
         }
+        // A batch must fit in one gRPC message, or the collector would refuse it forever.
+        let budget = self
+            .config
+            .max_message_bytes
+            .saturating_sub(BATCH_FRAMING_BYTES);
+        if size > budget {
+            warn!(
+                size,
+                budget, "an export item is larger than a gRPC message may be; dropping it"
+            );
+            Counters::add(&self.counters.oversized_items, 1);
+            return;
+        }
+        if self.current_bytes.saturating_add(size) > budget {
+            self.seal();
+        }
+        match item {
+            Item::Endpoint(update) => self.current.endpoint_updates.push(*update),
+            Item::Anomaly(anomaly) => self.current.anomalies.push(*anomaly),
+            Item::Heartbeat(_) | Item::Flush(_) => return,
+        }
+        self.current_bytes = self.current_bytes.saturating_add(size);
         if self.current_deadline.is_none() {
             self.current_deadline = Some(Instant::now() + self.config.max_batch_delay);
         }
@@ -488,6 +524,7 @@ impl Worker {
 
     fn seal(&mut self) {
         self.current_deadline = None;
+        self.current_bytes = 0;
         if self.current.endpoint_updates.is_empty() && self.current.anomalies.is_empty() {
             return;
         }

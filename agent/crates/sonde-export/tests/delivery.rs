@@ -530,3 +530,49 @@ async fn mtls_export_needs_the_agent_certificate() -> anyhow::Result<()> {
     accepted.shutdown(Duration::from_secs(1)).await;
     collector.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_fit_the_message_limit_and_oversized_items_are_counted() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let collector = sonde_collector::spawn(CollectorConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        database: dir.path().join("collector.db"),
+        synchronous_full: false,
+        max_message_bytes: 4096,
+        ..CollectorConfig::default()
+    })
+    .await?;
+    let mut config = exporter_config(port, dir.path().join("spool"));
+    config.max_message_bytes = 4096;
+    config.max_batch_items = 10_000;
+    let exporter = Exporter::start(config)?;
+    let handle = exporter.handle();
+    let mut huge = endpoint("/huge", 1);
+    huge.query_params = (0..1000).map(|i| format!("param-{i}")).collect();
+    handle.send_endpoint(huge).await?;
+    for i in 0..300 {
+        handle
+            .send_endpoint(endpoint(&format!("/fits/{i:03}"), 1))
+            .await?;
+    }
+    handle.flush().await?;
+    wait_for("delivery", Duration::from_secs(20), || {
+        exporter.stats().pending_batches == 0
+    })
+    .await?;
+    let stats = exporter.stats();
+    assert_eq!(stats.oversized_items, 1);
+    assert!(
+        stats.spooled_batches > 1,
+        "300 items cannot fit one 4 KiB message: {stats:?}"
+    );
+    assert_eq!(stats.rejected_batches, 0);
+    assert_eq!(
+        stats.reconnects, 0,
+        "no batch may break the stream: {stats:?}"
+    );
+    assert_eq!(committed(&collector)?.1, 300);
+    exporter.shutdown(Duration::from_secs(1)).await;
+    collector.stop().await
+}
