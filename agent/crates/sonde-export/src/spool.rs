@@ -47,7 +47,36 @@ impl PendingBatch {
     }
 }
 
+/// Hot-path warnings (evictions, failed writes) are logged at most this often, with a count of
+/// what was suppressed in between.
+const WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Default)]
+struct RateLimitedWarn {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedWarn {
+    /// Returns the number of suppressed repeats when it is time to log again.
+    fn ready(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < WARN_INTERVAL => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 pub struct Spool {
+    evict_warn: RateLimitedWarn,
+    write_warn: RateLimitedWarn,
     dir: PathBuf,
     max_bytes: u64,
     fsync: bool,
@@ -100,6 +129,8 @@ impl Spool {
             .and_then(|s| s.trim().parse::<u64>().ok())
             .unwrap_or(0);
         let mut spool = Spool {
+            evict_warn: RateLimitedWarn::default(),
+            write_warn: RateLimitedWarn::default(),
             dir: dir.to_path_buf(),
             max_bytes,
             fsync,
@@ -214,11 +245,14 @@ impl Spool {
     fn evict_to_fit(&mut self, incoming: u64, counters: &Counters) {
         while !self.pending.is_empty() && self.bytes + incoming > self.max_bytes {
             if let Some(oldest) = self.pending.pop_front() {
-                tracing::warn!(
-                    seq = oldest.seq(),
-                    items = oldest.items(),
-                    "spool full: evicting the oldest batch"
-                );
+                if let Some(suppressed) = self.evict_warn.ready() {
+                    tracing::warn!(
+                        seq = oldest.seq(),
+                        items = oldest.items(),
+                        suppressed,
+                        "spool full: evicting the oldest batch (counted in evicted_batches)"
+                    );
+                }
                 Counters::add(&counters.evicted_batches, 1);
                 Counters::add(&counters.evicted_items, oldest.items());
                 self.forget(&oldest);
@@ -230,7 +264,7 @@ impl Spool {
         self.dir.join(format!("{seq:020}{SEGMENT_SUFFIX}"))
     }
 
-    fn write_segment(&self, seq: u64, encoded: &[u8], counters: &Counters) -> bool {
+    fn write_segment(&mut self, seq: u64, encoded: &[u8], counters: &Counters) -> bool {
         let tmp = self.dir.join(format!("{seq:020}.tmp"));
         let result = (|| -> std::io::Result<()> {
             let mut file = fs::File::create(&tmp)?;
@@ -245,7 +279,9 @@ impl Spool {
             Err(error) => {
                 let _ = fs::remove_file(&tmp);
                 Counters::add(&counters.spool_write_errors, 1);
-                tracing::warn!(%error, seq, dir = %self.dir.display(), "cannot write a spool segment; keeping the batch in memory only");
+                if let Some(suppressed) = self.write_warn.ready() {
+                    tracing::warn!(%error, seq, suppressed, dir = %self.dir.display(), "cannot write a spool segment; keeping the batch in memory only");
+                }
                 false
             }
         }
