@@ -8,6 +8,8 @@
 //! max_batch_items = 20000            # default; larger batches are refused with an Error
 //! shutdown_grace_secs = 10           # default; open streams get this long to finish
 //! synchronous_full = true            # default; every ack survives power loss
+//! max_endpoints = 1000000            # default; new endpoints past it are refused and counted
+//! max_anomalies = 5000000            # default; new anomaly keys past it are refused and counted
 //!
 //! [tls]                              # optional; absent = plaintext
 //! cert = "server.pem"
@@ -43,6 +45,11 @@ pub struct CollectorConfig {
     pub shutdown_grace_secs: u64,
     /// `PRAGMA synchronous = FULL` (true, default) or `NORMAL`.
     pub synchronous_full: bool,
+    /// Row caps bounding the database against floods of unique endpoints or anomaly keys; past
+    /// them existing rows still update, new ones are refused and counted per agent
+    /// (`AgentStatus.items_refused`). Defaults 1,000,000 and 5,000,000.
+    pub max_endpoints: u64,
+    pub max_anomalies: u64,
     pub tls: Option<TlsConfig>,
     pub query: QueryConfig,
 }
@@ -56,6 +63,8 @@ impl Default for CollectorConfig {
             max_batch_items: 20_000,
             shutdown_grace_secs: 10,
             synchronous_full: true,
+            max_endpoints: 1_000_000,
+            max_anomalies: 5_000_000,
             tls: None,
             query: QueryConfig::default(),
         }

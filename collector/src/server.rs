@@ -471,6 +471,8 @@ pub async fn bind(config: CollectorConfig) -> anyhow::Result<BoundCollector> {
     let path = config.database.clone();
     let options = StoreOptions {
         synchronous_full: config.synchronous_full,
+        max_endpoints: config.max_endpoints,
+        max_anomalies: config.max_anomalies,
     };
     let store = tokio::task::spawn_blocking(move || Store::open(&path, &options))
         .await

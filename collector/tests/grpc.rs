@@ -941,7 +941,7 @@ async fn an_existing_v1_database_is_migrated() -> anyhow::Result<()> {
     // Opening again applies nothing new.
     assert_eq!(
         Store::open(&path, &Default::default())?.schema_version()?,
-        2
+        sonde_collector::store::migrations::latest_version()
     );
     Ok(())
 }
@@ -1072,4 +1072,71 @@ async fn undecodable_bytes_are_answered_with_errors() -> anyhow::Result<()> {
         1
     );
     fx.collector.stop().await
+}
+
+#[tokio::test]
+async fn row_caps_refuse_new_rows_and_count_them() -> anyhow::Result<()> {
+    let fx = Fixture::start_with(|c| {
+        c.max_endpoints = 5;
+        c.max_anomalies = 2;
+    })
+    .await?;
+    let mut session = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
+    let flood: Vec<_> = (0..8)
+        .map(|i| endpoint("s", "GET", &format!("/{i}"), 1))
+        .collect();
+    let keys: Vec<_> = (0..3)
+        .map(|i| anomaly(&format!("k{i}"), "s GET /0", 1, 1))
+        .collect();
+    session.batch_acked(batch(1, flood, keys)).await?;
+    // Existing rows still update past the cap.
+    session
+        .batch_acked(batch(
+            2,
+            vec![endpoint("s", "GET", "/0", 9)],
+            vec![anomaly("k0", "s GET /0", 4, 2)],
+        ))
+        .await?;
+    let mut query = fx.query().await?;
+    let listed = query
+        .list_endpoints(ListEndpointsRequest::default())
+        .await?
+        .into_inner()
+        .endpoints;
+    assert_eq!(listed.len(), 5);
+    assert_eq!(
+        listed
+            .iter()
+            .find(|e| e.path_template == "/0")
+            .map(|e| e.call_count),
+        Some(9)
+    );
+    let anomalies = query
+        .list_anomalies(ListAnomaliesRequest::default())
+        .await?
+        .into_inner()
+        .anomalies;
+    assert_eq!(anomalies.len(), 2);
+    let agents = query
+        .list_agents(ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
+    assert_eq!(agents[0].items_refused, 4);
+    let db = fx.db_path();
+    fx.collector.stop().await?;
+    // The caps hold across a restart (row counts are reloaded from the file).
+    let store = Store::open(
+        &db,
+        &sonde_collector::store::StoreOptions {
+            max_endpoints: 5,
+            ..Default::default()
+        },
+    )?;
+    let outcome = store.ingest_batch(
+        "agent-a",
+        &batch(3, vec![endpoint("s", "GET", "/new", 1)], vec![]),
+    )?;
+    assert_eq!(outcome.refused, 1);
+    Ok(())
 }

@@ -536,6 +536,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "LAST HEARTBEAT",
                     "BATCHES",
                     "DROPS",
+                    "REFUSED",
                     "BLIND SPOTS",
                 ],
                 &rows,
@@ -577,6 +578,7 @@ fn agent_row(a: &AgentStatus) -> Vec<String> {
         time(a.last_heartbeat_unix_ns),
         a.batches_committed.to_string(),
         drops.to_string(),
+        a.items_refused.to_string(),
         list(&blind),
     ]
 }

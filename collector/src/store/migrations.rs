@@ -101,6 +101,13 @@ CREATE INDEX anomalies_by_kind ON anomalies (kind, last_seen);
 CREATE INDEX agents_by_host ON agents (host);
 "#,
     },
+    Migration {
+        version: 3,
+        description: "per-agent count of items refused at the row caps",
+        sql: r#"
+ALTER TABLE agents ADD COLUMN items_refused BIGINT NOT NULL DEFAULT 0;
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

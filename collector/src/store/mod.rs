@@ -10,6 +10,7 @@ pub mod migrations;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
@@ -67,12 +68,18 @@ pub enum StoreError {
 pub struct StoreOptions {
     /// `PRAGMA synchronous`: `FULL` makes every acknowledged batch survive power loss.
     pub synchronous_full: bool,
+    /// Row caps that bound the database against a flood of unique endpoints or anomaly keys:
+    /// past them, updates of existing rows still apply and new rows are refused and counted.
+    pub max_endpoints: u64,
+    pub max_anomalies: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             synchronous_full: true,
+            max_endpoints: 1_000_000,
+            max_anomalies: 5_000_000,
         }
     }
 }
@@ -86,10 +93,16 @@ pub struct IngestOutcome {
     pub last_seq: u64,
     /// Anomalies as stored after the batch, for live watchers.
     pub anomalies: Vec<StoredAnomaly>,
+    /// New endpoints or anomaly keys not stored because a row cap was reached.
+    pub refused: u64,
 }
 
 pub struct Store {
     path: PathBuf,
+    options: StoreOptions,
+    /// Row counts, kept in memory so the caps cost no COUNT(*) per item.
+    endpoint_rows: AtomicU64,
+    anomaly_rows: AtomicU64,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
 }
@@ -164,11 +177,20 @@ impl Store {
         let mut writer = open_connection(path, options, true)?;
         migrations::migrate(&mut writer, version).map_err(|e| classify(path, e))?;
         let reader = open_connection(path, options, false)?;
-        Ok(Store {
+        let store = Store {
             path: path.to_path_buf(),
+            options: options.clone(),
+            endpoint_rows: AtomicU64::new(0),
+            anomaly_rows: AtomicU64::new(0),
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
-        })
+        };
+        if version >= 1 {
+            let (endpoints, anomalies) = store.counts()?;
+            store.endpoint_rows.store(endpoints, Ordering::Relaxed);
+            store.anomaly_rows.store(anomalies, Ordering::Relaxed);
+        }
+        Ok(store)
     }
 
     pub fn path(&self) -> &Path {
@@ -244,32 +266,71 @@ impl Store {
                 applied: false,
                 last_seq,
                 anomalies: Vec::new(),
+                refused: 0,
             });
         }
+        let mut endpoint_rows = self.endpoint_rows.load(Ordering::Relaxed);
+        let mut anomaly_rows = self.anomaly_rows.load(Ordering::Relaxed);
+        let mut refused = 0u64;
         for update in &batch.endpoint_updates {
-            apply_endpoint_update(&tx, agent_id, update)?;
+            match apply_endpoint_update(
+                &tx,
+                agent_id,
+                update,
+                endpoint_rows < self.options.max_endpoints,
+            )? {
+                Applied::New => endpoint_rows += 1,
+                Applied::Existing => {}
+                Applied::Refused => refused += 1,
+            }
         }
         let mut anomalies = Vec::with_capacity(batch.anomalies.len());
         for anomaly in &batch.anomalies {
-            anomalies.push(apply_anomaly(&tx, agent_id, &host, anomaly)?);
+            match apply_anomaly(
+                &tx,
+                agent_id,
+                &host,
+                anomaly,
+                anomaly_rows < self.options.max_anomalies,
+            )? {
+                (Applied::New, Some(stored)) => {
+                    anomaly_rows += 1;
+                    anomalies.push(stored);
+                }
+                (_, Some(stored)) => anomalies.push(stored),
+                (_, None) => refused += 1,
+            }
+        }
+        if refused > 0 {
+            tracing::warn!(
+                agent_id,
+                seq = batch.seq,
+                refused,
+                "row caps reached: new endpoints or anomaly keys refused"
+            );
         }
         tx.execute(
             "UPDATE agents SET last_seq = ?2, batches_committed = batches_committed + 1,
                 endpoint_updates_committed = endpoint_updates_committed + ?3,
-                anomalies_committed = anomalies_committed + ?4
+                anomalies_committed = anomalies_committed + ?4,
+                items_refused = items_refused + ?5
              WHERE agent_id = ?1",
             params![
                 agent_id,
                 to_i64(batch.seq),
                 to_i64(batch.endpoint_updates.len() as u64),
-                to_i64(batch.anomalies.len() as u64)
+                to_i64(batch.anomalies.len() as u64),
+                to_i64(refused)
             ],
         )?;
         tx.commit()?;
+        self.endpoint_rows.store(endpoint_rows, Ordering::Relaxed);
+        self.anomaly_rows.store(anomaly_rows, Ordering::Relaxed);
         Ok(IngestOutcome {
             applied: true,
             last_seq: batch.seq,
             anomalies,
+            refused,
         })
     }
 
@@ -422,7 +483,7 @@ impl Store {
         let mut stmt = conn.prepare_cached(
             "SELECT agent_id, host, agent_version, kernel, capture_strategy, started_at, last_heartbeat,
                     heartbeat, last_seq, batches_committed, endpoint_updates_committed,
-                    anomalies_committed, last_connected
+                    anomalies_committed, last_connected, items_refused
              FROM agents ORDER BY host, agent_id",
         )?;
         let mut rows = stmt.query([])?;
@@ -448,6 +509,7 @@ impl Store {
                 endpoint_updates_committed: to_u64(row.get(10)?),
                 anomalies_committed: to_u64(row.get(11)?),
                 last_connected_unix_ns: to_u64(row.get(12)?),
+                items_refused: to_u64(row.get(13)?),
             });
         }
         Ok(out)
@@ -537,11 +599,19 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointSummary
     })
 }
 
+/// What applying one item did.
+enum Applied {
+    New,
+    Existing,
+    Refused,
+}
+
 fn apply_endpoint_update(
     tx: &rusqlite::Transaction<'_>,
     agent_id: &str,
     update: &EndpointUpdate,
-) -> Result<(), StoreError> {
+    room_for_new: bool,
+) -> Result<Applied, StoreError> {
     let key = update.key.clone().unwrap_or_default();
     let service = key
         .service
@@ -549,6 +619,14 @@ fn apply_endpoint_update(
         .map(|s| s.display_name())
         .unwrap_or_else(|| "unknown".into());
     let id = endpoint_id(&service, &key);
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM endpoints WHERE endpoint_id = ?1")?
+        .query_row(params![id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if !exists && !room_for_new {
+        return Ok(Applied::Refused);
+    }
     tx.prepare_cached(
         "INSERT INTO endpoint_reports (endpoint_id, agent_id, last_seen, report) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (endpoint_id, agent_id) DO UPDATE SET last_seen = excluded.last_seen, report = excluded.report",
@@ -610,7 +688,11 @@ fn apply_endpoint_update(
     for kind in sensitive_kinds {
         insert_kind.execute(params![id, kind])?;
     }
-    Ok(())
+    Ok(if exists {
+        Applied::Existing
+    } else {
+        Applied::New
+    })
 }
 
 fn apply_anomaly(
@@ -618,7 +700,16 @@ fn apply_anomaly(
     agent_id: &str,
     host: &str,
     anomaly: &Anomaly,
-) -> Result<StoredAnomaly, StoreError> {
+    room_for_new: bool,
+) -> Result<(Applied, Option<StoredAnomaly>), StoreError> {
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM anomalies WHERE anomaly_key = ?1")?
+        .query_row(params![anomaly.key], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if !exists && !room_for_new {
+        return Ok((Applied::Refused, None));
+    }
     // The agent's count is its running total: keep the largest seen, so a repeat or a reset
     // agent never shrinks or double-counts it.
     let previous: Option<(i64, i64, i64)> = tx
@@ -709,11 +800,19 @@ fn apply_anomaly(
             ],
             |r| r.get(0),
         )?;
-    Ok(StoredAnomaly {
+    let stored = StoredAnomaly {
         anomaly: Some(latest),
         hosts: hosts.into_iter().collect(),
         id: to_u64(id),
-    })
+    };
+    Ok((
+        if exists {
+            Applied::Existing
+        } else {
+            Applied::New
+        },
+        Some(stored),
+    ))
 }
 
 fn query_anomalies(
