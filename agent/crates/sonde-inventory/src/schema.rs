@@ -122,7 +122,8 @@ pub struct FieldFacts {
 /// is looked for first: objects in an array repeat their keys in order, so lookups are O(1).
 #[derive(Debug, Default)]
 struct FieldNode {
-    children: Vec<(Box<[u8]>, usize)>,
+    /// (offset into `BodyFacts::keys`, length, field index).
+    children: Vec<(u32, u32, usize)>,
     items: Option<usize>,
     hint: usize,
 }
@@ -136,6 +137,8 @@ pub struct BodyFacts {
     tree: Vec<FieldNode>,
     /// Non-JSON paths (`header.x`, `query.y`).
     index: ahash::AHashMap<String, usize>,
+    /// Key labels of `tree`, back to back.
+    keys: Vec<u8>,
     pub dropped: u64,
     pub is_json: bool,
     pub outcome: Option<WalkOutcome>,
@@ -147,6 +150,7 @@ impl BodyFacts {
         self.fields.clear();
         self.tree.clear();
         self.index.clear();
+        self.keys.clear();
         self.dropped = 0;
         self.is_json = false;
         self.outcome = None;
@@ -197,17 +201,32 @@ impl BodyFacts {
     /// share one `{kind}` child.
     fn child(&mut self, parent: usize, key: &[u8], cap: usize) -> Option<usize> {
         let key = &key[..key.len().min(MAX_KEY)];
-        let node = self.tree.get_mut(parent)?;
+        let node = self.tree.get(parent)?;
+        let keys = &self.keys;
+        let label_of = |&(off, len, _): &(u32, u32, usize)| {
+            keys.get(off as usize..(off + len) as usize)
+                .unwrap_or_default()
+        };
         let n = node.children.len();
         if n > 0 {
-            let h = node.hint % n;
-            if *node.children[h].0 == *key {
-                node.hint = h + 1;
-                return Some(node.children[h].1);
-            }
-            if let Some(i) = node.children.iter().position(|(k, _)| **k == *key) {
-                node.hint = i + 1;
-                return Some(node.children[i].1);
+            let h = if node.hint < n { node.hint } else { 0 };
+            let found = if node
+                .children
+                .get(h)
+                .is_some_and(|c| same_bytes(label_of(c), key))
+            {
+                Some(h)
+            } else {
+                node.children
+                    .iter()
+                    .position(|c| same_bytes(label_of(c), key))
+            };
+            if let Some(i) = found {
+                let idx = node.children.get(i).map(|c| c.2);
+                if let Some(node) = self.tree.get_mut(parent) {
+                    node.hint = i + 1;
+                }
+                return idx;
             }
         }
         let typed = classify_segment(key);
@@ -216,14 +235,9 @@ impl BodyFacts {
             None => key,
         };
         if typed.is_some()
-            && let Some(&(_, idx)) = self
-                .tree
-                .get(parent)?
-                .children
-                .iter()
-                .find(|(k, _)| **k == *label)
+            && let Some(c) = node.children.iter().find(|c| label_of(c) == label)
         {
-            return Some(idx);
+            return Some(c.2);
         }
         let parent_path = &self.fields.get(parent)?.0;
         let mut path = String::with_capacity(parent_path.len() + 1 + label.len());
@@ -231,9 +245,11 @@ impl BodyFacts {
         path.push('.');
         path.push_str(utf8_prefix(label).unwrap_or("{invalid}"));
         let idx = self.push(path, key, None, cap)?;
-        let label: Box<[u8]> = label.into();
+        // Labels live in one arena: lookups compare contiguous bytes, no pointer per key.
+        let off = self.keys.len() as u32;
+        self.keys.extend_from_slice(label);
         if let Some(node) = self.tree.get_mut(parent) {
-            node.children.push((label, idx));
+            node.children.push((off, label.len() as u32, idx));
         }
         Some(idx)
     }
@@ -526,6 +542,22 @@ impl Walker<'_, '_> {
         let start = self.pos + 1;
         let mut i = start;
         let mut escaped = false;
+        // Most JSON strings are short: a plain loop over the first bytes beats the SIMD search's
+        // set-up cost.
+        let quick_end = self.b.len().min(start + 24);
+        while i < quick_end {
+            match self.b[i] {
+                b'"' => {
+                    self.pos = i + 1;
+                    return Some((start, i, escaped));
+                }
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                }
+                _ => i += 1,
+            }
+        }
         loop {
             let rest = self.b.get(i..)?;
             let off = memchr::memchr2(b'"', b'\\', rest)?;
@@ -600,6 +632,12 @@ impl Walker<'_, '_> {
         }
         None
     }
+}
+
+/// Byte equality without a libc call for the short keys JSON objects have.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (a.len() > 16 && a == b || a.iter().zip(b).all(|(x, y)| x == y))
 }
 
 /// The text of `b`, or of its valid start when the cut at `MAX_KEY` split a character.

@@ -262,10 +262,11 @@ pub fn scan_text(b: &[u8]) -> KindSet {
 /// Scans a value and also checks it whole (IPv6 addresses are only recognised as a whole value).
 pub fn scan_value(b: &[u8]) -> KindSet {
     let mut set = scan_text(b);
+    // Cheapest test first: most values fail on their first non-hex byte.
     if (3..=45).contains(&b.len())
-        && b.contains(&b':')
         && b.iter()
             .all(|c| c.is_ascii_hexdigit() || *c == b':' || *c == b'.')
+        && b.contains(&b':')
         && std::str::from_utf8(b)
             .ok()
             .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok())
@@ -344,6 +345,30 @@ pub fn numeric_kind_fits(kind: SensitiveKind, digits: usize) -> bool {
 fn scan_digit_run(b: &[u8], start: usize, plus: bool, paren: bool, set: &mut KindSet) -> usize {
     const MAX_DIGITS: usize = 24;
     let n = b.len();
+    // Pre-pass: a run of fewer than 7 digits without dots is none of the kinds (phones have 8+
+    // digits after `+` or 10 formatted, SSNs 9, cards 13+; IPs need dots): skip it cheaply.
+    if !paren {
+        let (mut j, mut nd, mut dot) = (start, 0usize, false);
+        while j < n {
+            let c = b[j];
+            if c.is_ascii_digit() {
+                nd += 1;
+                j += 1;
+            } else if matches!(c, b' ' | b'-' | b'.') && at(b, j + 1).is_ascii_digit() {
+                dot |= c == b'.';
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        if nd < 7 && !dot {
+            // A run glued to letters is skipped as one word, as below.
+            while j < n && is_word(b[j]) {
+                j += 1;
+            }
+            return j;
+        }
+    }
     let mut digits = [0u8; MAX_DIGITS];
     let mut nd = 0usize;
     let mut groups = [0u8; 8];
