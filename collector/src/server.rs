@@ -610,6 +610,7 @@ pub async fn serve(
 }
 
 /// A collector running on its own task, for tests and for embedding in the agent's main job.
+/// Dropping it begins a graceful stop without waiting for it; call [`RunningCollector::stop`] to wait.
 pub struct RunningCollector {
     pub local_addr: SocketAddr,
     pub store: Arc<Store>,

@@ -131,7 +131,13 @@ async fn tables_json_and_filters() -> anyhow::Result<()> {
     let everything = sonde(&["--collector", &url, "--json", "anomalies"]).await?;
     assert_eq!(stdout(&everything).lines().count(), 2);
 
-    let agents = sonde(&["--collector", &url, "agents"]).await?;
+    let bare = url.trim_start_matches("http://").to_string();
+    let agents = sonde(&["--collector", &bare, "agents"]).await?;
+    assert!(
+        agents.status.success(),
+        "a bare host:port is plaintext gRPC: {}",
+        stderr(&agents)
+    );
     let text = stdout(&agents);
     assert!(text.contains("host-a") && text.contains("yes"), "{text}");
 

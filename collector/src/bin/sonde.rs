@@ -167,11 +167,17 @@ fn status_error(url: &str, status: Status) -> anyhow::Error {
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
-    let mut endpoint = Endpoint::from_shared(cli.collector.clone())
+    // A bare `host:port` means plaintext gRPC.
+    let url = if cli.collector.contains("://") {
+        cli.collector.clone()
+    } else {
+        format!("http://{}", cli.collector)
+    };
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .with_context(|| format!("invalid collector URL {:?}", cli.collector))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60));
-    if cli.collector.starts_with("https://") {
+    if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         match &cli.ca_cert {
             Some(path) => {
