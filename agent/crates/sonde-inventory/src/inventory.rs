@@ -69,6 +69,8 @@ pub struct InventoryCounters {
     pub endpoints_merged: u64,
     /// Events dropped because the pending queue was full.
     pub events_dropped: u64,
+    /// Retired-endpoint notices dropped because nobody drained them (`take_retired`).
+    pub retired_dropped: u64,
     /// Body bytes analysed (schema and scan).
     pub body_bytes_scanned: u64,
     /// Body samples cut to `max_body_scan_bytes`.
@@ -698,7 +700,7 @@ impl Inventory {
                     None if raw.len() > self.cfg.max_literal_len
                         || decoded
                             .iter()
-                            .any(|c| !c.is_ascii_graphic() || b"@'\"<>;,()".contains(c)) =>
+                            .any(|c| !c.is_ascii_graphic() || b"@'\"<>;,(){}".contains(c)) =>
                     {
                         SegLabel::Param(ParamLabel::Kind(ParamKind::Param))
                     }
@@ -881,6 +883,7 @@ impl Inventory {
         // A key that was retired and then re-created by a later rename is not retired.
         let live: BTreeSet<Arc<str>> = self.endpoints().map(|r| r.key.clone()).collect();
         self.retired.retain(|r| !live.contains(&r.key));
+        self.bound_retired();
         for id in reclassify {
             if self.slots.get(id as usize).is_some_and(Option::is_some) {
                 self.classify(id, None);
@@ -950,6 +953,7 @@ impl Inventory {
                     key: src.rec.key.clone(),
                     replaced_by,
                 });
+                self.bound_retired();
             }
             None => {
                 trie.set_endpoint(node, midx, id);
@@ -968,7 +972,18 @@ impl Inventory {
                     slot.dirty = true;
                     self.dirty.push(id);
                 }
+                self.bound_retired();
             }
+        }
+    }
+
+    /// Keeps the undrained retired list bounded (oldest dropped first, counted).
+    fn bound_retired(&mut self) {
+        let cap = self.cfg.max_pending_events;
+        if self.retired.len() > cap {
+            let excess = self.retired.len() - cap;
+            self.retired.drain(..excess);
+            self.counters.retired_dropped += excess as u64;
         }
     }
 

@@ -206,3 +206,29 @@ fn config_defaults_from_empty_document() {
         ("s", 7, 1024)
     );
 }
+
+#[test]
+fn braces_and_spaces_in_segments_are_values() {
+    let got = templates(
+        &["/files/{x}/a", "/files/my%20report/a", "/files/%7Bx%7D/a"],
+        InventoryConfig::default(),
+    );
+    assert_eq!(got, ["/files/{param}/a"]);
+}
+
+#[test]
+fn undrained_retired_notices_are_bounded() {
+    let cfg = InventoryConfig {
+        param_min_distinct: 2,
+        max_pending_events: 4,
+        ..InventoryConfig::default()
+    };
+    let mut inv = Inventory::new(cfg);
+    for p in 0..20 {
+        for n in ["a", "b", "c"] {
+            inv.observe(&ex("GET", &format!("/p{p}x/{n}/z")).build(), NOW_NS);
+        }
+    }
+    assert!(inv.take_retired().len() <= 4);
+    assert!(inv.counters().retired_dropped > 0);
+}
