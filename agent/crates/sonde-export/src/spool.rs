@@ -411,4 +411,99 @@ mod tests {
         assert_eq!(Counters::get(&counters.spool_corrupt), 1);
         Ok(())
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Push(usize),
+            Ack(u64),
+            Reject(u64),
+            Reopen,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0usize..12).prop_map(Op::Push),
+                2 => (0u64..8).prop_map(Op::Ack),
+                1 => (0u64..8).prop_map(Op::Reject),
+                1 => Just(Op::Reopen),
+            ]
+        }
+
+        fn disk_seqs(dir: &Path) -> Vec<u64> {
+            let mut seqs: Vec<u64> = fs::read_dir(dir)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .filter_map(|e| {
+                            e.file_name()
+                                .to_str()?
+                                .strip_suffix(SEGMENT_SUFFIX)?
+                                .parse()
+                                .ok()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            seqs.sort_unstable();
+            seqs
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+            /// Whatever the order of pushes, acks, refusals and restarts: the spool stays within
+            /// its bound, in seq order, mirrors the disk exactly, and every batch ever pushed is
+            /// either pending, acked, refused or counted as evicted.
+            #[test]
+            fn spool_invariants(ops in proptest::collection::vec(op(), 1..60), bound in 600u64..6000) {
+                let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let counters = Counters::default();
+                let mut spool = Spool::open(dir.path(), bound, false, &counters)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let mut next = 1u64;
+                let mut pushed = 0u64;
+                let mut acked = 0u64;
+                let mut rejected = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Push(items) => {
+                            spool.push(batch(next, items), &counters);
+                            next += 1;
+                            pushed += 1;
+                        }
+                        Op::Ack(back) => {
+                            acked += spool.ack_through(next.saturating_sub(back + 1), &counters);
+                        }
+                        Op::Reject(back) => {
+                            if spool.remove(next.saturating_sub(back + 1), &counters) {
+                                rejected += 1;
+                            }
+                        }
+                        Op::Reopen => {
+                            let before: Vec<u64> = spool.pending().iter().map(PendingBatch::seq).collect();
+                            drop(spool);
+                            spool = Spool::open(dir.path(), bound, false, &counters)
+                                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                            let after: Vec<u64> = spool.pending().iter().map(PendingBatch::seq).collect();
+                            prop_assert_eq!(after, before);
+                            prop_assert!(spool.high_water() >= next.saturating_sub(1));
+                        }
+                    }
+                    let seqs: Vec<u64> = spool.pending().iter().map(PendingBatch::seq).collect();
+                    prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]), "out of order: {:?}", seqs);
+                    prop_assert_eq!(disk_seqs(dir.path()), seqs.clone());
+                    let total: u64 = spool.pending().iter().map(|p| p.size).sum();
+                    prop_assert_eq!(total, Counters::get(&counters.spooled_bytes));
+                    // One batch larger than the whole bound is kept alone rather than lost.
+                    prop_assert!(total <= bound || seqs.len() == 1, "{} bytes > bound {}", total, bound);
+                    let evicted = Counters::get(&counters.evicted_batches);
+                    prop_assert_eq!(pushed, seqs.len() as u64 + acked + rejected + evicted);
+                }
+            }
+        }
+    }
 }
