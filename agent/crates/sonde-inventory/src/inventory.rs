@@ -71,6 +71,8 @@ pub struct InventoryCounters {
     pub events_dropped: u64,
     /// Retired-endpoint notices dropped because nobody drained them (`take_retired`).
     pub retired_dropped: u64,
+    /// Broken internal invariants (should stay 0; each is also a debug assertion).
+    pub internal_errors: u64,
     /// Body bytes analysed (schema and scan).
     pub body_bytes_scanned: u64,
     /// Body samples cut to `max_body_scan_bytes`.
@@ -461,7 +463,24 @@ impl Inventory {
         }
         self.call_events(eid, ex, &auth, &hits);
         let Some(slot) = self.slots.get_mut(eid as usize).and_then(Option::as_mut) else {
-            unreachable!("endpoint_for returns a live endpoint");
+            // endpoint_for returns a live endpoint; should that ever break, count it and answer
+            // rather than take the agent down.
+            debug_assert!(false, "endpoint {eid} vanished during observe");
+            self.counters.internal_errors += 1;
+            return CallInfo {
+                endpoint_id: eid,
+                endpoint: Arc::from(""),
+                service: self.services[sid as usize].key.clone(),
+                method,
+                template: Arc::from(""),
+                new_endpoint,
+                overflow: true,
+                classification: Classification::Unclassified,
+                auth,
+                sensitive: hits,
+                status: ex.status(),
+                latency_ns: ex.latency_ns(),
+            };
         };
         if !slot.dirty {
             slot.dirty = true;
