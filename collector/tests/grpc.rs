@@ -181,6 +181,17 @@ async fn ingest_then_query_round_trip() -> anyhow::Result<()> {
     let doc: serde_json::Value = serde_json::from_str(&openapi.json)?;
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/orders"]["post"].is_object());
+    // A typed OpenAPI 3.1 model accepts it, with resolvable parameters and responses.
+    let typed = oas3::from_json(&openapi.json)?;
+    typed.validate_version()?;
+    assert_eq!(typed.operations().count(), 2);
+    for (path, _, op) in typed.operations() {
+        let params = op.parameters(&typed)?;
+        if path.contains('{') {
+            assert!(params.iter().any(|p| p.name == "id"), "{path}: {params:?}");
+        }
+        assert!(!op.responses(&typed).is_empty());
+    }
     fx.collector.stop().await
 }
 
