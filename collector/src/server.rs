@@ -251,6 +251,9 @@ async fn run_ingest_stream(
 ) {
     shared.set_connected(&agent_id, 1);
     let mut stopping = shared.stopping.clone();
+    // Refusals are logged at the 1st, 2nd, 4th, 8th, ... occurrence so a misbehaving agent
+    // cannot flood the log.
+    let mut refused_batches: u64 = 0;
     loop {
         let message = tokio::select! {
             biased;
@@ -294,7 +297,10 @@ async fn run_ingest_stream(
             }
             agent_message::Body::Batch(batch) => {
                 if let Err(reason) = validate_batch(&batch, shared.max_batch_items) {
-                    warn!(%agent_id, seq = batch.seq, %reason, "refused a batch");
+                    refused_batches += 1;
+                    if refused_batches.is_power_of_two() {
+                        warn!(%agent_id, seq = batch.seq, %reason, refused_batches, "refused a batch");
+                    }
                     Ok(CollectorMessage {
                         body: Some(collector_message::Body::Error(sonde_proto::v1::Error {
                             seq: batch.seq,
