@@ -106,6 +106,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     wait_for_agent(&bin, &collector_url, &agent_log, &mut children)?;
 
     if args.demo {
+        if std::net::TcpListener::bind(("127.0.0.1", args.demo_port)).is_err() {
+            bail!("the demo API's port {} is taken: free it or pass --demo-port", args.demo_port);
+        }
         let api = Command::new("python3")
             .arg(fixtures.join("demo_api.py"))
             .arg(args.demo_port.to_string())
