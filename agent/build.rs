@@ -6,7 +6,9 @@ use anyhow::{Context as _, anyhow};
 fn main() -> anyhow::Result<()> {
     let metadata = cargo_metadata_root()?;
     let ebpf_dir = metadata.join("ebpf").join("sonde-ebpf");
-    let root_dir = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {ebpf_dir:?}"))?;
+    let root_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {ebpf_dir:?}"))?;
     aya_build::build_ebpf(
         [aya_build::Package { name: "sonde-ebpf", root_dir, ..Default::default() }],
         aya_build::Toolchain::default(),
@@ -17,5 +19,7 @@ fn main() -> anyhow::Result<()> {
 fn cargo_metadata_root() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
     let dir = std::path::PathBuf::from(dir);
-    dir.parent().map(|p| p.to_path_buf()).ok_or_else(|| anyhow!("agent crate has no parent dir"))
+    dir.parent()
+        .map(|p| p.to_path_buf())
+        .ok_or_else(|| anyhow!("agent crate has no parent dir"))
 }

@@ -30,7 +30,12 @@ pub fn escape_payload(bytes: &[u8], max: usize) -> String {
 pub fn clock(ts_ns: u64) -> String {
     let secs = ts_ns / 1_000_000_000;
     let micros = (ts_ns % 1_000_000_000) / 1_000;
-    format!("{:02}:{:02}:{:02}.{micros:06}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
+    format!(
+        "{:02}:{:02}:{:02}.{micros:06}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
 }
 
 /// One line per capture event.
@@ -42,7 +47,9 @@ pub fn event_line(ev: &CaptureEvent, max_payload: usize) -> String {
                 Role::Server => "server",
                 Role::Unknown => "unknown-role",
             };
-            let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+            let addr = |a: Option<std::net::SocketAddr>| {
+                a.map(|a| a.to_string()).unwrap_or_else(|| "?".into())
+            };
             format!(
                 "{} OPEN  {}[{}] conn={} {role} local={} remote={} cgroup={}",
                 clock(o.ts_ns),
@@ -59,7 +66,11 @@ pub fn event_line(ev: &CaptureEvent, max_payload: usize) -> String {
                 Direction::Egress => "egress ",
                 Direction::Ingress => "ingress",
             };
-            let missing = if d.missing() > 0 { format!(" missing={}", d.missing()) } else { String::new() };
+            let missing = if d.missing() > 0 {
+                format!(" missing={}", d.missing())
+            } else {
+                String::new()
+            };
             format!(
                 "{} DATA  conn={} tid={} {dir} off={} len={}{missing} \"{}\"",
                 clock(d.ts_ns),
@@ -74,29 +85,15 @@ pub fn event_line(ev: &CaptureEvent, max_payload: usize) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payloads_are_escaped_and_cut() {
-        assert_eq!(escape_payload(b"GET / HTTP/1.1\r\n", 100), "GET / HTTP/1.1\\r\\n");
-        assert_eq!(escape_payload(&[0, 0xff, b'a'], 100), "\\x00\\xffa");
-        assert_eq!(escape_payload(b"abcdef", 3), "abc…(+3 bytes)");
-        assert_eq!(escape_payload(b"a\"b\\", 10), "a\\\"b\\\\");
-    }
-
-    #[test]
-    fn clock_is_hours_minutes_seconds_micros() {
-        assert_eq!(clock(3_723_000_456_000), "01:02:03.000456");
-    }
-}
-
 /// One line per exchange: `METHOD host/path -> status, sizes, latency, pid/process`.
 pub fn exchange_line(ex: &sonde_model::Exchange) -> String {
     let req = &ex.request;
     let host = req.authority.as_deref().unwrap_or("-");
-    let query = req.query.as_deref().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = req
+        .query
+        .as_deref()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     let status = match &ex.response {
         Some(r) => r.status.to_string(),
         None => "(no response)".into(),
@@ -109,10 +106,21 @@ pub fn exchange_line(ex: &sonde_model::Exchange) -> String {
     let grpc = ex
         .grpc
         .as_ref()
-        .map(|g| format!(" grpc-status={}", g.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into())))
+        .map(|g| {
+            format!(
+                " grpc-status={}",
+                g.status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into())
+            )
+        })
         .unwrap_or_default();
     let flags = ex.flags.names();
-    let flags = if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join(",")) };
+    let flags = if flags.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", flags.join(","))
+    };
     let peer = match ex.conn.role {
         Role::Server => "server",
         Role::Client => "client",
@@ -129,4 +137,25 @@ pub fn exchange_line(ex: &sonde_model::Exchange) -> String {
         ex.conn.process.pid,
         ex.version.as_str(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_escaped_and_cut() {
+        assert_eq!(
+            escape_payload(b"GET / HTTP/1.1\r\n", 100),
+            "GET / HTTP/1.1\\r\\n"
+        );
+        assert_eq!(escape_payload(&[0, 0xff, b'a'], 100), "\\x00\\xffa");
+        assert_eq!(escape_payload(b"abcdef", 3), "abc…(+3 bytes)");
+        assert_eq!(escape_payload(b"a\"b\\", 10), "a\\\"b\\\\");
+    }
+
+    #[test]
+    fn clock_is_hours_minutes_seconds_micros() {
+        assert_eq!(clock(3_723_000_456_000), "01:02:03.000456");
+    }
 }

@@ -8,6 +8,6 @@
 pub mod capture;
 pub mod config;
 pub mod display;
+pub mod export;
 pub mod pipeline;
 pub mod record;
-pub mod export;

@@ -15,7 +15,11 @@ use tokio::sync::mpsc;
 mod run;
 
 #[derive(Parser)]
-#[command(name = "sonde-agent", version, about = "Sonde: eBPF API traffic sensor")]
+#[command(
+    name = "sonde-agent",
+    version,
+    about = "Sonde: eBPF API traffic sensor"
+)]
 struct Cli {
     /// Configuration file (TOML).
     #[arg(long, global = true, env = "SONDE_CONFIG")]
@@ -178,12 +182,17 @@ async fn main() -> anyhow::Result<()> {
 fn apply_source(config: &mut AgentConfig, source: &SourceArgs) {
     config.capture.pids.extend(&source.pids);
     config.capture.ports.extend(&source.ports);
-    config.specs.extend(source.specs.iter().map(|p| sonde_agent::pipeline::SpecSource {
-        path: p.clone(),
-        authority: None,
-        port: None,
-        process: None,
-    }));
+    config.specs.extend(
+        source
+            .specs
+            .iter()
+            .map(|p| sonde_agent::pipeline::SpecSource {
+                path: p.clone(),
+                authority: None,
+                port: None,
+                process: None,
+            }),
+    );
 }
 
 async fn capture(config: AgentConfig, args: CaptureArgs) -> anyhow::Result<()> {
@@ -203,7 +212,11 @@ async fn capture(config: AgentConfig, args: CaptureArgs) -> anyhow::Result<()> {
                 version: FORMAT_VERSION,
                 host: hostname(),
                 kernel: kernel_release(),
-                strategy: live.report().tcp.map(|t| t.as_str().to_string()).unwrap_or_default(),
+                strategy: live
+                    .report()
+                    .tcp
+                    .map(|t| t.as_str().to_string())
+                    .unwrap_or_default(),
                 started_unix_ns: sonde_agent::capture::decode::Clock::now().to_unix_ns(0),
             },
         )?),
@@ -306,9 +319,13 @@ fn print_summary(live: &LiveCapture) {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }

@@ -48,7 +48,11 @@ impl Analyzer {
         let specs = cfg.specs.iter().map(|s| {
             (
                 s.path.clone(),
-                SpecScope { authority: s.authority.clone(), port: s.port, process: s.process.clone() },
+                SpecScope {
+                    authority: s.authority.clone(),
+                    port: s.port,
+                    process: s.process.clone(),
+                },
             )
         });
         for err in inventory.load_specs(specs) {
@@ -110,7 +114,11 @@ impl Analyzer {
                 continue;
             }
             self.stats.exchanges += 1;
-            let now = ex.response.as_ref().map(|r| r.ts_end_ns).unwrap_or(ex.request.ts_end_ns);
+            let now = ex
+                .response
+                .as_ref()
+                .map(|r| r.ts_end_ns)
+                .unwrap_or(ex.request.ts_end_ns);
             let call = self.inventory.observe(&ex, now);
             sink.exchange(&ex, &call);
         }
@@ -144,10 +152,14 @@ struct LocalServers {
 
 impl LocalServers {
     fn serves(&mut self, addr: SocketAddr) -> bool {
-        if self.refreshed.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+        if self
+            .refreshed
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+        {
             self.refresh();
         }
-        self.listening.contains(&(None, addr.port())) || self.listening.contains(&(Some(addr.ip()), addr.port()))
+        self.listening.contains(&(None, addr.port()))
+            || self.listening.contains(&(Some(addr.ip()), addr.port()))
     }
 
     fn refresh(&mut self) {

@@ -16,13 +16,20 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a Sonde recording")]
     NotARecording { path: PathBuf },
     #[error("{path}: recording format version {found}, this agent reads version {FORMAT_VERSION}")]
     Version { path: PathBuf, found: u32 },
     #[error("{path}: event {index}: {message}")]
-    Decode { path: PathBuf, index: u64, message: String },
+    Decode {
+        path: PathBuf,
+        index: u64,
+        message: String,
+    },
     #[error("{path}: {message}")]
     Encode { path: PathBuf, message: String },
 }
@@ -45,19 +52,28 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn create(path: &Path, header: &RecordingHeader) -> Result<Recorder, RecordError> {
-        let io = |source| RecordError::Io { path: path.to_path_buf(), source };
+        let io = |source| RecordError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::create(path).map_err(io)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(MAGIC).map_err(io)?;
         out.write_all(&FORMAT_VERSION.to_le_bytes()).map_err(io)?;
-        let mut r = Recorder { path: path.to_path_buf(), out, events: 0 };
+        let mut r = Recorder {
+            path: path.to_path_buf(),
+            out,
+            events: 0,
+        };
         r.encode(header)?;
         Ok(r)
     }
 
     fn encode<T: Serialize>(&mut self, v: &T) -> Result<(), RecordError> {
-        rmp_serde::encode::write(&mut self.out, v)
-            .map_err(|e| RecordError::Encode { path: self.path.clone(), message: e.to_string() })
+        rmp_serde::encode::write(&mut self.out, v).map_err(|e| RecordError::Encode {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
     }
 
     pub fn write(&mut self, ev: &CaptureEvent) -> Result<(), RecordError> {
@@ -71,7 +87,10 @@ impl Recorder {
     }
 
     pub fn finish(mut self) -> Result<u64, RecordError> {
-        self.out.flush().map_err(|source| RecordError::Io { path: self.path.clone(), source })?;
+        self.out.flush().map_err(|source| RecordError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         Ok(self.events)
     }
 }
@@ -88,23 +107,44 @@ pub struct Replay {
 
 impl Replay {
     pub fn open(path: &Path) -> Result<Replay, RecordError> {
-        let io = |source| RecordError::Io { path: path.to_path_buf(), source };
+        let io = |source| RecordError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut input = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
         let mut magic = [0u8; 8];
-        input.read_exact(&mut magic).map_err(|_| RecordError::NotARecording { path: path.to_path_buf() })?;
+        input
+            .read_exact(&mut magic)
+            .map_err(|_| RecordError::NotARecording {
+                path: path.to_path_buf(),
+            })?;
         if &magic != MAGIC {
-            return Err(RecordError::NotARecording { path: path.to_path_buf() });
+            return Err(RecordError::NotARecording {
+                path: path.to_path_buf(),
+            });
         }
         let mut v = [0u8; 4];
         input.read_exact(&mut v).map_err(io)?;
         let found = u32::from_le_bytes(v);
         if found != FORMAT_VERSION {
-            return Err(RecordError::Version { path: path.to_path_buf(), found });
+            return Err(RecordError::Version {
+                path: path.to_path_buf(),
+                found,
+            });
         }
-        let header: RecordingHeader = rmp_serde::decode::from_read(&mut input).map_err(|e| {
-            RecordError::Decode { path: path.to_path_buf(), index: 0, message: e.to_string() }
-        })?;
-        Ok(Replay { path: path.to_path_buf(), input, header, index: 0, failed: false })
+        let header: RecordingHeader =
+            rmp_serde::decode::from_read(&mut input).map_err(|e| RecordError::Decode {
+                path: path.to_path_buf(),
+                index: 0,
+                message: e.to_string(),
+            })?;
+        Ok(Replay {
+            path: path.to_path_buf(),
+            input,
+            header,
+            index: 0,
+            failed: false,
+        })
     }
 
     pub fn header(&self) -> &RecordingHeader {
@@ -123,7 +163,12 @@ impl Iterator for Replay {
         match self.input.fill_buf_empty() {
             Ok(true) => return None,
             Ok(false) => {}
-            Err(source) => return Some(Err(RecordError::Io { path: self.path.clone(), source })),
+            Err(source) => {
+                return Some(Err(RecordError::Io {
+                    path: self.path.clone(),
+                    source,
+                }));
+            }
         }
         self.index += 1;
         let ev = rmp_serde::decode::from_read(&mut self.input).map_err(|e| RecordError::Decode {
@@ -151,16 +196,26 @@ impl<R: Read> FillBufEmpty for BufReader<R> {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use sonde_model::{ConnClose, ConnId, ConnOpen, DataChunk, Direction, ProcessInfo, Role, Source};
+    use sonde_model::{
+        ConnClose, ConnId, ConnOpen, DataChunk, Direction, ProcessInfo, Role, Source,
+    };
 
     fn events() -> Vec<CaptureEvent> {
-        let conn = ConnId { tgid: 1, fd: 2, generation: 3 };
+        let conn = ConnId {
+            tgid: 1,
+            fd: 2,
+            generation: 3,
+        };
         vec![
             CaptureEvent::Open(ConnOpen {
                 conn,
                 ts_ns: 1,
                 role: Role::Server,
-                process: ProcessInfo { pid: 1, comm: "nginx".into(), cgroup_id: 9 },
+                process: ProcessInfo {
+                    pid: 1,
+                    comm: "nginx".into(),
+                    cgroup_id: 9,
+                },
                 local: Some("127.0.0.1:80".parse().expect("addr")),
                 remote: Some("127.0.0.1:5000".parse().expect("addr")),
             }),
@@ -205,7 +260,10 @@ mod tests {
         let dir = tempdir();
         let p = dir.join("x");
         std::fs::write(&p, b"hello world, not a recording").expect("write");
-        assert!(matches!(Replay::open(&p), Err(RecordError::NotARecording { .. })));
+        assert!(matches!(
+            Replay::open(&p),
+            Err(RecordError::NotARecording { .. })
+        ));
         let mut future = MAGIC.to_vec();
         future.extend_from_slice(&99u32.to_le_bytes());
         std::fs::write(&p, &future).expect("write");
@@ -229,11 +287,18 @@ mod tests {
         let results: Vec<_> = Replay::open(&p).expect("open").collect();
         assert_eq!(results.len(), 3);
         assert!(results[..2].iter().all(|r| r.is_ok()));
-        assert!(matches!(results[2], Err(RecordError::Decode { index: 3, .. })));
+        assert!(matches!(
+            results[2],
+            Err(RecordError::Decode { index: 3, .. })
+        ));
     }
 
     fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("sonde-record-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let d = std::env::temp_dir().join(format!(
+            "sonde-record-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::create_dir_all(&d).expect("mkdir");
         d
     }

@@ -29,21 +29,36 @@ fn start_source(config: &AgentConfig, args: &SourceArgs) -> anyhow::Result<Sourc
         let reader = sonde_pcap::PcapReader::open(path)
             .with_context(|| format!("opening {}", path.display()))?;
         std::thread::spawn(move || feed(reader.map(|r| r.map_err(anyhow::Error::from)), tx));
-        return Ok(Source { rx, live: None, finite: true });
+        return Ok(Source {
+            rx,
+            live: None,
+            finite: true,
+        });
     }
     if let Some(path) = &args.replay {
         let replay = Replay::open(path)?;
         std::thread::spawn(move || feed(replay.map(|r| r.map_err(anyhow::Error::from)), tx));
-        return Ok(Source { rx, live: None, finite: true });
+        return Ok(Source {
+            rx,
+            live: None,
+            finite: true,
+        });
     }
     let mut live = LiveCapture::start(&config.capture).context("starting the live capture")?;
     eprintln!("sonde-agent: {}", live.report());
     live.spawn_reader(tx, Duration::from_millis(config.capture.poll_interval_ms))?;
-    Ok(Source { rx, live: Some(live), finite: false })
+    Ok(Source {
+        rx,
+        live: Some(live),
+        finite: false,
+    })
 }
 
 /// Sends a file's events in batches; a damaged file ends the feed with a logged error.
-fn feed(events: impl Iterator<Item = anyhow::Result<CaptureEvent>>, tx: mpsc::Sender<Vec<CaptureEvent>>) {
+fn feed(
+    events: impl Iterator<Item = anyhow::Result<CaptureEvent>>,
+    tx: mpsc::Sender<Vec<CaptureEvent>>,
+) {
     let mut batch = Vec::with_capacity(1024);
     for ev in events {
         match ev {
@@ -53,7 +68,11 @@ fn feed(events: impl Iterator<Item = anyhow::Result<CaptureEvent>>, tx: mpsc::Se
                 break;
             }
         }
-        if batch.len() == 1024 && tx.blocking_send(std::mem::replace(&mut batch, Vec::with_capacity(1024))).is_err() {
+        if batch.len() == 1024
+            && tx
+                .blocking_send(std::mem::replace(&mut batch, Vec::with_capacity(1024)))
+                .is_err()
+        {
             return;
         }
     }
@@ -109,7 +128,12 @@ async fn drive(
 fn print_capture_counters(live: &LiveCapture) {
     let k = live.kernel_counters();
     let drops: Vec<String> = k.drops().map(|(n, v)| format!("{n}={v}")).collect();
-    let reader: Vec<String> = live.reader_stats().snapshot().iter().map(|(n, v)| format!("{n}={v}")).collect();
+    let reader: Vec<String> = live
+        .reader_stats()
+        .snapshot()
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
     eprintln!(
         "capture: {}; kernel drops: {}; reader: {}",
         live.report(),
@@ -130,10 +154,16 @@ impl Sink for PrintSink {
             return;
         }
         let r = if self.json {
-            serde_json::to_writer(&mut self.out, &exchange_json(ex, call)).map_err(std::io::Error::other)
+            serde_json::to_writer(&mut self.out, &exchange_json(ex, call))
+                .map_err(std::io::Error::other)
                 .and_then(|()| writeln!(self.out))
         } else {
-            writeln!(self.out, "{}  => {}", display::exchange_line(ex), call.template)
+            writeln!(
+                self.out,
+                "{}  => {}",
+                display::exchange_line(ex),
+                call.template
+            )
         };
         if r.is_err() {
             self.quiet = true;
@@ -188,10 +218,19 @@ fn exchange_json(ex: &Exchange, call: &CallInfo) -> serde_json::Value {
     })
 }
 
-pub async fn observe(config: AgentConfig, args: SourceArgs, json: bool, quiet: bool) -> anyhow::Result<()> {
+pub async fn observe(
+    config: AgentConfig,
+    args: SourceArgs,
+    json: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
     let mut analyzer = Analyzer::new(&config)?;
     let source = start_source(&config, &args)?;
-    let mut sink = PrintSink { json, quiet, out: std::io::BufWriter::new(std::io::stdout()) };
+    let mut sink = PrintSink {
+        json,
+        quiet,
+        out: std::io::BufWriter::new(std::io::stdout()),
+    };
     drive(source, &mut analyzer, &mut sink, args.duration, |_| {}).await?;
     sink.out.flush()?;
     let s = analyzer.stats();
@@ -216,7 +255,9 @@ impl Sink for CollectSink {
 pub async fn inventory(config: AgentConfig, args: SourceArgs, json: bool) -> anyhow::Result<()> {
     let mut analyzer = Analyzer::new(&config)?;
     let source = start_source(&config, &args)?;
-    let mut sink = CollectSink { anomalies: Vec::new() };
+    let mut sink = CollectSink {
+        anomalies: Vec::new(),
+    };
     drive(source, &mut analyzer, &mut sink, args.duration, |_| {}).await?;
     let inv = analyzer.inventory();
     let mut out = std::io::BufWriter::new(std::io::stdout());
@@ -235,15 +276,23 @@ pub async fn inventory(config: AgentConfig, args: SourceArgs, json: bool) -> any
     } else {
         writeln!(
             out,
-            "{:<40} {:<7} {:<40} {:>7} {:<14} {:<10} {}",
-            "SERVICE", "METHOD", "TEMPLATE", "CALLS", "STATUS", "CLASS", "AUTH / SENSITIVE"
+            "{:<40} {:<7} {:<40} {:>7} {:<14} {:<10} AUTH / SENSITIVE",
+            "SERVICE", "METHOD", "TEMPLATE", "CALLS", "STATUS", "CLASS"
         )?;
         let mut endpoints: Vec<_> = inv.endpoints().collect();
         endpoints.sort_by(|a, b| a.key.cmp(&b.key));
         for e in endpoints {
-            let status: Vec<String> = e.status_counts.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+            let status: Vec<String> = e
+                .status_counts
+                .iter()
+                .map(|(s, n)| format!("{s}:{n}"))
+                .collect();
             let auth: Vec<String> = e.auth_schemes.iter().map(|(k, _)| k.to_string()).collect();
-            let sensitive: Vec<String> = e.sensitive.iter().map(|f| format!("{}@{}", f.kind.as_str(), f.path)).collect();
+            let sensitive: Vec<String> = e
+                .sensitive
+                .iter()
+                .map(|f| format!("{}@{}", f.kind.as_str(), f.path))
+                .collect();
             writeln!(
                 out,
                 "{:<40} {:<7} {:<40} {:>7} {:<14} {:<10} {} {}",
@@ -258,7 +307,14 @@ pub async fn inventory(config: AgentConfig, args: SourceArgs, json: bool) -> any
             )?;
         }
         for a in &sink.anomalies {
-            writeln!(out, "EVENT {} {} {}: {}", a.severity.as_str(), a.category.code(), a.kind, a.explanation)?;
+            writeln!(
+                out,
+                "EVENT {} {} {}: {}",
+                a.severity.as_str(),
+                a.category.code(),
+                a.kind,
+                a.explanation
+            )?;
         }
     }
     out.flush()?;
@@ -279,7 +335,9 @@ impl Sink for ExportSink {
         for a in anomalies {
             tracing::info!(kind = %a.kind, severity = a.severity.as_str(), "{}", a.explanation);
             let wire = sonde_export::anomaly_from_model(a);
-            if tokio::task::block_in_place(|| self.rt.block_on(self.handle.send_anomaly(wire))).is_ok() {
+            if tokio::task::block_in_place(|| self.rt.block_on(self.handle.send_anomaly(wire)))
+                .is_ok()
+            {
                 self.sent_anomalies += 1;
             }
         }
@@ -298,8 +356,14 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
             database: export.embedded_database.clone(),
             ..Default::default()
         };
-        let c = sonde_collector::server::spawn(cfg).await.context("starting the embedded collector")?;
-        eprintln!("sonde-agent: embedded collector on {} (database {})", c.url(false), export.embedded_database.display());
+        let c = sonde_collector::server::spawn(cfg)
+            .await
+            .context("starting the embedded collector")?;
+        eprintln!(
+            "sonde-agent: embedded collector on {} (database {})",
+            c.url(false),
+            export.embedded_database.display()
+        );
         Some(c)
     } else {
         None
@@ -323,44 +387,73 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
         capture_strategy: strategy,
         started_at_unix_ns: now_unix_ns(),
     };
-    let mut ecfg = sonde_export::ExporterConfig::new(export.collector_url.clone(), hello, export.spool_dir.clone());
+    let mut ecfg = sonde_export::ExporterConfig::new(
+        export.collector_url.clone(),
+        hello,
+        export.spool_dir.clone(),
+    );
     ecfg.max_spool_bytes = export.max_spool_bytes;
     let exporter = sonde_export::Exporter::start(ecfg).context("starting the exporter")?;
     let handle = exporter.handle();
     let rt = tokio::runtime::Handle::current();
-    let mut sink = ExportSink { handle: handle.clone(), rt: rt.clone(), sent_anomalies: 0 };
+    let mut sink = ExportSink {
+        handle: handle.clone(),
+        rt: rt.clone(),
+        sent_anomalies: 0,
+    };
     let interval = Duration::from_millis(export.interval_ms.max(100));
     let mut last_export = std::time::Instant::now();
     let live_counters = source.live.as_ref().map(|l| {
         let counters = l.counters_reader();
         (move || counters.read(), l.reader_stats())
     });
-    drive(source, &mut analyzer, &mut sink, args.duration, |analyzer| {
-        if last_export.elapsed() < interval {
-            return;
-        }
-        last_export = std::time::Instant::now();
-        let dirty = analyzer.inventory_mut().take_dirty();
-        for rec in &dirty {
-            let update = sonde_agent::export::endpoint_update(rec);
-            if tokio::task::block_in_place(|| rt.block_on(handle.send_endpoint(update))).is_err() {
-                tracing::warn!("exporter stopped; endpoint update not sent");
+    drive(
+        source,
+        &mut analyzer,
+        &mut sink,
+        args.duration,
+        |analyzer| {
+            if last_export.elapsed() < interval {
+                return;
             }
-        }
-        let mut counters = std::collections::HashMap::new();
-        flatten_counters("pipeline", &serde_json::to_value(analyzer.stats()).unwrap_or_default(), &mut counters);
-        flatten_counters("protocol", &serde_json::to_value(analyzer.tracker().stats()).unwrap_or_default(), &mut counters);
-        flatten_counters("inventory", &serde_json::to_value(analyzer.inventory().counters()).unwrap_or_default(), &mut counters);
-        if let Some((kernel, reader)) = &live_counters {
-            for (name, v) in kernel().values {
-                counters.insert(format!("kernel.{name}"), v);
+            last_export = std::time::Instant::now();
+            let dirty = analyzer.inventory_mut().take_dirty();
+            for rec in &dirty {
+                let update = sonde_agent::export::endpoint_update(rec);
+                if tokio::task::block_in_place(|| rt.block_on(handle.send_endpoint(update)))
+                    .is_err()
+                {
+                    tracing::warn!("exporter stopped; endpoint update not sent");
+                }
             }
-            for (name, v) in reader.snapshot() {
-                counters.insert(format!("reader.{name}"), v);
+            let mut counters = std::collections::HashMap::new();
+            flatten_counters(
+                "pipeline",
+                &serde_json::to_value(analyzer.stats()).unwrap_or_default(),
+                &mut counters,
+            );
+            flatten_counters(
+                "protocol",
+                &serde_json::to_value(analyzer.tracker().stats()).unwrap_or_default(),
+                &mut counters,
+            );
+            flatten_counters(
+                "inventory",
+                &serde_json::to_value(analyzer.inventory().counters()).unwrap_or_default(),
+                &mut counters,
+            );
+            if let Some((kernel, reader)) = &live_counters {
+                for (name, v) in kernel().values {
+                    counters.insert(format!("kernel.{name}"), v);
+                }
+                for (name, v) in reader.snapshot() {
+                    counters.insert(format!("reader.{name}"), v);
+                }
             }
-        }
-        let _ = tokio::task::block_in_place(|| rt.block_on(handle.heartbeat(counters, Vec::new())));
-    })
+            let _ =
+                tokio::task::block_in_place(|| rt.block_on(handle.heartbeat(counters, Vec::new())));
+        },
+    )
     .await?;
     let _ = handle.flush().await;
     exporter.shutdown(Duration::from_secs(5)).await;
@@ -371,7 +464,11 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
 }
 
 /// Numeric leaves of a JSON value as `prefix.path` counters.
-fn flatten_counters(prefix: &str, v: &serde_json::Value, out: &mut std::collections::HashMap<String, u64>) {
+fn flatten_counters(
+    prefix: &str,
+    v: &serde_json::Value,
+    out: &mut std::collections::HashMap<String, u64>,
+) {
     match v {
         serde_json::Value::Number(n) => {
             if let Some(n) = n.as_u64() {
@@ -388,7 +485,9 @@ fn flatten_counters(prefix: &str, v: &serde_json::Value, out: &mut std::collecti
 }
 
 fn read_trim(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// A stable agent id kept beside the spool (so restarts resume the same identity).
@@ -400,7 +499,11 @@ fn agent_id(spool: &std::path::Path) -> String {
             return id;
         }
     }
-    let id = format!("{}-{:x}", read_trim("/proc/sys/kernel/hostname"), now_unix_ns());
+    let id = format!(
+        "{}-{:x}",
+        read_trim("/proc/sys/kernel/hostname"),
+        now_unix_ns()
+    );
     let _ = std::fs::write(&path, &id);
     id
 }
@@ -412,7 +515,10 @@ mod url_parts {
     impl std::str::FromStr for Addr {
         type Err = anyhow::Error;
         fn from_str(s: &str) -> anyhow::Result<Addr> {
-            let rest = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://")).unwrap_or(s);
+            let rest = s
+                .strip_prefix("http://")
+                .or_else(|| s.strip_prefix("https://"))
+                .unwrap_or(s);
             let hostport = rest.split('/').next().unwrap_or(rest);
             use std::net::ToSocketAddrs as _;
             let addr = hostport

@@ -18,14 +18,21 @@ pub struct Capture {
 impl Capture {
     /// Starts capturing connections with one of `ports` as local or remote port.
     pub fn start(ports: &[u16]) -> Capture {
-        Capture::start_with(CaptureConfig { ports: ports.to_vec(), ..CaptureConfig::default() })
+        Capture::start_with(CaptureConfig {
+            ports: ports.to_vec(),
+            ..CaptureConfig::default()
+        })
     }
 
     pub fn start_with(cfg: CaptureConfig) -> Capture {
-        assert!(crate::privileged(), "the end-to-end tests load eBPF programs: run them as root");
+        assert!(
+            crate::privileged(),
+            "the end-to-end tests load eBPF programs: run them as root"
+        );
         let mut live = LiveCapture::start(&cfg).expect("live capture starts");
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<CaptureEvent>>(1024);
-        live.spawn_reader(tx, Duration::from_millis(5)).expect("ring reader starts");
+        live.spawn_reader(tx, Duration::from_millis(5))
+            .expect("ring reader starts");
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
         let collector = std::thread::spawn(move || {
@@ -33,7 +40,11 @@ impl Capture {
                 sink.lock().expect("events lock").extend(batch);
             }
         });
-        Capture { live, events, collector: Some(collector) }
+        Capture {
+            live,
+            events,
+            collector: Some(collector),
+        }
     }
 
     pub fn events(&self) -> Vec<CaptureEvent> {
@@ -101,7 +112,10 @@ impl Conn {
         let mut out = Vec::new();
         let mut next = chunks.first().map(|c| c.offset).unwrap_or(0);
         for c in &chunks {
-            assert_eq!(c.offset, next, "chunks of {dir:?} must tile the stream: {chunks:?}");
+            assert_eq!(
+                c.offset, next,
+                "chunks of {dir:?} must tile the stream: {chunks:?}"
+            );
             out.extend_from_slice(&c.data);
             out.resize(out.len() + c.missing() as usize, 0);
             next = c.end();
@@ -114,7 +128,10 @@ impl Conn {
     }
 
     pub fn comm(&self) -> &str {
-        self.open.as_ref().map(|o| o.process.comm.as_str()).unwrap_or("")
+        self.open
+            .as_ref()
+            .map(|o| o.process.comm.as_str())
+            .unwrap_or("")
     }
 }
 
@@ -136,7 +153,10 @@ pub fn count_occurrences(haystack: &[u8], needle: &[u8]) -> usize {
     if needle.is_empty() {
         return 0;
     }
-    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
 
 pub fn bytes_of(s: &str) -> Bytes {

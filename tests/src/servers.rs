@@ -59,7 +59,11 @@ http {{
             .spawn()
             .expect("nginx starts (cargo xtask setup installs it)");
         wait_for_port(port);
-        Nginx { child, port, dir: dir.to_path_buf() }
+        Nginx {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        }
     }
 
     pub fn www(&self) -> PathBuf {
@@ -69,7 +73,9 @@ http {{
     /// Pid of the worker process (the one that does the socket I/O).
     pub fn worker_pid(&self) -> u32 {
         let master = self.child.id();
-        crate::eventually(Duration::from_secs(5), "an nginx worker", || children(master).into_iter().next())
+        crate::eventually(Duration::from_secs(5), "an nginx worker", || {
+            children(master).into_iter().next()
+        })
     }
 }
 
@@ -90,7 +96,13 @@ pub struct PythonServer {
 impl PythonServer {
     pub fn start(dir: &Path, port: u16) -> PythonServer {
         let child = Command::new("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -113,9 +125,15 @@ impl Drop for PythonServer {
 }
 
 pub fn wait_for_port(port: u16) {
-    crate::eventually(Duration::from_secs(10), &format!("port {port} to listen"), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-    });
+    crate::eventually(
+        Duration::from_secs(10),
+        &format!("port {port} to listen"),
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        },
+    );
 }
 
 fn children(pid: u32) -> Vec<u32> {

@@ -21,16 +21,24 @@ fn keep_alive_requests_arrive_in_order_with_offsets_pids_and_ports() {
     }
     let cap = Capture::start(&[port]);
     let base = format!("http://127.0.0.1:{port}");
-    let urls: Vec<String> = ["a", "b", "c"].iter().map(|n| format!("{base}/{n}")).collect();
+    let urls: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| format!("{base}/{n}"))
+        .collect();
     let (curl_pid, out) = curl(&urls.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(out, b"body of a\nbody of b\nbody of c\n");
     let worker = nginx.worker_pid();
 
     let conns = eventually(WAIT, "both sides of the connection", || {
         let conns = cap.connections();
-        let client = conns.values().find(|c| c.open.as_ref().is_some_and(|o| o.process.pid == curl_pid))?;
-        let server = conns.values().find(|c| c.open.as_ref().is_some_and(|o| o.process.pid == worker))?;
-        (client.total_len(Direction::Ingress) >= 3 * 10 && server.total_len(Direction::Ingress) > 0
+        let client = conns
+            .values()
+            .find(|c| c.open.as_ref().is_some_and(|o| o.process.pid == curl_pid))?;
+        let server = conns
+            .values()
+            .find(|c| c.open.as_ref().is_some_and(|o| o.process.pid == worker))?;
+        (client.total_len(Direction::Ingress) >= 3 * 10
+            && server.total_len(Direction::Ingress) > 0
             && count_occurrences(&client.stream(Direction::Ingress), b"HTTP/1.1 200 OK") == 3)
             .then(|| (client.clone(), server.clone()))
     });
@@ -46,23 +54,43 @@ fn keep_alive_requests_arrive_in_order_with_offsets_pids_and_ports() {
     assert_eq!(sopen.role, Role::Server);
     assert_eq!(sopen.process.comm, "nginx");
     assert_eq!(sopen.local.map(|a| a.port()), Some(port));
-    assert_eq!(sopen.remote, copen.local, "the server's peer is the client's socket");
+    assert_eq!(
+        sopen.remote, copen.local,
+        "the server's peer is the client's socket"
+    );
 
     let requests = client.text(Direction::Egress);
-    let positions: Vec<usize> =
-        ["GET /a ", "GET /b ", "GET /c "].iter().map(|r| requests.find(r).expect(r)).collect();
+    let positions: Vec<usize> = ["GET /a ", "GET /b ", "GET /c "]
+        .iter()
+        .map(|r| requests.find(r).expect(r))
+        .collect();
     assert_eq!(positions[0], 0, "the first request starts at offset 0");
-    assert!(positions[0] < positions[1] && positions[1] < positions[2], "{requests}");
-    assert_eq!(server.stream(Direction::Ingress), client.stream(Direction::Egress));
+    assert!(
+        positions[0] < positions[1] && positions[1] < positions[2],
+        "{requests}"
+    );
+    assert_eq!(
+        server.stream(Direction::Ingress),
+        client.stream(Direction::Egress)
+    );
     let responses = client.text(Direction::Ingress);
     let bodies: Vec<usize> = ["body of a", "body of b", "body of c"]
         .iter()
         .map(|b| responses.find(b).expect(b))
         .collect();
-    assert!(bodies[0] < bodies[1] && bodies[1] < bodies[2], "{responses}");
+    assert!(
+        bodies[0] < bodies[1] && bodies[1] < bodies[2],
+        "{responses}"
+    );
     // nginx sends small files with sendfile: those bytes are known but not copied.
-    assert_eq!(server.total_len(Direction::Egress), client.total_len(Direction::Ingress));
-    assert!(server.missing_len(Direction::Egress) >= 30, "sendfile bytes travel as lengths");
+    assert_eq!(
+        server.total_len(Direction::Egress),
+        client.total_len(Direction::Ingress)
+    );
+    assert!(
+        server.missing_len(Direction::Egress) >= 30,
+        "sendfile bytes travel as lengths"
+    );
     assert!(client.closed && server.closed, "both sides closed");
     for (name, v) in counters.drops() {
         assert_eq!(v, 0, "drop counter {name}");
@@ -88,7 +116,11 @@ fn ipv6_loopback_connections_carry_v6_addresses() {
     let remote = open.remote.expect("remote address");
     assert_eq!(remote, format!("[::1]:{port}").parse().expect("addr"));
     assert!(open.local.expect("local").is_ipv6());
-    assert!(client.text(Direction::Egress).starts_with("GET /six HTTP/1.1\r\n"));
+    assert!(
+        client
+            .text(Direction::Egress)
+            .starts_with("GET /six HTTP/1.1\r\n")
+    );
 }
 
 #[test]
@@ -129,19 +161,33 @@ fn large_bodies_are_accounted_to_the_byte() {
 
     // POST: request head plus exactly 1 MiB of body left the client, every byte accounted for as
     // captured or known-missing, chunks tiling the stream from 0.
-    let head_len = post.text(Direction::Egress).find("\r\n\r\n").expect("head end") as u64 + 4;
+    let head_len = post
+        .text(Direction::Egress)
+        .find("\r\n\r\n")
+        .expect("head end") as u64
+        + 4;
     let sent = post.total_len(Direction::Egress);
     assert_eq!(sent, head_len + 1024 * 1024);
-    assert_eq!(post.captured_len(Direction::Egress) + post.missing_len(Direction::Egress), sent);
+    assert_eq!(
+        post.captured_len(Direction::Egress) + post.missing_len(Direction::Egress),
+        sent
+    );
     let stream = post.stream(Direction::Egress);
     assert_eq!(stream.len() as u64, sent);
 
     // GET: the 5 MiB response arrived whole at the client: head + body, captured + missing.
     let got = get.total_len(Direction::Ingress);
     let text = get.stream(Direction::Ingress);
-    let head_end = text.windows(4).position(|w| w == b"\r\n\r\n").expect("response head") + 4;
+    let head_end = text
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head")
+        + 4;
     assert_eq!(got, head_end as u64 + five_mib.len() as u64);
-    assert_eq!(get.captured_len(Direction::Ingress) + get.missing_len(Direction::Ingress), got);
+    assert_eq!(
+        get.captured_len(Direction::Ingress) + get.missing_len(Direction::Ingress),
+        got
+    );
     // Captured body bytes are the file's bytes at their offsets.
     let body = &text[head_end..];
     let mut checked = 0;
@@ -149,7 +195,11 @@ fn large_bodies_are_accounted_to_the_byte() {
         let start = c.offset as usize;
         if start >= head_end && !c.data.is_empty() {
             let at = start - head_end;
-            assert_eq!(&c.data[..], &five_mib[at..at + c.data.len()], "bytes at body offset {at}");
+            assert_eq!(
+                &c.data[..],
+                &five_mib[at..at + c.data.len()],
+                "bytes at body offset {at}"
+            );
             assert_eq!(&body[at..at + c.data.len()], &c.data[..]);
             checked += c.data.len();
         }
@@ -210,7 +260,10 @@ fn a_connection_opened_before_capture_started_is_captured() {
     assert_eq!(open.role, Role::Client);
     let text = client.text(Direction::Egress);
     assert!(text.starts_with("GET /x?after1 HTTP/1.1\r\n"), "{text}");
-    assert!(!text.contains("before"), "bytes sent before capture are not invented");
+    assert!(
+        !text.contains("before"),
+        "bytes sent before capture are not invented"
+    );
 }
 
 #[test]
@@ -229,7 +282,9 @@ fn files_a_server_reads_are_not_reported_as_socket_data() {
     assert_eq!(out.len(), marker.len() * 100);
     let server_conn = eventually(WAIT, "the server's response", || {
         cap.connections().into_values().find(|c| {
-            c.open.as_ref().is_some_and(|o| o.process.pid == server.pid())
+            c.open
+                .as_ref()
+                .is_some_and(|o| o.process.pid == server.pid())
                 && c.text(Direction::Egress).contains(marker)
         })
     });
@@ -238,17 +293,31 @@ fn files_a_server_reads_are_not_reported_as_socket_data() {
     // connection may carry the marker, and every connection with data is a real TCP socket.
     let conns = sonde_e2e::capture::connections(&events);
     for (id, c) in &conns {
-        let has_data = !c.chunks(Direction::Egress).is_empty() || !c.chunks(Direction::Ingress).is_empty();
+        let has_data =
+            !c.chunks(Direction::Egress).is_empty() || !c.chunks(Direction::Ingress).is_empty();
         if has_data {
-            let open = c.open.as_ref().unwrap_or_else(|| panic!("data on {id} without an open"));
-            assert!(open.local.is_some() && open.remote.is_some(), "{id} is a socket with addresses");
+            let open = c
+                .open
+                .as_ref()
+                .unwrap_or_else(|| panic!("data on {id} without an open"));
+            assert!(
+                open.local.is_some() && open.remote.is_some(),
+                "{id} is a socket with addresses"
+            );
         }
     }
     let with_marker: Vec<_> = conns
         .values()
-        .filter(|c| c.text(Direction::Egress).contains(marker) || c.text(Direction::Ingress).contains(marker))
+        .filter(|c| {
+            c.text(Direction::Egress).contains(marker)
+                || c.text(Direction::Ingress).contains(marker)
+        })
         .collect();
-    assert_eq!(with_marker.len(), 1, "only the socket carries the file's bytes");
+    assert_eq!(
+        with_marker.len(),
+        1,
+        "only the socket carries the file's bytes"
+    );
     assert_eq!(
         with_marker[0].open.as_ref().map(|o| o.conn),
         server_conn.open.as_ref().map(|o| o.conn)
@@ -285,8 +354,15 @@ fn non_http_connections_stop_being_shipped_and_floods_stay_bounded() {
     );
     let cap = Capture::start(&[port]);
     let before = cap.counters();
-    let out = Command::new("python3").args(["-c", &script]).output().expect("python runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
     let c = eventually(WAIT, "the non-HTTP connection to be classified", || {
         let c = cap.counters();
@@ -310,9 +386,18 @@ fn non_http_connections_stop_being_shipped_and_floods_stay_bounded() {
         "the 2 sides x 2 directions x 50 calls were stopped in the kernel: {c:?}"
     );
     // The flood: all 500 connections seen from both sides, each with its request.
-    let flood = conns.values().filter(|c| c.text(Direction::Egress).starts_with("GET /")).count();
-    let served = conns.values().filter(|c| c.text(Direction::Ingress).starts_with("GET /")).count();
-    assert!(flood >= 500 && served >= 500, "{flood} client / {served} server flood connections seen");
+    let flood = conns
+        .values()
+        .filter(|c| c.text(Direction::Egress).starts_with("GET /"))
+        .count();
+    let served = conns
+        .values()
+        .filter(|c| c.text(Direction::Ingress).starts_with("GET /"))
+        .count();
+    assert!(
+        flood >= 500 && served >= 500,
+        "{flood} client / {served} server flood connections seen"
+    );
     for (name, v) in after.drops() {
         assert_eq!(v, 0, "drop counter {name}");
     }

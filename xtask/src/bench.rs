@@ -38,10 +38,14 @@ pub struct BenchArgs {
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.which != "capture" {
-        return run(cargo().current_dir(root()).args(["bench", "--locked", "-p", &args.which]));
+        return run(cargo()
+            .current_dir(root())
+            .args(["bench", "--locked", "-p", &args.which]));
     }
     crate::setup::setup()?;
-    run(cargo().current_dir(root()).args(["build", "--release", "--locked", "-p", "sonde-agent"]))?;
+    run(cargo()
+        .current_dir(root())
+        .args(["build", "--release", "--locked", "-p", "sonde-agent"]))?;
     capture_bench(&args)
 }
 
@@ -86,7 +90,9 @@ fn capture_bench(args: &BenchArgs) -> anyhow::Result<()> {
     let delay_ms = 1000.0 * f64::from(conns) / f64::from(args.rate);
     std::fs::write(&lua, format!("function delay() return {delay_ms:.3} end\n"))?;
     let url = format!("http://127.0.0.1:{port}/index.html");
-    let agent_bin = crate::util::target_dir().join("release").join("sonde-agent");
+    let agent_bin = crate::util::target_dir()
+        .join("release")
+        .join("sonde-agent");
 
     // Warm up nginx and the page cache.
     wrk(&url, 2, None, conns)?;
@@ -104,7 +110,11 @@ fn capture_bench(args: &BenchArgs) -> anyhow::Result<()> {
                 } else {
                     out.push((mode, s));
                 }
-                eprintln!("round {round} {:<5} {}: done", mode.name(), if pace.is_some() { "paced" } else { "peak" });
+                eprintln!(
+                    "round {round} {:<5} {}: done",
+                    mode.name(),
+                    if pace.is_some() { "paced" } else { "peak" }
+                );
             }
         }
     }
@@ -119,21 +129,36 @@ fn report(peak: &[(Mode, Sample)], paced: &[(Mode, Sample)], args: &BenchArgs) {
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
     let per_mode = |set: &[(Mode, Sample)], mode: Mode, f: &dyn Fn(&Sample) -> f64| {
-        let mut v: Vec<f64> = set.iter().filter(|(m, _)| *m == mode).map(|(_, s)| f(s)).collect();
+        let mut v: Vec<f64> = set
+            .iter()
+            .filter(|(m, _)| *m == mode)
+            .map(|(_, s)| f(s))
+            .collect();
         median(&mut v)
     };
     let rps = |s: &Sample| s.requests / s.seconds;
     let base_rps = per_mode(peak, Mode::None, &rps);
-    println!("\n== capture overhead: nginx + wrk on loopback, {} rounds x {} s, medians ==", args.rounds, args.seconds);
+    println!(
+        "\n== capture overhead: nginx + wrk on loopback, {} rounds x {} s, medians ==",
+        args.rounds, args.seconds
+    );
     println!("agent command: sonde-agent {}", args.agent);
-    println!("{:<6} {:>12} {:>8} | {:>16} {:>16} {:>16} {:>10}", "mode", "peak req/s", "ratio", "host µs/req", "agent µs/req", "eBPF µs/req", "drops");
+    println!(
+        "{:<6} {:>12} {:>8} | {:>16} {:>16} {:>16} {:>10}",
+        "mode", "peak req/s", "ratio", "host µs/req", "agent µs/req", "eBPF µs/req", "drops"
+    );
     let base_host = per_mode(paced, Mode::None, &|s| 1e6 * s.host_busy_s / s.requests);
     for mode in [Mode::None, Mode::Floor, Mode::Agent] {
         let r = per_mode(peak, mode, &rps);
         let host = per_mode(paced, mode, &|s| 1e6 * s.host_busy_s / s.requests);
         let agent = per_mode(paced, mode, &|s| 1e6 * s.agent_cpu_s / s.requests);
         let bpf = per_mode(paced, mode, &|s| s.bpf_ns / 1e3 / s.requests);
-        let drops: u64 = peak.iter().chain(paced).filter(|(m, _)| *m == mode).map(|(_, s)| s.drops).sum();
+        let drops: u64 = peak
+            .iter()
+            .chain(paced)
+            .filter(|(m, _)| *m == mode)
+            .map(|(_, s)| s.drops)
+            .sum();
         println!(
             "{:<6} {:>12.0} {:>8.3} | {:>8.2} (+{:>5.2}) {:>16.2} {:>16.3} {:>10}",
             mode.name(),
@@ -156,7 +181,13 @@ fn report(peak: &[(Mode, Sample)], paced: &[(Mode, Sample)], args: &BenchArgs) {
     );
 }
 
-fn measure(url: &str, seconds: u32, pace: Option<&Path>, conns: u32, agent: Option<&Agent>) -> anyhow::Result<Sample> {
+fn measure(
+    url: &str,
+    seconds: u32,
+    pace: Option<&Path>,
+    conns: u32,
+    agent: Option<&Agent>,
+) -> anyhow::Result<Sample> {
     let busy0 = host_busy_seconds()?;
     let cpu0 = agent.map(|a| a.cpu_seconds()).unwrap_or(0.0);
     let (ns0, runs0) = agent.map(|a| a.bpf_stats()).unwrap_or((0, 0));
@@ -186,10 +217,16 @@ fn wrk(url: &str, seconds: u32, pace: Option<&Path>, conns: u32) -> anyhow::Resu
     let out = cmd.output().context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "  123456 requests in 5.00s, 98.1MB read"
-    let line = text.lines().find(|l| l.contains(" requests in ")).with_context(|| format!("wrk output: {text}"))?;
+    let line = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .with_context(|| format!("wrk output: {text}"))?;
     let mut words = line.split_whitespace();
     let requests: f64 = words.next().context("requests")?.parse()?;
-    let secs = words.nth(2).context("seconds")?.trim_end_matches(|c: char| c == ',' || c == 's');
+    let secs = words
+        .nth(2)
+        .context("seconds")?
+        .trim_end_matches([',', 's']);
     Ok((requests, secs.parse().unwrap_or(f64::from(seconds))))
 }
 
@@ -197,7 +234,11 @@ fn wrk(url: &str, seconds: u32, pace: Option<&Path>, conns: u32) -> anyhow::Resu
 fn host_busy_seconds() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let cpu = stat.lines().next().context("/proc/stat is empty")?;
-    let v: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total: f64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
     Ok((total - idle) / clock_ticks())
@@ -223,8 +264,12 @@ impl Agent {
                 cmd.args(subcommand.split_whitespace());
             }
         }
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).env("SONDE_LOG", "warn");
-        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("SONDE_LOG", "warn");
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
         let agent = Agent { child };
         // Attached when its programs appear among its fds.
         for _ in 0..200 {
@@ -242,7 +287,8 @@ impl Agent {
     }
 
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let f: Vec<&str> = after_comm.split_whitespace().collect();
         let utime: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
@@ -283,13 +329,17 @@ impl Agent {
     fn stop(mut self) -> anyhow::Result<u64> {
         // SAFETY: signalling our own child.
         unsafe { libc_kill(self.child.id() as i32, 2) };
-        let out = std::mem::replace(&mut self.child, Command::new("true").spawn()?).wait_with_output()?;
+        let out =
+            std::mem::replace(&mut self.child, Command::new("true").spawn()?).wait_with_output()?;
         let text = String::from_utf8_lossy(&out.stderr);
         let mut drops = 0;
         for line in text.lines() {
             let mut w = line.split_whitespace();
             if let (Some(name), Some(v)) = (w.next(), w.next())
-                && matches!(name, "ring_full_data" | "ring_full_conn" | "read_user_failed" | "map_full")
+                && matches!(
+                    name,
+                    "ring_full_data" | "ring_full_conn" | "read_user_failed" | "map_full"
+                )
             {
                 drops += v.parse::<u64>().unwrap_or(0);
             }

@@ -97,7 +97,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .args(["run", "--embedded-collector", "--collector", &collector_url])
         .arg("--state-dir")
         .arg(&state)
-        .env("SONDE_LOG", std::env::var("SONDE_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "SONDE_LOG",
+            std::env::var("SONDE_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&agent_log)?)
         .spawn()
@@ -107,7 +110,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
     if args.demo {
         if std::net::TcpListener::bind(("127.0.0.1", args.demo_port)).is_err() {
-            bail!("the demo API's port {} is taken: free it or pass --demo-port", args.demo_port);
+            bail!(
+                "the demo API's port {} is taken: free it or pass --demo-port",
+                args.demo_port
+            );
         }
         let api = Command::new("python3")
             .arg(fixtures.join("demo_api.py"))
@@ -139,12 +145,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             agent_log.display()
         );
         println!("== endpoints ==\n{}", last_lines(&endpoints, 30));
-        println!("== anomalies (last 15 min) ==\n{}", last_lines(&anomalies, 20));
+        println!(
+            "== anomalies (last 15 min) ==\n{}",
+            last_lines(&anomalies, 20)
+        );
         println!("== agents ==\n{agents}");
-        if !children.0.iter_mut().take(1).all(|(_, c)| matches!(c.try_wait(), Ok(None))) {
+        if !children
+            .0
+            .iter_mut()
+            .take(1)
+            .all(|(_, c)| matches!(c.try_wait(), Ok(None)))
+        {
             bail!("the agent stopped; see {}", agent_log.display());
         }
-        let done = args.duration.is_some_and(|d| started.elapsed() >= Duration::from_secs(d));
+        let done = args
+            .duration
+            .is_some_and(|d| started.elapsed() >= Duration::from_secs(d));
         if done || stop.load(std::sync::atomic::Ordering::Relaxed) {
             break;
         }
@@ -157,7 +173,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_for_agent(bin: &std::path::Path, url: &str, log: &std::path::Path, children: &mut Children) -> anyhow::Result<()> {
+fn wait_for_agent(
+    bin: &std::path::Path,
+    url: &str,
+    log: &std::path::Path,
+    children: &mut Children,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let log_text = std::fs::read_to_string(log).unwrap_or_default();
@@ -182,7 +203,11 @@ fn wait_for_agent(bin: &std::path::Path, url: &str, log: &std::path::Path, child
 }
 
 fn sonde(bin: &std::path::Path, url: &str, args: &[&str]) -> String {
-    match Command::new(bin.join("sonde")).args(["--collector", url]).args(args).output() {
+    match Command::new(bin.join("sonde"))
+        .args(["--collector", url])
+        .args(args)
+        .output()
+    {
         Ok(out) => {
             let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
             s.push_str(&String::from_utf8_lossy(&out.stderr));

@@ -67,8 +67,17 @@ fn nightly_rust_src() -> anyhow::Result<()> {
         "--installed",
     ]))
     .context("the nightly toolchain is needed to build the eBPF programs")?;
-    if !installed.lines().any(|l| l.trim() == "rust-src" || l.starts_with("rust-src")) {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    if !installed
+        .lines()
+        .any(|l| l.trim() == "rust-src" || l.starts_with("rust-src"))
+    {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -94,17 +103,25 @@ fn bpf_linker() -> anyhow::Result<()> {
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok())
         .find(|n| n.starts_with("libLLVM-") && n.contains("-rust-") && n.ends_with(".so"))
-        .map(|n| n.trim_start_matches("lib").trim_end_matches(".so").to_string())
+        .map(|n| {
+            n.trim_start_matches("lib")
+                .trim_end_matches(".so")
+                .to_string()
+        })
         .context("the nightly toolchain ships no libLLVM-*-rust-*.so")?;
     eprintln!("setup: building bpf-linker against {llvm_lib} (about a minute)");
     run(Command::new("cargo")
-        .args(["+nightly", "install", "bpf-linker", "--locked", "--no-default-features"])
+        .args([
+            "+nightly",
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--no-default-features",
+        ])
         .args(["--features", &format!("llvm-{llvm_major},no-llvm-linking")])
         .env(
             "RUSTFLAGS",
-            format!(
-                "-L {sysroot}/lib -l dylib={llvm_lib} -C link-arg=-Wl,-rpath,{sysroot}/lib"
-            ),
+            format!("-L {sysroot}/lib -l dylib={llvm_lib} -C link-arg=-Wl,-rpath,{sysroot}/lib"),
         )
         .env("CXXSTDLIB", "stdc++"))?;
     Ok(())

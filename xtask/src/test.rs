@@ -32,17 +32,38 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
     };
     if !args.no_lint {
         run(with_env(cargo()).args(["fmt", "--all", "--check"]))?;
-        run(with_env(cargo()).args(["clippy", "--locked", "--all-targets", "--", "-D", "warnings"]))?;
-        run(with_env(cargo())
-            .args(["clippy", "--locked", "-p", "sonde-e2e", "--all-targets", "--", "-D", "warnings"])
-            )?;
+        run(with_env(cargo()).args([
+            "clippy",
+            "--locked",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        run(with_env(cargo()).args([
+            "clippy",
+            "--locked",
+            "-p",
+            "sonde-e2e",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     run(with_env(cargo()).args(["test", "--locked", "--no-fail-fast"]))?;
     if !args.no_e2e {
         // Privileged tests load real programs and open real ports: one at a time (each test
         // also filters capture to its own ports, so the host's other traffic cannot disturb it).
         let mut c = with_env(cargo());
-        c.args(["test", "--locked", "-p", "sonde-e2e", "--", "--test-threads=1"]);
+        c.args([
+            "test",
+            "--locked",
+            "-p",
+            "sonde-e2e",
+            "--",
+            "--test-threads=1",
+        ]);
         if let Some(f) = &args.e2e_filter {
             c.arg(f);
         }

@@ -14,7 +14,9 @@ pub fn root() -> PathBuf {
 /// Runs a command to completion, failing with its command line when it fails.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {}", describe(cmd));
-    let status = cmd.status().with_context(|| format!("spawning {}", describe(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("spawning {}", describe(cmd)))?;
     if !status.success() {
         bail!("`{}` failed: {status}", describe(cmd));
     }
@@ -32,9 +34,15 @@ pub fn succeeds(cmd: &mut Command) -> bool {
 
 /// Captured stdout of a command that must succeed.
 pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("spawning {}", describe(cmd)))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("spawning {}", describe(cmd)))?;
     if !out.status.success() {
-        bail!("`{}` failed: {}", describe(cmd), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "`{}` failed: {}",
+            describe(cmd),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -54,5 +62,7 @@ pub fn cargo() -> Command {
 
 /// Where cargo puts build outputs (`CARGO_TARGET_DIR`, else `target/` under the root).
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }

@@ -43,7 +43,9 @@ impl Clock {
     pub fn now() -> Clock {
         let mono = clock_ns(libc::CLOCK_MONOTONIC);
         let real = clock_ns(libc::CLOCK_REALTIME);
-        Clock { offset_ns: real as i128 - mono as i128 }
+        Clock {
+            offset_ns: real as i128 - mono as i128,
+        }
     }
 
     pub fn fixed(offset_ns: i128) -> Clock {
@@ -56,7 +58,10 @@ impl Clock {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out-pointer.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -72,7 +77,11 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(clock: Clock) -> Decoder {
-        Decoder { clock, arena: BytesMut::with_capacity(1 << 20), lens: Vec::with_capacity(1024) }
+        Decoder {
+            clock,
+            arena: BytesMut::with_capacity(1 << 20),
+            lens: Vec::with_capacity(1024),
+        }
     }
 
     /// Decodes one record. Payload bytes are appended to the arena; the chunk's `data` refers to
@@ -82,12 +91,18 @@ impl Decoder {
             return Err(DecodeError::Short(0));
         };
         match k {
-            kind::DATA => self.decode_data(rec).map(|d| Decoded::Event(CaptureEvent::Data(d))),
+            kind::DATA => self
+                .decode_data(rec)
+                .map(|d| Decoded::Event(CaptureEvent::Data(d))),
             kind::OPEN => Ok(self.decode_open(rec)?),
             kind::CLOSE => {
                 let c: CloseEvent = read_pod(rec)?;
                 Ok(Decoded::Event(CaptureEvent::Close(ConnClose {
-                    conn: ConnId { tgid: c.tgid, fd: c.fd, generation: c.generation },
+                    conn: ConnId {
+                        tgid: c.tgid,
+                        fd: c.fd,
+                        generation: c.generation,
+                    },
                     ts_ns: self.clock.to_unix_ns(c.ts_ns),
                 })))
             }
@@ -100,20 +115,31 @@ impl Decoder {
         let payload = rec.get(DATA_HEADER_SIZE..).unwrap_or_default();
         let claimed = h.captured as usize;
         if payload.len() < claimed || h.captured > h.len {
-            return Err(DecodeError::PayloadMismatch { claimed, present: payload.len() });
+            return Err(DecodeError::PayloadMismatch {
+                claimed,
+                present: payload.len(),
+            });
         }
         // Appended now, handed out by finish_batch.
         self.arena.extend_from_slice(&payload[..claimed]);
         self.lens.push(claimed);
         let data = Bytes::new();
         Ok(DataChunk {
-            conn: ConnId { tgid: h.tgid, fd: h.fd, generation: h.generation },
+            conn: ConnId {
+                tgid: h.tgid,
+                fd: h.fd,
+                generation: h.generation,
+            },
             direction: if h.direction == direction::EGRESS {
                 Direction::Egress
             } else {
                 Direction::Ingress
             },
-            source: if h.source == source::TLS { Source::Tls } else { Source::Syscall },
+            source: if h.source == source::TLS {
+                Source::Tls
+            } else {
+                Source::Syscall
+            },
             offset: h.offset,
             len: u64::from(h.len),
             data,
@@ -131,7 +157,11 @@ impl Decoder {
             (None, None)
         };
         let open = ConnOpen {
-            conn: ConnId { tgid: o.tgid, fd: o.fd, generation: o.generation },
+            conn: ConnId {
+                tgid: o.tgid,
+                fd: o.fd,
+                generation: o.generation,
+            },
             ts_ns: self.clock.to_unix_ns(o.ts_ns),
             role: match o.role {
                 role::CLIENT => Role::Client,
@@ -208,8 +238,10 @@ mod tests {
 
     fn as_bytes<T>(v: &T) -> Vec<u8> {
         // SAFETY: test helper over repr(C) POD values.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
     }
 
     fn data_record(offset: u64, len: u32, payload: &[u8]) -> Vec<u8> {
@@ -256,10 +288,20 @@ mod tests {
             .collect();
         assert_eq!(chunks[0], (0, 5, Bytes::from_static(b"GET /"), 0, 1_005));
         assert_eq!(chunks[1], (5, 100, Bytes::new(), 100, 1_005));
-        assert_eq!(chunks[2], (105, 4, Bytes::from_static(b"\r\n\r\n"), 0, 1_005));
+        assert_eq!(
+            chunks[2],
+            (105, 4, Bytes::from_static(b"\r\n\r\n"), 0, 1_005)
+        );
         match &events[0] {
             CaptureEvent::Data(d) => {
-                assert_eq!(d.conn, ConnId { tgid: 42, fd: 7, generation: 9 });
+                assert_eq!(
+                    d.conn,
+                    ConnId {
+                        tgid: 42,
+                        fd: 7,
+                        generation: 9
+                    }
+                );
                 assert_eq!(d.direction, Direction::Ingress);
                 assert_eq!(d.tid, 43);
             }
@@ -275,18 +317,29 @@ mod tests {
         assert_eq!(dec.decode(&[99; 64]), Err(DecodeError::UnknownKind(99)));
         let mut rec = data_record(0, 10, b"0123456789");
         rec.truncate(rec.len() - 3);
-        assert!(matches!(dec.decode(&rec), Err(DecodeError::PayloadMismatch { .. })));
+        assert!(matches!(
+            dec.decode(&rec),
+            Err(DecodeError::PayloadMismatch { .. })
+        ));
         // captured > len
         let mut h: DataHeader = read_pod(&data_record(0, 2, b"abcd")).expect("pod");
         h.len = 2;
         let mut rec = as_bytes(&h);
         rec.extend_from_slice(b"abcd");
-        assert!(matches!(dec.decode(&rec), Err(DecodeError::PayloadMismatch { .. })));
+        assert!(matches!(
+            dec.decode(&rec),
+            Err(DecodeError::PayloadMismatch { .. })
+        ));
     }
 
     #[test]
     fn open_records_carry_process_role_and_addresses() {
-        let mut addrs = SockAddrs { family: 2, local_port: 8080, remote_port: 51000, ..Default::default() };
+        let mut addrs = SockAddrs {
+            family: 2,
+            local_port: 8080,
+            remote_port: 51000,
+            ..Default::default()
+        };
         addrs.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         addrs.remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
         let mut comm = [0u8; 16];
@@ -316,12 +369,20 @@ mod tests {
 
         let mut o6 = o;
         o6.flags = open_flags::MID_STREAM;
-        assert!(matches!(dec.decode(&as_bytes(&o6)), Ok(Decoded::OpenNeedsAddrs(_))));
+        assert!(matches!(
+            dec.decode(&as_bytes(&o6)),
+            Ok(Decoded::OpenNeedsAddrs(_))
+        ));
     }
 
     #[test]
     fn v4_mapped_v6_addresses_are_shown_as_v4() {
-        let mut a = SockAddrs { family: 10, local_port: 1, remote_port: 2, ..Default::default() };
+        let mut a = SockAddrs {
+            family: 10,
+            local_port: 1,
+            remote_port: 2,
+            ..Default::default()
+        };
         a.local_addr = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
         a.remote_addr = Ipv6Addr::LOCALHOST.octets();
         let (l, r) = sock_addrs(&a);

@@ -59,7 +59,11 @@ pub struct KernelCounters {
 
 impl KernelCounters {
     pub fn get(&self, name: &str) -> u64 {
-        self.values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or(0)
+        self.values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
     }
 
     /// Counters that count lost data.
@@ -81,7 +85,10 @@ pub struct CountersReader {
 impl CountersReader {
     /// Sums the per-CPU values.
     pub fn read(&self) -> KernelCounters {
-        let per_cpu = self.map.get(&0, 0).map(|v| v.iter().copied().collect::<Vec<_>>());
+        let per_cpu = self
+            .map
+            .get(&0, 0)
+            .map(|v| v.iter().copied().collect::<Vec<_>>());
         let per_cpu = per_cpu.unwrap_or_default();
         let values = counter::NAMES
             .iter()
@@ -112,8 +119,14 @@ impl ReaderStats {
             ("events", self.events.load(Ordering::Relaxed)),
             ("batches", self.batches.load(Ordering::Relaxed)),
             ("decode_errors", self.decode_errors.load(Ordering::Relaxed)),
-            ("addrs_resolved", self.addrs_resolved.load(Ordering::Relaxed)),
-            ("addrs_unresolved", self.addrs_unresolved.load(Ordering::Relaxed)),
+            (
+                "addrs_resolved",
+                self.addrs_resolved.load(Ordering::Relaxed),
+            ),
+            (
+                "addrs_unresolved",
+                self.addrs_unresolved.load(Ordering::Relaxed),
+            ),
             ("blocked_ns", self.blocked_ns.load(Ordering::Relaxed)),
         ]
     }
@@ -173,7 +186,8 @@ impl LiveCapture {
                 .ok_or_else(|| CaptureError::Load("program empty_tracepoint missing".into()))?
                 .try_into()
                 .map_err(|e| CaptureError::Load(format!("empty_tracepoint: {e}")))?;
-            p.load().map_err(|e| CaptureError::Load(format!("loading empty_tracepoint: {e:#}")))?;
+            p.load()
+                .map_err(|e| CaptureError::Load(format!("loading empty_tracepoint: {e:#}")))?;
         }
         let attach_tracepoint = |ebpf: &mut Ebpf, prog: &str, category: &str, name: &str| {
             if empty {
@@ -194,8 +208,12 @@ impl LiveCapture {
             }
         }
         let addresses_from_kernel = has_state
-            && match attach_tracepoint(&mut ebpf, "inet_sock_set_state", "sock", "inet_sock_set_state")
-            {
+            && match attach_tracepoint(
+                &mut ebpf,
+                "inet_sock_set_state",
+                "sock",
+                "inet_sock_set_state",
+            ) {
                 Ok(()) => {
                     attached.push("inet_sock_set_state".into());
                     true
@@ -209,42 +227,61 @@ impl LiveCapture {
         let mut attempts = Vec::new();
         for strategy in cfg.tcp_strategy.candidates() {
             let result = match strategy {
-                TcpStrategy::SockTracepoints if !has_sock_length => {
-                    Err(CaptureError::Attach("sock_send_length tracepoint absent (Linux < 6.4)".into()))
-                }
+                TcpStrategy::SockTracepoints if !has_sock_length => Err(CaptureError::Attach(
+                    "sock_send_length tracepoint absent (Linux < 6.4)".into(),
+                )),
                 TcpStrategy::SockTracepoints => {
                     attach_tracepoint(&mut ebpf, "sock_send_length", "sock", "sock_send_length")
                         .and_then(|()| {
-                            attach_tracepoint(&mut ebpf, "sock_recv_length", "sock", "sock_recv_length")
+                            attach_tracepoint(
+                                &mut ebpf,
+                                "sock_recv_length",
+                                "sock",
+                                "sock_recv_length",
+                            )
                         })
                         .map(|()| vec!["sock_send_length", "sock_recv_length"])
                 }
-                TcpStrategy::Kprobes => attach_kprobe(&mut ebpf, "kprobe_tcp_sendmsg", "tcp_sendmsg")
-                    .and_then(|()| attach_kprobe(&mut ebpf, "kprobe_tcp_recvmsg", "tcp_recvmsg"))
-                    .map(|()| vec!["kprobe_tcp_sendmsg", "kprobe_tcp_recvmsg"]),
+                TcpStrategy::Kprobes => {
+                    attach_kprobe(&mut ebpf, "kprobe_tcp_sendmsg", "tcp_sendmsg")
+                        .and_then(|()| {
+                            attach_kprobe(&mut ebpf, "kprobe_tcp_recvmsg", "tcp_recvmsg")
+                        })
+                        .map(|()| vec!["kprobe_tcp_sendmsg", "kprobe_tcp_recvmsg"])
+                }
                 TcpStrategy::FdTracking => Ok(vec![]),
             };
             match result {
                 Ok(names) => {
                     attached.extend(names.into_iter().map(String::from));
-                    attempts.push(Attempt { strategy, error: None });
+                    attempts.push(Attempt {
+                        strategy,
+                        error: None,
+                    });
                     break;
                 }
                 Err(e) => {
                     tracing::info!(strategy = strategy.as_str(), error = %e, "hook strategy refused");
-                    attempts.push(Attempt { strategy, error: Some(e.to_string()) });
+                    attempts.push(Attempt {
+                        strategy,
+                        error: Some(e.to_string()),
+                    });
                 }
             }
         }
         let tcp = StrategyReport::choose(&attempts);
         let Some(chosen) = tcp else {
-            return Err(CaptureError::Attach("no TCP identification strategy attached".into()));
+            return Err(CaptureError::Attach(
+                "no TCP identification strategy attached".into(),
+            ));
         };
 
         let config = Config {
             self_tgid: std::process::id(),
             chunk_size: cfg.chunk_size.clamp(64, sonde_common::CHUNK_SIZE as u32),
-            max_chunks_per_call: cfg.max_chunks_per_call.clamp(1, sonde_common::MAX_CHUNKS_PER_CALL),
+            max_chunks_per_call: cfg
+                .max_chunks_per_call
+                .clamp(1, sonde_common::MAX_CHUNKS_PER_CALL),
             tgid_filter_enabled: u32::from(!cfg.pids.is_empty()),
             port_filter_enabled: u32::from(!cfg.ports.is_empty()),
             sock_tracepoints: u32::from(chosen.marks_in_syscall()),
@@ -258,16 +295,21 @@ impl LiveCapture {
         fill_set::<u32>(&mut ebpf, "TGID_EXCLUDE", &cfg.exclude_pids)?;
         // Written last: until CONFIG holds self_tgid the programs see no config and do nothing.
         let mut config_map: Array<_, Config> = Array::try_from(
-            ebpf.map_mut("CONFIG").ok_or_else(|| CaptureError::Load("map CONFIG missing".into()))?,
+            ebpf.map_mut("CONFIG")
+                .ok_or_else(|| CaptureError::Load("map CONFIG missing".into()))?,
         )
         .map_err(|e| CaptureError::Load(format!("CONFIG: {e}")))?;
-        config_map.set(0, config, 0).map_err(|e| CaptureError::Load(format!("CONFIG: {e}")))?;
+        config_map
+            .set(0, config, 0)
+            .map_err(|e| CaptureError::Load(format!("CONFIG: {e}")))?;
 
-        let counters = Arc::new(PerCpuArray::try_from(
-            ebpf.take_map("COUNTERS")
-                .ok_or_else(|| CaptureError::Load("map COUNTERS missing".into()))?,
-        )
-        .map_err(|e| CaptureError::Load(format!("COUNTERS: {e}")))?);
+        let counters = Arc::new(
+            PerCpuArray::try_from(
+                ebpf.take_map("COUNTERS")
+                    .ok_or_else(|| CaptureError::Load("map COUNTERS missing".into()))?,
+            )
+            .map_err(|e| CaptureError::Load(format!("COUNTERS: {e}")))?,
+        );
 
         let report = StrategyReport {
             syscall_hooks: "syscall tracepoints",
@@ -289,7 +331,9 @@ impl LiveCapture {
 
     /// A handle that reads the kernel counters from another thread.
     pub fn counters_reader(&self) -> CountersReader {
-        CountersReader { map: self.counters.clone() }
+        CountersReader {
+            map: self.counters.clone(),
+        }
     }
 
     pub fn report(&self) -> &StrategyReport {
@@ -305,8 +349,6 @@ impl LiveCapture {
         self.counters_reader().read()
     }
 
-
-
     /// Starts the ring reader thread: it drains the ring in batches (on wake-up or every
     /// `poll_interval`), decodes, and blocks on the channel when the pipeline is slow, so
     /// pressure backs up into the ring, where overflow is counted by the kernel side.
@@ -316,7 +358,9 @@ impl LiveCapture {
         poll_interval: Duration,
     ) -> Result<(), CaptureError> {
         let ring = RingBuf::try_from(
-            self.ebpf.take_map("EVENTS").ok_or_else(|| CaptureError::Load("map EVENTS missing".into()))?,
+            self.ebpf
+                .take_map("EVENTS")
+                .ok_or_else(|| CaptureError::Load("map EVENTS missing".into()))?,
         )
         .map_err(|e| CaptureError::Load(format!("EVENTS: {e}")))?;
         let stats = self.stats.clone();
@@ -398,7 +442,11 @@ fn read_ring(
         if stopping || tx.is_closed() {
             return;
         }
-        let mut pfd = libc::pollfd { fd: raw_fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: raw_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd; a timeout bounds the wait so `stop` is seen.
         unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
     }
@@ -418,23 +466,36 @@ fn send_batch(
         stats.events.fetch_add(n, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
     }
-    stats.blocked_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    stats
+        .blocked_ns
+        .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<(), CaptureError> {
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    category: &str,
+    name: &str,
+) -> Result<(), CaptureError> {
     let p: &mut TracePoint = ebpf
         .program_mut(prog)
         .ok_or_else(|| CaptureError::Load(format!("program {prog} missing from the object")))?
         .try_into()
         .map_err(|e| CaptureError::Load(format!("{prog}: {e}")))?;
-    p.load().map_err(|e| CaptureError::Load(format!("loading {prog}: {e:#}")))?;
+    p.load()
+        .map_err(|e| CaptureError::Load(format!("loading {prog}: {e:#}")))?;
     p.attach(category, name)
         .map_err(|e| CaptureError::Attach(format!("attaching {prog} to {category}/{name}: {e}")))?;
     Ok(())
 }
 
 /// Attaches an already loaded tracepoint program to one more tracepoint.
-fn attach_loaded(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<(), CaptureError> {
+fn attach_loaded(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    category: &str,
+    name: &str,
+) -> Result<(), CaptureError> {
     let p: &mut TracePoint = ebpf
         .program_mut(prog)
         .ok_or_else(|| CaptureError::Load(format!("program {prog} missing from the object")))?
@@ -451,29 +512,39 @@ fn attach_kprobe(ebpf: &mut Ebpf, prog: &str, function: &str) -> Result<(), Capt
         .ok_or_else(|| CaptureError::Load(format!("program {prog} missing from the object")))?
         .try_into()
         .map_err(|e| CaptureError::Load(format!("{prog}: {e}")))?;
-    p.load().map_err(|e| CaptureError::Load(format!("loading {prog}: {e:#}")))?;
+    p.load()
+        .map_err(|e| CaptureError::Load(format!("loading {prog}: {e:#}")))?;
     p.attach(function, 0)
         .map_err(|e| CaptureError::Attach(format!("kprobe {function}: {e}")))?;
     Ok(())
 }
 
-fn fill_set<K: aya::Pod + Copy>(ebpf: &mut Ebpf, map: &str, keys: &[K]) -> Result<(), CaptureError> {
+fn fill_set<K: aya::Pod + Copy>(
+    ebpf: &mut Ebpf,
+    map: &str,
+    keys: &[K],
+) -> Result<(), CaptureError> {
     if keys.is_empty() {
         return Ok(());
     }
     let mut m: HashMap<_, K, u8> = HashMap::try_from(
-        ebpf.map_mut(map).ok_or_else(|| CaptureError::Load(format!("map {map} missing")))?,
+        ebpf.map_mut(map)
+            .ok_or_else(|| CaptureError::Load(format!("map {map} missing")))?,
     )
     .map_err(|e| CaptureError::Load(format!("{map}: {e}")))?;
     for k in keys {
-        m.insert(*k, 1, 0).map_err(|e| CaptureError::Load(format!("{map}: {e}")))?;
+        m.insert(*k, 1, 0)
+            .map_err(|e| CaptureError::Load(format!("{map}: {e}")))?;
     }
     Ok(())
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
 fn raise_memlock_limit() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: valid rlimit struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK");

@@ -29,9 +29,19 @@ pub struct Resolved {
 
 /// Resolves a process's socket fd under `proc_root` (normally `/proc`).
 pub fn resolve(proc_root: &Path, tgid: u32, fd: i32) -> Option<Resolved> {
-    let link = std::fs::read_link(proc_root.join(tgid.to_string()).join("fd").join(fd.to_string())).ok()?;
+    let link = std::fs::read_link(
+        proc_root
+            .join(tgid.to_string())
+            .join("fd")
+            .join(fd.to_string()),
+    )
+    .ok()?;
     let link = link.to_str()?;
-    let inode: u64 = link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()?;
+    let inode: u64 = link
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
     let net = proc_root.join(tgid.to_string()).join("net");
     let mut rows = Vec::new();
     for table in ["tcp", "tcp6"] {
@@ -46,7 +56,11 @@ pub fn resolve(proc_root: &Path, tgid: u32, fd: i32) -> Option<Resolved> {
     Some(Resolved {
         local: row.local,
         remote: row.remote,
-        role: if listening { Role::Server } else { Role::Client },
+        role: if listening {
+            Role::Server
+        } else {
+            Role::Client
+        },
     })
 }
 
@@ -60,7 +74,12 @@ pub fn parse_table(text: &str) -> Vec<TcpRow> {
             let remote = parse_addr(f.get(2)?)?;
             let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
             let inode = f.get(9)?.parse().ok()?;
-            Some(TcpRow { local, remote, state, inode })
+            Some(TcpRow {
+                local,
+                remote,
+                state,
+                inode,
+            })
         })
         .collect()
 }
@@ -70,7 +89,9 @@ fn parse_addr(s: &str) -> Option<SocketAddr> {
     let (ip, port) = s.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let ip = match ip.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_le_bytes())),
+        8 => IpAddr::V4(Ipv4Addr::from(
+            u32::from_str_radix(ip, 16).ok()?.to_le_bytes(),
+        )),
         32 => {
             let mut b = [0u8; 16];
             for (i, chunk) in b.chunks_mut(4).enumerate() {

@@ -21,8 +21,11 @@ pub enum TcpStrategy {
 }
 
 impl TcpStrategy {
-    pub const PREFERENCE: [TcpStrategy; 3] =
-        [TcpStrategy::SockTracepoints, TcpStrategy::Kprobes, TcpStrategy::FdTracking];
+    pub const PREFERENCE: [TcpStrategy; 3] = [
+        TcpStrategy::SockTracepoints,
+        TcpStrategy::Kprobes,
+        TcpStrategy::FdTracking,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -62,7 +65,10 @@ pub struct StrategyReport {
 impl StrategyReport {
     /// The first strategy that attached, in the order tried.
     pub fn choose(attempts: &[Attempt]) -> Option<TcpStrategy> {
-        attempts.iter().find(|a| a.error.is_none()).map(|a| a.strategy)
+        attempts
+            .iter()
+            .find(|a| a.error.is_none())
+            .map(|a| a.strategy)
     }
 }
 
@@ -82,7 +88,11 @@ impl std::fmt::Display for StrategyReport {
         write!(
             f,
             "; addresses from {}",
-            if self.addresses_from_kernel { "inet_sock_set_state" } else { "procfs" }
+            if self.addresses_from_kernel {
+                "inet_sock_set_state"
+            } else {
+                "procfs"
+            }
         )
     }
 }
@@ -92,14 +102,23 @@ mod tests {
     use super::*;
 
     fn attempt(strategy: TcpStrategy, ok: bool) -> Attempt {
-        Attempt { strategy, error: (!ok).then(|| "EPERM".to_string()) }
+        Attempt {
+            strategy,
+            error: (!ok).then(|| "EPERM".to_string()),
+        }
     }
 
     #[test]
     fn the_first_strategy_that_attached_wins() {
         let a = [attempt(TcpStrategy::SockTracepoints, true)];
-        assert_eq!(StrategyReport::choose(&a), Some(TcpStrategy::SockTracepoints));
-        let a = [attempt(TcpStrategy::SockTracepoints, false), attempt(TcpStrategy::Kprobes, true)];
+        assert_eq!(
+            StrategyReport::choose(&a),
+            Some(TcpStrategy::SockTracepoints)
+        );
+        let a = [
+            attempt(TcpStrategy::SockTracepoints, false),
+            attempt(TcpStrategy::Kprobes, true),
+        ];
         assert_eq!(StrategyReport::choose(&a), Some(TcpStrategy::Kprobes));
         let a = [
             attempt(TcpStrategy::SockTracepoints, false),
@@ -107,7 +126,10 @@ mod tests {
             attempt(TcpStrategy::FdTracking, true),
         ];
         assert_eq!(StrategyReport::choose(&a), Some(TcpStrategy::FdTracking));
-        assert_eq!(StrategyReport::choose(&[attempt(TcpStrategy::Kprobes, false)]), None);
+        assert_eq!(
+            StrategyReport::choose(&[attempt(TcpStrategy::Kprobes, false)]),
+            None
+        );
     }
 
     #[test]
@@ -126,6 +148,10 @@ mod tests {
         assert!(s.contains("TCP identified by: fd-tracking"), "{s}");
         assert!(s.contains("sock-tracepoints refused (EPERM)"), "{s}");
         assert!(s.contains("addresses from procfs"), "{s}");
-        assert!(TcpStrategy::PREFERENCE.iter().all(|s| s.marks_in_syscall() != (*s == TcpStrategy::FdTracking)));
+        assert!(
+            TcpStrategy::PREFERENCE
+                .iter()
+                .all(|s| s.marks_in_syscall() != (*s == TcpStrategy::FdTracking))
+        );
     }
 }

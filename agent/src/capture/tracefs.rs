@@ -7,9 +7,16 @@ use sonde_common::TracepointOffsets;
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
     #[error("mounting {fs} at {path}: {source}")]
-    Mount { fs: &'static str, path: PathBuf, source: std::io::Error },
+    Mount {
+        fs: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("reading tracepoint format {path}: {source}")]
-    Format { path: PathBuf, source: std::io::Error },
+    Format {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("tracepoint {tracepoint} has no field `{field}`")]
     MissingField { tracepoint: String, field: String },
 }
@@ -50,12 +57,22 @@ fn is_mounted(path: &str, fstype: &str) -> bool {
 }
 
 fn mount(fs: &'static str, path: &str) -> Result<(), TracefsError> {
-    let err = |source| TracefsError::Mount { fs, path: PathBuf::from(path), source };
+    let err = |source| TracefsError::Mount {
+        fs,
+        path: PathBuf::from(path),
+        source,
+    };
     let c_fs = std::ffi::CString::new(fs).map_err(|e| err(std::io::Error::other(e)))?;
     let c_path = std::ffi::CString::new(path).map_err(|e| err(std::io::Error::other(e)))?;
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(c_fs.as_ptr(), c_path.as_ptr(), c_fs.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c_fs.as_ptr(),
+            c_path.as_ptr(),
+            c_fs.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(err(std::io::Error::last_os_error()));
@@ -66,7 +83,11 @@ fn mount(fs: &'static str, path: &str) -> Result<(), TracefsError> {
 
 /// Whether `events/<category>/<name>` exists.
 pub fn has_tracepoint(root: &Path, category: &str, name: &str) -> bool {
-    root.join("events").join(category).join(name).join("format").is_file()
+    root.join("events")
+        .join(category)
+        .join(name)
+        .join("format")
+        .is_file()
 }
 
 /// Field offsets of one tracepoint's format file.
@@ -79,12 +100,14 @@ pub struct Format {
 impl Format {
     pub fn read(root: &Path, category: &str, name: &str) -> Result<Format, TracefsError> {
         let path = root.join("events").join(category).join(name).join("format");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| TracefsError::Format { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| TracefsError::Format {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Format::parse(&format!("{category}/{name}"), &text))
     }
 
-    /// Parses lines like `field:__u16 family;	offset:16;	size:2;	signed:0;`.
+    /// Parses lines like `field:__u16 family; offset:16; size:2; signed:0;`.
     pub fn parse(name: &str, text: &str) -> Format {
         let mut fields = Vec::new();
         for line in text.lines() {
@@ -105,18 +128,29 @@ impl Format {
             let ident = ident.split('[').next().unwrap_or_default();
             fields.push((ident.to_string(), offset));
         }
-        Format { name: name.to_string(), fields }
+        Format {
+            name: name.to_string(),
+            fields,
+        }
     }
 
     pub fn offset(&self, field: &str) -> Result<u16, TracefsError> {
-        self.fields.iter().find(|(n, _)| n == field).map(|(_, o)| *o).ok_or_else(|| {
-            TracefsError::MissingField { tracepoint: self.name.clone(), field: field.to_string() }
-        })
+        self.fields
+            .iter()
+            .find(|(n, _)| n == field)
+            .map(|(_, o)| *o)
+            .ok_or_else(|| TracefsError::MissingField {
+                tracepoint: self.name.clone(),
+                field: field.to_string(),
+            })
     }
 }
 
 /// Offsets the programs need, from the running kernel's formats.
-pub fn tracepoint_offsets(root: &Path, with_sock_length: bool) -> Result<TracepointOffsets, TracefsError> {
+pub fn tracepoint_offsets(
+    root: &Path,
+    with_sock_length: bool,
+) -> Result<TracepointOffsets, TracefsError> {
     let mut tp = TracepointOffsets::default();
     if with_sock_length {
         let f = Format::read(root, "sock", "sock_send_length")?;

@@ -126,7 +126,10 @@ pub mod counter {
 
     /// Whether a counter counts lost data (as opposed to activity).
     pub const fn is_drop(index: u32) -> bool {
-        matches!(index, RING_FULL_DATA | RING_FULL_CONN | READ_USER_FAILED | MAP_FULL)
+        matches!(
+            index,
+            RING_FULL_DATA | RING_FULL_CONN | READ_USER_FAILED | MAP_FULL
+        )
     }
 }
 

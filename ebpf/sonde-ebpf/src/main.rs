@@ -20,8 +20,8 @@ use aya_ebpf::{
 };
 use sonde_common::{
     CHUNK_SIZE, CLASSIFY_PROBE_CALLS, CloseEvent, Config, Counters, DATA_HEADER_SIZE, DataHeader,
-    FdState, MAX_CHUNKS_PER_CALL, MAX_IOVECS, OpenEvent, PendingCall, 
-    SockAddrs, class, counter, direction, fd_kind, kind, open_flags, role, source,
+    FdState, MAX_CHUNKS_PER_CALL, MAX_IOVECS, OpenEvent, PendingCall, SockAddrs, class, counter,
+    direction, fd_kind, kind, open_flags, role, source,
 };
 
 const AF_INET: u16 = 2;
@@ -363,7 +363,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn hint(tgid: u32, fd: i32, r: u8) {
     let key = fd_key(tgid, fd);
-    let st = FdState { kind: fd_kind::HINT, role: r, ..FdState::default() };
+    let st = FdState {
+        kind: fd_kind::HINT,
+        role: r,
+        ..FdState::default()
+    };
     if let Some(old) = unsafe { FDS.get(&key) }
         && old.kind == fd_kind::CONN
     {
@@ -529,7 +533,11 @@ fn open_conn(cfg: &Config, tgid: u32, fd: i32, sk: u64, hinted: Option<u8>) -> R
     let mut ev = OpenEvent {
         kind: kind::OPEN,
         role: hinted.unwrap_or(role::UNKNOWN),
-        flags: if hinted.is_none() { open_flags::MID_STREAM } else { 0 },
+        flags: if hinted.is_none() {
+            open_flags::MID_STREAM
+        } else {
+            0
+        },
         tgid,
         fd,
         generation,
@@ -623,7 +631,10 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         // Remember non-TCP fds so their next calls stop at sys_enter. A failed call tells
         // nothing (EBADF, or a socket call that failed before the socket layer).
         if (call.not_tcp != 0 || ret >= 0) && cfg.sock_tracepoints != 0 && found.is_none() {
-            let st = FdState { kind: fd_kind::NOT_TCP, ..FdState::default() };
+            let st = FdState {
+                kind: fd_kind::NOT_TCP,
+                ..FdState::default()
+            };
             let _ = FDS.insert(&key, &st, 0);
         }
         return Ok(());
@@ -675,7 +686,11 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         }
         if st.class == class::OTHER || st.class == class::TLS {
             count(
-                if st.class == class::TLS { counter::TLS_CONNS } else { counter::NON_HTTP_CONNS },
+                if st.class == class::TLS {
+                    counter::TLS_CONNS
+                } else {
+                    counter::NON_HTTP_CONNS
+                },
                 1,
             );
             count(counter::NON_HTTP_CALLS, 1);
@@ -725,7 +740,9 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
     // registers, where per-path counts would keep the verifier from merging loop states.
     let tally = COUNTERS.get_ptr_mut(0).ok_or(())?;
     let done = if VECTORED {
-        emit_iovecs(&hdr, call.buf, call.count, len, chunk, max_chunks, flags, tally)
+        emit_iovecs(
+            &hdr, call.buf, call.count, len, chunk, max_chunks, flags, tally,
+        )
     } else {
         emit_buffer(&hdr, call.buf, len, chunk, max_chunks, flags, tally)
     };
@@ -744,9 +761,16 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
 /// A record that covers `len` bytes at `hdr.offset`, none of which were copied.
 #[inline(always)]
 fn emit_length_only(cfg: &Config, hdr: &mut DataHeader, len: u64) {
-    hdr.len = if len > u32::MAX as u64 { u32::MAX } else { len as u32 };
+    hdr.len = if len > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        len as u32
+    };
     hdr.captured = 0;
-    if EVENTS.output::<DataHeader>(&*hdr, wakeup_flags(cfg)).is_err() {
+    if EVENTS
+        .output::<DataHeader>(&*hdr, wakeup_flags(cfg))
+        .is_err()
+    {
         count(counter::RING_FULL_DATA, 1);
     } else {
         count(counter::DATA_EVENTS, 1);
@@ -893,7 +917,14 @@ fn emit_iovecs(
         return 0;
     };
     unsafe {
-        *st = CopyState { done: 0, offset: hdr.offset, base: 0, left_in_entry: 0, index: 0, chunks: 0 };
+        *st = CopyState {
+            done: 0,
+            offset: hdr.offset,
+            base: 0,
+            left_in_entry: 0,
+            index: 0,
+            chunks: 0,
+        };
     }
     for _ in 0..(MAX_CHUNKS_PER_CALL + MAX_IOVECS) {
         let s = unsafe { *st };

@@ -35,7 +35,11 @@ pub struct Header {
 
 impl Header {
     pub fn new(name: impl Into<String>, value: impl Into<String>) -> Header {
-        Header { name: name.into(), value: value.into(), value_truncated: false }
+        Header {
+            name: name.into(),
+            value: value.into(),
+            value_truncated: false,
+        }
     }
 }
 
@@ -144,7 +148,11 @@ impl ExchangeFlags {
             (ExchangeFlags::RESET, "reset"),
             (ExchangeFlags::HEADERS_CUT, "headers-cut"),
         ];
-        NAMES.iter().filter(|(f, _)| self.contains(*f)).map(|(_, n)| *n).collect()
+        NAMES
+            .iter()
+            .filter(|(f, _)| self.contains(*f))
+            .map(|(_, n)| *n)
+            .collect()
     }
 }
 
@@ -183,5 +191,8 @@ impl Exchange {
 
 /// First value of a header, by lower-case name.
 pub fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
-    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
 }
