@@ -1,6 +1,7 @@
 //! Tracker configuration: one serde section with documented defaults.
 
 use serde::{Deserialize, Serialize};
+use sonde_http2::Http2Config;
 use sonde_stream::AssemblerConfig;
 
 /// Limits and timeouts of the protocol stage. Every field has a serde default, documented on the
@@ -34,6 +35,9 @@ pub struct TrackerConfig {
     /// connections. Checked at every `tick`: above it the connections holding the most are
     /// shed (their pending exchanges emitted `TRUNCATED`, later bytes ignored). Default 256 MiB.
     pub max_protocol_state_bytes: usize,
+    /// Limits of the HTTP/2 decoder (streams, header blocks, HPACK tables, samples, resync).
+    /// The decoder's buffers count towards `max_protocol_state_bytes`.
+    pub http2: Http2Config,
 }
 
 impl Default for TrackerConfig {
@@ -49,6 +53,7 @@ impl Default for TrackerConfig {
             response_timeout_ns: 60_000_000_000,
             resync_scan_bytes: 256 << 10,
             max_protocol_state_bytes: 256 << 20,
+            http2: Http2Config::default(),
         }
     }
 }

@@ -6,12 +6,15 @@
 //! [`Exchange`] per request with its response, or with `RESPONSE_MISSING` when none can be
 //! paired with it safely.
 //!
-//! HTTP/2 connections are detected and counted; their per-connection state ([`Protocol::Http2`])
-//! is where the HTTP/2 decoder plugs in.
+//! HTTP/2 connections are decoded by [`sonde_http2::Connection`]: from their first byte (the
+//! client preface), after an h2c upgrade (the upgraded HTTP/1.1 request becomes stream 1), or
+//! from the first frame boundary found when the connection is joined mid-stream (header fields
+//! that refer to HPACK entries never seen are left out, never guessed).
 
 mod body;
 mod config;
 mod http1;
+mod http2;
 mod stats;
 
 use std::sync::Arc;
@@ -22,15 +25,19 @@ use sonde_model::{CaptureEvent, ConnId, ConnMeta, Direction, Exchange};
 use sonde_stream::{Assembler, StreamEvent};
 
 pub use config::{ConfigError, TrackerConfig};
-pub use stats::TrackerStats;
+pub use stats::{Http2Totals, TrackerStats};
 
 use http1::head::{Kind, is_plausible_start};
 use http1::{Http1Conn, Switch};
+use http2::{FrameScan, Http2Conn, scan_frames};
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bytes of a direction's first line collected to classify a connection.
 const MAX_DETECT_LINE: usize = 8192;
+/// Bytes of a direction held while its HTTP/2 frames wait for the other direction to say
+/// whether the connection is seen from its start (a client preface) or joined mid-stream.
+const MAX_DETECT_FRAMES: usize = 64 << 10;
 
 /// How an HTTP/2 connection was recognised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +46,8 @@ pub enum Http2Start {
     PriorKnowledge,
     /// An HTTP/1.1 `Upgrade: h2c` was accepted with `101`.
     H2cUpgrade,
+    /// HTTP/2 frames without a preface: the connection was joined mid-stream.
+    MidStream,
 }
 
 /// What a tracked connection has been recognised as.
@@ -58,11 +67,7 @@ enum Protocol {
     /// No direction has been classified yet; first bytes are held (bounded) until one is.
     Detecting(Detector),
     Http1(Box<Http1Conn>),
-    /// Recognised as HTTP/2; bytes are counted until the HTTP/2 decoder is plugged in here.
-    Http2 {
-        start: Http2Start,
-        bytes: u64,
-    },
+    Http2(Box<Http2Conn>),
     /// Not HTTP: bytes are ignored.
     Other,
 }
@@ -76,6 +81,10 @@ struct Detector {
     joined: [bool; 2],
     /// Bytes looked at while joined mid-stream.
     scanned: u64,
+    /// The direction has had data.
+    started: [bool; 2],
+    /// The direction's first bytes are HTTP/2 frames (no preface).
+    frames: [bool; 2],
 }
 
 enum Verdict {
@@ -84,7 +93,12 @@ enum Verdict {
         request_dir: Direction,
         joined: bool,
     },
+    /// The client preface.
     Http2,
+    /// HTTP/2 frames without a preface in this direction (decided with the other direction).
+    Frames,
+    /// HTTP/2 joined mid-stream.
+    Http2Late,
     Other,
 }
 
@@ -148,7 +162,11 @@ impl Tracker {
                     h.state_bytes()
                 }
                 Protocol::Detecting(d) => d.held_len[0] + d.held_len[1],
-                Protocol::Http2 { .. } | Protocol::Other => 0,
+                Protocol::Http2(h) => {
+                    h.tick(&conn.meta, now_ns, stats, out);
+                    h.state_bytes()
+                }
+                Protocol::Other => 0,
             };
             total = total.saturating_add(size);
             if size > 0 {
@@ -165,13 +183,17 @@ impl Tracker {
                 let Some(conn) = conns.get_mut(&id) else {
                     continue;
                 };
-                if let Protocol::Http1(h) = &mut conn.proto {
-                    let first = out.len();
-                    h.close(now_ns, cfg, stats, out);
-                    for x in out.iter_mut().skip(first) {
-                        x.flags.insert(sonde_model::ExchangeFlags::TRUNCATED);
+                let first = out.len();
+                match &mut conn.proto {
+                    Protocol::Http1(h) => {
+                        h.close(now_ns, cfg, stats, out);
+                        stats.ignored_bytes += h.ignored_bytes();
                     }
-                    stats.ignored_bytes += h.ignored_bytes();
+                    Protocol::Http2(h) => h.close(&conn.meta, now_ns, stats, out),
+                    Protocol::Detecting(_) | Protocol::Other => {}
+                }
+                for x in out.iter_mut().skip(first) {
+                    x.flags.insert(sonde_model::ExchangeFlags::TRUNCATED);
                 }
                 conn.proto = Protocol::Other;
                 stats.connections_shed += 1;
@@ -205,7 +227,7 @@ impl Tracker {
         self.conns.get(conn).map(|c| match &c.proto {
             Protocol::Detecting(_) => ConnProtocol::Detecting,
             Protocol::Http1(_) => ConnProtocol::Http1,
-            Protocol::Http2 { start, .. } => ConnProtocol::Http2(*start),
+            Protocol::Http2(h) => ConnProtocol::Http2(h.start),
             Protocol::Other => ConnProtocol::Other,
         })
     }
@@ -214,6 +236,11 @@ impl Tracker {
         let mut s = self.stats;
         s.stream = self.assembler.counters();
         s.connections_open = self.conns.len() as u64;
+        for c in self.conns.values() {
+            if let Protocol::Http2(h) = &c.proto {
+                s.http2.add(&h.conn.stats());
+            }
+        }
         s
     }
 }
@@ -262,11 +289,15 @@ fn handle(
             on_gap(c, dir, len, cfg, stats, out);
         }
         StreamEvent::Close { conn, ts_ns, .. } => {
-            if let Some(mut c) = conns.remove(&conn)
-                && let Protocol::Http1(h) = &mut c.proto
-            {
-                h.close(ts_ns, cfg, stats, out);
-                stats.ignored_bytes += h.ignored_bytes();
+            if let Some(mut c) = conns.remove(&conn) {
+                match &mut c.proto {
+                    Protocol::Http1(h) => {
+                        h.close(ts_ns, cfg, stats, out);
+                        stats.ignored_bytes += h.ignored_bytes();
+                    }
+                    Protocol::Http2(h) => h.close(&c.meta, ts_ns, stats, out),
+                    Protocol::Detecting(_) | Protocol::Other => {}
+                }
             }
         }
     }
@@ -284,16 +315,40 @@ fn on_data(
     match &mut conn.proto {
         Protocol::Http1(h) => {
             if let Some((switch, leftover)) = h.data(dir, bytes, ts_ns, cfg, stats, out) {
-                switch_protocol(conn, switch, leftover, stats);
+                switch_protocol(conn, switch, leftover, ts_ns, cfg, stats, out);
             }
         }
-        Protocol::Http2 { bytes: n, .. } => *n += bytes.len() as u64,
+        Protocol::Http2(h) => {
+            h.data(&conn.meta, dir, &bytes, ts_ns, stats, out);
+            if h.conn.is_abandoned() {
+                abandon_http2(conn, ts_ns, stats, out);
+            }
+        }
         Protocol::Other => stats.ignored_bytes += bytes.len() as u64,
         Protocol::Detecting(d) => {
             let i = dir.index();
             d.held_len[i] += bytes.len();
             d.held[i].push((bytes, ts_ns));
-            let verdict = classify(d, dir, conn.meta.role.request_direction(), cfg);
+            d.started[i] = true;
+            let role_dir = conn.meta.role.request_direction();
+            let verdict = match classify(d, dir, role_dir, cfg) {
+                Verdict::Frames => {
+                    d.frames[i] = true;
+                    // A client seen from its start sends the preface first; a server's SETTINGS
+                    // may come before the client's preface, so that waits for the client.
+                    let other = dir.opposite().index();
+                    if role_dir == Some(dir)
+                        || d.started[other]
+                        || d.held_len[i] > MAX_DETECT_FRAMES
+                    {
+                        Verdict::Http2Late
+                    } else {
+                        Verdict::Undecided
+                    }
+                }
+                Verdict::Other if d.frames[dir.opposite().index()] => Verdict::Http2Late,
+                v => v,
+            };
             if let Verdict::Http1 { request_dir, .. } = verdict
                 && conn
                     .meta
@@ -320,10 +375,11 @@ fn on_gap(
     match &mut conn.proto {
         Protocol::Http1(h) => {
             if let Some((switch, leftover)) = h.gap(dir, len, cfg, stats, out) {
-                switch_protocol(conn, switch, leftover, stats);
+                let ts_ns = out.last().map_or(0, |x| x.request.ts_end_ns);
+                switch_protocol(conn, switch, leftover, ts_ns, cfg, stats, out);
             }
         }
-        Protocol::Http2 { bytes, .. } => *bytes = bytes.saturating_add(len),
+        Protocol::Http2(h) => h.gap(&conn.meta, dir, len, stats, out),
         Protocol::Other => stats.ignored_bytes = stats.ignored_bytes.saturating_add(len),
         Protocol::Detecting(d) => {
             // Held bytes of this direction are now followed by a hole: look anywhere instead.
@@ -336,23 +392,56 @@ fn on_gap(
     }
 }
 
-/// Leaves HTTP/1 after a switch; `leftover` is the rest of the delivery that switched, already
-/// in the new protocol (for h2c, the server's first HTTP/2 frames).
-fn switch_protocol(conn: &mut Conn, switch: Switch, leftover: Bytes, stats: &mut TrackerStats) {
+/// Leaves HTTP/1 after a switch; `leftover` is the rest of the response-side delivery that
+/// switched, already in the new protocol (for h2c, the server's first HTTP/2 frames).
+fn switch_protocol(
+    conn: &mut Conn,
+    switch: Switch,
+    leftover: Bytes,
+    ts_ns: u64,
+    cfg: &TrackerConfig,
+    stats: &mut TrackerStats,
+    out: &mut Vec<Exchange>,
+) {
     match switch {
         Switch::H2c => {
-            if let Protocol::Http1(h) = &conn.proto {
-                stats.ignored_bytes += h.ignored_bytes();
-            }
-            stats.http2_connections_unparsed += 1;
-            conn.proto = Protocol::Http2 {
-                start: Http2Start::H2cUpgrade,
-                bytes: leftover.len() as u64,
+            let Protocol::Http1(h) = &mut conn.proto else {
+                return;
             };
+            let client_dir = h.request_dir();
+            let (request, held) = h.take_upgrade(cfg, stats);
+            // Nothing else is pending normally (a client waits for the 101); emit what is.
+            h.close(ts_ns, cfg, stats, out);
+            stats.ignored_bytes += h.ignored_bytes();
+            let decoder = match request {
+                Some(r) => sonde_http2::Connection::after_upgrade(
+                    conn.meta.clone(),
+                    &cfg.http2,
+                    client_dir,
+                    r,
+                ),
+                None => sonde_http2::Connection::new(conn.meta.clone(), &cfg.http2),
+            };
+            conn.proto = Protocol::Http2(Http2Conn::new(Http2Start::H2cUpgrade, decoder, stats));
+            // The client's bytes held behind the upgrade request, then the server's rest.
+            for (dir, bytes) in [(client_dir, held), (client_dir.opposite(), leftover)] {
+                if !bytes.is_empty() {
+                    on_data(conn, dir, bytes, ts_ns, cfg, stats, out);
+                }
+            }
         }
         // The HTTP/1 state stays, in tunnel mode, and counts what follows.
         Switch::Opaque => stats.ignored_bytes += leftover.len() as u64,
     }
+}
+
+/// The decoder gave up (too many invalid frames; it emitted its streams): drop its state.
+fn abandon_http2(conn: &mut Conn, ts_ns: u64, stats: &mut TrackerStats, out: &mut Vec<Exchange>) {
+    if let Protocol::Http2(h) = &mut conn.proto {
+        h.close(&conn.meta, ts_ns, stats, out);
+        tracing::debug!(conn = %conn.meta.id, "HTTP/2 decoding abandoned; ignoring the connection");
+    }
+    conn.proto = Protocol::Other;
 }
 
 /// Looks at the held first bytes of `dir` (the direction that just got data).
@@ -370,7 +459,16 @@ fn classify(
             return Verdict::Undecided;
         };
         d.scanned += last.len() as u64;
-        let verdict = scan_for_start(last, dir, role_dir);
+        // A delivery that starts on a frame boundary is HTTP/2; otherwise an HTTP/1 start line
+        // anywhere, else a frame boundary anywhere.
+        let frames = scan_frames(last, MAX_DETECT_FRAMES);
+        let verdict = match frames {
+            FrameScan::At(0) => Verdict::Http2Late,
+            _ => match scan_for_start(last, dir, role_dir) {
+                Verdict::Undecided if matches!(frames, FrameScan::At(_)) => Verdict::Http2Late,
+                v => v,
+            },
+        };
         if matches!(verdict, Verdict::Undecided) {
             // Nothing to replay from a delivery without a start line.
             d.held[i].clear();
@@ -412,12 +510,12 @@ fn classify_start(first: &[u8], dir: Direction, held: usize) -> Verdict {
     }
     match first.first() {
         Some(b) if b.is_ascii_uppercase() => {}
-        Some(_) => return Verdict::Other,
+        Some(_) => return frames_verdict(first, held),
         None => return Verdict::Undecided,
     }
     let Some(nl) = memchr::memchr(b'\n', first) else {
         return if held > MAX_DETECT_LINE {
-            Verdict::Other
+            frames_verdict(first, held)
         } else {
             Verdict::Undecided
         };
@@ -434,7 +532,17 @@ fn classify_start(first: &[u8], dir: Direction, held: usize) -> Verdict {
             joined: false,
         }
     } else {
-        Verdict::Other
+        frames_verdict(first, held)
+    }
+}
+
+/// First bytes that are neither a preface nor HTTP/1: HTTP/2 frames of a connection joined
+/// mid-stream (or a server's SETTINGS sent before the client's preface), or not HTTP.
+fn frames_verdict(first: &[u8], held: usize) -> Verdict {
+    match scan_frames(first, MAX_DETECT_FRAMES) {
+        FrameScan::At(_) => Verdict::Frames,
+        FrameScan::NeedMore if held <= MAX_DETECT_FRAMES => Verdict::Undecided,
+        FrameScan::NeedMore | FrameScan::None => Verdict::Other,
     }
 }
 
@@ -479,7 +587,7 @@ fn decide(
         _ => return,
     };
     match verdict {
-        Verdict::Undecided => {}
+        Verdict::Undecided | Verdict::Frames => {}
         Verdict::Other => {
             stats.non_http_connections += 1;
             stats.ignored_bytes += held
@@ -496,17 +604,34 @@ fn decide(
             }
             conn.proto = Protocol::Other;
         }
-        Verdict::Http2 => {
-            let bytes = held
-                .iter()
-                .flatten()
-                .map(|(b, _)| b.len() as u64)
-                .sum::<u64>();
-            stats.http2_connections_unparsed += 1;
-            conn.proto = Protocol::Http2 {
-                start: Http2Start::PriorKnowledge,
-                bytes,
+        Verdict::Http2 | Verdict::Http2Late => {
+            let [mut a, mut b] = std::mem::take(held).map(std::collections::VecDeque::from);
+            let (start, decoder) = if matches!(verdict, Verdict::Http2) {
+                let d = sonde_http2::Connection::new(conn.meta.clone(), &cfg.http2);
+                (Http2Start::PriorKnowledge, d)
+            } else {
+                let d = sonde_http2::Connection::new_late(conn.meta.clone(), &cfg.http2);
+                (Http2Start::MidStream, d)
             };
+            conn.proto = Protocol::Http2(Http2Conn::new(start, decoder, stats));
+            // Replay both directions in capture order (each direction's own order kept).
+            let (da, db) = (Direction::Egress, Direction::Ingress);
+            loop {
+                let take_a = match (a.front(), b.front()) {
+                    (Some((_, ta)), Some((_, tb))) => ta <= tb,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (None, None) => break,
+                };
+                let (dir, item) = if take_a {
+                    (da, a.pop_front())
+                } else {
+                    (db, b.pop_front())
+                };
+                if let Some((bytes, ts)) = item {
+                    on_data(conn, dir, bytes, ts, cfg, stats, out);
+                }
+            }
         }
         Verdict::Http1 {
             request_dir,

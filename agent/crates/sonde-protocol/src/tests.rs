@@ -261,7 +261,7 @@ fn refused_upgrade_goes_on_as_http1() {
 }
 
 #[test]
-fn h2c_upgrade_and_prior_knowledge_are_counted_as_http2() {
+fn h2c_upgrade_and_prior_knowledge_reach_the_http2_decoder() {
     let (out, stats) = run(&[
         Piece::Data(C, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"),
         Piece::Data(S, b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"),
@@ -269,7 +269,10 @@ fn h2c_upgrade_and_prior_knowledge_are_counted_as_http2() {
     ]);
     assert_eq!(out.len(), 1);
     assert!(out[0].flags.contains(ExchangeFlags::UPGRADED));
-    assert_eq!(stats.http2_connections_unparsed, 1);
+    assert_eq!(out[0].stream_id, Some(1), "{:#?}", out[0]);
+    assert_eq!(out[0].version, HttpVersion::Http2);
+    assert_eq!((stats.http2_connections, stats.http2.h2c_upgrades), (1, 1));
+    assert_eq!(stats.http2.preface_mismatches, 0);
 
     let mut t = Tracker::new(TrackerConfig::default()).expect("valid");
     let mut sink = Vec::new();
@@ -305,7 +308,7 @@ fn h2c_upgrade_and_prior_knowledge_are_counted_as_http2() {
         t.on_event(ev, &mut sink);
     }
     match t.conns.get(&CONN).map(|c| &c.proto) {
-        Some(Protocol::Http2 { bytes, .. }) => assert_eq!(*bytes, 9),
+        Some(Protocol::Http2(h)) => assert_eq!(h.conn.stats().bytes, 9),
         other => panic!("expected HTTP/2 state, got {other:?}"),
     }
 
@@ -314,10 +317,7 @@ fn h2c_upgrade_and_prior_knowledge_are_counted_as_http2() {
         Piece::Data(C, b"\r\nSM\r\n\r\n"),
     ]);
     assert!(out.is_empty());
-    assert_eq!(
-        (stats.http2_connections_unparsed, stats.http1_connections),
-        (1, 0)
-    );
+    assert_eq!((stats.http2_connections, stats.http1_connections), (1, 0));
 }
 
 #[test]

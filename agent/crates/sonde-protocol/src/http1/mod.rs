@@ -50,6 +50,8 @@ struct Pending {
     is_connect: bool,
     upgrade: Option<String>,
     expect_continue: bool,
+    /// Answered `101` to h2c: kept for the HTTP/2 decoder (stream 1), never emitted here.
+    h2c: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +107,8 @@ pub(crate) struct Http1Conn {
     req: DirParser,
     resp: DirParser,
     pairing: Pairing,
+    /// Request-direction bytes held when an h2c switch happened (already HTTP/2).
+    switch_held: Bytes,
 }
 
 impl Http1Conn {
@@ -130,7 +134,37 @@ impl Http1Conn {
                 held_verdict: None,
                 switch: None,
             },
+            switch_held: Bytes::new(),
         }
+    }
+
+    pub fn request_dir(&self) -> Direction {
+        self.request_dir
+    }
+
+    /// After an h2c switch: the upgraded request (it becomes HTTP/2 stream 1, its `101` is
+    /// dropped) and the request-direction bytes that followed it, already HTTP/2.
+    pub fn take_upgrade(
+        &mut self,
+        cfg: &TrackerConfig,
+        stats: &mut TrackerStats,
+    ) -> (Option<Request>, Bytes) {
+        let held = std::mem::take(&mut self.switch_held);
+        let at = self.pairing.queue.iter().position(|p| p.h2c);
+        let Some(mut p) = at.and_then(|i| self.pairing.queue.remove(i)) else {
+            return (None, held);
+        };
+        if let Some(acc) = p.req_body.take() {
+            let limits = SampleLimits {
+                decoded: cfg.body_sample_bytes,
+                wire: cfg.body_wire_sample_bytes,
+            };
+            let mut decode = DecodeStats::default();
+            p.request.body = acc.finish(limits, p.req_done, &mut decode);
+            stats.bodies_decoded += decode.decoded;
+            stats.decode_errors += decode.errors;
+        }
+        (Some(p.request), held)
     }
 
     /// Joined mid-stream: both directions look for a start line first and pairing waits for
@@ -245,6 +279,10 @@ impl Http1Conn {
         stats: &mut TrackerStats,
         out: &mut Vec<Exchange>,
     ) -> Option<Switch> {
+        if self.pairing.switch == Some(Switch::H2c) && self.pairing.held_verdict == Some(true) {
+            // Taken before the release below turns the request side into a tunnel.
+            self.switch_held = self.req.take_held();
+        }
         if let Some(switched) = self.pairing.held_verdict.take() {
             let mut ctx = Ctx {
                 p: &mut self.pairing,
@@ -404,7 +442,7 @@ impl Ctx<'_> {
             .p
             .queue
             .front()
-            .is_some_and(|f| f.req_done && f.resp_done)
+            .is_some_and(|f| f.req_done && f.resp_done && !f.h2c)
         {
             if let Some(p) = self.p.queue.pop_front() {
                 self.emit(p, 0);
@@ -460,6 +498,7 @@ impl Ctx<'_> {
             is_connect,
             upgrade: head.upgrade,
             expect_continue: head.expect_continue,
+            h2c: false,
         };
         let mut pending = pending;
         pending.is_head = pending.request.method.eq_ignore_ascii_case("HEAD");
@@ -517,6 +556,7 @@ impl Ctx<'_> {
                     Switch::Opaque
                 };
                 target.flags.insert(ExchangeFlags::UPGRADED | flags.0);
+                target.h2c = switch == Switch::H2c;
                 target.resp_started = true;
                 target.response = Some(response_from(head, ts_ns));
                 self.p.resp_target = RespTarget::Queued;

@@ -176,6 +176,17 @@ impl DirParser {
         self.state = State::Tunnel;
     }
 
+    /// The bytes held after an Upgrade request, taken before a switch to a protocol that is
+    /// parsed further (h2c: the client's preface and first frames). Nothing when a gap fell
+    /// among them.
+    pub fn take_held(&mut self) -> Bytes {
+        if matches!(self.state, State::Held) && !self.held_gap {
+            std::mem::take(&mut self.buf).freeze()
+        } else {
+            Bytes::new()
+        }
+    }
+
     /// The response to a held (Upgrade/CONNECT) request arrived: switch to a tunnel, or go on
     /// parsing the held bytes as HTTP/1.
     pub fn release(&mut self, switched: bool, ts_ns: u64, h: &mut impl Handler) {
