@@ -1,0 +1,450 @@
+//! The whole pipeline on live traffic: exchanges rebuilt from real eBPF capture match what real
+//! clients sent and received, and the main job (agent process + collector process + `sonde` CLI)
+//! lists the endpoints with the right templates and classifications, surviving a collector
+//! restart without losing anything.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sonde_e2e::capture::Capture;
+use sonde_e2e::servers::{Nginx, PythonServer, curl, wait_for_port};
+use sonde_e2e::{eventually, free_port, scratch_dir};
+use sonde_model::{CaptureEvent, Exchange, Role};
+use sonde_protocol::{Tracker, TrackerConfig};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn exchanges(events: Vec<CaptureEvent>) -> Vec<Exchange> {
+    let mut tracker = Tracker::new(TrackerConfig::default()).expect("tracker");
+    let mut out = Vec::new();
+    for ev in events {
+        tracker.on_event(ev, &mut out);
+    }
+    tracker.flush(&mut out);
+    out
+}
+
+fn server_side(exs: &[Exchange], pid: u32) -> Vec<&Exchange> {
+    exs.iter()
+        .filter(|e| e.conn.role == Role::Server && e.conn.process.pid == pid)
+        .collect()
+}
+
+#[test]
+fn exchanges_match_what_curl_wrk_and_python_requests_sent_and_received() {
+    let dir = scratch_dir("observe");
+    let nginx_port = free_port();
+    let py_port = free_port();
+    let nginx = Nginx::start(&dir, nginx_port);
+    std::fs::write(nginx.www().join("small.json"), "{\"ok\":true}\n").expect("write");
+    std::fs::write(nginx.www().join("big.bin"), vec![7u8; 300_000]).expect("write");
+    std::fs::create_dir_all(dir.join("py")).expect("mkdir");
+    std::fs::write(dir.join("py").join("hello.txt"), "hello from python\n").expect("write");
+    let py = PythonServer::start(&dir.join("py"), py_port);
+    let cap = Capture::start(&[nginx_port, py_port]);
+
+    // curl: keep-alive GETs, a 404, a POST with a body.
+    let base = format!("http://127.0.0.1:{nginx_port}");
+    curl(&[
+        &format!("{base}/small.json"),
+        &format!("{base}/big.bin"),
+        &format!("{base}/small.json?x=1"),
+    ]);
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{base}/missing"),
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(out.stdout, b"404");
+    curl(&["-d", "a=1&b=2", &format!("{base}/upload")]);
+    // wrk: keep-alive load for a second.
+    let wrk = Command::new("wrk")
+        .args(["-t1", "-c2", "-d1s", &format!("{base}/small.json")])
+        .output()
+        .expect("wrk");
+    let wrk_text = String::from_utf8_lossy(&wrk.stdout);
+    let wrk_requests: usize = wrk_text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("wrk request count");
+    // python requests against python http.server.
+    let script = format!(
+        "import requests\ns = requests.Session()\nfor i in range(5):\n    r = s.get('http://127.0.0.1:{py_port}/hello.txt?i=%d' % i)\n    assert r.status_code == 200\nr = requests.get('http://127.0.0.1:{py_port}/nope')\nassert r.status_code == 404\n"
+    );
+    let st = Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .expect("python");
+    assert!(st.success());
+
+    let worker = nginx.worker_pid();
+    let expected_nginx = 6 + wrk_requests;
+    let mut seen = (0, 0);
+    let start = std::time::Instant::now();
+    let events = loop {
+        let events = cap.events();
+        let exs = exchanges(events.clone());
+        seen = (
+            server_side(&exs, worker).len(),
+            server_side(&exs, py.pid()).len(),
+        );
+        if (seen.0 >= expected_nginx && seen.1 >= 6) || start.elapsed() > WAIT {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        seen.0 >= expected_nginx && seen.1 >= 6,
+        "nginx exchanges {} of {expected_nginx}, python {} of 6",
+        seen.0,
+        seen.1
+    );
+    let (_, counters) = cap.stop();
+    let exs = exchanges(events);
+
+    // nginx's view: exactly the curl calls plus wrk's requests (wrk counts completed responses;
+    // a request in flight when it stopped may add at most one per connection).
+    let nginx_side = server_side(&exs, worker);
+    let curl_calls: Vec<_> = nginx_side
+        .iter()
+        .filter(|e| {
+            e.request.path != "/small.json"
+                || e.request.query.is_some()
+                || e.request.method == "POST"
+        })
+        .collect();
+    let by_path: BTreeMap<(String, String), Vec<u16>> =
+        nginx_side.iter().fold(BTreeMap::new(), |mut m, e| {
+            m.entry((e.request.method.clone(), e.request.path.clone()))
+                .or_default()
+                .push(e.status().unwrap_or(0));
+            m
+        });
+    assert!(
+        nginx_side.len() >= expected_nginx && nginx_side.len() <= expected_nginx + 2,
+        "{} vs {expected_nginx}",
+        nginx_side.len()
+    );
+    assert_eq!(
+        by_path.get(&("GET".into(), "/big.bin".into())),
+        Some(&vec![200])
+    );
+    assert_eq!(
+        by_path.get(&("GET".into(), "/missing".into())),
+        Some(&vec![404])
+    );
+    assert_eq!(
+        by_path.get(&("POST".into(), "/upload".into())),
+        Some(&vec![200])
+    );
+    assert!(
+        by_path
+            .keys()
+            .all(
+                |(m, p)| ["/small.json", "/big.bin", "/missing", "/upload"].contains(&p.as_str())
+                    && (m == "GET" || m == "POST")
+            ),
+        "nothing invented: {by_path:?}"
+    );
+    let big = nginx_side
+        .iter()
+        .find(|e| e.request.path == "/big.bin")
+        .expect("big");
+    let resp = big.response.as_ref().expect("response");
+    assert_eq!(
+        resp.body.wire_len, 300_000,
+        "body size from Content-Length, bytes sent with sendfile"
+    );
+    let post = nginx_side
+        .iter()
+        .find(|e| e.request.method == "POST")
+        .expect("post");
+    assert_eq!(post.request.body.wire_len, 7);
+    assert_eq!(&post.request.body.sample[..], b"a=1&b=2");
+    assert!(
+        curl_calls
+            .iter()
+            .any(|e| e.request.query.as_deref() == Some("x=1"))
+    );
+    assert!(nginx_side.iter().all(
+        |e| e.request.authority.as_deref() == Some(format!("127.0.0.1:{nginx_port}").as_str())
+    ));
+
+    // python's view: five keep-alive GETs in order and the 404.
+    let py_side = server_side(&exs, py.pid());
+    let queries: Vec<_> = py_side
+        .iter()
+        .filter(|e| e.request.path == "/hello.txt")
+        .map(|e| e.request.query.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(queries, vec!["i=0", "i=1", "i=2", "i=3", "i=4"]);
+    assert!(
+        py_side
+            .iter()
+            .filter(|e| e.request.path == "/hello.txt")
+            .all(|e| e.status() == Some(200)
+                && e.response
+                    .as_ref()
+                    .is_some_and(|r| &r.body.sample[..] == b"hello from python\n"))
+    );
+    assert_eq!(
+        py_side
+            .iter()
+            .filter(|e| e.request.path == "/nope")
+            .map(|e| e.status())
+            .collect::<Vec<_>>(),
+        vec![Some(404)]
+    );
+    assert_eq!(py_side.len(), 6);
+    for (name, v) in counters.drops() {
+        assert_eq!(v, 0, "drop counter {name}");
+    }
+}
+
+/// Binaries of this workspace, built by `cargo test` (or built here when missing).
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let path = dir.join(name);
+    if !path.exists() {
+        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "sonde-agent", "-p", "sonde-collector"])
+            .status()
+            .expect("cargo build");
+        assert!(st.success());
+    }
+    path
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        for _ in 0..100 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn collector(port: u16, db: &Path) -> Proc {
+    let child = Command::new(bin("sonde-collector"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--database"])
+        .arg(db)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sonde-collector starts");
+    wait_for_port(port);
+    Proc(child)
+}
+
+fn sonde_json(url: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let out = Command::new(bin("sonde"))
+        .args(["--collector", url, "--json"])
+        .args(args)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+        return Some(if v.is_object() {
+            serde_json::Value::Array(vec![v])
+        } else {
+            v
+        });
+    }
+    // Line-delimited (anomalies): collect into an array.
+    Some(serde_json::Value::Array(
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+    ))
+}
+
+/// (template, classification, calls) per endpoint of the demo API's port.
+fn demo_endpoints(url: &str, port: u16) -> BTreeMap<(String, String), (String, u64)> {
+    let Some(serde_json::Value::Array(eps)) = sonde_json(url, &["endpoints"]) else {
+        return BTreeMap::new();
+    };
+    eps.iter()
+        .filter(|e| {
+            e["service"]
+                .as_str()
+                .is_some_and(|s| s.ends_with(&format!(":{port}")))
+        })
+        .map(|e| {
+            (
+                (
+                    e["method"].as_str().unwrap_or("").to_string(),
+                    e["path_template"].as_str().unwrap_or("").to_string(),
+                ),
+                (
+                    e["classification"].as_str().unwrap_or("").to_lowercase(),
+                    e["call_count"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn main_job_lists_endpoints_with_classifications_and_survives_a_collector_restart() {
+    let dir = scratch_dir("mainjob");
+    let api_port = free_port();
+    let coll_port = free_port();
+    let url = format!("http://127.0.0.1:{coll_port}");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let api = Proc(
+        Command::new("python3")
+            .arg(fixtures.join("demo_api.py"))
+            .arg(api_port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("demo api"),
+    );
+    wait_for_port(api_port);
+    let db = dir.join("collector.db");
+    let mut coll = Some(collector(coll_port, &db));
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[capture]\nports = [{api_port}]\n\n[[specs]]\npath = \"{}\"\nport = {api_port}\n\n[export]\ninterval_ms = 300\n",
+            fixtures.join("demo-openapi.yaml").display()
+        ),
+    )
+    .expect("config");
+    let log = std::fs::File::create(dir.join("agent.log")).expect("log");
+    let _agent = Proc(
+        Command::new(bin("sonde-agent"))
+            .arg("--config")
+            .arg(&config)
+            .args(["run", "--collector", &url, "--state-dir"])
+            .arg(dir.join("state"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sonde-agent starts"),
+    );
+    eventually(WAIT, "the agent to attach", || {
+        std::fs::read_to_string(dir.join("agent.log"))
+            .ok()
+            .filter(|l| l.contains("capture attached"))
+            .map(|_| ())
+    });
+
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMH0.c2ln";
+    let get = |path: &str, auth: bool| {
+        let mut args = vec!["-s".to_string(), "-o".into(), "/dev/null".into()];
+        if auth {
+            args.push("-H".into());
+            args.push(format!("Authorization: Bearer {jwt}"));
+        }
+        args.push(format!("http://127.0.0.1:{api_port}{path}"));
+        assert!(
+            Command::new("curl")
+                .args(&args)
+                .status()
+                .expect("curl")
+                .success()
+        );
+    };
+    for id in [1, 2, 3, 40, 500] {
+        get(&format!("/api/v2/users/{id}"), true);
+    }
+    get("/api/v2/orders", true);
+    get("/api/v2/health", false);
+    get("/api/v1/users/7", false);
+    get("/api/v2/debug/users", false);
+
+    let expect_before = [
+        (("GET", "/api/v2/users/{id}"), ("managed", 5)),
+        (("GET", "/api/v2/orders"), ("managed", 1)),
+        (("GET", "/api/v2/health"), ("managed", 1)),
+        (("GET", "/api/v1/users/{id}"), ("zombie", 1)),
+        (("GET", "/api/v2/debug/users"), ("shadow", 1)),
+    ];
+    let matches = |eps: &BTreeMap<(String, String), (String, u64)>,
+                   expect: &[((&str, &str), (&str, u64))]| {
+        expect.iter().all(|((m, t), (c, n))| {
+            eps.get(&(m.to_string(), t.to_string()))
+                .is_some_and(|(class, calls)| class.contains(c) && calls == n)
+        })
+    };
+    let eps = eventually(WAIT, "the endpoints in `sonde endpoints`", || {
+        let eps = demo_endpoints(&url, api_port);
+        matches(&eps, &expect_before).then_some(eps)
+    });
+    assert_eq!(
+        eps.len(),
+        expect_before.len(),
+        "no other endpoints: {eps:?}"
+    );
+    let anomalies = eventually(WAIT, "inventory events in `sonde anomalies`", || {
+        let v = sonde_json(&url, &["anomalies"])?;
+        let kinds: Vec<String> = v
+            .as_array()?
+            .iter()
+            .filter_map(|a| {
+                a["anomaly"]["kind"]
+                    .as_str()
+                    .or(a["kind"].as_str())
+                    .map(String::from)
+            })
+            .collect();
+        (kinds.iter().any(|k| k == "inventory.shadow_endpoint")
+            && kinds.iter().any(|k| k == "inventory.zombie_endpoint"))
+        .then_some(kinds)
+    });
+    assert!(
+        anomalies
+            .iter()
+            .any(|k| k == "inventory.unauthenticated_pii"),
+        "{anomalies:?}"
+    );
+
+    // The collector goes away; calls made meanwhile are spooled and delivered after it returns.
+    drop(coll.take());
+    for id in [9, 10] {
+        get(&format!("/api/v2/users/{id}"), true);
+    }
+    get("/internal/metrics", false);
+    std::thread::sleep(Duration::from_secs(2));
+    let _coll = collector(coll_port, &db);
+    let mut expect_after = expect_before.to_vec();
+    expect_after[0].1.1 = 7;
+    expect_after.push((("GET", "/internal/metrics"), ("shadow", 1)));
+    let eps = eventually(
+        Duration::from_secs(40),
+        "the calls made while the collector was down",
+        || {
+            let eps = demo_endpoints(&url, api_port);
+            matches(&eps, &expect_after).then_some(eps)
+        },
+    );
+    assert_eq!(eps.len(), expect_after.len(), "{eps:?}");
+    drop(api);
+}
