@@ -33,8 +33,10 @@ pub struct DetectConfig {
     pub max_endpoints_per_principal: usize,
     /// Distinct object ids counted per principal, endpoint and window. Default 512.
     pub max_ids_per_window: usize,
-    /// Object id → first principal entries kept per endpoint. Default 1024.
+    /// Object id → first principal entries kept per endpoint. Default 4096.
     pub max_owned_ids: usize,
+    /// ... and over all endpoints (~24 bytes each). Default 1000000.
+    pub max_owned_ids_total: usize,
     /// Bytes of a body sample scanned for signatures and records. Default 16 KiB.
     pub max_scan_bytes: usize,
 
@@ -101,7 +103,8 @@ impl Default for DetectConfig {
             max_groups: 10_000,
             max_endpoints_per_principal: 8,
             max_ids_per_window: 512,
-            max_owned_ids: 1024,
+            max_owned_ids: 4096,
+            max_owned_ids_total: 1_000_000,
             max_scan_bytes: 16 * 1024,
             bola_min_ids: 25,
             bola_peer_factor: 4.0,

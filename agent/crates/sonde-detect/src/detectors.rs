@@ -224,6 +224,7 @@ impl Detectors {
         if !st.endpoints.contains_key(&ep_key) && st.endpoints.len() >= cfg.max_endpoints.max(1) {
             let keep = cfg.max_endpoints.max(1) * 7 / 8;
             st.counters.endpoint_evictions += state::evict_coldest(&mut st.endpoints, keep, |e| e.last_mono);
+            st.owned_total = st.endpoints.values().map(|e| e.owners.len()).sum();
         }
         let ep = st
             .endpoints
@@ -233,17 +234,27 @@ impl Detectors {
 
         // --- principal --------------------------------------------------------------------
         let authed = call.auth.principal.is_some() && call.auth.scheme != AuthScheme::None;
-        let p_key = match &call.auth.principal {
-            Some(p) => hash64(2, &[p.as_bytes()]),
-            None => {
+        // A rejected credential does not identify the caller (token guessing presents a new one
+        // each time): such calls count against the client address and process.
+        let rejected = matches!(status, Some(401 | 403 | 407));
+        let (p_key, by_principal) = match &call.auth.principal {
+            Some(p) if !rejected => (hash64(2, &[p.as_bytes()]), true),
+            _ => {
                 let ip = ex.conn.client_addr().map(|a| a.ip());
-                let ipb: Vec<u8> = match ip {
-                    Some(std::net::IpAddr::V4(v)) => v.octets().to_vec(),
-                    Some(std::net::IpAddr::V6(v)) => v.octets().to_vec(),
-                    None => Vec::new(),
+                let mut ipb = [0u8; 16];
+                let ipb: &[u8] = match ip {
+                    Some(std::net::IpAddr::V4(v)) => {
+                        ipb[..4].copy_from_slice(&v.octets());
+                        &ipb[..4]
+                    }
+                    Some(std::net::IpAddr::V6(v)) => {
+                        ipb.copy_from_slice(&v.octets());
+                        &ipb[..]
+                    }
+                    None => &[],
                 };
                 let comm: &[u8] = if ex.conn.role == Role::Client { ex.conn.process.comm.as_bytes() } else { b"" };
-                hash64(3, &[&ipb, comm])
+                (hash64(3, &[ipb, comm]), false)
             }
         };
         // Response facts.
@@ -336,15 +347,11 @@ impl Detectors {
             owner_scoped = learned && ep.owner_share().is_some_and(|s| s >= cfg.owner_share_min);
             match ep.owners.get(&id) {
                 Some(&o) if o == p_key => ep.owner_hits += 1.0,
-                Some(_) => {
-                    if ok {
-                        foreign_new = true;
-                    }
-                    ep.foreign_hits += 1.0;
-                }
+                Some(_) => foreign_new = ok,
                 None => {
-                    if ok && ep.owners.len() < cfg.max_owned_ids {
+                    if ok && ep.owners.len() < cfg.max_owned_ids && st.owned_total < cfg.max_owned_ids_total {
                         ep.owners.insert(id, p_key);
+                        st.owned_total += 1;
                     }
                 }
             }
@@ -545,6 +552,13 @@ impl Detectors {
                     s.distinct = s.distinct.saturating_add(1);
                     if foreign_new && owner_scoped {
                         s.foreign = s.foreign.saturating_add(1);
+                    }
+                }
+                // Foreign accesses teach the ownership share only while the principal looks
+                // benign, so an attack does not talk the endpoint out of being owner-scoped.
+                if foreign_new && s.fired & (SLOT_FOREIGN | SLOT_BOLA) == 0 && s.foreign < cfg.foreign_ids_min {
+                    if let Some(e) = st.endpoints.get_mut(&ep_key) {
+                        e.foreign_hits += 1.0;
                     }
                 }
                 if let Some(n) = num {
@@ -759,13 +773,13 @@ impl Detectors {
         }
 
         if !hits.is_empty() {
-            self.emit(ex, call, now_ns, p_key, hits);
+            self.emit(ex, call, now_ns, p_key, by_principal, hits);
         }
     }
 
-    fn emit(&mut self, ex: &Exchange, call: &CallInfo, now_ns: u64, p_key: u64, hits: Vec<Hit>) {
+    fn emit(&mut self, ex: &Exchange, call: &CallInfo, now_ns: u64, p_key: u64, by_principal: bool, hits: Vec<Hit>) {
         let mono = self.st.clock.mono;
-        let principal = call.auth.principal.clone();
+        let principal = if by_principal { call.auth.principal.clone() } else { None };
         let pid = principal.clone().unwrap_or_else(|| format!("anon:{p_key:016x}"));
         for h in hits {
             self.st.counters.findings += 1;
@@ -930,6 +944,7 @@ impl Detectors {
         let c = &mut self.st.counters;
         c.endpoint_evictions += state::evict_coldest(&mut self.st.endpoints, self.cfg.max_endpoints.max(1), |e| e.last_mono);
         c.principal_evictions += state::evict_coldest(&mut self.st.principals, self.cfg.max_principals.max(1), |p| p.last_mono);
+        self.st.owned_total = self.st.endpoints.values().map(|e| e.owners.len()).sum();
     }
 }
 

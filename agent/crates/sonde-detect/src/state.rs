@@ -201,6 +201,8 @@ pub struct State {
     pub principals: Map<u64, PrincipalState>,
     pub global: Global,
     pub counters: Counters,
+    /// Object-owner entries over all endpoints.
+    pub owned_total: usize,
 }
 
 /// Removes the coldest entries (smallest `last`) until `keep` remain. Returns how many went.
