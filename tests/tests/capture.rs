@@ -402,3 +402,47 @@ fn non_http_connections_stop_being_shipped_and_floods_stay_bounded() {
         assert_eq!(v, 0, "drop counter {name}");
     }
 }
+
+#[test]
+fn a_client_that_never_reads_does_not_stall_capture_of_others() {
+    let dir = scratch_dir("noread");
+    let port = free_port();
+    let nginx = Nginx::start(&dir, port);
+    std::fs::write(nginx.www().join("big"), vec![1u8; 8 * 1024 * 1024]).expect("write");
+    std::fs::write(nginx.www().join("small"), "small\n").expect("write");
+    let cap = Capture::start(&[port]);
+    // Ten requests for 8 MiB each, pipelined, and never a byte read back.
+    let script = format!(
+        "import socket, time\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         s.sendall(b'GET /big HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' * 10)\n\
+         print('sent', flush=True)\n\
+         time.sleep(30)\n"
+    );
+    let mut stalled = Command::new("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python client");
+    let mut line = String::new();
+    BufReader::new(stalled.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("sent");
+    std::thread::sleep(Duration::from_millis(500));
+    // Meanwhile other clients are served and captured.
+    let (pid, out) = curl(&[&format!("http://127.0.0.1:{port}/small")]);
+    assert_eq!(out, b"small\n");
+    let seen = eventually(WAIT, "the other client's exchange", || {
+        cap.connections().into_values().find(|c| {
+            c.open.as_ref().is_some_and(|o| o.process.pid == pid)
+                && c.text(Direction::Ingress).contains("small")
+        })
+    });
+    assert!(seen.text(Direction::Egress).starts_with("GET /small "));
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+    let (_, counters) = cap.stop();
+    for (name, v) in counters.drops() {
+        assert_eq!(v, 0, "drop counter {name}");
+    }
+}

@@ -378,7 +378,17 @@ fn main_job_lists_endpoints_with_classifications_and_survives_a_collector_restar
     get("/api/v2/orders", true);
     get("/api/v2/health", false);
     get("/api/v1/users/7", false);
-    get("/api/v2/debug/users", false);
+    // python requests, as the other client.
+    let script = format!(
+        "import requests\nr = requests.get('http://127.0.0.1:{api_port}/api/v2/debug/users')\nassert r.status_code == 200 and '@example.com' in r.text\n"
+    );
+    assert!(
+        Command::new("python3")
+            .args(["-c", &script])
+            .status()
+            .expect("python")
+            .success()
+    );
 
     let expect_before = [
         (("GET", "/api/v2/users/{id}"), ("managed", 5)),
