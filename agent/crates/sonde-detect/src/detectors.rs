@@ -85,6 +85,8 @@ pub struct Detectors {
     sigs: Signatures,
     st: State,
     groups: Map<String, Group>,
+    /// Endpoint id → (endpoint key, its hash): saves hashing the key on every call.
+    ep_cache: Vec<Option<(std::sync::Arc<str>, u64)>>,
 }
 
 fn raise(s: Severity) -> Severity {
@@ -124,6 +126,22 @@ fn is_cloud_secret(k: SensitiveKind) -> bool {
     )
 }
 
+fn kind_bit(k: SensitiveKind) -> u32 {
+    SensitiveKind::ALL
+        .iter()
+        .position(|&x| x == k)
+        .map_or(0, |i| 1 << i)
+}
+
+fn kinds_of(bits: u32) -> Vec<SensitiveKind> {
+    SensitiveKind::ALL
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, &k)| k)
+        .collect()
+}
+
 /// Inserts into a small bounded distinct set; returns the set's size.
 fn small_insert(v: &mut Vec<u64>, x: u64) -> usize {
     if v.len() < SMALL_SET && !v.contains(&x) {
@@ -160,7 +178,13 @@ impl Detectors {
     }
 
     fn with(cfg: DetectConfig, sigs: Signatures) -> Self {
-        Detectors { cfg, sigs, st: State::default(), groups: Map::default() }
+        Detectors {
+            cfg,
+            sigs,
+            st: State::default(),
+            groups: Map::default(),
+            ep_cache: Vec::new(),
+        }
     }
 
     pub fn config(&self) -> &DetectConfig {
@@ -200,7 +224,10 @@ impl Detectors {
                 size_of::<PrincipalState>()
                     + 16
                     + (p.endpoints.capacity() + p.paths404.capacity()) * 8
-                    + p.slots.iter().map(|s| size_of::<Slot>() + s.ids.capacity() * 8).sum::<usize>()
+                    + p.slots
+                        .iter()
+                        .map(|s| size_of::<Slot>() + s.ids.capacity() * 8)
+                        .sum::<usize>()
             })
             .sum();
         let gr = self.groups.len() * (size_of::<Group>() + 512);
@@ -212,7 +239,11 @@ impl Detectors {
         let cfg = &self.cfg;
         let st = &mut self.st;
         st.counters.exchanges += 1;
-        let mono = st.clock.advance(now_ns, cfg.max_clock_step_secs.saturating_mul(NS), &mut st.counters);
+        let mono = st.clock.advance(
+            now_ns,
+            cfg.max_clock_step_secs.saturating_mul(NS),
+            &mut st.counters,
+        );
         let window = cfg.window_secs.max(1).saturating_mul(NS);
         let weight = f64::from(cfg.baseline_weight.max(16));
         let status = call.status.or_else(|| ex.status());
@@ -220,17 +251,35 @@ impl Detectors {
         let mut hits: Vec<Hit> = Vec::new();
 
         // --- endpoint ---------------------------------------------------------------------
-        let ep_key = hash64(1, &[call.endpoint.as_bytes()]);
+        let eid = call.endpoint_id as usize;
+        let ep_key = match self.ep_cache.get(eid) {
+            Some(Some((k, h))) if std::sync::Arc::ptr_eq(k, &call.endpoint) => *h,
+            _ => {
+                let h = hash64(1, &[call.endpoint.as_bytes()]);
+                if eid < 1 << 20 {
+                    if self.ep_cache.len() <= eid {
+                        self.ep_cache.resize(eid + 1, None);
+                    }
+                    self.ep_cache[eid] = Some((call.endpoint.clone(), h));
+                }
+                h
+            }
+        };
         if !st.endpoints.contains_key(&ep_key) && st.endpoints.len() >= cfg.max_endpoints.max(1) {
             let keep = cfg.max_endpoints.max(1) * 7 / 8;
-            st.counters.endpoint_evictions += state::evict_coldest(&mut st.endpoints, keep, |e| e.last_mono);
+            st.counters.endpoint_evictions +=
+                state::evict_coldest(&mut st.endpoints, keep, |e| e.last_mono);
             st.owned_total = st.endpoints.values().map(|e| e.owners.len()).sum();
         }
         let ep = st
             .endpoints
             .entry(ep_key)
             .or_insert_with(|| EndpointState::new(&call.template, mono));
-        let learned = ep.learned(cfg.learn_min_calls, cfg.learn_min_secs.saturating_mul(NS), mono);
+        let learned = ep.learned(
+            cfg.learn_min_calls,
+            cfg.learn_min_secs.saturating_mul(NS),
+            mono,
+        );
 
         // --- principal --------------------------------------------------------------------
         let authed = call.auth.principal.is_some() && call.auth.scheme != AuthScheme::None;
@@ -253,21 +302,32 @@ impl Detectors {
                     }
                     None => &[],
                 };
-                let comm: &[u8] = if ex.conn.role == Role::Client { ex.conn.process.comm.as_bytes() } else { b"" };
+                let comm: &[u8] = if ex.conn.role == Role::Client {
+                    ex.conn.process.comm.as_bytes()
+                } else {
+                    b""
+                };
                 (hash64(3, &[ipb, comm]), false)
             }
         };
         // Response facts.
         let resp_bytes = ex.response.as_ref().map_or(0, |r| r.body.wire_len);
+        // Records per response: counted on a sample of calls for the baseline, and on every
+        // response larger than usual (more records than usual means more bytes than usual).
+        let count_records =
+            ep.calls.is_multiple_of(8) || resp_bytes > ep.resp_bytes.p99().saturating_mul(2);
         let records = match &ex.response {
-            Some(r) if ok => {
+            Some(r) if ok && count_records => {
                 let n = r.body.sample.len().min(cfg.max_scan_bytes);
-                let wire = if n < r.body.sample.len() { r.body.wire_len.max(r.body.sample.len() as u64) } else { r.body.wire_len };
+                let wire = if n < r.body.sample.len() {
+                    r.body.wire_len.max(r.body.sample.len() as u64)
+                } else {
+                    r.body.wire_len
+                };
                 r.body.sample.get(..n).and_then(|s| record_count(s, wire))
             }
             _ => None,
         };
-
         // --- endpoint window, baseline-relative detectors ----------------------------------
         if mono >= ep.win_start.saturating_add(window) {
             let n = (mono - ep.win_start) / window;
@@ -279,7 +339,8 @@ impl Detectors {
         let mut size_anomalous = false;
         if learned && ok {
             let p99 = ep.resp_bytes.p99();
-            if resp_bytes >= cfg.size_min_bytes && resp_bytes as f64 > cfg.size_factor * p99 as f64 {
+            if resp_bytes >= cfg.size_min_bytes && resp_bytes as f64 > cfg.size_factor * p99 as f64
+            {
                 size_anomalous = true;
                 hits.push(
                     Hit::new(
@@ -332,13 +393,18 @@ impl Detectors {
 
         // Object id at the template's parameter position.
         let mut obj: Option<(u64, Option<u64>)> = None;
-        if let Some(seg) = ep.id_seg {
-            if let Some(s) = ex.request.path.split('/').nth(usize::from(seg)).filter(|s| !s.is_empty()) {
-                let num = (s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
-                    .then(|| s.parse::<u64>().ok())
-                    .flatten();
-                obj = Some((hash64(4, &[s.as_bytes()]), num));
-            }
+        if let Some(seg) = ep.id_seg
+            && let Some(s) = ex
+                .request
+                .path
+                .split('/')
+                .nth(usize::from(seg))
+                .filter(|s| !s.is_empty())
+        {
+            let num = (s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse::<u64>().ok())
+                .flatten();
+            obj = Some((hash64(4, &[s.as_bytes()]), num));
         }
         // Ownership of object ids (first principal answered 2xx).
         let mut foreign_new = false;
@@ -349,7 +415,10 @@ impl Detectors {
                 Some(&o) if o == p_key => ep.owner_hits += 1.0,
                 Some(_) => foreign_new = ok,
                 None => {
-                    if ok && ep.owners.len() < cfg.max_owned_ids && st.owned_total < cfg.max_owned_ids_total {
+                    if ok
+                        && ep.owners.len() < cfg.max_owned_ids
+                        && st.owned_total < cfg.max_owned_ids_total
+                    {
                         ep.owners.insert(id, p_key);
                         st.owned_total += 1;
                     }
@@ -385,32 +454,46 @@ impl Detectors {
         // --- principal window ---------------------------------------------------------------
         if !st.principals.contains_key(&p_key) && st.principals.len() >= cfg.max_principals.max(1) {
             let keep = cfg.max_principals.max(1) * 7 / 8;
-            st.counters.principal_evictions += state::evict_coldest(&mut st.principals, keep, |p| p.last_mono);
+            st.counters.principal_evictions +=
+                state::evict_coldest(&mut st.principals, keep, |p| p.last_mono);
         }
-        let p = st.principals.entry(p_key).or_insert_with(|| PrincipalState {
-            last_mono: mono,
-            win_start: mono,
-            ..PrincipalState::default()
-        });
+        let p = st
+            .principals
+            .entry(p_key)
+            .or_insert_with(|| PrincipalState {
+                last_mono: mono,
+                win_start: mono,
+                ..PrincipalState::default()
+            });
         p.last_mono = mono;
         if mono >= p.win_start.saturating_add(window) {
             let n = (mono - p.win_start) / window;
             if p.calls > 0 && p.fired == 0 {
-                st.global.calls_per_window.record(u64::from(p.calls), cfg.baseline_weight);
-                st.global.bytes_per_window.record(p.bytes, cfg.baseline_weight);
+                st.global
+                    .calls_per_window
+                    .record(u64::from(p.calls), cfg.baseline_weight);
+                st.global
+                    .bytes_per_window
+                    .record(p.bytes, cfg.baseline_weight);
             }
             p.calls_ewma.fold(f64::from(p.calls), n.saturating_sub(1));
             p.bytes_ewma.fold(p.bytes as f64, n.saturating_sub(1));
             for s in &p.slots {
-                if s.distinct > 0 && s.fired == 0 {
-                    if let Some(e) = st.endpoints.get_mut(&s.ep) {
-                        e.ids_per_window.record(u64::from(s.distinct), cfg.baseline_weight);
-                    }
+                if s.distinct > 0
+                    && s.fired == 0
+                    && let Some(e) = st.endpoints.get_mut(&s.ep)
+                {
+                    e.ids_per_window
+                        .record(u64::from(s.distinct), cfg.baseline_weight);
                 }
             }
             p.slots.retain(|s| s.calls > 0);
             for s in &mut p.slots {
-                *s = Slot { ep: s.ep, ids: std::mem::take(&mut s.ids), ..Slot::default() };
+                *s = Slot {
+                    ep: s.ep,
+                    ids: std::mem::take(&mut s.ids),
+                    ..Slot::default()
+                };
                 s.ids.clear();
                 if s.ids.capacity() > 64 {
                     s.ids.shrink_to(64);
@@ -459,7 +542,10 @@ impl Detectors {
                 "scan.server_error_burst",
                 Severity::Medium,
                 OwaspCategory::Api8Misconfiguration,
-                format!("{} of {} calls this window answered 5xx: fuzzing or resource exhaustion", p.err5, p.calls),
+                format!(
+                    "{} of {} calls this window answered 5xx: fuzzing or resource exhaustion",
+                    p.err5, p.calls
+                ),
             )
             .detail("errors", p.err5);
             h.per_principal = true;
@@ -473,7 +559,9 @@ impl Detectors {
                     "scan.path_sweep",
                     Severity::Medium,
                     OwaspCategory::Api8Misconfiguration,
-                    format!("{n} distinct unknown paths (404) requested this window: path discovery"),
+                    format!(
+                        "{n} distinct unknown paths (404) requested this window: path discovery"
+                    ),
                 )
                 .detail("distinct_404_paths", n);
                 h.per_principal = true;
@@ -493,7 +581,11 @@ impl Detectors {
             hits.push(h);
         }
         if p.fired & P_RATE == 0 && u64::from(p.calls) >= cfg.rate_min_calls {
-            let own = if p.calls_ewma.windows >= 3 { p.calls_ewma.value } else { 0.0 };
+            let own = if p.calls_ewma.windows >= 3 {
+                p.calls_ewma.value
+            } else {
+                0.0
+            };
             let base = own.max(st.global.calls_per_window.p99() as f64);
             if calls > cfg.rate_factor * base {
                 p.fired |= P_RATE;
@@ -501,7 +593,10 @@ impl Detectors {
                     "abuse.rate_spike",
                     Severity::Medium,
                     OwaspCategory::Api4ResourceConsumption,
-                    format!("{} calls this window, over {}x the usual {:.0}", p.calls, cfg.rate_factor, base),
+                    format!(
+                        "{} calls this window, over {}x the usual {:.0}",
+                        p.calls, cfg.rate_factor, base
+                    ),
                 )
                 .detail("calls", p.calls)
                 .detail("baseline_calls_per_window", format!("{base:.0}"));
@@ -510,7 +605,11 @@ impl Detectors {
             }
         }
         if p.fired & P_VOLUME == 0 && p.bytes >= cfg.volume_min_bytes {
-            let own = if p.bytes_ewma.windows >= 3 { p.bytes_ewma.value } else { 0.0 };
+            let own = if p.bytes_ewma.windows >= 3 {
+                p.bytes_ewma.value
+            } else {
+                0.0
+            };
             let base = own.max(st.global.bytes_per_window.p99() as f64);
             if p.bytes as f64 > cfg.volume_factor * base {
                 p.fired |= P_VOLUME;
@@ -532,7 +631,10 @@ impl Detectors {
             let si = match p.slots.iter().position(|s| s.ep == ep_key) {
                 Some(i) => Some(i),
                 None if p.slots.len() < cfg.max_endpoints_per_principal => {
-                    p.slots.push(Slot { ep: ep_key, ..Slot::default() });
+                    p.slots.push(Slot {
+                        ep: ep_key,
+                        ..Slot::default()
+                    });
                     Some(p.slots.len() - 1)
                 }
                 None => None,
@@ -556,10 +658,12 @@ impl Detectors {
                 }
                 // Foreign accesses teach the ownership share only while the principal looks
                 // benign, so an attack does not talk the endpoint out of being owner-scoped.
-                if foreign_new && s.fired & (SLOT_FOREIGN | SLOT_BOLA) == 0 && s.foreign < cfg.foreign_ids_min {
-                    if let Some(e) = st.endpoints.get_mut(&ep_key) {
-                        e.foreign_hits += 1.0;
-                    }
+                if foreign_new
+                    && s.fired & (SLOT_FOREIGN | SLOT_BOLA) == 0
+                    && s.foreign < cfg.foreign_ids_min
+                    && let Some(e) = st.endpoints.get_mut(&ep_key)
+                {
+                    e.foreign_hits += 1.0;
                 }
                 if let Some(n) = num {
                     match s.last_num {
@@ -626,20 +730,30 @@ impl Detectors {
                         "auth.unsigned_jwt_accepted",
                         Severity::Critical,
                         OwaspCategory::Api2BrokenAuth,
-                        format!("JWT with alg {:?} or no signature was answered {}", j.alg.as_deref().unwrap_or("?"), status.unwrap_or(0)),
+                        format!(
+                            "JWT with alg {:?} or no signature was answered {}",
+                            j.alg.as_deref().unwrap_or("?"),
+                            status.unwrap_or(0)
+                        ),
                     )
                     .detail("alg", cut(j.alg.as_deref().unwrap_or("-"), 16)),
                 );
             }
             let now_s = i64::try_from(now_ns / NS).unwrap_or(i64::MAX);
-            if ok && j.exp.is_some_and(|e| now_s.saturating_sub(e) > cfg.jwt_leeway_secs) {
+            if ok
+                && j.exp
+                    .is_some_and(|e| now_s.saturating_sub(e) > cfg.jwt_leeway_secs)
+            {
                 let late = now_s.saturating_sub(j.exp.unwrap_or(now_s));
                 hits.push(
                     Hit::new(
                         "auth.expired_jwt_accepted",
                         Severity::High,
                         OwaspCategory::Api2BrokenAuth,
-                        format!("JWT expired {late} s before the call was answered {}", status.unwrap_or(0)),
+                        format!(
+                            "JWT expired {late} s before the call was answered {}",
+                            status.unwrap_or(0)
+                        ),
                     )
                     .detail("expired_for_secs", late),
                 );
@@ -648,7 +762,10 @@ impl Detectors {
         let query_creds: Vec<String> = call
             .sensitive
             .iter()
-            .filter(|h| h.location == sonde_inventory::endpoint::Location::RequestQuery && h.kind.is_credential())
+            .filter(|h| {
+                h.location == sonde_inventory::endpoint::Location::RequestQuery
+                    && h.kind.is_credential()
+            })
             .map(|h| h.kind.as_str().to_owned())
             .collect();
         if call.auth.scheme == AuthScheme::ApiKeyQuery || !query_creds.is_empty() {
@@ -656,7 +773,8 @@ impl Detectors {
                 "auth.credential_in_url",
                 Severity::Medium,
                 OwaspCategory::Api2BrokenAuth,
-                "credential sent in the URL query, where logs, proxies and referrers keep it".to_owned(),
+                "credential sent in the URL query, where logs, proxies and referrers keep it"
+                    .to_owned(),
             );
             if let Some(n) = &call.auth.credential_name {
                 h = h.detail("parameter", cut(n, 64));
@@ -665,7 +783,10 @@ impl Detectors {
             hits.push(h);
         }
         if call.auth.scheme == AuthScheme::Basic {
-            let port = call.service.port().or_else(|| ex.conn.server_addr().map(|a| a.port()));
+            let port = call
+                .service
+                .port()
+                .or_else(|| ex.conn.server_addr().map(|a| a.port()));
             if port.is_none_or(|p| !cfg.tls_ports.contains(&p)) {
                 hits.push(
                     Hit::new(
@@ -686,21 +807,27 @@ impl Detectors {
                 "conflicting Content-Length / Transfer-Encoding framing: request smuggling attempt or desync".to_owned(),
             ));
         }
-        let mut secrets: Vec<SensitiveKind> = Vec::new();
-        let mut personal: Vec<SensitiveKind> = Vec::new();
+        let (mut secret_bits, mut personal_bits) = (0u32, 0u32);
         for h in call.sensitive.iter().filter(|h| h.location.is_response()) {
-            if is_cloud_secret(h.kind) && !secrets.contains(&h.kind) {
-                secrets.push(h.kind);
-            } else if h.kind.is_personal() && !personal.contains(&h.kind) {
-                personal.push(h.kind);
+            if is_cloud_secret(h.kind) {
+                secret_bits |= kind_bit(h.kind);
+            } else if h.kind.is_personal() {
+                personal_bits |= kind_bit(h.kind);
             }
         }
-        if !secrets.is_empty() {
-            let critical = secrets.iter().any(|k| matches!(k, SensitiveKind::PrivateKey | SensitiveKind::AwsAccessKey));
+        if secret_bits != 0 {
+            let secrets = kinds_of(secret_bits);
+            let critical = secrets
+                .iter()
+                .any(|k| matches!(k, SensitiveKind::PrivateKey | SensitiveKind::AwsAccessKey));
             let names: Vec<String> = secrets.iter().map(|k| k.as_str().to_owned()).collect();
             let mut h = Hit::new(
                 "exposure.secret_in_response",
-                if critical { Severity::Critical } else { Severity::High },
+                if critical {
+                    Severity::Critical
+                } else {
+                    Severity::High
+                },
                 OwaspCategory::Api3PropertyAuth,
                 format!("response carries secrets ({})", names.join(", ")),
             );
@@ -708,13 +835,17 @@ impl Detectors {
             h.per_endpoint = true;
             hits.push(h);
         }
-        if !personal.is_empty() && ok && !authed {
+        if personal_bits != 0 && ok && !authed {
+            let personal = kinds_of(personal_bits);
             let names: Vec<String> = personal.iter().map(|k| k.as_str().to_owned()).collect();
             let mut h = Hit::new(
                 "exposure.unauthenticated_personal_data",
                 Severity::High,
                 OwaspCategory::Api3PropertyAuth,
-                format!("personal data ({}) answered to a caller without credentials", names.join(", ")),
+                format!(
+                    "personal data ({}) answered to a caller without credentials",
+                    names.join(", ")
+                ),
             );
             h.field_kinds = names;
             h.per_endpoint = true;
@@ -726,25 +857,37 @@ impl Detectors {
         let mut found: [Option<(usize, Target)>; 4] = [None; 4];
         let mut nfound = 0;
         let mut note = |i: Option<usize>, t: Target| {
-            if let Some(i) = i {
-                if nfound < found.len() && !found[..nfound].iter().any(|f| f.is_some_and(|(j, _)| j == i)) {
-                    found[nfound] = Some((i, t));
-                    nfound += 1;
-                }
+            if let Some(i) = i
+                && nfound < found.len()
+                && !found[..nfound]
+                    .iter()
+                    .any(|f| f.is_some_and(|(j, _)| j == i))
+            {
+                found[nfound] = Some((i, t));
+                nfound += 1;
             }
         };
-        note(sigs.first(Target::Path, ex.request.path.as_bytes()), Target::Path);
+        note(
+            sigs.first(Target::Path, ex.request.path.as_bytes()),
+            Target::Path,
+        );
         if let Some(q) = &ex.request.query {
             note(sigs.first(Target::Query, q.as_bytes()), Target::Query);
         }
         if sigs.has(Target::Headers) {
             for h in &ex.request.headers {
-                note(sigs.first(Target::Headers, h.value.as_bytes()), Target::Headers);
+                note(
+                    sigs.first(Target::Headers, h.value.as_bytes()),
+                    Target::Headers,
+                );
             }
         }
         let rb = &ex.request.body.sample;
         if !rb.is_empty() {
-            note(sigs.first(Target::Body, &rb[..rb.len().min(cfg.max_scan_bytes)]), Target::Body);
+            note(
+                sigs.first(Target::Body, &rb[..rb.len().min(cfg.max_scan_bytes)]),
+                Target::Body,
+            );
         }
         if let Some(r) = &ex.response {
             let b = &r.body.sample[..r.body.sample.len().min(cfg.max_scan_bytes)];
@@ -756,12 +899,23 @@ impl Detectors {
             }
         }
         for (i, t) in found.iter().flatten() {
-            let Some(sig) = sigs.sigs.get(*i) else { continue };
+            let Some(sig) = sigs.sigs.get(*i) else {
+                continue;
+            };
             let request_side = !matches!(t, Target::ResponseError | Target::Response);
             let answered = status.is_some_and(|s| (200..300).contains(&s) || s >= 500);
-            let sev = if request_side && answered { raise(sig.severity) } else { sig.severity };
+            let sev = if request_side && answered {
+                raise(sig.severity)
+            } else {
+                sig.severity
+            };
             let expl = if request_side {
-                format!("{} in the request {}, answered {}", sig.title, t.as_str(), status.map_or("-".to_owned(), |s| s.to_string()))
+                format!(
+                    "{} in the request {}, answered {}",
+                    sig.title,
+                    t.as_str(),
+                    status.map_or("-".to_owned(), |s| s.to_string())
+                )
             } else {
                 format!("{} (status {})", sig.title, status.unwrap_or(0))
             };
@@ -777,10 +931,24 @@ impl Detectors {
         }
     }
 
-    fn emit(&mut self, ex: &Exchange, call: &CallInfo, now_ns: u64, p_key: u64, by_principal: bool, hits: Vec<Hit>) {
+    fn emit(
+        &mut self,
+        ex: &Exchange,
+        call: &CallInfo,
+        now_ns: u64,
+        p_key: u64,
+        by_principal: bool,
+        hits: Vec<Hit>,
+    ) {
         let mono = self.st.clock.mono;
-        let principal = if by_principal { call.auth.principal.clone() } else { None };
-        let pid = principal.clone().unwrap_or_else(|| format!("anon:{p_key:016x}"));
+        let principal = if by_principal {
+            call.auth.principal.clone()
+        } else {
+            None
+        };
+        let pid = principal
+            .clone()
+            .unwrap_or_else(|| format!("anon:{p_key:016x}"));
         for h in hits {
             self.st.counters.findings += 1;
             let key = if h.per_principal {
@@ -804,7 +972,15 @@ impl Detectors {
             }
             tracing::debug!(kind = %h.kind, endpoint = %call.endpoint, "detector finding");
             let a = self.anomaly(ex, call, now_ns, &principal, h, key.clone());
-            self.groups.insert(key, Group { a, pending: true, last_emit: None, last_mono: mono });
+            self.groups.insert(
+                key,
+                Group {
+                    a,
+                    pending: true,
+                    last_emit: None,
+                    last_mono: mono,
+                },
+            );
         }
     }
 
@@ -830,14 +1006,27 @@ impl Detectors {
         self.st.counters.group_evictions += (before - self.groups.len()) as u64;
     }
 
-    fn anomaly(&self, ex: &Exchange, call: &CallInfo, now_ns: u64, principal: &Option<String>, h: Hit, key: String) -> Anomaly {
+    fn anomaly(
+        &self,
+        ex: &Exchange,
+        call: &CallInfo,
+        now_ns: u64,
+        principal: &Option<String>,
+        h: Hit,
+        key: String,
+    ) -> Anomaly {
         let mut request_line = format!("{} {}", call.method, call.template);
         if let Some(q) = ex.request.query.as_deref().filter(|q| !q.is_empty()) {
             request_line.push('?');
             for (i, pair) in q.split('&').take(16).enumerate() {
                 let name = pair.split('=').next().unwrap_or("");
-                let looks_value = name.len() > 40 || name.bytes().any(|b| b.is_ascii_digit()) && name.len() > 8;
-                let name = if looks_value { "{param}" } else { cut(name, 40) };
+                let looks_value =
+                    name.len() > 40 || name.bytes().any(|b| b.is_ascii_digit()) && name.len() > 8;
+                let name = if looks_value {
+                    "{param}"
+                } else {
+                    cut(name, 40)
+                };
                 if i > 0 {
                     request_line.push('&');
                 }
@@ -846,7 +1035,8 @@ impl Detectors {
         }
         let client = {
             let addr = ex.conn.client_addr().map(|a| a.ip().to_string());
-            let proc = (ex.conn.role == Role::Client && !ex.conn.process.comm.is_empty()).then(|| ex.conn.process.comm.clone());
+            let proc = (ex.conn.role == Role::Client && !ex.conn.process.comm.is_empty())
+                .then(|| ex.conn.process.comm.clone());
             match (addr, proc) {
                 (Some(a), Some(p)) => Some(format!("{a}[{p}]")),
                 (Some(a), None) => Some(a),
@@ -854,8 +1044,15 @@ impl Detectors {
                 (None, None) => None,
             }
         };
-        let mut details: BTreeMap<String, String> = h.details.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        details.insert("auth_scheme".to_owned(), call.auth.scheme.as_str().to_owned());
+        let mut details: BTreeMap<String, String> = h
+            .details
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        details.insert(
+            "auth_scheme".to_owned(),
+            call.auth.scheme.as_str().to_owned(),
+        );
         let flags = ex.flags.names();
         if !flags.is_empty() {
             details.insert("flags".to_owned(), flags.join(","));
@@ -909,9 +1106,15 @@ impl Detectors {
         buf.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
         rmp_serde::encode::write_named(&mut buf, &self.st)?;
         let tmp = path.with_extension("tmp");
-        let io = |source| DetectError::Io { path: path.to_owned(), source };
+        let io = |source| DetectError::Io {
+            path: path.to_owned(),
+            source,
+        };
         std::fs::write(&tmp, &buf).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(|source| DetectError::Io { path: path.to_owned(), source })?;
+        std::fs::rename(&tmp, path).map_err(|source| DetectError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(())
     }
 
@@ -923,7 +1126,12 @@ impl Detectors {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(d),
-            Err(source) => return Err(DetectError::Io { path: path.to_owned(), source }),
+            Err(source) => {
+                return Err(DetectError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         };
         match decode(&bytes) {
             Ok(st) => {
@@ -934,7 +1142,10 @@ impl Detectors {
             Err(reason) => {
                 let aside = aside_path(path);
                 tracing::warn!(path = %path.display(), moved_to = %aside.display(), %reason, "detector snapshot unusable; moved aside, learning restarts");
-                std::fs::rename(path, &aside).map_err(|source| DetectError::Io { path: path.to_owned(), source })?;
+                std::fs::rename(path, &aside).map_err(|source| DetectError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
             }
         }
         Ok(d)
@@ -942,8 +1153,15 @@ impl Detectors {
 
     fn enforce_bounds(&mut self) {
         let c = &mut self.st.counters;
-        c.endpoint_evictions += state::evict_coldest(&mut self.st.endpoints, self.cfg.max_endpoints.max(1), |e| e.last_mono);
-        c.principal_evictions += state::evict_coldest(&mut self.st.principals, self.cfg.max_principals.max(1), |p| p.last_mono);
+        c.endpoint_evictions +=
+            state::evict_coldest(&mut self.st.endpoints, self.cfg.max_endpoints.max(1), |e| {
+                e.last_mono
+            });
+        c.principal_evictions += state::evict_coldest(
+            &mut self.st.principals,
+            self.cfg.max_principals.max(1),
+            |p| p.last_mono,
+        );
         self.st.owned_total = self.st.endpoints.values().map(|e| e.owners.len()).sum();
     }
 }
@@ -957,7 +1175,9 @@ fn decode(bytes: &[u8]) -> Result<State, String> {
     v.copy_from_slice(&head[8..12]);
     let version = u32::from_le_bytes(v);
     if version != SNAPSHOT_VERSION {
-        return Err(format!("snapshot version {version}, expected {SNAPSHOT_VERSION}"));
+        return Err(format!(
+            "snapshot version {version}, expected {SNAPSHOT_VERSION}"
+        ));
     }
     rmp_serde::from_slice(&bytes[12..]).map_err(|e| e.to_string())
 }
@@ -978,6 +1198,8 @@ fn aside_path(path: &Path) -> PathBuf {
 
 impl std::fmt::Debug for Detectors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Detectors").field("stats", &self.stats()).finish()
+        f.debug_struct("Detectors")
+            .field("stats", &self.stats())
+            .finish()
     }
 }

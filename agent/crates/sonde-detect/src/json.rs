@@ -89,7 +89,10 @@ mod tests {
         assert_eq!(record_count(b"[]", 2), Some(0));
         assert_eq!(record_count(b" [1,2,3]", 8), Some(3));
         assert_eq!(record_count(br#"[{"a":[1,2]},{"b":"x,y]"}]"#, 24), Some(2));
-        assert_eq!(record_count(br#"{"total":3,"data":[{"id":1},{"id":2},{"id":3}]}"#, 40), Some(3));
+        assert_eq!(
+            record_count(br#"{"total":3,"data":[{"id":1},{"id":2},{"id":3}]}"#, 40),
+            Some(3)
+        );
         assert_eq!(record_count(br#"{"id":1}"#, 8), Some(0));
         assert_eq!(record_count(b"hello", 5), None);
         // Cut after 2 of the records, body 10x longer than the sample.

@@ -118,16 +118,21 @@ impl Signatures {
     }
 
     pub fn from_path(path: &Path) -> Result<Signatures, DetectError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| DetectError::SignaturesRead { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| DetectError::SignaturesRead {
+            path: path.to_owned(),
+            source,
+        })?;
         Signatures::parse(&text, &path.display().to_string())
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Signatures, DetectError> {
-        let file: File = toml::from_str(text)
-            .map_err(|source| DetectError::SignaturesParse { origin: origin.to_owned(), source })?;
+        let file: File = toml::from_str(text).map_err(|source| DetectError::SignaturesParse {
+            origin: origin.to_owned(),
+            source,
+        })?;
         let mut sigs = Vec::new();
-        let mut per_target: Vec<(Vec<String>, Vec<usize>)> = vec![(Vec::new(), Vec::new()); TARGETS];
+        let mut per_target: Vec<(Vec<String>, Vec<usize>)> =
+            vec![(Vec::new(), Vec::new()); TARGETS];
         for raw in file.signature {
             let invalid = |reason: &str| DetectError::SignatureInvalid {
                 id: raw.id.clone(),
@@ -172,7 +177,10 @@ impl Signatures {
 
     /// No signatures at all.
     pub fn empty() -> Signatures {
-        Signatures { sigs: Vec::new(), matchers: (0..TARGETS).map(|_| None).collect() }
+        Signatures {
+            sigs: Vec::new(),
+            matchers: (0..TARGETS).map(|_| None).collect(),
+        }
     }
 
     pub fn has(&self, t: Target) -> bool {
@@ -195,12 +203,30 @@ mod tests {
     fn builtin_parses_and_matches() {
         let s = Signatures::builtin().expect("built-in signatures");
         let hit = |t, h: &str| s.first(t, h.as_bytes()).map(|i| s.sigs[i].id.as_str());
-        assert_eq!(hit(Target::Headers, "Mozilla ${JNDI:ldap://x/a}"), Some("jndi_lookup"));
-        assert_eq!(hit(Target::Query, "class.module.classLoader.URLs%5B0%5D=0"), Some("spring4shell"));
-        assert_eq!(hit(Target::Path, "/files/..%2f..%2fetc"), Some("path_traversal"));
-        assert_eq!(hit(Target::Query, "name=x'%20OR%20'1'%3D'1"), Some("sql_injection"));
-        assert_eq!(hit(Target::Query, "host=a;cat%20/etc/x"), Some("command_injection"));
-        assert_eq!(hit(Target::ResponseError, "Traceback (most recent call last):"), Some("stack_trace"));
+        assert_eq!(
+            hit(Target::Headers, "Mozilla ${JNDI:ldap://x/a}"),
+            Some("jndi_lookup")
+        );
+        assert_eq!(
+            hit(Target::Query, "class.module.classLoader.URLs%5B0%5D=0"),
+            Some("spring4shell")
+        );
+        assert_eq!(
+            hit(Target::Path, "/files/..%2f..%2fetc"),
+            Some("path_traversal")
+        );
+        assert_eq!(
+            hit(Target::Query, "name=x'%20OR%20'1'%3D'1"),
+            Some("sql_injection")
+        );
+        assert_eq!(
+            hit(Target::Query, "host=a;cat%20/etc/x"),
+            Some("command_injection")
+        );
+        assert_eq!(
+            hit(Target::ResponseError, "Traceback (most recent call last):"),
+            Some("stack_trace")
+        );
         assert_eq!(hit(Target::Query, "page=2&sort=name"), None);
     }
 
@@ -208,6 +234,9 @@ mod tests {
     fn bad_files_are_errors() {
         assert!(Signatures::parse("[[signature]]\nid = 1", "t").is_err());
         let bad_cat = "[[signature]]\nid='a'\nkind='k'\ntitle='t'\ncategory='API42'\nseverity='low'\ntargets=['path']\npatterns=['x']";
-        assert!(matches!(Signatures::parse(bad_cat, "t"), Err(DetectError::SignatureInvalid { .. })));
+        assert!(matches!(
+            Signatures::parse(bad_cat, "t"),
+            Err(DetectError::SignatureInvalid { .. })
+        ));
     }
 }

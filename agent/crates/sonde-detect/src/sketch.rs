@@ -18,21 +18,34 @@ pub struct LogHist {
 
 impl Default for LogHist {
     fn default() -> Self {
-        LogHist { counts: vec![0; BUCKETS], total: 0, p99: 0, since: 0 }
+        LogHist {
+            counts: vec![0; BUCKETS],
+            total: 0,
+            p99: 0,
+            since: 0,
+        }
     }
 }
 
 fn bucket(v: u64) -> usize {
     let x = v.saturating_add(1);
     let octave = 63 - x.leading_zeros() as usize;
-    let half = if octave == 0 { 0 } else { ((x >> (octave - 1)) & 1) as usize };
+    let half = if octave == 0 {
+        0
+    } else {
+        ((x >> (octave - 1)) & 1) as usize
+    };
     (octave * 2 + half).min(BUCKETS - 1)
 }
 
 fn upper(b: usize) -> u64 {
     let octave = b / 2;
     let base = 1u128 << octave;
-    let top = if b % 2 == 0 { base + base / 2 } else { base * 2 };
+    let top = if b.is_multiple_of(2) {
+        base + base / 2
+    } else {
+        base * 2
+    };
     u64::try_from(top.saturating_sub(1)).unwrap_or(u64::MAX)
 }
 

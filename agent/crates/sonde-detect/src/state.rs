@@ -118,7 +118,11 @@ impl EndpointState {
     }
 
     pub fn auth_share(&self) -> f64 {
-        if self.total <= 0.0 { 0.0 } else { self.authed / self.total }
+        if self.total <= 0.0 {
+            0.0
+        } else {
+            self.authed / self.total
+        }
     }
 
     pub fn owner_share(&self) -> Option<f64> {
@@ -261,7 +265,10 @@ mod tests {
     #[test]
     fn id_segment_from_template() {
         assert_eq!(EndpointState::new("/api/orders/{int}", 0).id_seg, Some(3));
-        assert_eq!(EndpointState::new("/u/{uuid}/items/{int}/x", 0).id_seg, Some(4));
+        assert_eq!(
+            EndpointState::new("/u/{uuid}/items/{int}/x", 0).id_seg,
+            Some(4)
+        );
         assert_eq!(EndpointState::new("/static/{rest}", 0).id_seg, None);
         assert_eq!(EndpointState::new("/health", 0).id_seg, None);
     }

@@ -11,14 +11,19 @@ use sonde_inventory::{AuthScheme, Inventory, InventoryConfig};
 
 fn base() -> (Ex, sonde_inventory::CallInfo) {
     let mut inv = Inventory::new(InventoryConfig::default());
-    let e = Ex::new([10, 9, 9, 9], "GET", "/api/orders/123").bearer(&jwt("u", 2_000_000_000)).json(r#"{"id":123}"#);
+    let e = Ex::new([10, 9, 9, 9], "GET", "/api/orders/123")
+        .bearer(&jwt("u", 2_000_000_000))
+        .json(r#"{"id":123}"#);
     let call = inv.observe(&e.0, T0);
     (e, call)
 }
 
 #[test]
 fn a_million_random_principals_stay_bounded() {
-    let cfg = DetectConfig { max_principals: 10_000, ..DetectConfig::default() };
+    let cfg = DetectConfig {
+        max_principals: 10_000,
+        ..DetectConfig::default()
+    };
     let mut d = Detectors::new(cfg);
     let (e, mut call) = base();
     let mut rng = Rng(99);
@@ -41,9 +46,24 @@ fn a_million_random_principals_stay_bounded() {
 
 #[test]
 fn clock_jumps_and_extreme_numbers_do_not_panic() {
-    let mut d = Detectors::new(DetectConfig { learn_min_calls: 5, learn_min_secs: 0, ..DetectConfig::default() });
+    let mut d = Detectors::new(DetectConfig {
+        learn_min_calls: 5,
+        learn_min_secs: 0,
+        ..DetectConfig::default()
+    });
     let (e, call) = base();
-    let times = [T0, T0 - 86_400_000_000_000, 0, u64::MAX, u64::MAX, 1, T0, T0 + 1, u64::MAX / 2, 0];
+    let times = [
+        T0,
+        T0 - 86_400_000_000_000,
+        0,
+        u64::MAX,
+        u64::MAX,
+        1,
+        T0,
+        T0 + 1,
+        u64::MAX / 2,
+        0,
+    ];
     for (i, &t) in times.iter().cycle().take(200).enumerate() {
         let mut e2 = Ex(e.0.clone());
         let mut c2 = call.clone();
@@ -79,22 +99,34 @@ fn clock_jumps_and_extreme_numbers_do_not_panic() {
         let _ = d.drain();
     }
     let st = d.stats();
-    assert!(st.clock_backwards > 0 && st.clock_forward_clamped > 0, "{st:?}");
+    assert!(
+        st.clock_backwards > 0 && st.clock_forward_clamped > 0,
+        "{st:?}"
+    );
 }
 
 #[test]
 fn endpoints_and_findings_are_bounded() {
-    let cfg = DetectConfig { max_endpoints: 500, max_groups: 300, ..DetectConfig::default() };
+    let cfg = DetectConfig {
+        max_endpoints: 500,
+        max_groups: 300,
+        ..DetectConfig::default()
+    };
     let mut d = Detectors::new(cfg);
     let (_, call) = base();
-    let e = Ex::new([10, 9, 9, 9], "GET", "/x/1").bearer(&unsigned_jwt("u", 2_000_000_000)).json("{}");
+    let e = Ex::new([10, 9, 9, 9], "GET", "/x/1")
+        .bearer(&unsigned_jwt("u", 2_000_000_000))
+        .json("{}");
     let mut now = T0;
     for i in 0..20_000u32 {
         let mut c = call.clone();
         c.endpoint = Arc::from(format!("svc GET /x/{i}/{{int}}"));
         c.template = Arc::from(format!("/x/{i}/{{int}}"));
         c.auth.principal = Some(format!("p{i}"));
-        c.auth.jwt = Some(Arc::new(sonde_inventory::JwtSummary { unsigned: true, ..Default::default() }));
+        c.auth.jwt = Some(Arc::new(sonde_inventory::JwtSummary {
+            unsigned: true,
+            ..Default::default()
+        }));
         d.observe(&e.0, &c, now);
         now += 1_000_000;
     }
@@ -109,11 +141,16 @@ fn a_bad_signature_file_falls_back_to_the_builtin_set() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("sigs.toml");
     std::fs::write(&p, "[[signature]]\nid = 'x'\n").expect("write");
-    let cfg = DetectConfig { signatures_path: Some(p.clone()), ..DetectConfig::default() };
+    let cfg = DetectConfig {
+        signatures_path: Some(p.clone()),
+        ..DetectConfig::default()
+    };
     assert!(Detectors::try_new(cfg.clone()).is_err());
     let mut d = Detectors::new(cfg);
     let (_, call) = base();
-    let e = Ex::new([10, 9, 9, 9], "GET", "/x").header("user-agent", "${jndi:ldap://a/b}").json("{}");
+    let e = Ex::new([10, 9, 9, 9], "GET", "/x")
+        .header("user-agent", "${jndi:ldap://a/b}")
+        .json("{}");
     d.observe(&e.0, &call, T0);
     assert!(d.drain().iter().any(|a| a.kind == "exploit.jndi_lookup"));
 
@@ -123,8 +160,14 @@ fn a_bad_signature_file_falls_back_to_the_builtin_set() {
         "[[signature]]\nid='canary'\nkind='exploit.canary'\ntitle='Canary'\ncategory='API8'\nseverity='low'\ntargets=['query']\npatterns=['canary-123']\n",
     )
     .expect("write");
-    let mut d = Detectors::try_new(DetectConfig { signatures_path: Some(p), ..DetectConfig::default() }).expect("custom");
-    let e = Ex::new([10, 9, 9, 9], "GET", "/x?q=CANARY-123").header("user-agent", "${jndi:ldap://a/b}").json("{}");
+    let mut d = Detectors::try_new(DetectConfig {
+        signatures_path: Some(p),
+        ..DetectConfig::default()
+    })
+    .expect("custom");
+    let e = Ex::new([10, 9, 9, 9], "GET", "/x?q=CANARY-123")
+        .header("user-agent", "${jndi:ldap://a/b}")
+        .json("{}");
     d.observe(&e.0, &call, T0);
     let kinds: Vec<String> = d.drain().into_iter().map(|a| a.kind).collect();
     assert_eq!(kinds, vec!["exploit.canary".to_owned()]);

@@ -7,7 +7,10 @@ use sonde_detect::{DetectConfig, Detectors};
 use sonde_inventory::{Inventory, InventoryConfig};
 
 fn unauth_probe(sim: &mut Sim) -> Vec<String> {
-    sim.feed(Ex::new([192, 168, 9, 9], "GET", "/api/me").json(r#"{"name":"x"}"#), 10 * MS);
+    sim.feed(
+        Ex::new([192, 168, 9, 9], "GET", "/api/me").json(r#"{"name":"x"}"#),
+        10 * MS,
+    );
     sim.drain().into_iter().map(|a| a.kind).collect()
 }
 
@@ -25,12 +28,21 @@ fn baselines_survive_a_restart() {
     sim.inv = Inventory::new(InventoryConfig::default());
     sim.det = Detectors::load(&path, DetectConfig::default()).expect("load");
     let st = sim.det.stats();
-    assert_eq!((st.endpoints, st.principals), (saved.endpoints, saved.principals));
+    assert_eq!(
+        (st.endpoints, st.principals),
+        (saved.endpoints, saved.principals)
+    );
     sim.now += 120 * 1_000_000_000;
     sim.benign(50, 72 * MS);
-    assert!(sim.drain().is_empty(), "restored baseline is quiet on benign traffic");
+    assert!(
+        sim.drain().is_empty(),
+        "restored baseline is quiet on benign traffic"
+    );
     let kinds = unauth_probe(&mut sim);
-    assert!(kinds.iter().any(|k| k == "auth.unauthenticated_access"), "detected without relearning: {kinds:?}");
+    assert!(
+        kinds.iter().any(|k| k == "auth.unauthenticated_access"),
+        "detected without relearning: {kinds:?}"
+    );
 
     // Without the snapshot the same probe only teaches the baseline.
     let mut fresh = Sim::new(100, 11, DetectConfig::default());
@@ -70,7 +82,8 @@ fn corrupt_or_incompatible_snapshots_are_moved_aside() {
     ];
     for (i, (name, bytes)) in cases.into_iter().enumerate() {
         std::fs::write(&path, &bytes).expect("write");
-        let d = Detectors::load(&path, DetectConfig::default()).expect("corrupt snapshot is not an error");
+        let d = Detectors::load(&path, DetectConfig::default())
+            .expect("corrupt snapshot is not an error");
         assert_eq!(d.stats().endpoints, 0, "{name}: learning restarts");
         assert!(!path.exists(), "{name}: moved aside");
         let aside = dir.path().join(format!("detect.snap.corrupt-{i}"));
@@ -78,5 +91,11 @@ fn corrupt_or_incompatible_snapshots_are_moved_aside() {
     }
     // And the good one still loads.
     std::fs::write(&path, &good).expect("write");
-    assert!(Detectors::load(&path, DetectConfig::default()).expect("load").stats().endpoints > 0);
+    assert!(
+        Detectors::load(&path, DetectConfig::default())
+            .expect("load")
+            .stats()
+            .endpoints
+            > 0
+    );
 }

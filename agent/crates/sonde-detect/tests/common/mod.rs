@@ -40,7 +40,9 @@ pub fn jwt(sub: &str, exp: i64) -> String {
     format!(
         "{}.{}.{}",
         b64(r#"{"alg":"HS256","typ":"JWT"}"#),
-        b64(&format!(r#"{{"iss":"https://id.example.com","sub":"{sub}","exp":{exp}}}"#)),
+        b64(&format!(
+            r#"{{"iss":"https://id.example.com","sub":"{sub}","exp":{exp}}}"#
+        )),
         b64("signature-bytes-here")
     )
 }
@@ -49,7 +51,9 @@ pub fn unsigned_jwt(sub: &str, exp: i64) -> String {
     format!(
         "{}.{}.",
         b64(r#"{"alg":"none","typ":"JWT"}"#),
-        b64(&format!(r#"{{"iss":"https://id.example.com","sub":"{sub}","exp":{exp}}}"#)),
+        b64(&format!(
+            r#"{{"iss":"https://id.example.com","sub":"{sub}","exp":{exp}}}"#
+        )),
     )
 }
 
@@ -75,9 +79,17 @@ impl Ex {
         let local: SocketAddr = SocketAddr::from(([10, 0, 0, 1], 8080));
         Ex(Exchange {
             conn: Arc::new(ConnMeta {
-                id: ConnId { tgid: 10, fd: 5, generation: 1 },
+                id: ConnId {
+                    tgid: 10,
+                    fd: 5,
+                    generation: 1,
+                },
                 role: Role::Server,
-                process: ProcessInfo { pid: 10, comm: "shop-api".into(), cgroup_id: 0 },
+                process: ProcessInfo {
+                    pid: 10,
+                    comm: "shop-api".into(),
+                    cgroup_id: 0,
+                },
                 local: Some(local),
                 remote: Some(remote),
             }),
@@ -115,7 +127,10 @@ impl Ex {
         self
     }
     pub fn req_json(mut self, b: &str) -> Ex {
-        self.0.request.headers.push(Header::new("content-type", "application/json"));
+        self.0
+            .request
+            .headers
+            .push(Header::new("content-type", "application/json"));
         self.0.request.body = body(b.as_bytes());
         self
     }
@@ -127,7 +142,8 @@ impl Ex {
     }
     pub fn json(mut self, b: &str) -> Ex {
         if let Some(r) = self.0.response.as_mut() {
-            r.headers.push(Header::new("content-type", "application/json"));
+            r.headers
+                .push(Header::new("content-type", "application/json"));
             r.body = body(b.as_bytes());
         }
         self
@@ -142,7 +158,8 @@ impl Ex {
     /// Response body whose sample is cut to `sample` bytes of a `wire`-byte body.
     pub fn big_json(mut self, b: &str, wire: u64) -> Ex {
         if let Some(r) = self.0.response.as_mut() {
-            r.headers.push(Header::new("content-type", "application/json"));
+            r.headers
+                .push(Header::new("content-type", "application/json"));
             let mut bd = body(b.as_bytes());
             bd.wire_len = wire;
             bd.declared_len = Some(wire);
@@ -165,7 +182,9 @@ pub struct User {
 }
 
 fn order_json(id: u64, email: &str) -> String {
-    format!(r#"{{"id":{id},"status":"shipped","total":42.5,"currency":"EUR","email":"{email}","items":[{{"sku":"A-1","qty":1}}]}}"#)
+    format!(
+        r#"{{"id":{id},"status":"shipped","total":42.5,"currency":"EUR","email":"{email}","items":[{{"sku":"A-1","qty":1}}]}}"#
+    )
 }
 
 fn order_list(n: usize, email: &str) -> String {
@@ -183,6 +202,8 @@ pub struct Sim {
     pub products: Vec<u64>,
     pub found: Vec<Anomaly>,
     pub exchanges: u64,
+    /// When set, every fed exchange is kept with its CallInfo (benchmarks).
+    pub record: Option<Vec<(Exchange, CallInfo)>>,
 }
 
 impl Sim {
@@ -192,7 +213,9 @@ impl Sim {
         let exp = (T0 / 1_000_000_000) as i64 + 30 * 86400;
         for i in 0..users {
             let sub = format!("user-{i}");
-            let orders = (0..(5 + rng.below(15))).map(|_| 1_000_000 + rng.below(9_000_000)).collect();
+            let orders = (0..(5 + rng.below(15)))
+                .map(|_| 1_000_000 + rng.below(9_000_000))
+                .collect();
             us.push(User {
                 token: jwt(&sub, exp),
                 sub,
@@ -210,6 +233,7 @@ impl Sim {
             products,
             found: Vec::new(),
             exchanges: 0,
+            record: None,
         }
     }
 
@@ -231,6 +255,9 @@ impl Sim {
         self.det.observe(&e.0, &call, self.now);
         self.exchanges += 1;
         self.now += dt;
+        if let Some(r) = self.record.as_mut() {
+            r.push((e.0, call.clone()));
+        }
         call
     }
 
@@ -252,28 +279,43 @@ impl Sim {
             0..40 => {
                 let u = &self.users[ui];
                 let id = u.orders[self.rng.below(u.orders.len() as u64) as usize];
-                Ex::new(ip, "GET", &format!("/api/orders/{id}")).bearer(&token).json(&order_json(id, &email))
+                Ex::new(ip, "GET", &format!("/api/orders/{id}"))
+                    .bearer(&token)
+                    .json(&order_json(id, &email))
             }
             40..60 => {
                 let pid = self.products[self.rng.below(self.products.len() as u64) as usize];
                 let e = Ex::new(ip, "GET", &format!("/api/products/{pid}"));
-                let e = if roll % 2 == 0 { e.bearer(&token) } else { e };
-                e.json(&format!(r#"{{"id":{pid},"name":"Widget {pid}","price":9.99,"stock":12}}"#))
+                let e = if roll.is_multiple_of(2) {
+                    e.bearer(&token)
+                } else {
+                    e
+                };
+                e.json(&format!(
+                    r#"{{"id":{pid},"name":"Widget {pid}","price":9.99,"stock":12}}"#
+                ))
             }
             60..75 => {
                 let n = 3 + self.rng.below(10) as usize;
-                Ex::new(ip, "GET", "/api/orders?page=1&sort=date").bearer(&token).json(&order_list(n, &email))
+                Ex::new(ip, "GET", "/api/orders?page=1&sort=date")
+                    .bearer(&token)
+                    .json(&order_list(n, &email))
             }
             75..85 => Ex::new(ip, "POST", "/api/orders")
                 .bearer(&token)
                 .req_json(r#"{"product":107,"qty":2,"note":"leave at the door, ring twice"}"#)
                 .status(201)
                 .json(r#"{"id":5551234,"status":"created"}"#),
-            85..95 => Ex::new(ip, "GET", "/api/me").bearer(&token).json(&format!(r#"{{"name":"User","email":"{email}"}}"#)),
+            85..95 => Ex::new(ip, "GET", "/api/me")
+                .bearer(&token)
+                .json(&format!(r#"{{"name":"User","email":"{email}"}}"#)),
             95..99 => Ex::new(ip, "GET", "/health").text("text/plain", "ok"),
             _ => {
                 let id = 20_000_000 + self.rng.below(1_000_000);
-                Ex::new(ip, "GET", &format!("/api/orders/{id}")).bearer(&token).status(404).json(r#"{"error":"not found"}"#)
+                Ex::new(ip, "GET", &format!("/api/orders/{id}"))
+                    .bearer(&token)
+                    .status(404)
+                    .json(r#"{"error":"not found"}"#)
             }
         };
         self.feed(e, dt);
