@@ -201,6 +201,20 @@ fn attacks(sim: &mut Sim) -> Vec<Attack> {
             .collect(),
     });
 
+    let (ip, tok) = next();
+    out.push(Attack {
+        name: "endpoint sweep (crawling 60 endpoints)",
+        kind: "scan.endpoint_sweep",
+        category: C::Api8Misconfiguration,
+        calls: (0..60u32)
+            .map(|i| {
+                Ex::new(ip, "GET", &format!("/v2/s{}/r{}", i % 20, i / 20))
+                    .bearer(&tok)
+                    .json("{}")
+            })
+            .collect(),
+    });
+
     let (ip, _) = next();
     let probes = [
         "/.env",
@@ -480,4 +494,23 @@ fn repeats_are_grouped_and_reemitted_at_most_once_per_interval() {
         "{last:?}"
     );
     assert!(emitted.iter().all(|a| a.key == emitted[0].key));
+}
+
+#[test]
+fn benign_only_with_varying_load_raises_nothing() {
+    // Another population and seed; load swings between quiet and busy phases (10x).
+    let mut sim = Sim::new(500, 0xfeed_beef, DetectConfig::default());
+    for phase in 0..30u64 {
+        let dt = if phase % 3 == 0 { 15 * MS } else { 150 * MS };
+        sim.benign(5_000, dt);
+        let d = sim.drain();
+        assert!(d.is_empty(), "phase {phase}: {d:#?}");
+    }
+    println!(
+        "benign-only: {} exchanges over {:.1} simulated hours, {} findings",
+        sim.exchanges,
+        (sim.now - T0) as f64 / 3.6e12,
+        sim.det.stats().findings
+    );
+    assert_eq!(sim.det.stats().findings, 0);
 }
