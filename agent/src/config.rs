@@ -20,6 +20,11 @@ pub struct AgentConfig {
     /// Declared OpenAPI specs (`[[specs]] path = "..."`). Default: none (every endpoint is
     /// unclassified until a spec is declared).
     pub specs: Vec<crate::pipeline::SpecSource>,
+    /// Baseline learning period and detector thresholds (sonde-detect's defaults).
+    pub detect: sonde_detect::DetectConfig,
+    /// Where the behavioural baseline survives restarts (rmp-serde). Default: `run` keeps it in
+    /// its state directory; the other commands start fresh.
+    pub baseline_file: Option<std::path::PathBuf>,
     pub export: ExportConfig,
 }
 

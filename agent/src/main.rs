@@ -173,6 +173,16 @@ async fn main() -> anyhow::Result<()> {
             if let Some(dir) = args.state_dir {
                 config.export.spool_dir = dir.join("spool");
                 config.export.embedded_database = dir.join("collector.db");
+                config
+                    .baseline_file
+                    .get_or_insert_with(|| dir.join("baseline.sonde"));
+            }
+            if config.baseline_file.is_none() {
+                config.baseline_file = config
+                    .export
+                    .spool_dir
+                    .parent()
+                    .map(|d| d.join("baseline.sonde"));
             }
             run::run(config, args.source).await
         }

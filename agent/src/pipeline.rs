@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use sonde_detect::Detectors;
 use sonde_inventory::{CallInfo, Inventory, SpecScope};
 use sonde_model::{Anomaly, CaptureEvent, Exchange, Role};
 use sonde_protocol::Tracker;
@@ -34,6 +35,9 @@ pub struct PipelineStats {
 pub struct Analyzer {
     tracker: Tracker,
     inventory: Inventory,
+    detectors: Detectors,
+    /// Where the behavioural baseline is saved (and was restored from).
+    baseline_file: Option<PathBuf>,
     local: LocalServers,
     dedupe: bool,
     exchanges: Vec<Exchange>,
@@ -58,9 +62,18 @@ impl Analyzer {
         for err in inventory.load_specs(specs) {
             tracing::warn!(error = %err, "declared spec skipped");
         }
+        let baseline_file = cfg.baseline_file.clone();
+        let detectors = match &baseline_file {
+            // A missing file starts learning; a damaged one is set aside with a warning.
+            Some(path) => Detectors::load(path, cfg.detect.clone())
+                .map_err(|e| anyhow::anyhow!("baseline {}: {e}", path.display()))?,
+            None => Detectors::new(cfg.detect.clone()),
+        };
         Ok(Analyzer {
             tracker,
             inventory,
+            detectors,
+            baseline_file,
             local: LocalServers::default(),
             // With a process filter the server side may not be captured: keep both views.
             dedupe: cfg.capture.pids.is_empty(),
@@ -83,6 +96,19 @@ impl Analyzer {
 
     pub fn stats(&self) -> &PipelineStats {
         &self.stats
+    }
+
+    pub fn detectors(&self) -> &Detectors {
+        &self.detectors
+    }
+
+    /// Saves the behavioural baseline (periodically and on shutdown), if a file is configured.
+    pub fn save_baseline(&self) {
+        if let Some(path) = &self.baseline_file
+            && let Err(e) = self.detectors.save(path)
+        {
+            tracing::warn!(error = %e, path = %path.display(), "baseline not saved");
+        }
     }
 
     /// Feeds a batch of capture events.
@@ -120,10 +146,12 @@ impl Analyzer {
                 .map(|r| r.ts_end_ns)
                 .unwrap_or(ex.request.ts_end_ns);
             let call = self.inventory.observe(&ex, now);
+            self.detectors.observe(&ex, &call, now);
             sink.exchange(&ex, &call);
         }
         self.exchanges = exchanges;
-        let events = self.inventory.drain_events();
+        let mut events = self.inventory.drain_events();
+        events.extend(self.detectors.drain());
         if !events.is_empty() {
             sink.anomalies(events);
         }

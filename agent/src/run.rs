@@ -403,6 +403,7 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
     };
     let interval = Duration::from_millis(export.interval_ms.max(100));
     let mut last_export = std::time::Instant::now();
+    let mut last_save = std::time::Instant::now();
     let live_counters = source.live.as_ref().map(|l| {
         let counters = l.counters_reader();
         (move || counters.read(), l.reader_stats())
@@ -413,6 +414,10 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
         &mut sink,
         args.duration,
         |analyzer| {
+            if last_save.elapsed() > Duration::from_secs(60) {
+                last_save = std::time::Instant::now();
+                analyzer.save_baseline();
+            }
             if last_export.elapsed() < interval {
                 return;
             }
@@ -455,6 +460,7 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    analyzer.save_baseline();
     let _ = handle.flush().await;
     exporter.shutdown(Duration::from_secs(5)).await;
     if let Some(c) = collector {
