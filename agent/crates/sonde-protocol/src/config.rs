@@ -78,6 +78,12 @@ impl TrackerConfig {
         if self.response_timeout_ns == 0 {
             return Err(ConfigError::Zero("response_timeout_ns"));
         }
+        if self.http2.max_streams == 0 {
+            return Err(ConfigError::Zero("http2.max_streams"));
+        }
+        if self.http2.stream_timeout_ns == 0 {
+            return Err(ConfigError::Zero("http2.stream_timeout_ns"));
+        }
         if self.max_head_bytes < 256 {
             return Err(ConfigError::HeadTooSmall(self.max_head_bytes));
         }

@@ -832,3 +832,91 @@ fn protocol_state_over_budget_sheds_the_biggest_connection() {
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].conn.id, out[0].status()), (small, Some(200)));
 }
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    v.extend_from_slice(&[kind, flags]);
+    v.extend_from_slice(&stream.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn http2_state_counts_towards_the_budget_and_is_shed() {
+    let cfg = TrackerConfig {
+        max_protocol_state_bytes: 32 << 10,
+        ..Default::default()
+    };
+    // A POST whose 60 KiB body is sampled while its stream stays open.
+    let mut client = sonde_http2::frame::PREFACE.to_vec();
+    client.extend(h2_frame(4, 0, 0, &[]));
+    client.extend(h2_frame(1, 4, 1, &[0x83, 0x86, 0x84, 0x41, 1, b'h']));
+    for _ in 0..4 {
+        client.extend(h2_frame(0, 0, 1, &[b'b'; 15_000]));
+    }
+    let mut t = Tracker::new(cfg).expect("valid");
+    let mut out = Vec::new();
+    for ev in events(Some(Role::Client), &[Piece::Data(C, &client)]) {
+        t.on_event(ev, &mut out);
+    }
+    assert_eq!(
+        t.protocol(&CONN),
+        Some(ConnProtocol::Http2(Http2Start::PriorKnowledge))
+    );
+    assert!(out.is_empty());
+    t.tick(10_000, &mut out);
+    let stats = t.stats();
+    assert_eq!(stats.connections_shed, 1, "{stats:?}");
+    assert_eq!(out.len(), 1);
+    assert!(out[0].flags.contains(ExchangeFlags::TRUNCATED));
+    assert_eq!(out[0].request.method, "POST");
+    assert_eq!(out[0].stream_id, Some(1));
+    assert_eq!(t.protocol(&CONN), Some(ConnProtocol::Other));
+    assert_eq!(stats.http2.streams_opened, 1);
+}
+
+#[test]
+fn frames_after_a_gap_or_without_preface_are_http2_joined_mid_stream() {
+    // Response HEADERS (:status 204) and a PING, then the next request on stream 7.
+    let resp = [h2_frame(1, 5, 5, &[0x89]), h2_frame(6, 0, 0, &[0; 8])].concat();
+    let req = h2_frame(1, 5, 7, &[0x82, 0x86, 0x84, 0x41, 1, b'h']);
+    let answer = h2_frame(1, 5, 7, &[0x88]);
+    for gap in [true, false] {
+        let mut pieces = Vec::new();
+        if gap {
+            pieces.push(Piece::Gap(S, 5000));
+        }
+        pieces.push(Piece::Data(S, &resp));
+        pieces.push(Piece::Data(C, &req));
+        pieces.push(Piece::Data(S, &answer));
+        let (out, stats) = run(&pieces);
+        assert_eq!(stats.http2.mid_stream, 1, "gap {gap}: {stats:?}");
+        let got: Vec<_> = out.iter().map(|x| (x.stream_id, x.status())).collect();
+        assert!(got.contains(&(Some(7), Some(200))), "{got:?}");
+        let x = out
+            .iter()
+            .find(|x| x.stream_id == Some(7))
+            .expect("stream 7");
+        assert_eq!(
+            (x.request.method.as_str(), x.request.path.as_str()),
+            ("GET", "/")
+        );
+        assert_eq!(x.version, HttpVersion::Http2);
+    }
+}
+
+#[test]
+fn binary_that_is_not_http2_stays_ignored() {
+    let tls = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 client hello".to_vec();
+    let noise: Vec<u8> = (0..20_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for first in [tls, noise] {
+        let (out, stats) = run(&[Piece::Data(C, &first), Piece::Data(S, &first)]);
+        assert!(out.is_empty());
+        assert_eq!(
+            (stats.http2_connections, stats.non_http_connections),
+            (0, 1)
+        );
+    }
+}
