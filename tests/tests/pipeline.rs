@@ -89,7 +89,7 @@ fn exchanges_match_what_curl_wrk_and_python_requests_sent_and_received() {
 
     let worker = nginx.worker_pid();
     let expected_nginx = 6 + wrk_requests;
-    let mut seen = (0, 0);
+    let mut seen;
     let start = std::time::Instant::now();
     let events = loop {
         let events = cap.events();
@@ -284,8 +284,13 @@ fn sonde_json(url: &str, args: &[&str]) -> Option<serde_json::Value> {
     ))
 }
 
-/// (template, classification, calls) per endpoint of the demo API's port.
-fn demo_endpoints(url: &str, port: u16) -> BTreeMap<(String, String), (String, u64)> {
+/// (method, template) → (classification, calls).
+type EndpointTable = BTreeMap<(String, String), (String, u64)>;
+/// ((method, template), (classification, calls)) expected.
+type Expected<'a> = ((&'a str, &'a str), (&'a str, u64));
+
+/// The endpoints of the demo API's port, as `sonde --json endpoints` lists them.
+fn demo_endpoints(url: &str, port: u16) -> EndpointTable {
     let Some(serde_json::Value::Array(eps)) = sonde_json(url, &["endpoints"]) else {
         return BTreeMap::new();
     };
@@ -397,8 +402,7 @@ fn main_job_lists_endpoints_with_classifications_and_survives_a_collector_restar
         (("GET", "/api/v1/users/{id}"), ("zombie", 1)),
         (("GET", "/api/v2/debug/users"), ("shadow", 1)),
     ];
-    let matches = |eps: &BTreeMap<(String, String), (String, u64)>,
-                   expect: &[((&str, &str), (&str, u64))]| {
+    let matches = |eps: &BTreeMap<(String, String), (String, u64)>, expect: &[Expected]| {
         expect.iter().all(|((m, t), (c, n))| {
             eps.get(&(m.to_string(), t.to_string()))
                 .is_some_and(|(class, calls)| class.contains(c) && calls == n)
