@@ -240,6 +240,14 @@ fn events(role: Option<Role>, deliveries: &[(Direction, Vec<u8>)]) -> Vec<Captur
     evs
 }
 
+/// The same conversation seen from the other socket.
+fn flip(deliveries: &[(Direction, Vec<u8>)]) -> Vec<(Direction, Vec<u8>)> {
+    deliveries
+        .iter()
+        .map(|(d, b)| (d.opposite(), b.clone()))
+        .collect()
+}
+
 fn track(evs: Vec<CaptureEvent>) -> (Vec<Exchange>, TrackerStats) {
     let mut t = Tracker::new(TrackerConfig::default()).expect("config");
     let mut out = Vec::new();
@@ -302,6 +310,12 @@ fn prior_knowledge_conversation_between_real_peers() {
     assert_eq!(stats.http2.hpack_unresolved_fields, 0);
     assert_eq!(stats.http1_connections, 0);
     assert_eq!(stats.protocol_state_bytes, 0);
+
+    // The client's side of the same conversation.
+    let (xs, stats) = track(events(Some(Role::Client), &flip(&capture)));
+    assert_eq!(xs.len(), cs.len(), "{stats:?}");
+    assert!(xs.iter().all(|x| x.conn.role == Role::Client));
+    assert_eq!(stats.http2.frame_errors, 0);
 
     // Without an open (role unknown) and with the deliveries cut into odd pieces.
     let mut pieces = Vec::new();
@@ -467,8 +481,19 @@ fn h2c_conversation(preface_early: bool) -> Vec<(Direction, Vec<u8>)> {
 
 #[test]
 fn h2c_upgrade_makes_the_upgraded_request_stream_one() {
-    for early in [false, true] {
-        let (mut xs, stats) = track(events(Some(Role::Server), &h2c_conversation(early)));
+    for (early, role) in [
+        (false, Role::Server),
+        (true, Role::Server),
+        (false, Role::Client),
+        (true, Role::Unknown),
+    ] {
+        let conv = h2c_conversation(early);
+        let conv = if role == Role::Server {
+            conv
+        } else {
+            flip(&conv)
+        };
+        let (mut xs, stats) = track(events(Some(role), &conv));
         xs.sort_by_key(|x| x.stream_id);
         let got: Vec<_> = xs
             .iter()
@@ -487,7 +512,7 @@ fn h2c_upgrade_makes_the_upgraded_request_stream_one() {
                 (Some(1), "POST", "/upload", Some(200)),
                 (Some(3), "GET", "/next", Some(404))
             ],
-            "preface early: {early}; {stats:?}"
+            "preface early: {early}, {role:?}; {stats:?}"
         );
         let up = &xs[0];
         assert_eq!(up.version, HttpVersion::Http2);
