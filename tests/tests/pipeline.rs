@@ -462,3 +462,175 @@ fn main_job_lists_endpoints_with_classifications_and_survives_a_collector_restar
     assert_eq!(eps.len(), expect_after.len(), "{eps:?}");
     drop(api);
 }
+
+fn b64url(s: &str) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &c)| n | (u32::from(c) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn token(sub: &str, exp: u64, alg: &str) -> String {
+    let header = b64url(&format!("{{\"alg\":\"{alg}\",\"typ\":\"JWT\"}}"));
+    let body = b64url(&format!(
+        "{{\"sub\":\"{sub}\",\"iss\":\"demo\",\"exp\":{exp}}}"
+    ));
+    let sig = if alg == "none" { "" } else { "c2lnbmF0dXJl" };
+    format!("{header}.{body}.{sig}")
+}
+
+#[test]
+fn attacks_on_live_traffic_raise_anomalies_and_benign_traffic_raises_none() {
+    let dir = scratch_dir("detect");
+    let api_port = free_port();
+    let coll_port = free_port();
+    let url = format!("http://127.0.0.1:{coll_port}");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let _api = Proc(
+        Command::new("python3")
+            .arg(fixtures.join("demo_api.py"))
+            .arg(api_port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("demo api"),
+    );
+    wait_for_port(api_port);
+    let _coll = collector(coll_port, &dir.join("collector.db"));
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[capture]\nports = [{api_port}]\n\n[[specs]]\npath = \"{}\"\nport = {api_port}\n\n[export]\ninterval_ms = 300\n",
+            fixtures.join("demo-openapi.yaml").display()
+        ),
+    )
+    .expect("config");
+    let log = std::fs::File::create(dir.join("agent.log")).expect("log");
+    let _agent = Proc(
+        Command::new(bin("sonde-agent"))
+            .arg("--config")
+            .arg(&config)
+            .args(["run", "--collector", &url, "--state-dir"])
+            .arg(dir.join("state"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sonde-agent starts"),
+    );
+    eventually(WAIT, "the agent to attach", || {
+        std::fs::read_to_string(dir.join("agent.log"))
+            .ok()
+            .filter(|l| l.contains("capture attached"))
+            .map(|_| ())
+    });
+    let far = 4_102_444_800; // 2100-01-01
+    let call = |path: &str, tok: &str| {
+        let st = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-H",
+                &format!("Authorization: Bearer {tok}"),
+            ])
+            .arg(format!("http://127.0.0.1:{api_port}{path}"))
+            .status()
+            .expect("curl");
+        assert!(st.success());
+    };
+    // Benign: five principals, each reading its own user and orders, declared endpoints only.
+    let users: Vec<(String, u32)> = (0..5)
+        .map(|i| (token(&format!("user{i}"), far, "HS256"), 10 + i))
+        .collect();
+    for _ in 0..6 {
+        for (tok, id) in &users {
+            call(&format!("/api/v2/users/{id}"), tok);
+            call("/api/v2/orders", tok);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let benign = sonde_json(&url, &["anomalies"]).expect("anomalies");
+    assert_eq!(
+        benign.as_array().map(Vec::len),
+        Some(0),
+        "benign traffic raised: {benign}"
+    );
+
+    // A live watch, then the attacks.
+    let mut follow = Command::new(bin("sonde"))
+        .args(["--collector", &url, "--json", "anomalies", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sonde anomalies --follow");
+    let follow_out = follow.stdout.take().expect("stdout");
+    let followed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = followed.clone();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(follow_out)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().expect("lock").push(line);
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let mallory = token("mallory", far, "HS256");
+    for id in 100..140 {
+        call(&format!("/api/v2/users/{id}"), &mallory);
+    }
+    call("/api/v2/users/3", &token("eve", 1_000_000_000, "HS256"));
+    call("/api/v2/users/4", &token("eve", far, "none"));
+
+    let expected = [
+        ("bola.", "API1"),
+        ("auth.expired_jwt_accepted", "API2"),
+        ("auth.unsigned_jwt_accepted", "API2"),
+    ];
+    let found = |lines: &[serde_json::Value]| {
+        expected.iter().all(|(kind, cat)| {
+            lines.iter().any(|a| {
+                let a = if a["anomaly"].is_object() {
+                    &a["anomaly"]
+                } else {
+                    a
+                };
+                a["kind"].as_str().is_some_and(|k| k.starts_with(kind))
+                    && a["category"].as_str().is_some_and(|c| c.contains(cat))
+            })
+        })
+    };
+    let listed = eventually(WAIT, "the attacks in `sonde anomalies`", || {
+        let v = sonde_json(&url, &["anomalies"])?;
+        let lines = v.as_array()?.clone();
+        found(&lines).then_some(lines)
+    });
+    let streamed = eventually(WAIT, "the attacks on the `--follow` stream", || {
+        let lines: Vec<serde_json::Value> = followed
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        found(&lines).then_some(lines)
+    });
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let _ = reader.join();
+    let text = serde_json::Value::Array(listed.clone()).to_string();
+    assert!(
+        !text.contains(&mallory) && !text.contains("eyJ"),
+        "no raw token in evidence"
+    );
+    assert!(!streamed.is_empty());
+}
