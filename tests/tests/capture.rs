@@ -39,7 +39,9 @@ fn keep_alive_requests_arrive_in_order_with_offsets_pids_and_ports() {
             .find(|c| c.open.as_ref().is_some_and(|o| o.process.pid == worker))?;
         (client.total_len(Direction::Ingress) >= 3 * 10
             && server.total_len(Direction::Ingress) > 0
-            && count_occurrences(&client.stream(Direction::Ingress), b"HTTP/1.1 200 OK") == 3)
+            && count_occurrences(&client.stream(Direction::Ingress), b"HTTP/1.1 200 OK") == 3
+            && client.closed
+            && server.closed)
             .then(|| (client.clone(), server.clone()))
     });
     let (client, server) = conns;

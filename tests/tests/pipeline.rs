@@ -88,7 +88,7 @@ fn exchanges_match_what_curl_wrk_and_python_requests_sent_and_received() {
     assert!(st.success());
 
     let worker = nginx.worker_pid();
-    let expected_nginx = 6 + wrk_requests;
+    let expected_nginx = 5 + wrk_requests;
     let mut seen;
     let start = std::time::Instant::now();
     let events = loop {

@@ -582,10 +582,43 @@ fn open_conn(cfg: &Config, tgid: u32, fd: i32, sk: u64, hinted: Option<u8>) -> R
     Ok(())
 }
 
-/// Classify a connection on its first bytes: HTTP/1 request or status line, HTTP/2 preface,
-/// TLS record header, or something else.
+/// Whether bytes start like an HTTP/2 frame header: a known type, a length within the default
+/// maximum frame size, the reserved bit clear, and a stream id that fits the type. Only used for
+/// connections met mid-stream, which have no preface to go by.
 #[inline(always)]
-fn classify(first: &[u8; 8]) -> u8 {
+fn plausible_h2_frame(b: &[u8; 16]) -> bool {
+    let len = ((b[0] as u32) << 16) | ((b[1] as u32) << 8) | b[2] as u32;
+    let kind = b[3];
+    let stream =
+        (((b[5] & 0x7f) as u32) << 24) | ((b[6] as u32) << 16) | ((b[7] as u32) << 8) | b[8] as u32;
+    if b[5] & 0x80 != 0 || len > 16384 || kind > 9 {
+        return false;
+    }
+    match kind {
+        // SETTINGS, PING, GOAWAY belong to the connection.
+        4 | 6 | 7 => stream == 0,
+        // WINDOW_UPDATE may be either.
+        8 => true,
+        _ => stream != 0,
+    }
+}
+
+/// Reads the first bytes at `buf` and classifies them. A separate BPF function on purpose: its
+/// stack frame (and every range the comparisons learnt about the bytes) ends at the return, so
+/// the verifier does not carry one state per classification outcome into the copy loops.
+#[inline(never)]
+fn classify_user(buf: u64, mid_stream: bool) -> u8 {
+    let mut first = [0u8; 16];
+    if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut first) }.is_err() {
+        return class::UNKNOWN;
+    }
+    classify(&first, mid_stream)
+}
+
+/// Classify a connection on its first bytes: HTTP/1 request or status line, HTTP/2 preface (or,
+/// met mid-stream, a frame header), TLS record header, or something else.
+#[inline(always)]
+fn classify(first: &[u8; 16], mid_stream: bool) -> u8 {
     let w = u32::from_le_bytes([first[0], first[1], first[2], first[3]]);
     const fn tag(s: &[u8; 4]) -> u32 {
         u32::from_le_bytes(*s)
@@ -609,6 +642,9 @@ fn classify(first: &[u8; 8]) -> u8 {
     // TLS record: handshake (22) or application data (23), version 3.x.
     if (first[0] == 0x16 || first[0] == 0x17) && first[1] == 0x03 && first[2] <= 0x04 {
         return class::TLS;
+    }
+    if mid_stream && plausible_h2_frame(first) {
+        return class::HTTP2;
     }
     class::UNKNOWN
 }
@@ -667,14 +703,13 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
     let dir = (call.direction & 1) as usize;
 
     if st.class == class::UNKNOWN && !SENDFILE {
-        let mut first = [0u8; 8];
         let base = if VECTORED {
             unsafe { bpf_probe_read_user(call.buf as *const u64) }.unwrap_or(0)
         } else {
             call.buf
         };
-        if len >= 4 && unsafe { bpf_probe_read_user_buf(base as *const u8, &mut first) }.is_ok() {
-            let c = classify(&first);
+        if len >= 4 {
+            let c = classify_user(base, st.role == role::UNKNOWN && len >= 9);
             if c != class::UNKNOWN {
                 st.class = c;
             }
