@@ -607,12 +607,17 @@ fn plausible_h2_frame(b: &[u8; 16]) -> bool {
 /// stack frame (and every range the comparisons learnt about the bytes) ends at the return, so
 /// the verifier does not carry one state per classification outcome into the copy loops.
 #[inline(never)]
-fn classify_user(buf: u64, mid_stream: bool) -> u8 {
+fn classify_user(buf: u64, mid_stream: bool, frame_sized: bool) -> u8 {
     let mut first = [0u8; 16];
     if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut first) }.is_err() {
         return class::UNKNOWN;
     }
-    classify(&first, mid_stream)
+    let c = classify(&first, mid_stream);
+    // Frame headers are 9 bytes: a shorter call that matched one only by chance is not HTTP/2.
+    if c == class::HTTP2 && !frame_sized && first[0] != b'P' {
+        return class::UNKNOWN;
+    }
+    c
 }
 
 /// Classify a connection on its first bytes: HTTP/1 request or status line, HTTP/2 preface (or,
@@ -644,6 +649,17 @@ fn classify(first: &[u8; 16], mid_stream: bool) -> u8 {
         return class::TLS;
     }
     if mid_stream && plausible_h2_frame(first) {
+        return class::HTTP2;
+    }
+    // An HTTP/2 server may speak first: its preface is a SETTINGS frame (type 4, no flags,
+    // stream 0, a whole number of 6-byte settings) sent as soon as it accepts.
+    if !mid_stream
+        && first[3] == 4
+        && first[4] == 0
+        && first[5] | first[6] | first[7] | first[8] == 0
+        && first[0] == 0
+        && first[2] % 6 == 0
+    {
         return class::HTTP2;
     }
     class::UNKNOWN
@@ -709,7 +725,7 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
             call.buf
         };
         if len >= 4 {
-            let c = classify_user(base, st.role == role::UNKNOWN && len >= 9);
+            let c = classify_user(base, st.role == role::UNKNOWN, len >= 9);
             if c != class::UNKNOWN {
                 st.class = c;
             }
