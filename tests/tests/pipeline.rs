@@ -331,13 +331,15 @@ fn main_job_lists_endpoints_with_classifications_and_survives_a_collector_restar
             .expect("demo api"),
     );
     wait_for_port(api_port);
+    // Only the API's own sockets: other processes of this host may use the port number too.
+    let api_pid = api.0.id();
     let db = dir.join("collector.db");
     let mut coll = Some(collector(coll_port, &db));
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         format!(
-            "[capture]\nports = [{api_port}]\n\n[[specs]]\npath = \"{}\"\nport = {api_port}\n\n[export]\ninterval_ms = 300\n",
+            "[capture]\nports = [{api_port}]\npids = [{api_pid}]\n\n[[specs]]\npath = \"{}\"\nport = {api_port}\n\n[export]\ninterval_ms = 300\n",
             fixtures.join("demo-openapi.yaml").display()
         ),
     )
@@ -504,12 +506,13 @@ fn attacks_on_live_traffic_raise_anomalies_and_benign_traffic_raises_none() {
             .expect("demo api"),
     );
     wait_for_port(api_port);
+    let api_pid = _api.0.id();
     let _coll = collector(coll_port, &dir.join("collector.db"));
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         format!(
-            "[capture]\nports = [{api_port}]\n\n[[specs]]\npath = \"{}\"\nport = {api_port}\n\n[export]\ninterval_ms = 300\n",
+            "[capture]\nports = [{api_port}]\npids = [{api_pid}]\n\n[[specs]]\npath = \"{}\"\nport = {api_port}\n\n[export]\ninterval_ms = 300\n",
             fixtures.join("demo-openapi.yaml").display()
         ),
     )
