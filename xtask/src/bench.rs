@@ -250,6 +250,8 @@ fn clock_ticks() -> f64 {
 
 struct Agent {
     child: Child,
+    /// Everything the agent printed on stderr so far.
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Agent {
@@ -267,19 +269,32 @@ impl Agent {
         cmd.stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env("SONDE_LOG", "warn");
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let agent = Agent { child };
-        // Attached when its programs appear among its fds.
-        for _ in 0..200 {
-            if !agent.bpf_prog_fds().is_empty() {
-                std::thread::sleep(Duration::from_millis(1000));
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipe = child.stderr.take().context("agent stderr")?;
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        });
+        let agent = Agent { child, stderr };
+        // Attached once it reports its hook strategy: loading (the verifier's work, charged to
+        // the agent) must not fall into the measured window.
+        for _ in 0..600 {
+            if agent.stderr.lock().is_ok_and(|s| s.contains("hooks: ")) {
+                std::thread::sleep(Duration::from_millis(500));
                 return Ok(Some(agent));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("the agent did not attach its programs in 10 s")
+        bail!("the agent did not attach its programs in 30 s")
     }
 
     fn pid(&self) -> u32 {
@@ -327,6 +342,7 @@ impl Agent {
 
     /// Stops the agent with SIGINT and returns the drop counters it printed.
     fn stop(mut self) -> anyhow::Result<u64> {
+        // Release the pipe reader once the child exits.
         // SAFETY: signalling our own child.
         unsafe { libc_kill(self.child.id() as i32, 2) };
         let out =
