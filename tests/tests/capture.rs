@@ -448,3 +448,65 @@ fn a_client_that_never_reads_does_not_stall_capture_of_others() {
         assert_eq!(v, 0, "drop counter {name}");
     }
 }
+
+#[test]
+fn the_port_filter_also_holds_for_connections_that_predate_capture() {
+    let dir = scratch_dir("prefilter");
+    let (watched, other) = (free_port(), free_port());
+    let nginx_a = Nginx::start(&dir.join("a"), watched);
+    let nginx_b = Nginx::start(&dir.join("b"), other);
+    std::fs::write(nginx_a.www().join("x"), "x\n").expect("write");
+    std::fs::write(nginx_b.www().join("x"), "x\n").expect("write");
+    // Keep-alive clients on both ports, connected before the capture starts.
+    let client = |port: u16| {
+        let script = format!(
+            "import http.client, sys\n\
+             c = http.client.HTTPConnection('127.0.0.1', {port})\n\
+             c.request('GET', '/x'); c.getresponse().read()\n\
+             print('ready', flush=True)\n\
+             for line in sys.stdin:\n\
+             \x20   c.request('GET', '/x?' + line.strip()); c.getresponse().read()\n\
+             \x20   print('ok', flush=True)\n"
+        );
+        let mut child = Command::new("python3")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python client");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("ready");
+        (child, out)
+    };
+    let (mut a, mut a_out) = client(watched);
+    let (mut b, mut b_out) = client(other);
+    let cap = Capture::start(&[watched]);
+    for (child, out, q) in [
+        (&mut a, &mut a_out, "watched"),
+        (&mut b, &mut b_out, "unwatched"),
+    ] {
+        writeln!(child.stdin.as_mut().expect("stdin"), "{q}").expect("send");
+        let mut line = String::new();
+        out.read_line(&mut line).expect("ok");
+    }
+    eventually(WAIT, "the watched connection", || {
+        cap.connections()
+            .into_values()
+            .find(|c| c.text(Direction::Egress).contains("watched"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (events, _) = cap.stop();
+    let conns = sonde_e2e::capture::connections(&events);
+    assert!(
+        conns
+            .values()
+            .all(|c| !c.text(Direction::Egress).contains("unwatched")
+                && !c.text(Direction::Ingress).contains("unwatched")),
+        "a pre-existing connection on an unwatched port leaked through the filter"
+    );
+    for mut c in [a, b] {
+        drop(c.stdin.take());
+        let _ = c.wait();
+    }
+}

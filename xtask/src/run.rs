@@ -136,6 +136,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let stop = ctrl_c_flag();
     loop {
+        // Ctrl-C reaches the whole process group: stop before querying an agent that is going.
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
         let endpoints = sonde(&bin, &collector_url, &["endpoints"]);
         let anomalies = sonde(&bin, &collector_url, &["anomalies", "--since", "15m"]);
         let agents = sonde(&bin, &collector_url, &["agents"]);

@@ -110,6 +110,8 @@ pub struct ReaderStats {
     pub addrs_unresolved: AtomicU64,
     /// Time the reader thread spent waiting for the pipeline (backpressure).
     pub blocked_ns: AtomicU64,
+    /// Events of connections the port filter excludes, known only once procfs named them.
+    pub filtered_events: AtomicU64,
 }
 
 impl ReaderStats {
@@ -128,6 +130,10 @@ impl ReaderStats {
                 self.addrs_unresolved.load(Ordering::Relaxed),
             ),
             ("blocked_ns", self.blocked_ns.load(Ordering::Relaxed)),
+            (
+                "filtered_events",
+                self.filtered_events.load(Ordering::Relaxed),
+            ),
         ]
     }
 }
@@ -140,6 +146,9 @@ pub struct LiveCapture {
     stats: Arc<ReaderStats>,
     stop: Arc<AtomicBool>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// The port filter, applied again in user space to connections whose addresses only procfs
+    /// knew (the kernel side cannot filter what it cannot name).
+    ports: Vec<u16>,
 }
 
 impl LiveCapture {
@@ -326,6 +335,7 @@ impl LiveCapture {
             stats: Arc::new(ReaderStats::default()),
             stop: Arc::new(AtomicBool::new(false)),
             reader: None,
+            ports: cfg.ports.clone(),
         })
     }
 
@@ -365,9 +375,10 @@ impl LiveCapture {
         .map_err(|e| CaptureError::Load(format!("EVENTS: {e}")))?;
         let stats = self.stats.clone();
         let stop = self.stop.clone();
+        let ports = self.ports.clone();
         let handle = std::thread::Builder::new()
             .name("sonde-ring".into())
-            .spawn(move || read_ring(ring, tx, poll_interval, stats, stop))
+            .spawn(move || read_ring(ring, tx, poll_interval, stats, stop, ports))
             .map_err(|e| CaptureError::Load(format!("spawning the ring reader: {e}")))?;
         self.reader = Some(handle);
         Ok(())
@@ -394,8 +405,10 @@ fn read_ring(
     poll_interval: Duration,
     stats: Arc<ReaderStats>,
     stop: Arc<AtomicBool>,
+    ports: Vec<u16>,
 ) {
     const BATCH: usize = 1024;
+    let mut filtered: std::collections::HashSet<sonde_model::ConnId> = Default::default();
     let mut decoder = Decoder::new(Clock::now());
     let proc_root = PathBuf::from("/proc");
     let raw_fd = ring.as_fd().as_raw_fd();
@@ -406,6 +419,12 @@ fn read_ring(
         while let Some(item) = ring.next() {
             stats.records.fetch_add(1, Ordering::Relaxed);
             match decoder.decode(&item) {
+                Ok(Decoded::Event(ev)) if !filtered.is_empty() && filtered.contains(&ev.conn()) => {
+                    if let CaptureEvent::Close(c) = &ev {
+                        filtered.remove(&c.conn);
+                    }
+                    stats.filtered_events.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(Decoded::Event(ev)) => batch.push(ev),
                 Ok(Decoded::OpenNeedsAddrs(mut open)) => {
                     match procfs::resolve(&proc_root, open.conn.tgid, open.conn.fd) {
@@ -421,7 +440,17 @@ fn read_ring(
                             stats.addrs_unresolved.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    batch.push(CaptureEvent::Open(open));
+                    let port_ok = ports.is_empty()
+                        || [open.local, open.remote]
+                            .iter()
+                            .flatten()
+                            .any(|a| ports.contains(&a.port()));
+                    if port_ok {
+                        batch.push(CaptureEvent::Open(open));
+                    } else {
+                        filtered.insert(open.conn);
+                        stats.filtered_events.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Err(e) => {
                     stats.decode_errors.fetch_add(1, Ordering::Relaxed);

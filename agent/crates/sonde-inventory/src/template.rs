@@ -130,6 +130,11 @@ pub fn classify_segment(s: &[u8]) -> Option<ParamKind> {
     if b64 && len >= 32 && digits > 0 && letters > 0 {
         return Some(ParamKind::Token);
     }
+    // Personal data or a secret in a path (`/by-ssn/123-45-6789`, `/cards/4111...`) is a value,
+    // and must never become part of an endpoint's name.
+    if !crate::sensitive::scan_text(s).is_empty() {
+        return Some(ParamKind::Id);
+    }
     None
 }
 
@@ -590,5 +595,18 @@ impl PathTrie {
                         }
                 })
                 .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod pii_segment_tests {
+    use super::*;
+
+    #[test]
+    fn personal_data_in_a_segment_is_a_parameter() {
+        assert_eq!(classify_segment(b"123-45-6789"), Some(ParamKind::Id));
+        assert_eq!(classify_segment(b"4111111111111111"), Some(ParamKind::Int));
+        assert_eq!(classify_segment(b"v2"), None);
+        assert_eq!(classify_segment(b"onboardingStatus"), None);
     }
 }
