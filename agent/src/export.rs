@@ -115,6 +115,8 @@ pub fn protocol(rec: &EndpointRecord) -> v1::Protocol {
         && (grpc_type(&rec.request_content_types) || grpc_type(&rec.response_content_types))
     {
         v1::Protocol::Grpc
+    } else if rec.http2_calls > 0 {
+        v1::Protocol::Http2
     } else {
         v1::Protocol::Http1
     }
@@ -533,6 +535,9 @@ mod tests {
             b"{}",
         );
         inv.observe(&json_post, NOW_NS);
+        let mut rest_h2 = with_response(exchange("GET", "/health"), 200, "application/json", b"{}");
+        rest_h2.version = HttpVersion::Http2;
+        inv.observe(&rest_h2, NOW_NS);
         let records = inv.take_dirty();
         let protocol_of = |t: &str| {
             records
@@ -540,6 +545,7 @@ mod tests {
                 .find(|r| &*r.template == t)
                 .map(|r| endpoint_key(r).protocol)
         };
+        assert_eq!(protocol_of("/health"), Some(v1::Protocol::Http2 as i32));
         assert_eq!(
             protocol_of("/helloworld.Greeter/SayHello"),
             Some(v1::Protocol::Grpc as i32)

@@ -138,6 +138,9 @@ pub struct EndpointRecord {
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     pub calls: u64,
+    /// Of `calls`, those carried over HTTP/2 (gRPC included).
+    #[serde(default)]
+    pub http2_calls: u64,
     /// Final status code → calls.
     pub status_counts: BTreeMap<u16, u64>,
     /// Calls without a response.
@@ -183,6 +186,7 @@ impl EndpointRecord {
             first_seen_ns: now_ns,
             last_seen_ns: now_ns,
             calls: 0,
+            http2_calls: 0,
             status_counts: BTreeMap::new(),
             no_response: 0,
             request_content_types: CappedCounts::default(),

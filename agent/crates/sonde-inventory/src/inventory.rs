@@ -1289,6 +1289,9 @@ impl Inventory {
         };
         let rec = &mut slot.rec;
         rec.calls = rec.calls.saturating_add(1);
+        if ex.version == sonde_model::HttpVersion::Http2 {
+            rec.http2_calls = rec.http2_calls.saturating_add(1);
+        }
         rec.first_seen_ns = rec.first_seen_ns.min(now_ns);
         rec.last_seen_ns = rec.last_seen_ns.max(now_ns);
         rec.request_bytes.record(ex.request.body.wire_len);
