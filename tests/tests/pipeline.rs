@@ -512,7 +512,7 @@ fn attacks_on_live_traffic_raise_anomalies_and_benign_traffic_raises_none() {
     std::fs::write(
         &config,
         format!(
-            "[capture]\nports = [{api_port}]\npids = [{api_pid}]\n\n[[specs]]\npath = \"{}\"\nport = {api_port}\n\n[export]\ninterval_ms = 300\n",
+            "[capture]\nports = [{api_port}]\npids = [{api_pid}]\n\n[[specs]]\npath = \"{}\"\nport = {api_port}\n\n[detect]\nlearn_min_calls = 20\nlearn_min_secs = 1\n\n[export]\ninterval_ms = 300\n",
             fixtures.join("demo-openapi.yaml").display()
         ),
     )
@@ -558,6 +558,7 @@ fn attacks_on_live_traffic_raise_anomalies_and_benign_traffic_raises_none() {
         for (tok, id) in &users {
             call(&format!("/api/v2/users/{id}"), tok);
             call("/api/v2/orders", tok);
+            call("/api/v2/export", tok);
         }
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -592,6 +593,7 @@ fn attacks_on_live_traffic_raise_anomalies_and_benign_traffic_raises_none() {
     for id in 100..140 {
         call(&format!("/api/v2/users/{id}"), &mallory);
     }
+    call("/api/v2/export?limit=500", &mallory);
     call("/api/v2/users/3", &token("eve", 1_000_000_000, "HS256"));
     call("/api/v2/users/4", &token("eve", far, "none"));
 
@@ -599,6 +601,7 @@ fn attacks_on_live_traffic_raise_anomalies_and_benign_traffic_raises_none() {
         ("bola.", "API1"),
         ("auth.expired_jwt_accepted", "API2"),
         ("auth.unsigned_jwt_accepted", "API2"),
+        ("exposure.", "API3"),
     ];
     let found = |lines: &[serde_json::Value]| {
         expected.iter().all(|(kind, cat)| {
