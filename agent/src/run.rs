@@ -21,27 +21,34 @@ struct Source {
     live: Option<LiveCapture>,
     /// The source ends by itself (a file).
     finite: bool,
+    /// Set when a file source hit damage and ended early (the command then fails).
+    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 fn start_source(config: &AgentConfig, args: &SourceArgs) -> anyhow::Result<Source> {
     let (tx, rx) = mpsc::channel::<Vec<CaptureEvent>>(config.capture.channel_batches);
+    let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
     if let Some(path) = &args.pcap {
         let reader = sonde_pcap::PcapReader::open(path)
             .with_context(|| format!("opening {}", path.display()))?;
-        std::thread::spawn(move || feed(reader.map(|r| r.map_err(anyhow::Error::from)), tx));
+        let f = failed.clone();
+        std::thread::spawn(move || feed(reader.map(|r| r.map_err(anyhow::Error::from)), tx, f));
         return Ok(Source {
             rx,
             live: None,
             finite: true,
+            failed,
         });
     }
     if let Some(path) = &args.replay {
         let replay = Replay::open(path)?;
-        std::thread::spawn(move || feed(replay.map(|r| r.map_err(anyhow::Error::from)), tx));
+        let f = failed.clone();
+        std::thread::spawn(move || feed(replay.map(|r| r.map_err(anyhow::Error::from)), tx, f));
         return Ok(Source {
             rx,
             live: None,
             finite: true,
+            failed,
         });
     }
     let mut live = LiveCapture::start(&config.capture).context("starting the live capture")?;
@@ -51,6 +58,7 @@ fn start_source(config: &AgentConfig, args: &SourceArgs) -> anyhow::Result<Sourc
         rx,
         live: Some(live),
         finite: false,
+        failed,
     })
 }
 
@@ -58,14 +66,20 @@ fn start_source(config: &AgentConfig, args: &SourceArgs) -> anyhow::Result<Sourc
 fn feed(
     events: impl Iterator<Item = anyhow::Result<CaptureEvent>>,
     tx: mpsc::Sender<Vec<CaptureEvent>>,
+    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 ) {
     let mut batch = Vec::with_capacity(1024);
     for ev in events {
         match ev {
             Ok(ev) => batch.push(ev),
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "input ends early");
-                break;
+                // What was read before the damage is still analysed; the command then fails.
+                let msg = format!("{e:#}");
+                tracing::error!(error = %msg, "input ends early");
+                if let Ok(mut f) = failed.lock() {
+                    f.get_or_insert(msg);
+                }
+                continue;
             }
         }
         if batch.len() == 1024
@@ -122,6 +136,9 @@ async fn drive(
     }
     analyzer.flush(sink);
     every(analyzer);
+    if let Some(msg) = source.failed.lock().ok().and_then(|f| f.clone()) {
+        anyhow::bail!("the input is damaged: {msg}");
+    }
     Ok(())
 }
 
