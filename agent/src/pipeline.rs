@@ -153,7 +153,23 @@ impl Analyzer {
         let mut events = self.inventory.drain_events();
         events.extend(self.detectors.drain());
         if !events.is_empty() {
+            self.name_endpoints_as_on_the_wire(&mut events);
             sink.anomalies(events);
+        }
+    }
+
+    /// Anomalies name their endpoint the way the collector lists it (`service METHOD /template`
+    /// with the service's display name), so an endpoint and its anomalies can be joined there.
+    fn name_endpoints_as_on_the_wire(&self, events: &mut [Anomaly]) {
+        for a in events {
+            let Some(name) = &a.endpoint else { continue };
+            if let Some(rec) = self
+                .inventory
+                .endpoints()
+                .find(|r| &*r.key == name.as_str())
+            {
+                a.endpoint = Some(crate::export::endpoint_key(rec).display_name());
+            }
         }
     }
 

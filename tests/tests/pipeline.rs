@@ -441,6 +441,53 @@ fn main_job_lists_endpoints_with_classifications_and_survives_a_collector_restar
             .any(|k| k == "inventory.unauthenticated_pii"),
         "{anomalies:?}"
     );
+    // Auth schemes and sensitive kinds per endpoint, never raw values.
+    let raw = sonde_json(&url, &["endpoints"]).expect("endpoints json");
+    let find = |t: &str| {
+        raw.as_array()
+            .and_then(|a| a.iter().find(|e| e["path_template"] == t))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let users = find("/api/v2/users/{id}");
+    assert!(
+        users["auth_schemes"].to_string().contains("bearer"),
+        "{users}"
+    );
+    assert!(
+        users["sensitive_kinds"].to_string().contains("email"),
+        "{users}"
+    );
+    let debug = find("/api/v2/debug/users");
+    assert!(
+        debug["sensitive_kinds"].to_string().contains("phone"),
+        "{debug}"
+    );
+    assert!(
+        debug["unauthenticated"].as_bool().unwrap_or(false),
+        "{debug}"
+    );
+    let all = raw.to_string();
+    assert!(
+        !all.contains("@example.com") && !all.contains(jwt),
+        "no raw personal data or token leaves the agent"
+    );
+    // The endpoint's own view lists its anomalies.
+    let id = debug["id"].as_str().expect("endpoint id").to_string();
+    let detail = eventually(WAIT, "recent anomalies on the endpoint", || {
+        let v = sonde_json(&url, &["endpoint", &id])?;
+        let v = v.as_array()?.first()?.clone();
+        v["recent_anomalies"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+            .then_some(v)
+    });
+    assert!(
+        detail["recent_anomalies"]
+            .to_string()
+            .contains("inventory.shadow_endpoint"),
+        "{detail}"
+    );
 
     // The collector goes away; calls made meanwhile are spooled and delivered after it returns.
     drop(coll.take());
