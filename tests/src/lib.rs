@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod servers;
+pub mod stack;
 
 use std::time::{Duration, Instant};
 

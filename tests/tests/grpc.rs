@@ -3,33 +3,15 @@
 //! its service, method, status and message counts, and the inventory keys it by
 //! `/package.Service/Method`.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sonde_e2e::capture::Capture;
 use sonde_e2e::servers::wait_for_port;
+use sonde_e2e::stack::bin;
 use sonde_e2e::{free_port, scratch_dir};
 use sonde_model::{Exchange, HttpVersion, Role};
 use sonde_protocol::{Tracker, TrackerConfig};
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    let path = dir.join(name);
-    if !path.exists() {
-        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "sonde-collector"])
-            .status()
-            .expect("cargo build");
-        assert!(st.success());
-    }
-    path
-}
 
 /// gRPC calls seen from the server's (the collector's) sockets.
 fn grpc_calls(xs: &[Exchange], server: u32) -> Vec<(String, String, Option<u32>, u64)> {

@@ -4,12 +4,12 @@
 //! restart without losing anything.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sonde_e2e::capture::Capture;
-use sonde_e2e::servers::{Nginx, PythonServer, curl, wait_for_port};
+use sonde_e2e::servers::{Nginx, PythonServer, curl};
+use sonde_e2e::stack::{DemoStack, bin};
 use sonde_e2e::{eventually, free_port, scratch_dir};
 use sonde_model::{CaptureEvent, Exchange, Role};
 use sonde_protocol::{Tracker, TrackerConfig};
@@ -211,54 +211,6 @@ fn exchanges_match_what_curl_wrk_and_python_requests_sent_and_received() {
     }
 }
 
-/// Binaries of this workspace, built by `cargo test` (or built here when missing).
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    let path = dir.join(name);
-    if !path.exists() {
-        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "sonde-agent", "-p", "sonde-collector"])
-            .status()
-            .expect("cargo build");
-        assert!(st.success());
-    }
-    path
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        for _ in 0..100 {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn collector(port: u16, db: &Path) -> Proc {
-    let child = Command::new(bin("sonde-collector"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--database"])
-        .arg(db)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sonde-collector starts");
-    wait_for_port(port);
-    Proc(child)
-}
-
 fn sonde_json(url: &str, args: &[&str]) -> Option<serde_json::Value> {
     let out = Command::new(bin("sonde"))
         .args(["--collector", url, "--json"])
@@ -318,50 +270,8 @@ fn demo_endpoints(url: &str, port: u16) -> EndpointTable {
 #[test]
 fn main_job_lists_endpoints_with_classifications_and_survives_a_collector_restart() {
     let dir = scratch_dir("mainjob");
-    let api_port = free_port();
-    let coll_port = free_port();
-    let url = format!("http://127.0.0.1:{coll_port}");
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    let api = Proc(
-        Command::new("python3")
-            .arg(fixtures.join("demo_api.py"))
-            .arg(api_port.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("demo api"),
-    );
-    wait_for_port(api_port);
-    // Only the API's own sockets: other processes of this host may use the port number too.
-    let api_pid = api.0.id();
-    let db = dir.join("collector.db");
-    let mut coll = Some(collector(coll_port, &db));
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[capture]\nports = [{api_port}]\npids = [{api_pid}]\n\n[[specs]]\npath = \"{}\"\nport = {api_port}\n\n[export]\ninterval_ms = 300\n",
-            fixtures.join("demo-openapi.yaml").display()
-        ),
-    )
-    .expect("config");
-    let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-    let _agent = Proc(
-        Command::new(bin("sonde-agent"))
-            .arg("--config")
-            .arg(&config)
-            .args(["run", "--collector", &url, "--state-dir"])
-            .arg(dir.join("state"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("sonde-agent starts"),
-    );
-    eventually(WAIT, "the agent to attach", || {
-        std::fs::read_to_string(dir.join("agent.log"))
-            .ok()
-            .filter(|l| l.contains("capture attached"))
-            .map(|_| ())
-    });
+    let mut stack = DemoStack::start(&dir, "");
+    let (api_port, url) = (stack.api_port, stack.url.clone());
 
     let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMH0.c2ln";
     let get = |path: &str, auth: bool| {
@@ -490,13 +400,13 @@ fn main_job_lists_endpoints_with_classifications_and_survives_a_collector_restar
     );
 
     // The collector goes away; calls made meanwhile are spooled and delivered after it returns.
-    drop(coll.take());
+    stack.stop_collector();
     for id in [9, 10] {
         get(&format!("/api/v2/users/{id}"), true);
     }
     get("/internal/metrics", false);
     std::thread::sleep(Duration::from_secs(2));
-    let _coll = collector(coll_port, &db);
+    stack.start_collector();
     let mut expect_after = expect_before.to_vec();
     expect_after[0].1.1 = 7;
     expect_after.push((("GET", "/internal/metrics"), ("shadow", 1)));
@@ -509,7 +419,7 @@ fn main_job_lists_endpoints_with_classifications_and_survives_a_collector_restar
         },
     );
     assert_eq!(eps.len(), expect_after.len(), "{eps:?}");
-    drop(api);
+    drop(stack);
 }
 
 fn b64url(s: &str) -> String {
@@ -540,48 +450,8 @@ fn token(sub: &str, exp: u64, alg: &str) -> String {
 #[test]
 fn attacks_on_live_traffic_raise_anomalies_and_benign_traffic_raises_none() {
     let dir = scratch_dir("detect");
-    let api_port = free_port();
-    let coll_port = free_port();
-    let url = format!("http://127.0.0.1:{coll_port}");
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    let _api = Proc(
-        Command::new("python3")
-            .arg(fixtures.join("demo_api.py"))
-            .arg(api_port.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("demo api"),
-    );
-    wait_for_port(api_port);
-    let api_pid = _api.0.id();
-    let _coll = collector(coll_port, &dir.join("collector.db"));
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[capture]\nports = [{api_port}]\npids = [{api_pid}]\n\n[[specs]]\npath = \"{}\"\nport = {api_port}\n\n[detect]\nlearn_min_calls = 20\nlearn_min_secs = 1\n\n[export]\ninterval_ms = 300\n",
-            fixtures.join("demo-openapi.yaml").display()
-        ),
-    )
-    .expect("config");
-    let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-    let _agent = Proc(
-        Command::new(bin("sonde-agent"))
-            .arg("--config")
-            .arg(&config)
-            .args(["run", "--collector", &url, "--state-dir"])
-            .arg(dir.join("state"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("sonde-agent starts"),
-    );
-    eventually(WAIT, "the agent to attach", || {
-        std::fs::read_to_string(dir.join("agent.log"))
-            .ok()
-            .filter(|l| l.contains("capture attached"))
-            .map(|_| ())
-    });
+    let stack = DemoStack::start(&dir, "[detect]\nlearn_min_calls = 20\nlearn_min_secs = 1\n");
+    let (api_port, url) = (stack.api_port, stack.url.clone());
     let far = 4_102_444_800; // 2100-01-01
     let call = |path: &str, tok: &str| {
         let st = Command::new("curl")
