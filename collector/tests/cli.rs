@@ -53,6 +53,7 @@ async fn populated() -> anyhow::Result<(Fixture, Session)> {
         endpoint_updates: vec![users, managed],
         anomalies: vec![recent, old],
         sealed_at_unix_ns: 0,
+        agent_run: 0,
     };
     session.batch_acked(batch).await?;
     Ok((fx, session))

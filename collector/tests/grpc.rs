@@ -27,6 +27,7 @@ fn batch(
         endpoint_updates: updates,
         anomalies,
         sealed_at_unix_ns: 0,
+        agent_run: 0,
     }
 }
 
@@ -1150,4 +1151,210 @@ async fn row_caps_refuse_new_rows_and_count_them() -> anyhow::Result<()> {
     )?;
     assert_eq!(outcome.refused, 1);
     Ok(())
+}
+
+fn run_batch(
+    seq: u64,
+    agent_run: u64,
+    updates: Vec<sonde_proto::v1::EndpointUpdate>,
+    anomalies: Vec<sonde_proto::v1::Anomaly>,
+) -> Batch {
+    Batch {
+        agent_run,
+        ..batch(seq, updates, anomalies)
+    }
+}
+
+fn hello_run(agent_id: &str, host: &str, started_at: u64) -> sonde_proto::v1::Hello {
+    sonde_proto::v1::Hello {
+        started_at_unix_ns: started_at,
+        ..hello(agent_id, host)
+    }
+}
+
+async fn call_count(query: &mut QueryClient<tonic::transport::Channel>) -> anyhow::Result<u64> {
+    let listed = query
+        .list_endpoints(ListEndpointsRequest::default())
+        .await?
+        .into_inner()
+        .endpoints;
+    anyhow::ensure!(listed.len() == 1, "expected one endpoint, got {listed:?}");
+    Ok(listed[0].call_count)
+}
+
+async fn anomaly_count(query: &mut QueryClient<tonic::transport::Channel>) -> anyhow::Result<u64> {
+    let anomalies = query
+        .list_anomalies(ListAnomaliesRequest::default())
+        .await?
+        .into_inner()
+        .anomalies;
+    anyhow::ensure!(
+        anomalies.len() == 1,
+        "expected one anomaly, got {anomalies:?}"
+    );
+    Ok(anomalies[0].anomaly.as_ref().map_or(0, |a| a.count))
+}
+
+fn report_rows(db: &std::path::Path, agent_id: &str) -> anyhow::Result<(i64, i64)> {
+    let conn = rusqlite::Connection::open(db)?;
+    let endpoints = conn.query_row(
+        "SELECT COUNT(*) FROM endpoint_reports WHERE agent_id = ?1",
+        [agent_id],
+        |r| r.get(0),
+    )?;
+    let anomalies = conn.query_row(
+        "SELECT COUNT(*) FROM anomaly_reports WHERE agent_id = ?1",
+        [agent_id],
+        |r| r.get(0),
+    )?;
+    Ok((endpoints, anomalies))
+}
+
+#[tokio::test]
+async fn an_agent_restart_adds_to_its_totals_instead_of_resetting_them() -> anyhow::Result<()> {
+    let fx = Fixture::start().await?;
+    let mut query = fx.query().await?;
+    let ep = |calls| endpoint("s", "GET", "/a", calls);
+    let an = |count, last| anomaly("k", "s GET /a", count, last);
+
+    // First run of the agent: running totals 10 then 15 calls, 2 then 3 anomalies.
+    let mut run1 = Session::open(&fx.url(), hello_run("agent-a", "host-a", 100)).await?;
+    run1.batch_acked(run_batch(10, 100, vec![ep(10)], vec![an(2, 50)]))
+        .await?;
+    run1.batch_acked(run_batch(11, 100, vec![ep(15)], vec![an(3, 60)]))
+        .await?;
+    assert_eq!(
+        (
+            call_count(&mut query).await?,
+            anomaly_count(&mut query).await?
+        ),
+        (15, 3)
+    );
+    drop(run1);
+
+    // The agent restarts: its counts start again from zero and add to its history.
+    let mut run2 = Session::open(&fx.url(), hello_run("agent-a", "host-a", 200)).await?;
+    assert_eq!(run2.committed, 11);
+    run2.batch_acked(run_batch(12, 200, vec![ep(4)], vec![an(1, 70)]))
+        .await?;
+    assert_eq!(
+        (
+            call_count(&mut query).await?,
+            anomaly_count(&mut query).await?
+        ),
+        (19, 4)
+    );
+    run2.batch_acked(run_batch(13, 200, vec![ep(6)], vec![an(2, 80)]))
+        .await?;
+    assert_eq!(
+        (
+            call_count(&mut query).await?,
+            anomaly_count(&mut query).await?
+        ),
+        (21, 5)
+    );
+    // A late report of the first run (already folded into the history) changes nothing.
+    run2.batch_acked(run_batch(14, 100, vec![ep(99)], vec![an(99, 90)]))
+        .await?;
+    assert_eq!(
+        (
+            call_count(&mut query).await?,
+            anomaly_count(&mut query).await?
+        ),
+        (21, 5)
+    );
+    drop(run2);
+
+    // A third run; a second agent merges beside it.
+    let mut run3 = Session::open(&fx.url(), hello_run("agent-a", "host-a", 300)).await?;
+    run3.batch_acked(run_batch(15, 300, vec![ep(1)], vec![an(1, 95)]))
+        .await?;
+    let mut other = Session::open(&fx.url(), hello_run("agent-b", "host-b", 100)).await?;
+    other
+        .batch_acked(run_batch(1, 100, vec![ep(7)], vec![an(2, 96)]))
+        .await?;
+    assert_eq!(
+        (
+            call_count(&mut query).await?,
+            anomaly_count(&mut query).await?
+        ),
+        (29, 8)
+    );
+    // Rows per (endpoint or anomaly, agent) stay bounded: the folded history and the current run.
+    assert_eq!(report_rows(&fx.db_path(), "agent-a")?, (2, 2));
+
+    // One report per agent in the endpoint view, with that agent's whole history.
+    let id = query
+        .list_endpoints(ListEndpointsRequest::default())
+        .await?
+        .into_inner()
+        .endpoints[0]
+        .id
+        .clone();
+    let detail = query
+        .get_endpoint(GetEndpointRequest { id })
+        .await?
+        .into_inner();
+    let per_agent: Vec<(String, u64)> = detail
+        .reports
+        .iter()
+        .map(|r| {
+            (
+                r.agent_id.clone(),
+                r.update.as_ref().map_or(0, |u| u.call_count),
+            )
+        })
+        .collect();
+    assert_eq!(
+        per_agent,
+        vec![("agent-a".to_string(), 22), ("agent-b".to_string(), 7)]
+    );
+    fx.collector.stop().await
+}
+
+#[tokio::test]
+async fn reports_of_a_v3_database_become_the_agents_history() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("collector.db");
+    let update = endpoint("s", "GET", "/a", 10);
+    {
+        let _store = Store::open_at_version(&path, &Default::default(), 3)?;
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.execute(
+            "INSERT INTO agents (agent_id, host, agent_version, kernel, capture_strategy, started_at, first_seen, last_seq)
+             VALUES ('agent-a', 'host-a', '0.1.0', '6.12', 'sock-tracepoints', 1, 1, 5)",
+            [],
+        )?;
+        let key = update.key.clone().unwrap_or_default();
+        let service = key
+            .service
+            .as_ref()
+            .map(|s| s.display_name())
+            .unwrap_or_default();
+        let id = sonde_collector::store::endpoint_id(&service, &key);
+        conn.execute(
+            "INSERT INTO endpoint_reports (endpoint_id, agent_id, last_seen, report) VALUES (?1, 'agent-a', 1, ?2)",
+            rusqlite::params![id, prost::Message::encode_to_vec(&update)],
+        )?;
+    }
+    let collector = sonde_collector::spawn(sonde_collector::CollectorConfig {
+        database: path.clone(),
+        listen: "127.0.0.1:0".parse()?,
+        ..Default::default()
+    })
+    .await?;
+    let url = collector.url(false);
+    let mut session = Session::open(&url, hello_run("agent-a", "host-a", 500)).await?;
+    assert_eq!(session.committed, 5);
+    session
+        .batch_acked(run_batch(
+            6,
+            500,
+            vec![endpoint("s", "GET", "/a", 4)],
+            vec![],
+        ))
+        .await?;
+    let mut query = QueryClient::connect(url).await?;
+    assert_eq!(call_count(&mut query).await?, 14);
+    collector.stop().await
 }

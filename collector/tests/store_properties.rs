@@ -36,6 +36,7 @@ fn batch(seq: u64, path: u8) -> Batch {
             ..Anomaly::default()
         }],
         sealed_at_unix_ns: 0,
+        agent_run: 0,
     }
 }
 

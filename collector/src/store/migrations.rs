@@ -108,6 +108,38 @@ CREATE INDEX agents_by_host ON agents (host);
 ALTER TABLE agents ADD COLUMN items_refused BIGINT NOT NULL DEFAULT 0;
 "#,
     },
+    Migration {
+        version: 4,
+        description: "reports kept per agent run, so an agent restart adds to its totals",
+        sql: r#"
+CREATE TABLE endpoint_reports_v4 (
+    endpoint_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    agent_run BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    report BLOB NOT NULL,
+    PRIMARY KEY (endpoint_id, agent_id, agent_run)
+);
+INSERT INTO endpoint_reports_v4 (endpoint_id, agent_id, agent_run, last_seen, report)
+    SELECT endpoint_id, agent_id, 0, last_seen, report FROM endpoint_reports;
+DROP TABLE endpoint_reports;
+ALTER TABLE endpoint_reports_v4 RENAME TO endpoint_reports;
+CREATE INDEX endpoint_reports_by_agent ON endpoint_reports (agent_id, endpoint_id);
+CREATE TABLE anomaly_reports_v4 (
+    anomaly_key TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    agent_run BIGINT NOT NULL,
+    first_seen BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    report_count BIGINT NOT NULL,
+    PRIMARY KEY (anomaly_key, agent_id, agent_run)
+);
+INSERT INTO anomaly_reports_v4 (anomaly_key, agent_id, agent_run, first_seen, last_seen, report_count)
+    SELECT anomaly_key, agent_id, 0, first_seen, last_seen, report_count FROM anomaly_reports;
+DROP TABLE anomaly_reports;
+ALTER TABLE anomaly_reports_v4 RENAME TO anomaly_reports;
+"#,
+    },
 ];
 
 /// The newest schema version this build knows.

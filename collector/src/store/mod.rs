@@ -7,7 +7,7 @@
 mod merge;
 pub mod migrations;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -276,6 +276,7 @@ impl Store {
             match apply_endpoint_update(
                 &tx,
                 agent_id,
+                to_i64(batch.agent_run),
                 update,
                 endpoint_rows < self.options.max_endpoints,
             )? {
@@ -289,6 +290,7 @@ impl Store {
             match apply_anomaly(
                 &tx,
                 agent_id,
+                to_i64(batch.agent_run),
                 &host,
                 anomaly,
                 anomaly_rows < self.options.max_anomalies,
@@ -297,8 +299,9 @@ impl Store {
                     anomaly_rows += 1;
                     anomalies.push(stored);
                 }
+                (Applied::Refused, _) => refused += 1,
                 (_, Some(stored)) => anomalies.push(stored),
-                (_, None) => refused += 1,
+                (_, None) => {}
             }
         }
         if refused > 0 {
@@ -415,12 +418,31 @@ impl Store {
                  WHERE r.endpoint_id = ?1 ORDER BY r.agent_id",
             )?;
             let mut rows = stmt.query(params![id])?;
+            // One report per agent: its folded earlier runs and its current run, merged.
+            let mut by_agent: BTreeMap<String, (String, Vec<EndpointUpdate>)> = BTreeMap::new();
             while let Some(row) = rows.next()? {
                 let blob: Vec<u8> = row.get(2)?;
+                let (_, updates) = by_agent.entry(row.get(0)?).or_insert_with(|| {
+                    (
+                        row.get::<_, Option<String>>(1)
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default(),
+                        Vec::new(),
+                    )
+                });
+                updates.push(EndpointUpdate::decode(blob.as_slice())?);
+            }
+            for (agent_id, (host, mut updates)) in by_agent {
+                let update = if updates.len() == 1 {
+                    updates.pop()
+                } else {
+                    Some(merge_reports(&updates))
+                };
                 reports.push(EndpointReport {
-                    agent_id: row.get(0)?,
-                    host: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                    update: Some(EndpointUpdate::decode(blob.as_slice())?),
+                    agent_id,
+                    host,
+                    update,
                 });
             }
         }
@@ -609,6 +631,7 @@ enum Applied {
 fn apply_endpoint_update(
     tx: &rusqlite::Transaction<'_>,
     agent_id: &str,
+    agent_run: i64,
     update: &EndpointUpdate,
     room_for_new: bool,
 ) -> Result<Applied, StoreError> {
@@ -627,11 +650,9 @@ fn apply_endpoint_update(
     if !exists && !room_for_new {
         return Ok(Applied::Refused);
     }
-    tx.prepare_cached(
-        "INSERT INTO endpoint_reports (endpoint_id, agent_id, last_seen, report) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (endpoint_id, agent_id) DO UPDATE SET last_seen = excluded.last_seen, report = excluded.report",
-    )?
-    .execute(params![id, agent_id, to_i64(update.last_seen_unix_ns), update.encode_to_vec()])?;
+    if !store_endpoint_report(tx, &id, agent_id, agent_run, update)? {
+        return Ok(Applied::Existing);
+    }
 
     let mut reports = Vec::new();
     let mut hosts = BTreeSet::new();
@@ -695,9 +716,83 @@ fn apply_endpoint_update(
     })
 }
 
+/// Reports of an agent's earlier runs are summed into this run's row (the agent's history);
+/// older agents that do not say which run they are report into it directly.
+const FOLDED_RUN: i64 = 0;
+
+/// Stores one agent run's running totals for an endpoint. A report from a newer run folds the
+/// agent's earlier runs into [`FOLDED_RUN`], so rows stay bounded at two per (endpoint, agent)
+/// and the merged totals keep counting across restarts. Returns false for a report of a run
+/// already folded away (nothing to change).
+fn store_endpoint_report(
+    tx: &rusqlite::Transaction<'_>,
+    endpoint_id: &str,
+    agent_id: &str,
+    agent_run: i64,
+    update: &EndpointUpdate,
+) -> Result<bool, StoreError> {
+    let mut earlier = Vec::new();
+    let mut newer_run = false;
+    let mut this_run = false;
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT agent_run, report FROM endpoint_reports WHERE endpoint_id = ?1 AND agent_id = ?2",
+        )?;
+        let mut rows = stmt.query(params![endpoint_id, agent_id])?;
+        while let Some(row) = rows.next()? {
+            let run: i64 = row.get(0)?;
+            if run == agent_run {
+                this_run = true;
+            } else if run > agent_run && run != FOLDED_RUN {
+                newer_run = true;
+            } else {
+                let blob: Vec<u8> = row.get(1)?;
+                earlier.push((run, EndpointUpdate::decode(blob.as_slice())?));
+            }
+        }
+    }
+    if newer_run && !this_run {
+        return Ok(false);
+    }
+    tx.prepare_cached(
+        "INSERT INTO endpoint_reports (endpoint_id, agent_id, agent_run, last_seen, report)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (endpoint_id, agent_id, agent_run) DO UPDATE SET last_seen = excluded.last_seen,
+            report = excluded.report",
+    )?
+    .execute(params![
+        endpoint_id,
+        agent_id,
+        agent_run,
+        to_i64(update.last_seen_unix_ns),
+        update.encode_to_vec()
+    ])?;
+    if agent_run != FOLDED_RUN && earlier.iter().any(|(run, _)| *run != FOLDED_RUN) {
+        let reports: Vec<EndpointUpdate> = earlier.into_iter().map(|(_, r)| r).collect();
+        let folded = merge_reports(&reports);
+        tx.prepare_cached(
+            "DELETE FROM endpoint_reports WHERE endpoint_id = ?1 AND agent_id = ?2 AND agent_run < ?3",
+        )?
+        .execute(params![endpoint_id, agent_id, agent_run])?;
+        tx.prepare_cached(
+            "INSERT INTO endpoint_reports (endpoint_id, agent_id, agent_run, last_seen, report)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            endpoint_id,
+            agent_id,
+            FOLDED_RUN,
+            to_i64(folded.last_seen_unix_ns),
+            folded.encode_to_vec()
+        ])?;
+    }
+    Ok(true)
+}
+
 fn apply_anomaly(
     tx: &rusqlite::Transaction<'_>,
     agent_id: &str,
+    agent_run: i64,
     host: &str,
     anomaly: &Anomaly,
     room_for_new: bool,
@@ -710,17 +805,35 @@ fn apply_anomaly(
     if !exists && !room_for_new {
         return Ok((Applied::Refused, None));
     }
-    // The agent's count is its running total: keep the largest seen, so a repeat or a reset
-    // agent never shrinks or double-counts it.
-    let previous: Option<(i64, i64, i64)> = tx
-        .prepare_cached(
-            "SELECT first_seen, last_seen, report_count FROM anomaly_reports
+    // The agent's count is its running total within one run: keep the largest seen, so a
+    // repeat never shrinks or double-counts it; earlier runs are folded into FOLDED_RUN.
+    let mut previous: Option<(i64, i64, i64)> = None;
+    let mut newer_run = false;
+    let mut earlier = 0usize;
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT agent_run, first_seen, last_seen, report_count FROM anomaly_reports
              WHERE anomaly_key = ?1 AND agent_id = ?2",
-        )?
-        .query_row(params![anomaly.key, agent_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
+        )?;
+        let mut rows = stmt.query(params![anomaly.key, agent_id])?;
+        while let Some(row) = rows.next()? {
+            let run: i64 = row.get(0)?;
+            if run == agent_run {
+                previous = Some((row.get(1)?, row.get(2)?, row.get(3)?));
+            } else if run > agent_run && run != FOLDED_RUN {
+                newer_run = true;
+            } else if run != FOLDED_RUN {
+                earlier += 1;
+            }
+        }
+    }
+    if newer_run && previous.is_none() {
+        // A run already folded away: its counts are in the agent's history.
+        return Ok((Applied::Existing, None));
+    }
+    if agent_run != FOLDED_RUN && earlier > 0 {
+        fold_anomaly_runs(tx, &anomaly.key, agent_id, agent_run)?;
+    }
     let incoming = (
         to_i64(anomaly.first_seen_unix_ns),
         to_i64(anomaly.last_seen_unix_ns),
@@ -731,12 +844,12 @@ fn apply_anomaly(
         Some((f, l, c)) => (f.min(incoming.0), l.max(incoming.1), c.max(incoming.2)),
     };
     tx.prepare_cached(
-        "INSERT INTO anomaly_reports (anomaly_key, agent_id, first_seen, last_seen, report_count)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (anomaly_key, agent_id) DO UPDATE SET first_seen = excluded.first_seen,
+        "INSERT INTO anomaly_reports (anomaly_key, agent_id, agent_run, first_seen, last_seen, report_count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (anomaly_key, agent_id, agent_run) DO UPDATE SET first_seen = excluded.first_seen,
             last_seen = excluded.last_seen, report_count = excluded.report_count",
     )?
-    .execute(params![anomaly.key, agent_id, first, last, count])?;
+    .execute(params![anomaly.key, agent_id, agent_run, first, last, count])?;
 
     // The grouped row is updated incrementally: the total changes by this agent's delta,
     // first/last seen only widen, and the host list grows when the agent is new for this key.
@@ -813,6 +926,37 @@ fn apply_anomaly(
         },
         Some(stored),
     ))
+}
+
+/// Sums an agent's runs before `agent_run` into its FOLDED_RUN row for one anomaly key (the
+/// grouped total already counts them, so it does not change).
+fn fold_anomaly_runs(
+    tx: &rusqlite::Transaction<'_>,
+    key: &str,
+    agent_id: &str,
+    agent_run: i64,
+) -> Result<(), StoreError> {
+    let folded: (Option<i64>, Option<i64>, Option<i64>) = tx
+        .prepare_cached(
+            "SELECT MIN(first_seen), MAX(last_seen), SUM(report_count) FROM anomaly_reports
+             WHERE anomaly_key = ?1 AND agent_id = ?2 AND agent_run < ?3",
+        )?
+        .query_row(params![key, agent_id, agent_run], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    let (Some(first), Some(last), Some(count)) = folded else {
+        return Ok(());
+    };
+    tx.prepare_cached(
+        "DELETE FROM anomaly_reports WHERE anomaly_key = ?1 AND agent_id = ?2 AND agent_run < ?3",
+    )?
+    .execute(params![key, agent_id, agent_run])?;
+    tx.prepare_cached(
+        "INSERT INTO anomaly_reports (anomaly_key, agent_id, agent_run, first_seen, last_seen, report_count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![key, agent_id, FOLDED_RUN, first, last, count])?;
+    Ok(())
 }
 
 fn query_anomalies(
