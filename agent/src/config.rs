@@ -25,6 +25,11 @@ pub struct AgentConfig {
     /// Where the behavioural baseline survives restarts (rmp-serde). Default: `run` keeps it in
     /// its state directory; the other commands start fresh.
     pub baseline_file: Option<std::path::PathBuf>,
+    /// TLS posture rules: minimum version, scope of the plaintext-HTTP rule (sonde-tls's
+    /// defaults: TLS 1.2, servers not on loopback).
+    pub posture: sonde_tls::PostureConfig,
+    /// When a TLS connection without plaintext counts as blind (default after 5 s).
+    pub blind_spots: crate::blind::BlindSpotConfig,
     pub export: ExportConfig,
 }
 

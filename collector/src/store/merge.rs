@@ -27,6 +27,21 @@ pub fn merge_reports(reports: &[EndpointUpdate]) -> EndpointUpdate {
         last_seen_unix_ns: latest.last_seen_unix_ns,
         ..EndpointUpdate::default()
     };
+    // TLS parameters: the latest report that knows them.
+    let mut by_recency: Vec<&EndpointUpdate> = reports.iter().collect();
+    by_recency.sort_by_key(|r| std::cmp::Reverse(r.last_seen_unix_ns));
+    let latest_known = |f: fn(&EndpointUpdate) -> &String| {
+        by_recency
+            .iter()
+            .map(|r| f(r))
+            .find(|v| !v.is_empty())
+            .cloned()
+            .unwrap_or_default()
+    };
+    merged.tls_version = latest_known(|r| &r.tls_version);
+    merged.tls_cipher = latest_known(|r| &r.tls_cipher);
+    merged.alpn = latest_known(|r| &r.alpn);
+    merged.sni = latest_known(|r| &r.sni);
     let mut sensitive: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut query_params = BTreeSet::new();
     let mut request_schema: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
