@@ -41,7 +41,11 @@ struct ConnBuilder {
 
 impl ConnBuilder {
     fn server(tgid: u32, fd: i32, comm: &str, local: SocketAddr, ts_ns: u64) -> ConnBuilder {
-        let conn = ConnId { tgid, fd, generation: 1 };
+        let conn = ConnId {
+            tgid,
+            fd,
+            generation: 1,
+        };
         ConnBuilder {
             conn,
             events: vec![CaptureEvent::Open(ConnOpen {
@@ -108,10 +112,8 @@ impl ConnBuilder {
 }
 
 const ORDERS: &str = "GET /api/orders HTTP/1.1\r\nHost: shop.example.test\r\n\r\n";
-const ORDERS_OK: &str =
-    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"orders\":[]}";
-const REDIRECT: &str =
-    "HTTP/1.1 301 Moved Permanently\r\nLocation: https://shop.example.test/api/orders\r\nContent-Length: 0\r\n\r\n";
+const ORDERS_OK: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"orders\":[]}";
+const REDIRECT: &str = "HTTP/1.1 301 Moved Permanently\r\nLocation: https://shop.example.test/api/orders\r\nContent-Length: 0\r\n\r\n";
 
 fn now_ns() -> u64 {
     unix_now() as u64 * 1_000_000_000
@@ -129,9 +131,19 @@ fn ciphertext_goes_to_posture_and_plaintext_to_http_with_findings_once_per_serve
     let tls10 = openssl_handshake(
         &cert,
         &["-cipher", "DEFAULT:@SECLEVEL=0"],
-        &["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0", "-servername", "shop.example.test"],
+        &[
+            "-tls1",
+            "-cipher",
+            "DEFAULT:@SECLEVEL=0",
+            "-servername",
+            "shop.example.test",
+        ],
     );
-    assert!(!tls10.server_to_client.is_empty(), "{}", tls10.client_output);
+    assert!(
+        !tls10.server_to_client.is_empty(),
+        "{}",
+        tls10.client_output
+    );
     let server = SocketAddr::from(([10, 1, 2, 3], 8443));
     let t0 = now_ns();
     let mut events = Vec::new();
@@ -156,10 +168,25 @@ fn ciphertext_goes_to_posture_and_plaintext_to_http_with_findings_once_per_serve
     analyzer.flush(&mut sink);
 
     // Three exchanges: two from the probes' plaintext, one cleartext; none from ciphertext.
-    assert_eq!(sink.exchanges.len(), 3, "{:?}", sink.exchanges.iter().map(|(e, _)| &e.request.path).collect::<Vec<_>>());
-    assert!(sink.exchanges.iter().all(|(e, _)| e.request.path == "/api/orders"));
+    assert_eq!(
+        sink.exchanges.len(),
+        3,
+        "{:?}",
+        sink.exchanges
+            .iter()
+            .map(|(e, _)| &e.request.path)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        sink.exchanges
+            .iter()
+            .all(|(e, _)| e.request.path == "/api/orders")
+    );
     let tracker = analyzer.tracker().stats();
-    assert_eq!(tracker.ignored_bytes, 0, "no ciphertext reached the HTTP stage: {tracker:?}");
+    assert_eq!(
+        tracker.ignored_bytes, 0,
+        "no ciphertext reached the HTTP stage: {tracker:?}"
+    );
     let c = analyzer.tls().counters();
     assert_eq!(c.tls_connections, 2);
     assert_eq!(c.tls_with_plaintext, 2);
@@ -174,7 +201,10 @@ fn ciphertext_goes_to_posture_and_plaintext_to_http_with_findings_once_per_serve
     let tls = rec.tls.as_ref().expect("tls facts");
     assert_eq!(tls.version.as_deref(), Some("TLS 1.0"));
     assert_eq!(tls.sni.as_deref(), Some("shop.example.test"));
-    assert!(tls.cipher.as_deref().is_some_and(|c| c.starts_with("TLS_")), "{tls:?}");
+    assert!(
+        tls.cipher.as_deref().is_some_and(|c| c.starts_with("TLS_")),
+        "{tls:?}"
+    );
     let update = sonde_agent::export::endpoint_update(rec);
     assert!(update.served_over_tls);
     assert_eq!(update.tls_version, "TLS 1.0");
@@ -183,15 +213,30 @@ fn ciphertext_goes_to_posture_and_plaintext_to_http_with_findings_once_per_serve
     // Each finding once, though two connections showed it.
     assert_eq!(
         kinds(&sink.anomalies),
-        vec!["http.plaintext_data", "tls.legacy_version", "tls.plaintext_on_tls_port"]
+        vec![
+            "http.plaintext_data",
+            "tls.legacy_version",
+            "tls.plaintext_on_tls_port"
+        ]
     );
     for a in &sink.anomalies {
         assert_eq!(a.category, sonde_model::OwaspCategory::Api8Misconfiguration);
         assert!(a.explanation.contains("10.1.2.3:8443"), "{}", a.explanation);
     }
-    let plain = sink.anomalies.iter().find(|a| a.kind == "http.plaintext_data").expect("plaintext");
+    let plain = sink
+        .anomalies
+        .iter()
+        .find(|a| a.kind == "http.plaintext_data")
+        .expect("plaintext");
     assert_eq!(plain.evidence.request_line, "GET /api/orders");
-    assert!(plain.endpoint.as_deref().is_some_and(|e| e.ends_with("GET /api/orders")), "{:?}", plain.endpoint);
+    assert!(
+        plain
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.ends_with("GET /api/orders")),
+        "{:?}",
+        plain.endpoint
+    );
 }
 
 #[test]
@@ -207,14 +252,26 @@ fn plaintext_rule_scope_loopback_and_redirects() {
         );
         analyzer.flush(&mut sink);
         assert_eq!(sink.exchanges.len(), 1);
-        kinds(&sink.anomalies).into_iter().map(String::from).collect::<Vec<_>>()
+        kinds(&sink.anomalies)
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
     };
     let public = SocketAddr::from(([192, 0, 2, 10], 8080));
     let loopback = SocketAddr::from(([127, 0, 0, 1], 8080));
     let default = AgentConfig::default();
-    assert_eq!(run(&default, public, ORDERS_OK), vec!["http.plaintext_data"]);
-    assert!(run(&default, public, REDIRECT).is_empty(), "a redirect to HTTPS is fine");
-    assert!(run(&default, loopback, ORDERS_OK).is_empty(), "loopback is out of the default scope");
+    assert_eq!(
+        run(&default, public, ORDERS_OK),
+        vec!["http.plaintext_data"]
+    );
+    assert!(
+        run(&default, public, REDIRECT).is_empty(),
+        "a redirect to HTTPS is fine"
+    );
+    assert!(
+        run(&default, loopback, ORDERS_OK).is_empty(),
+        "loopback is out of the default scope"
+    );
     let mut all = AgentConfig::default();
     all.posture.plaintext_http = sonde_tls::PlaintextScope::All;
     assert_eq!(run(&all, loopback, ORDERS_OK), vec!["http.plaintext_data"]);
@@ -234,8 +291,14 @@ fn unread_tls_connections_are_blind_spots_with_their_process_reason() {
         .expect("python3");
     let pid = python.id();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default().contains("libssl.so") {
-        assert!(std::time::Instant::now() < deadline, "python never mapped libssl");
+    while !std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .contains("libssl.so")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "python never mapped libssl"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let server = SocketAddr::from(([127, 0, 0, 1], 9443));
