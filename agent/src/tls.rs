@@ -205,6 +205,17 @@ impl TlsStage {
             return;
         }
         tls.blind = Some(!t.tls_source);
+        tracing::debug!(
+            conn = %id,
+            readable = t.tls_source,
+            client_hello = tls.conn.session.client_hello.is_some(),
+            server_hello = tls.conn.session.server_hello.is_some(),
+            certificate = tls.conn.session.server_certificate.is_some(),
+            egress = ?tls.conn.direction(sonde_model::Direction::Egress).state(),
+            ingress = ?tls.conn.direction(sonde_model::Direction::Ingress).state(),
+            bytes = tls.bytes,
+            "TLS connection judged"
+        );
         if t.tls_source {
             self.counters.tls_with_plaintext += 1;
         }

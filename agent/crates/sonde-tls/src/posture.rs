@@ -407,14 +407,12 @@ impl PostureRules {
     }
 }
 
-/// What makes two findings about a server the same: its address (and process when local).
+/// What makes two findings about a server the same: its address. The client's and the server's
+/// sockets of one connection on this host name the same address, so the two views raise one
+/// finding; without an address the process stands in.
 fn server_key(server: &ServerRef) -> String {
-    match (server.local, server.addr) {
-        (true, Some(a)) => format!(
-            "port {} {}",
-            a.port(),
-            server.process.as_deref().unwrap_or("")
-        ),
-        _ => server.name(),
+    match server.addr {
+        Some(a) => a.to_string(),
+        None => format!("? {}", server.process.as_deref().unwrap_or("")),
     }
 }
