@@ -6,9 +6,10 @@
 //! never to the HTTP parsers, which read that connection's plaintext from the TLS probes
 //! (`Source::Tls`) instead.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
 
+use rustc_hash::FxHashMap;
 use sonde_inventory::EndpointTls;
 use sonde_model::{
     Anomaly, CaptureEvent, ConnId, ConnMeta, DataChunk, Exchange, HttpVersion, Role, Source,
@@ -73,7 +74,7 @@ struct Track {
 
 /// See the module documentation.
 pub struct TlsStage {
-    conns: HashMap<ConnId, Track>,
+    conns: FxHashMap<ConnId, Track>,
     posture: PostureRules,
     blind: BlindSpots,
     closing: Vec<ConnId>,
@@ -83,7 +84,7 @@ pub struct TlsStage {
 impl TlsStage {
     pub fn new(posture: sonde_tls::PostureConfig, blind: BlindSpotConfig) -> TlsStage {
         TlsStage {
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             posture: PostureRules::new(posture),
             blind: BlindSpots::new(blind),
             closing: Vec::new(),
@@ -324,19 +325,19 @@ impl TlsStage {
 
 /// The connection's entry, created on first sight unless the table is full.
 fn track<'a>(
-    conns: &'a mut HashMap<ConnId, Track>,
+    conns: &'a mut FxHashMap<ConnId, Track>,
     counters: &mut TlsStageCounters,
     id: ConnId,
     ts_ns: u64,
 ) -> Option<&'a mut Track> {
     let full = conns.len() >= MAX_TRACKED;
     let t = match conns.entry(id) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(_) if full => {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(_) if full => {
             counters.untracked_connections += 1;
             return None;
         }
-        std::collections::hash_map::Entry::Vacant(e) => e.insert(Track {
+        Entry::Vacant(e) => e.insert(Track {
             role: Role::Unknown,
             local: None,
             remote: None,
