@@ -556,6 +556,27 @@ mod tests {
     }
 
     #[test]
+    fn udp_sockets_to_port_443_are_counted_as_quic() {
+        let before = count_udp_443();
+        let quic = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        quic.connect("127.0.0.1:443").expect("connect");
+        assert!(count_udp_443() > before);
+        let mut b = BlindSpots::new(BlindSpotConfig::default());
+        let report = b.report().clone();
+        assert!(report.quic_udp_sockets > before);
+        let spot = report
+            .blind_spots()
+            .into_iter()
+            .find(|s| s.kind == "quic.udp")
+            .expect("QUIC blind spot");
+        assert!(
+            spot.detail.contains("outside the TCP capture"),
+            "{}",
+            spot.detail
+        );
+    }
+
+    #[test]
     fn the_report_counts_shares_and_lists_processes() {
         let mut b = BlindSpots::new(BlindSpotConfig::default());
         b.verdicts

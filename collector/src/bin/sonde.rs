@@ -402,6 +402,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     statuses.iter().map(|(s, c)| format!("{s}:{c}")).collect();
                 println!("statuses: {}", list(&statuses));
                 println!("query params: {}", list(&merged.query_params));
+                if merged.served_over_tls {
+                    let or_dash = |s: &str| {
+                        if s.is_empty() {
+                            "-".to_string()
+                        } else {
+                            s.to_string()
+                        }
+                    };
+                    println!(
+                        "tls: {} {} alpn {} sni {}",
+                        or_dash(&merged.tls_version),
+                        or_dash(&merged.tls_cipher),
+                        or_dash(&merged.alpn),
+                        or_dash(&merged.sni)
+                    );
+                } else {
+                    println!("tls: no (plaintext)");
+                }
                 if let Some(l) = &merged.latency_us {
                     println!(
                         "latency µs: p50 {} p90 {} p99 {} max {}",

@@ -188,6 +188,26 @@ mod tests {
     }
 
     #[test]
+    fn tls_parameters_come_from_the_latest_report_that_knows_them() {
+        let mut old = report(1, 10, &[]);
+        old.served_over_tls = true;
+        old.tls_version = "TLS 1.2".into();
+        old.tls_cipher = "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into();
+        old.sni = "api.example".into();
+        let mut new = report(1, 20, &[]);
+        new.served_over_tls = true;
+        new.tls_version = "TLS 1.3".into();
+        new.alpn = "h2".into();
+        let merged = merge_reports(&[old, new, report(1, 5, &[])]);
+        assert!(merged.served_over_tls);
+        assert_eq!(merged.tls_version, "TLS 1.3");
+        assert_eq!(merged.alpn, "h2");
+        // Unknown in the latest report: the older one's value stands.
+        assert_eq!(merged.tls_cipher, "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256");
+        assert_eq!(merged.sni, "api.example");
+    }
+
+    #[test]
     fn empty_input_merges_to_default() {
         assert_eq!(merge_reports(&[]), EndpointUpdate::default());
     }
