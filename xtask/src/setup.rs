@@ -21,6 +21,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("openjdk-17-jdk-headless", "/usr/bin/javac"),
     ("gcc", "/usr/bin/gcc"),
     ("libc6-dev", "/usr/lib/x86_64-linux-gnu/libc.a"),
+    // Blind-spots tests: a Go executable (crypto/tls compiled in).
+    ("golang-go", "/usr/bin/go"),
 ];
 
 /// Python packages the end-to-end tests drive servers and clients with.
