@@ -113,6 +113,7 @@ impl ConnBuilder {
 
 const ORDERS: &str = "GET /api/orders HTTP/1.1\r\nHost: shop.example.test\r\n\r\n";
 const ORDERS_OK: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"orders\":[]}";
+const REFUSED: &str = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
 const REDIRECT: &str = "HTTP/1.1 301 Moved Permanently\r\nLocation: https://shop.example.test/api/orders\r\nContent-Length: 0\r\n\r\n";
 
 fn now_ns() -> u64 {
@@ -156,7 +157,13 @@ fn ciphertext_goes_to_posture_and_plaintext_to_http_with_findings_once_per_serve
                 .close(),
         );
     }
-    // The same port answers plaintext HTTP too: once with data, once with a redirect.
+    // A cleartext request refused by the TLS port is no finding (nginx answers 400)...
+    events.extend(
+        ConnBuilder::server(4242, 8, "nginx", server, t0)
+            .exchange(Source::Syscall, ORDERS, REFUSED)
+            .close(),
+    );
+    // ...but the same port answering plaintext HTTP with data is.
     events.extend(
         ConnBuilder::server(4242, 7, "nginx", server, t0)
             .exchange(Source::Syscall, ORDERS, ORDERS_OK)
@@ -167,10 +174,10 @@ fn ciphertext_goes_to_posture_and_plaintext_to_http_with_findings_once_per_serve
     analyzer.on_events(events, &mut sink);
     analyzer.flush(&mut sink);
 
-    // Three exchanges: two from the probes' plaintext, one cleartext; none from ciphertext.
+    // Four exchanges: two from the probes' plaintext, two cleartext; none from ciphertext.
     assert_eq!(
         sink.exchanges.len(),
-        3,
+        4,
         "{:?}",
         sink.exchanges
             .iter()
@@ -197,7 +204,7 @@ fn ciphertext_goes_to_posture_and_plaintext_to_http_with_findings_once_per_serve
         .endpoints()
         .find(|r| &*r.template == "/api/orders")
         .expect("endpoint");
-    assert_eq!((rec.calls, rec.tls_calls), (3, 2));
+    assert_eq!((rec.calls, rec.tls_calls), (4, 2));
     let tls = rec.tls.as_ref().expect("tls facts");
     assert_eq!(tls.version.as_deref(), Some("TLS 1.0"));
     assert_eq!(tls.sni.as_deref(), Some("shop.example.test"));
@@ -340,4 +347,27 @@ fn unread_tls_connections_are_blind_spots_with_their_process_reason() {
     // TLS 1.3 on loopback with a modern suite: nothing to say about posture.
     assert!(sink.anomalies.is_empty(), "{:?}", kinds(&sink.anomalies));
     assert_eq!(sink.exchanges.len(), 1);
+}
+
+#[test]
+fn a_tls_port_refusing_cleartext_is_no_finding() {
+    let cert = TestCert::valid("strict.example.test");
+    let tls12 = openssl_handshake(&cert, &[], &["-tls1_2"]);
+    let server = SocketAddr::from(([10, 1, 2, 4], 443));
+    let t0 = now_ns();
+    let mut events = ConnBuilder::server(99, 5, "nginx", server, t0)
+        .ciphertext(&tls12)
+        .close();
+    events.extend(
+        ConnBuilder::server(99, 6, "nginx", server, t0)
+            .exchange(Source::Syscall, ORDERS, REFUSED)
+            .close(),
+    );
+    let mut analyzer = Analyzer::new(&AgentConfig::default()).expect("analyzer");
+    let mut sink = Collect::default();
+    analyzer.on_events(events, &mut sink);
+    analyzer.flush(&mut sink);
+    assert_eq!(sink.exchanges.len(), 1);
+    assert_eq!(analyzer.tls().counters().tls_connections, 1);
+    assert!(sink.anomalies.is_empty(), "{:?}", kinds(&sink.anomalies));
 }

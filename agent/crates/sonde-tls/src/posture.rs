@@ -261,7 +261,10 @@ impl PostureRules {
             .as_ref()
             .map_or(ex.request.ts_end_ns, |r| r.ts_end_ns);
         let Some(addr) = server.addr else { return };
-        if let Some(port) = server.port_key() {
+        // A TLS port that refuses cleartext (nginx's 400 "plain HTTP request was sent to HTTPS
+        // port") is doing the right thing: only an answer below 400 serves cleartext.
+        let served = ex.response.as_ref().is_some_and(|r| r.status < 400);
+        if served && let Some(port) = server.port_key() {
             self.remember_port(port, false);
             if self.tls_ports.contains(&port) {
                 self.mixed_port(server, ts_ns, out);
