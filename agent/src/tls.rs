@@ -53,6 +53,9 @@ struct TlsTrack {
     first_ns: u64,
     /// Syscall-side bytes (captured or not).
     bytes: u64,
+    /// Offset expected next per direction (`None` before its first chunk): a jump is a gap
+    /// (a dropped chunk), an overlap is skipped.
+    next: [Option<u64>; 2],
     /// Judged: `Some(true)` blind, `Some(false)` readable.
     blind: Option<bool>,
     checked_hello: bool,
@@ -159,6 +162,13 @@ impl TlsStage {
                 conn: TlsConnection::new(),
                 first_ns: d.ts_ns,
                 bytes: 0,
+                // Seen from its first byte: both directions start at offset 0. Joined later:
+                // each direction starts wherever its first chunk does.
+                next: if d.offset == 0 {
+                    [Some(0); 2]
+                } else {
+                    [None; 2]
+                },
                 blind: None,
                 checked_hello: false,
                 checked_cert: false,
@@ -174,9 +184,21 @@ impl TlsStage {
             return true;
         };
         self.counters.ciphertext_chunks += 1;
-        tls.conn.push(d.direction, &d.data);
-        if d.missing() > 0 {
-            tls.conn.gap(d.direction, d.missing());
+        let i = d.direction.index();
+        let expected = tls.next[i].unwrap_or(d.offset);
+        let mut data: &[u8] = &d.data;
+        if d.offset > expected {
+            tls.conn.gap(d.direction, d.offset - expected);
+        } else if d.offset < expected {
+            // Bytes already seen (a repeated chunk): only what lies past them is new.
+            let seen = usize::try_from(expected - d.offset).unwrap_or(usize::MAX);
+            data = data.get(seen..).unwrap_or_default();
+        }
+        tls.next[i] = Some(expected.max(d.end()));
+        tls.conn.push(d.direction, data);
+        if d.missing() > 0 && d.end() > expected {
+            tls.conn
+                .gap(d.direction, d.missing().min(d.end() - expected));
         }
         tls.bytes += d.len;
         if let Some(blind) = tls.blind {

@@ -371,3 +371,41 @@ fn a_tls_port_refusing_cleartext_is_no_finding() {
     assert_eq!(analyzer.tls().counters().tls_connections, 1);
     assert!(sink.anomalies.is_empty(), "{:?}", kinds(&sink.anomalies));
 }
+
+#[test]
+fn a_dropped_chunk_is_a_gap_and_a_repeated_one_is_skipped() {
+    let now = unix_now();
+    let cert = TestCert::self_signed("dropped.example.test", now - 90 * 86_400, now - 86_400);
+    let rec = openssl_handshake(&cert, &[], &["-tls1_2"]);
+    let down = rec.server_bytes();
+    // Record boundaries of the server's bytes.
+    let mut starts = Vec::new();
+    let mut off = 0;
+    while off + 5 <= down.len() {
+        starts.push(off);
+        off += 5 + u16::from_be_bytes([down[off + 3], down[off + 4]]) as usize;
+    }
+    assert!(starts.len() >= 3, "{starts:?}");
+    let server = SocketAddr::from(([10, 1, 2, 5], 443));
+    let mut b = ConnBuilder::server(55, 5, "api", server, now_ns());
+    for c in &rec.client_to_server {
+        b.data(Source::Syscall, Direction::Ingress, c);
+    }
+    // The ServerHello's chunk never arrives: the next one starts past it.
+    b.offsets[0][Direction::Egress.index()] = starts[1] as u64;
+    let cert_record = &down[starts[1]..starts[2]];
+    b.data(Source::Syscall, Direction::Egress, cert_record);
+    // The same chunk delivered twice.
+    b.offsets[0][Direction::Egress.index()] = starts[1] as u64;
+    b.data(Source::Syscall, Direction::Egress, cert_record);
+    b.data(Source::Syscall, Direction::Egress, &down[starts[2]..]);
+    let mut analyzer = Analyzer::new(&AgentConfig::default()).expect("analyzer");
+    let mut sink = Collect::default();
+    analyzer.on_events(b.close(), &mut sink);
+    analyzer.flush(&mut sink);
+    let c = analyzer.tls().counters();
+    assert_eq!(c.parser.resyncs, 1, "{c:?}");
+    assert_eq!(c.parser.malformed_messages, 0, "{c:?}");
+    // Without the ServerHello no version finding; the certificate still tells its expiry.
+    assert_eq!(kinds(&sink.anomalies), vec!["tls.certificate_expired"]);
+}

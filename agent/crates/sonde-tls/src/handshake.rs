@@ -85,8 +85,6 @@ pub enum StopReason {
     Encrypted,
     /// The bytes are not TLS records.
     NotTls,
-    /// Bytes of the direction were not captured: record boundaries are lost.
-    Gap,
     /// A handshake message past [`MAX_HANDSHAKE_MESSAGE`].
     TooLarge,
 }
@@ -97,6 +95,9 @@ pub enum DirectionState {
     /// Reading handshake records.
     #[default]
     Handshake,
+    /// After a gap: waiting for a chunk that starts with a record header. Writes of TLS
+    /// libraries are whole records, so the next delivery usually starts one.
+    Resync,
     Stopped(StopReason),
 }
 
@@ -108,6 +109,8 @@ pub struct ParserCounters {
     pub handshake_messages: u64,
     /// Handshake messages tls-parser (or x509-parser) refused; the parse goes on.
     pub malformed_messages: u64,
+    /// Gaps after which parsing resumed at a record boundary.
+    pub resyncs: u64,
     /// Bytes after the parse stopped (ciphertext, or what followed garbage or a gap).
     pub skipped_bytes: u64,
 }
@@ -118,6 +121,7 @@ impl ParserCounters {
         self.records += o.records;
         self.handshake_messages += o.handshake_messages;
         self.malformed_messages += o.malformed_messages;
+        self.resyncs += o.resyncs;
         self.skipped_bytes += o.skipped_bytes;
     }
 }
@@ -157,6 +161,16 @@ impl DirectionParser {
     /// Feeds the next bytes of the direction.
     pub fn push(&mut self, mut data: &[u8], dir: Direction, session: &mut TlsSession) {
         self.counters.bytes += data.len() as u64;
+        if self.state == DirectionState::Resync && !data.is_empty() {
+            if crate::record::looks_like_tls_record(data) {
+                self.state = DirectionState::Handshake;
+                self.counters.resyncs += 1;
+            } else {
+                // Mid-record: the boundary is still unknown.
+                self.counters.skipped_bytes += data.len() as u64;
+                return;
+            }
+        }
         while !data.is_empty() {
             if self.state != DirectionState::Handshake {
                 self.counters.skipped_bytes += data.len() as u64;
@@ -193,7 +207,10 @@ impl DirectionParser {
     /// `len` bytes of the direction were not captured.
     pub fn gap(&mut self, len: u64) {
         if self.state == DirectionState::Handshake {
-            self.stop(StopReason::Gap);
+            // What was held belongs to a record (and maybe a message) that is now incomplete.
+            self.record = Vec::new();
+            self.message = Vec::new();
+            self.state = DirectionState::Resync;
         }
         self.counters.skipped_bytes += len;
     }
@@ -405,7 +422,7 @@ impl TlsConnection {
     pub fn finished(&self) -> bool {
         self.dirs
             .iter()
-            .all(|d| d.state() != DirectionState::Handshake)
+            .all(|d| matches!(d.state(), DirectionState::Stopped(_)))
     }
 
     pub fn counters(&self) -> ParserCounters {

@@ -308,8 +308,19 @@ fn every_split_and_byte_by_byte_delivery_gives_the_same_session() {
     assert_eq!(conn.session.server_hello, whole.server_hello);
 }
 
+/// Offsets of the records of a direction's bytes.
+fn record_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 5 <= bytes.len() {
+        out.push(off);
+        off += 5 + u16::from_be_bytes([bytes[off + 3], bytes[off + 4]]) as usize;
+    }
+    out
+}
+
 #[test]
-fn a_gap_stops_the_direction_without_inventing_facts() {
+fn a_gap_inside_a_record_waits_for_the_next_record_without_inventing_facts() {
     let cert = TestCert::valid("gap.example.test");
     let rec = openssl_handshake(&cert, &[], &["-tls1_2"]);
     let down = rec.server_bytes();
@@ -317,11 +328,52 @@ fn a_gap_stops_the_direction_without_inventing_facts() {
     conn.push(Direction::Egress, &rec.client_bytes());
     conn.push(Direction::Ingress, &down[..20]);
     conn.gap(Direction::Ingress, 100);
-    conn.push(Direction::Ingress, &down[120..]);
-    assert!(conn.session.server_hello.is_none());
     assert_eq!(
         conn.direction(Direction::Ingress).state(),
-        DirectionState::Stopped(StopReason::Gap)
+        DirectionState::Resync
     );
     assert_eq!(conn.direction(Direction::Ingress).held_bytes(), 0);
+    // Bytes that do not start a record are skipped, not parsed.
+    conn.push(Direction::Ingress, &down[120..]);
+    assert!(conn.session.server_hello.is_none());
+    assert!(conn.session.server_certificate.is_none());
+    assert_eq!(
+        conn.direction(Direction::Ingress).state(),
+        DirectionState::Resync
+    );
+}
+
+#[test]
+fn after_a_gap_parsing_resumes_at_a_record_boundary() {
+    let cert = TestCert::valid("resync.example.test");
+    let rec = openssl_handshake(&cert, &[], &["-tls1_2"]);
+    let down = rec.server_bytes();
+    let starts = record_starts(&down);
+    assert!(
+        starts.len() >= 3,
+        "ServerHello, Certificate, ...: {starts:?}"
+    );
+    // The ServerHello record lost, the Certificate record delivered at its boundary.
+    let mut conn = TlsConnection::new();
+    conn.push(Direction::Egress, &rec.client_bytes());
+    conn.gap(Direction::Ingress, starts[1] as u64);
+    conn.push(Direction::Ingress, &down[starts[1]..]);
+    assert!(conn.session.server_hello.is_none());
+    let c = conn
+        .session
+        .server_certificate
+        .as_ref()
+        .unwrap_or_else(|| panic!("certificate after resync"));
+    assert_eq!(c.subject_cn.as_deref(), Some("resync.example.test"));
+    let d = conn.direction(Direction::Ingress);
+    assert_eq!(d.counters().resyncs, 1);
+    assert_eq!(d.state(), DirectionState::Stopped(StopReason::Encrypted));
+    // The Certificate record lost instead: the ServerHello stands, the certificate is unknown.
+    let mut conn = TlsConnection::new();
+    conn.push(Direction::Egress, &rec.client_bytes());
+    conn.push(Direction::Ingress, &down[..starts[1]]);
+    conn.gap(Direction::Ingress, (starts[2] - starts[1]) as u64);
+    conn.push(Direction::Ingress, &down[starts[2]..]);
+    assert_eq!(conn.session.version(), Some(ProtocolVersion::TLS12));
+    assert!(conn.session.server_certificate.is_none());
 }
