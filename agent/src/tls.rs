@@ -68,11 +68,37 @@ struct Track {
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
     pid: u32,
-    comm: String,
+    comm: Comm,
     kind: Kind,
     /// Plaintext from the TLS probes arrived for this connection.
     tls_source: bool,
     last_ns: u64,
+}
+
+/// A task name (`comm`, at most 15 bytes) kept inline: every connection has one, and an
+/// allocation per connection is what the hot path avoids.
+#[derive(Debug, Default, Clone, Copy)]
+struct Comm {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Comm {
+    fn new(s: &str) -> Comm {
+        let mut c = Comm::default();
+        // Cut at a character boundary within 16 bytes.
+        let mut end = s.len().min(16);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        c.bytes[..end].copy_from_slice(&s.as_bytes()[..end]);
+        c.len = end as u8;
+        c
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
 }
 
 /// See the module documentation.
@@ -123,7 +149,7 @@ impl TlsStage {
                     t.local = o.local;
                     t.remote = o.remote;
                     t.pid = o.process.pid;
-                    t.comm.clone_from(&o.process.comm);
+                    t.comm = Comm::new(&o.process.comm);
                 }
                 true
             }
@@ -210,7 +236,14 @@ impl TlsStage {
         if new_hello || new_cert {
             tls.checked_hello |= new_hello;
             tls.checked_cert |= new_cert;
-            let server = tls_server(t.role, t.local, t.remote, &t.comm, d.conn.tgid, session);
+            let server = tls_server(
+                t.role,
+                t.local,
+                t.remote,
+                t.comm.as_str(),
+                d.conn.tgid,
+                session,
+            );
             self.posture.on_session(&server, session, d.ts_ns, out);
         }
         false
@@ -245,7 +278,8 @@ impl TlsStage {
         // A pcap has no processes: nothing to say about probes.
         if id.tgid != 0 {
             let pid = if t.pid != 0 { t.pid } else { id.tgid };
-            self.blind.judged(pid, &t.comm, t.tls_source, tls.bytes);
+            self.blind
+                .judged(pid, t.comm.as_str(), t.tls_source, tls.bytes);
         }
     }
 
@@ -364,7 +398,7 @@ fn track<'a>(
             local: None,
             remote: None,
             pid: id.tgid,
-            comm: String::new(),
+            comm: Comm::default(),
             kind: Kind::Undecided,
             tls_source: false,
             last_ns: ts_ns,
