@@ -25,6 +25,11 @@ pub struct AgentConfig {
     /// Where the behavioural baseline survives restarts (rmp-serde). Default: `run` keeps it in
     /// its state directory; the other commands start fresh.
     pub baseline_file: Option<std::path::PathBuf>,
+    /// TLS posture rules: minimum version, scope of the plaintext-HTTP rule (sonde-tls's
+    /// defaults: TLS 1.2, servers not on loopback).
+    pub posture: sonde_tls::PostureConfig,
+    /// When a TLS connection without plaintext counts as blind (default after 5 s).
+    pub blind_spots: crate::blind::BlindSpotConfig,
     pub export: ExportConfig,
 }
 
@@ -152,5 +157,24 @@ mod tests {
         assert_eq!(c.capture.ports, vec![80, 8080]);
         assert_eq!(c.capture.tcp_strategy, TcpStrategyChoice::FdTracking);
         assert!(toml::from_str::<AgentConfig>("[capture]\nchunk = 1\n").is_err());
+    }
+
+    #[test]
+    fn posture_and_blind_spot_sections_parse_as_the_readme_shows() {
+        let c: AgentConfig = toml::from_str(
+            "[posture]\nmin_version = 0x0304\nplaintext_http = \"all\"\nplaintext_allowed_ports = [9100]\n[blind_spots]\ngrace_ms = 1000\n",
+        )
+        .expect("parses");
+        assert_eq!(c.posture.min_version, 0x0304);
+        assert_eq!(c.posture.plaintext_http, sonde_tls::PlaintextScope::All);
+        assert_eq!(c.posture.plaintext_allowed_ports, vec![9100]);
+        assert_eq!(c.blind_spots.grace_ms, 1000);
+        let d = AgentConfig::default();
+        assert_eq!(d.posture.min_version, 0x0303);
+        assert_eq!(
+            d.posture.plaintext_http,
+            sonde_tls::PlaintextScope::NonLoopback
+        );
+        assert!(toml::from_str::<AgentConfig>("[posture]\nscope = 1\n").is_err());
     }
 }

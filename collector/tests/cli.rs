@@ -235,3 +235,51 @@ async fn exit_codes_say_what_is_wrong() -> anyhow::Result<()> {
     assert_eq!(usage.status.code(), Some(2));
     fx.collector.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_show_blind_spots_and_the_unreadable_tls_share() -> anyhow::Result<()> {
+    let (fx, session) = populated().await?;
+    let counters = [
+        ("tls.connections", 8),
+        ("tls.blind_connections", 2),
+        ("tls.blind_connections_permille", 250),
+        ("tls.bytes", 40_000),
+        ("tls.blind_bytes", 10_000),
+        ("tls.blind_bytes_permille", 250),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    session
+        .send(sonde_proto::v1::agent_message::Body::Heartbeat(
+            sonde_proto::v1::Heartbeat {
+                counters,
+                blind_spots: vec![sonde_proto::v1::BlindSpot {
+                    kind: "tls.java_jsse".into(),
+                    detail: "pid 42 java (/usr/bin/java): 2 TLS connection(s)".into(),
+                }],
+                sent_at_unix_ns: now_ns(),
+            },
+        ))
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = sonde(&["--collector", &fx.url(), "agents"]).await?;
+        let text = stdout(&out);
+        if text.contains("blind spot tls.java_jsse: pid 42 java") {
+            assert!(
+                text.contains(
+                    "TLS unreadable: 2 of 8 connections (25.0%), 10000 of 40000 bytes (25.0%)"
+                ),
+                "{text}"
+            );
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "heartbeat never shown: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fx.collector.stop().await
+}

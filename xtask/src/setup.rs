@@ -15,6 +15,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("curl", "/usr/bin/curl"),
     ("nghttp2-client", "/usr/bin/nghttp"),
     ("iproute2", "/usr/sbin/ip"),
+    // TLS posture tests: real s_server/s_client handshakes.
+    ("openssl", "/usr/bin/openssl"),
+    // Blind-spots tests: a JVM (JSSE) client, and a static executable built with gcc.
+    ("openjdk-17-jdk-headless", "/usr/bin/javac"),
+    ("gcc", "/usr/bin/gcc"),
+    ("libc6-dev", "/usr/lib/x86_64-linux-gnu/libc.a"),
+    // Blind-spots tests: a Go executable (crypto/tls compiled in).
+    ("golang-go", "/usr/bin/go"),
 ];
 
 /// Python packages the end-to-end tests drive servers and clients with.
