@@ -2,7 +2,7 @@
 //! defaults are documented where they are defined), loaded from a TOML file and overridden by
 //! command-line flags.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,43 @@ pub struct ExportConfig {
     pub max_spool_bytes: u64,
     /// How often changed endpoints are sent. Default 2 s.
     pub interval_ms: u64,
+    /// TLS towards an `https://` collector (`[export.tls]`). Default: none (plaintext `http://`).
+    pub tls: Option<ExportTlsConfig>,
+}
+
+/// PEM files for TLS towards the collector, e.g. mounted from a Kubernetes Secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportTlsConfig {
+    /// CA that signed the collector's certificate.
+    pub ca_cert: PathBuf,
+    /// Client certificate and key, for a collector that requires mTLS on ingest. Both or none.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Name to verify in the collector's certificate when it differs from the URL's host.
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+impl ExportTlsConfig {
+    /// Reads the PEM files the exporter needs.
+    pub fn load(&self) -> anyhow::Result<sonde_export::ExportTls> {
+        let read = |p: &Path| {
+            std::fs::read(p).with_context(|| format!("reading TLS file {}", p.display()))
+        };
+        let client_identity_pem = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            (None, None) => None,
+            _ => anyhow::bail!("[export.tls] needs both client_cert and client_key, or neither"),
+        };
+        Ok(sonde_export::ExportTls {
+            ca_cert_pem: read(&self.ca_cert)?,
+            client_identity_pem,
+            domain: self.domain.clone(),
+        })
+    }
 }
 
 impl Default for ExportConfig {
@@ -56,6 +93,7 @@ impl Default for ExportConfig {
             spool_dir: "/var/lib/sonde/spool".into(),
             max_spool_bytes: 64 * 1024 * 1024,
             interval_ms: 2000,
+            tls: None,
         }
     }
 }
@@ -69,6 +107,52 @@ impl AgentConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+
+    /// Everything `run` would refuse or skip, checked without touching the kernel: every declared
+    /// spec loads, the TLS files read, the collector URL names a scheme the exporter speaks.
+    /// Returns a one-line summary for the operator.
+    pub fn check(&self) -> anyhow::Result<String> {
+        sonde_protocol::Tracker::new(self.protocol.clone())
+            .map_err(|e| anyhow::anyhow!("[protocol]: {e}"))?;
+        let mut inventory = sonde_inventory::Inventory::new(self.inventory.clone());
+        let errors = inventory.load_specs(self.specs.iter().map(|s| {
+            (
+                s.path.clone(),
+                sonde_inventory::SpecScope {
+                    authority: s.authority.clone(),
+                    port: s.port,
+                    process: s.process.clone(),
+                },
+            )
+        }));
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            anyhow::bail!("declared specs not loaded: {}", list.join("; "));
+        }
+        let url = &self.export.collector_url;
+        let https = url.starts_with("https://");
+        anyhow::ensure!(
+            https || url.starts_with("http://"),
+            "[export] collector_url {url:?} is neither http:// nor https://"
+        );
+        if let Some(tls) = &self.export.tls {
+            anyhow::ensure!(
+                https,
+                "[export.tls] is set but collector_url {url:?} is not https://"
+            );
+            tls.load()?;
+        }
+        Ok(format!(
+            "config OK: {} declared spec(s), collector {url}{}, spool {}",
+            self.specs.len(),
+            match &self.export.tls {
+                Some(t) if t.client_cert.is_some() => " (mTLS)",
+                Some(_) => " (TLS)",
+                None => "",
+            },
+            self.export.spool_dir.display()
+        ))
     }
 }
 
