@@ -171,7 +171,6 @@ fn layout_rootfs(context: &Path, binaries: &[&str]) -> anyhow::Result<()> {
     let tmp = rootfs.join("tmp");
     std::fs::create_dir_all(&tmp)?;
     set_mode(&tmp, 0o1777)?;
-    std::fs::create_dir_all(rootfs.join("var/lib/sonde"))?;
     std::fs::create_dir_all(context.join("state"))?;
     eprintln!(
         "image: {} binaries, {} shared libraries in {}",
