@@ -237,4 +237,38 @@ mod tests {
         assert_eq!(c.capture.tcp_strategy, TcpStrategyChoice::FdTracking);
         assert!(toml::from_str::<AgentConfig>("[capture]\nchunk = 1\n").is_err());
     }
+
+    #[test]
+    fn check_refuses_tls_over_http_and_half_a_client_identity() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("sonde-config-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let ca = dir.join("ca.crt");
+        std::fs::write(&ca, "not checked here: tonic parses it at connect")?;
+        let parse = |text: String| toml::from_str::<AgentConfig>(&text);
+        let tls = format!("[export.tls]\nca_cert = {:?}\n", ca.display().to_string());
+        let over_http = parse(format!(
+            "[export]\ncollector_url = \"http://c:7419\"\n{tls}"
+        ))?;
+        assert!(over_http.check().is_err());
+        let ok = parse(format!(
+            "[export]\ncollector_url = \"https://c:7419\"\n{tls}"
+        ))?;
+        assert!(ok.check()?.contains("(TLS)"));
+        let half = parse(format!(
+            "[export]\ncollector_url = \"https://c:7419\"\n{tls}client_cert = {:?}\n",
+            ca.display().to_string()
+        ))?;
+        let err = half.check().expect_err("client_cert without client_key");
+        assert!(format!("{err:#}").contains("both client_cert and client_key"));
+        let missing = parse(
+            "[export]\ncollector_url = \"https://c:7419\"\n[export.tls]\nca_cert = \"/nonexistent/ca.crt\"\n"
+                .to_string(),
+        )?;
+        assert!(
+            format!("{:#}", missing.check().expect_err("missing CA"))
+                .contains("/nonexistent/ca.crt")
+        );
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
 }

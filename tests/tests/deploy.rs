@@ -44,14 +44,30 @@ fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `cargo run -p xtask -- <args>` (the project's own deployment commands).
+/// `cargo run -p xtask -- <args>` (the project's own deployment commands), in the environment a
+/// terminal would give it: the variables cargo sets for a test process (CARGO_PKG_*,
+/// CARGO_MANIFEST_DIR, LD_LIBRARY_PATH, ...) would otherwise change build-script fingerprints
+/// and rebuild the release binaries on every run.
+fn xtask_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR")
+            || key == "LD_LIBRARY_PATH"
+            || key.starts_with("RUSTC")
+            || key.starts_with("RUSTDOC")
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.current_dir(repo())
+        .args(["run", "-q", "-p", "xtask", "--"])
+        .args(args);
+    cmd
+}
+
 fn xtask(args: &[&str]) -> String {
-    run_ok(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(repo())
-            .args(["run", "-q", "-p", "xtask", "--"])
-            .args(args),
-    )
+    run_ok(&mut xtask_command(args))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -862,12 +878,7 @@ fn systemd_units_verify_install_idempotently_and_run_with_their_capability_sets(
             units.to_str().expect("utf-8"),
         ];
         args.extend_from_slice(extra);
-        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(repo())
-            .args(["run", "-q", "-p", "xtask", "--"])
-            .args(&args)
-            .output()
-            .expect("xtask install runs");
+        let out = xtask_command(&args).output().expect("xtask install runs");
         assert!(
             out.status.success(),
             "{}",
