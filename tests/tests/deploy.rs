@@ -900,6 +900,33 @@ fn systemd_units_verify_install_idempotently_and_run_with_their_capability_sets(
             "{unit}: {stderr}"
         );
     }
+    // systemd's own exposure score of the hardening (0 = fully locked down, 10 = none).
+    for (unit, at_most) in [
+        ("sonde-agent.service", 5.0),
+        ("sonde-collector.service", 2.0),
+    ] {
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(units.join(unit))
+            .output()
+            .expect("systemd-analyze security runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let score: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.split_once("exposure level for ")?
+                    .1
+                    .split_once(": ")?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no exposure score for {unit}:\n{text}"));
+        eprintln!("{unit}: systemd exposure {score}");
+        assert!(score <= at_most, "{unit}: exposure {score} > {at_most}");
+    }
     let second = install(&["--no-build"]);
     assert!(
         !second.contains("wrote"),
