@@ -423,6 +423,12 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
         export.spool_dir.clone(),
     );
     ecfg.max_spool_bytes = export.max_spool_bytes;
+    ecfg.tls = export
+        .tls
+        .as_ref()
+        .map(|t| t.load())
+        .transpose()
+        .context("[export.tls]")?;
     let exporter = sonde_export::Exporter::start(ecfg).context("starting the exporter")?;
     let handle = exporter.handle();
     let rt = tokio::runtime::Handle::current();

@@ -28,6 +28,30 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 /// Python packages the end-to-end tests drive servers and clients with.
 const PIP_PACKAGES: &[(&str, &str)] = &[("requests", "requests")];
 
+/// Debian packages only the deployment commands and tests use (images, manifests): installed by
+/// [`deploy_tools`], not by every `setup`. runc beside podman because crun refuses a host whose
+/// cgroup v1 and v2 hierarchies are both mounted (hybrid), as on this kind of machine.
+const DEPLOY_APT_PACKAGES: &[(&str, &str)] = &[
+    ("podman", "/usr/bin/podman"),
+    ("runc", "/usr/sbin/runc"),
+    ("systemd", "/usr/bin/systemd-analyze"),
+    // Debian's kubectl; hosts with a newer one (e.g. from the Kubernetes packages) keep theirs.
+    ("kubernetes-client", "/usr/bin/kubectl"),
+];
+
+/// Python packages of the deployment tests: Helm's Go SDK (libhelm_c) to render the chart, the
+/// Kubernetes OpenAPI schemas to validate what it renders.
+const DEPLOY_PIP_PACKAGES: &[(&str, &str)] = &[
+    ("helm-python-sdk==0.2.2", "helm_python"),
+    ("kubernetes-validate", "kubernetes_validate"),
+];
+
+/// What `cargo xtask image`, `manifests` and the deployment tests need beyond [`setup`].
+pub fn deploy_tools() -> anyhow::Result<()> {
+    apt_install(DEPLOY_APT_PACKAGES)?;
+    pip_install(DEPLOY_PIP_PACKAGES)
+}
+
 pub fn setup() -> anyhow::Result<()> {
     apt_packages()?;
     pip_packages()?;
@@ -38,7 +62,15 @@ pub fn setup() -> anyhow::Result<()> {
 }
 
 fn apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(APT_PACKAGES)?;
+    // Debian starts nginx on install; the tests start their own instances.
+    let _ = succeeds(Command::new("nginx").args(["-s", "stop"]));
+    Ok(())
+}
+
+/// Installs the packages whose probe path is missing.
+fn apt_install(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, probe)| !std::path::Path::new(probe).exists())
         .map(|(pkg, _)| *pkg)
@@ -52,13 +84,16 @@ fn apt_packages() -> anyhow::Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    // Debian starts nginx on install; the tests start their own instances.
-    let _ = succeeds(Command::new("nginx").args(["-s", "stop"]));
     Ok(())
 }
 
 fn pip_packages() -> anyhow::Result<()> {
-    for (pkg, module) in PIP_PACKAGES {
+    pip_install(PIP_PACKAGES)
+}
+
+/// Installs the packages whose module does not import.
+fn pip_install(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    for (pkg, module) in packages {
         if !succeeds(Command::new("python3").args(["-c", &format!("import {module}")])) {
             run(Command::new("python3").args(["-m", "pip", "install", "-q", pkg]))?;
         }
