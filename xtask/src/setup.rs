@@ -15,6 +15,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("curl", "/usr/bin/curl"),
     ("nghttp2-client", "/usr/bin/nghttp"),
     ("iproute2", "/usr/sbin/ip"),
+    // The collector's PostgreSQL tests and benchmark start private servers from its binaries.
+    ("postgresql", "/usr/bin/pg_ctlcluster"),
 ];
 
 /// Python packages the end-to-end tests drive servers and clients with.
@@ -44,8 +46,11 @@ fn apt_packages() -> anyhow::Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    // Debian starts nginx on install; the tests start their own instances.
+    // Debian starts nginx and a PostgreSQL cluster on install; the tests start their own.
     let _ = succeeds(Command::new("nginx").args(["-s", "stop"]));
+    if missing.contains(&"postgresql") {
+        let _ = succeeds(Command::new("service").args(["postgresql", "stop"]));
+    }
     Ok(())
 }
 

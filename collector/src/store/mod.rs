@@ -1135,12 +1135,23 @@ fn apply_anomaly(
     anomaly: &Anomaly,
     room_for_new: bool,
 ) -> Result<(Applied, Option<StoredAnomaly>), StoreError> {
-    let exists = tx
+    // The grouped row as stored (the reports below do not change it).
+    let stored = tx
         .query_opt(
-            "SELECT 1 FROM anomalies WHERE anomaly_key = ?1",
+            "SELECT first_seen, last_seen, total_count, hosts, latest FROM anomalies WHERE anomaly_key = ?1",
             args![&anomaly.key],
         )?
-        .is_some();
+        .map(|r| -> Result<_, StoreError> {
+            Ok((
+                r.int(0)?,
+                r.int(1)?,
+                r.int(2)?,
+                r.text(3)?.to_string(),
+                r.blob(4)?.to_vec(),
+            ))
+        })
+        .transpose()?;
+    let exists = stored.is_some();
     if !exists && !room_for_new {
         return Ok((Applied::Refused, None));
     }
@@ -1190,21 +1201,6 @@ fn apply_anomaly(
 
     // The grouped row is updated incrementally: the total changes by this agent's delta,
     // first/last seen only widen, and the host list grows when the agent is new for this key.
-    let stored = tx
-        .query_opt(
-            "SELECT first_seen, last_seen, total_count, hosts, latest FROM anomalies WHERE anomaly_key = ?1",
-            args![&anomaly.key],
-        )?
-        .map(|r| -> Result<_, StoreError> {
-            Ok((
-                r.int(0)?,
-                r.int(1)?,
-                r.int(2)?,
-                r.text(3)?.to_string(),
-                r.blob(4)?.to_vec(),
-            ))
-        })
-        .transpose()?;
     let previous_count = previous.map(|p| p.2).unwrap_or(0);
     let (mut latest, total, first_all, last_all, hosts) = match stored {
         Some((f, l, total, hosts, blob)) => {
