@@ -86,6 +86,10 @@ async fn blocking<T: Send + 'static>(
         Ok(Err(StoreError::UnknownAgent(agent))) => Err(Status::failed_precondition(format!(
             "agent {agent:?} has not said hello"
         ))),
+        Ok(Err(error)) if error.is_unavailable() => {
+            tracing::error!(%error, "store unavailable");
+            Err(Status::unavailable(format!("store unavailable: {error}")))
+        }
         Ok(Err(error)) => {
             tracing::error!(%error, "store operation failed");
             Err(Status::internal(format!("store error: {error}")))

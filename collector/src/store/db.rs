@@ -672,6 +672,11 @@ impl StoreError {
         }
     }
 
+    /// The database is unreachable for now (lost or refused connection): worth retrying later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Connect { .. }) || self.is_connection_lost()
+    }
+
     pub(crate) fn is_connection_lost(&self) -> bool {
         match self {
             StoreError::ConnectionLost(_) => true,
