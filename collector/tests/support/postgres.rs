@@ -28,6 +28,7 @@ pub struct PgServer {
 
 static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
 static NEXT_DATABASE: AtomicU32 = AtomicU32::new(0);
+static NEXT_SERVER: AtomicU32 = AtomicU32::new(0);
 
 /// The directory holding `initdb` and `postgres`: /usr/lib/postgresql/<newest>/bin, or PATH.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
@@ -93,6 +94,7 @@ fn remove_stale_dirs() {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|p| p.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
@@ -109,11 +111,51 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn start_server() -> anyhow::Result<PgServer> {
+impl PgServer {
+    /// Starts a private server. `durable` keeps PostgreSQL's default fsync and full-page-write
+    /// settings (benchmarks); tests turn them off, since they kill collectors, not the database.
+    pub fn start(durable: bool) -> anyhow::Result<PgServer> {
+        start_server(durable)
+    }
+
+    /// Fast shutdown, then removes the data directory.
+    pub fn stop(&self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.pid) {
+            // SAFETY: signalling the server process this module started.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{}", self.pid)).exists() && Instant::now() < deadline {
+            // The spawner thread never reaps it: a zombie means it has exited.
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+            if stat.contains(") Z ") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// A new, empty database on this server; returns its URL.
+    pub fn create_database(&self, name: &str) -> anyhow::Result<String> {
+        let mut admin = postgres::Client::connect(&self.admin_url(), postgres::NoTls)?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .with_context(|| format!("creating database {name}"))?;
+        Ok(self.url(name))
+    }
+}
+
+fn start_server(durable: bool) -> anyhow::Result<PgServer> {
     remove_stale_dirs();
     let bin = bin_dir()?;
     let identity = server_identity()?;
-    let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "{DIR_PREFIX}{}-{}",
+        std::process::id(),
+        NEXT_SERVER.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     let data = dir.join("data");
     let sockets = dir.join("sockets");
@@ -158,10 +200,11 @@ fn start_server() -> anyhow::Result<PgServer> {
         .args(["-p", &port.to_string()])
         .args(["-c", "listen_addresses=127.0.0.1"])
         .args(["-c", "max_connections=300"])
-        // Tests kill collectors, not the database: skip the fsyncs.
-        .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
         .stdout(Stdio::null())
         .stderr(log);
+    if !durable {
+        server.args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
+    }
     as_server_user(&mut server, identity);
     // SAFETY: prctl is async-signal-safe; it runs in the child after the uid switch, so the
     // setting survives (a credential change would clear it).
@@ -218,7 +261,7 @@ impl PgServer {
 /// The server of this test process, started on first use. Blocking: call off async threads.
 pub fn server() -> anyhow::Result<&'static PgServer> {
     SERVER
-        .get_or_init(|| start_server().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| start_server(false).map_err(|e| format!("{e:#}")))
         .as_ref()
         .map_err(|e| anyhow::anyhow!("private PostgreSQL server: {e}"))
 }
@@ -231,11 +274,7 @@ pub fn fresh_database() -> anyhow::Result<String> {
         std::process::id(),
         NEXT_DATABASE.fetch_add(1, Ordering::Relaxed)
     );
-    let mut admin = postgres::Client::connect(&server.admin_url(), postgres::NoTls)?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .with_context(|| format!("creating database {name}"))?;
-    Ok(server.url(&name))
+    server.create_database(&name)
 }
 
 /// Runs one SQL statement as the server's superuser on `database_url` and returns the first
