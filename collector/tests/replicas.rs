@@ -449,3 +449,70 @@ async fn a_postgres_connection_cut_mid_transaction_loses_nothing_acknowledged() 
     );
     fx.collector.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_caps_hold_across_collectors_sharing_a_postgres_database() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let database = support::database(Backend::Postgres, &dir).await?;
+    let capped = |database: std::path::PathBuf| sonde_collector::CollectorConfig {
+        max_endpoints: 10,
+        max_anomalies: 4,
+        ..support::config(database)
+    };
+    let a = sonde_collector::spawn(capped(database.clone())).await?;
+    let b = sonde_collector::spawn(capped(database.clone())).await?;
+    // Four agents, two per collector, each bringing 8 new endpoints and 3 new anomaly keys
+    // in small batches at the same time.
+    let mut agents = Vec::new();
+    for i in 0..4u64 {
+        let url = if i % 2 == 0 {
+            a.url(false)
+        } else {
+            b.url(false)
+        };
+        agents.push(tokio::spawn(async move {
+            let mut session = Session::open(&url, hello(&format!("agent-{i}"), "h")).await?;
+            for k in 0..4u64 {
+                session
+                    .batch_acked(Batch {
+                        seq: k + 1,
+                        endpoint_updates: (0..2)
+                            .map(|j| endpoint("s", "GET", &format!("/{i}/{k}/{j}"), 1))
+                            .collect(),
+                        anomalies: if k < 3 {
+                            vec![anomaly(&format!("k{i}-{k}"), "s GET /", 1, 1)]
+                        } else {
+                            vec![]
+                        },
+                        ..Batch::default()
+                    })
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for agent in agents {
+        agent.await??;
+    }
+    let check = database.clone();
+    let (endpoints, anomalies) = support::blocking(move || {
+        Ok((
+            support::count(&check, "SELECT COUNT(*) FROM endpoints", &[])?,
+            support::count(&check, "SELECT COUNT(*) FROM anomalies", &[])?,
+        ))
+    })
+    .await?;
+    assert_eq!((endpoints, anomalies), (10, 4));
+    let refused: u64 = QueryClient::connect(a.url(false))
+        .await?
+        .list_agents(ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents
+        .iter()
+        .map(|agent| agent.items_refused)
+        .sum();
+    assert_eq!(refused, (32 - 10) + (12 - 4));
+    a.stop().await?;
+    b.stop().await
+}
