@@ -533,7 +533,11 @@ async fn main() -> anyhow::Result<()> {
     if stores.contains("postgres") {
         let server =
             tokio::task::spawn_blocking(|| postgres_server::PgServer::start(true)).await??;
-        let url = server.create_database("sonde_bench");
+        let (server, url) = tokio::task::spawn_blocking(move || {
+            let url = server.create_database("sonde_bench");
+            (server, url)
+        })
+        .await?;
         let results = match url {
             Ok(url) => run_store("PostgreSQL", url.into(), endpoints, anomalies).await,
             Err(error) => Err(error),
