@@ -3,7 +3,8 @@
 //! query latency over gRPC and the database's size on disk.
 //!
 //! `cargo bench -p sonde-collector --bench store`; `SONDE_BENCH_SCALE=0.1` shrinks the store;
-//! `SONDE_BENCH_STORES=postgres` runs one store only. PostgreSQL is a private server started
+//! `SONDE_BENCH_STORES=postgres` runs one store only; `SONDE_BENCH_REPLICAS=2` adds a run with
+//! the agents spread over that many collectors sharing the database. PostgreSQL is a private server started
 //! for the run with the distribution's default settings (fsync on), as the tests do.
 
 use std::path::PathBuf;
@@ -217,10 +218,15 @@ where
     Ok(())
 }
 
-/// Runs `batches_of(agent)` for every agent concurrently, one session each; returns seconds.
-async fn ingest_all(url: &str, batches_of: impl Fn(u64) -> Vec<Batch>) -> anyhow::Result<f64> {
+/// Runs `batches_of(agent)` for every agent concurrently, one session each, agents spread over
+/// the collectors at `urls`; returns seconds.
+async fn ingest_all(
+    urls: &[String],
+    batches_of: impl Fn(u64) -> Vec<Batch>,
+) -> anyhow::Result<f64> {
     let mut sessions = Vec::new();
     for agent in 0..AGENTS {
+        let url = &urls[agent as usize % urls.len()];
         sessions.push((
             Session::open(url, &format!("agent-{agent}")).await?,
             batches_of(agent),
@@ -247,24 +253,32 @@ fn shares(agent: u64, total: u64, size: u64) -> Vec<Vec<u64>> {
 async fn run_store(
     label: &str,
     database: PathBuf,
+    replicas: usize,
     endpoints: u64,
     anomalies: u64,
 ) -> anyhow::Result<Vec<Measure>> {
     let mut results = Vec::new();
-    let collector = sonde_collector::spawn(CollectorConfig {
-        listen: "127.0.0.1:0".parse()?,
-        database,
-        max_message_bytes: 64 << 20,
-        ..CollectorConfig::default()
-    })
-    .await?;
+    let mut collectors = Vec::new();
+    for _ in 0..replicas {
+        collectors.push(
+            sonde_collector::spawn(CollectorConfig {
+                listen: "127.0.0.1:0".parse()?,
+                database: database.clone(),
+                max_message_bytes: 64 << 20,
+                ..CollectorConfig::default()
+            })
+            .await?,
+        );
+    }
+    let urls: Vec<String> = collectors.iter().map(|c| c.url(false)).collect();
+    let collector = &collectors[0];
     let url = collector.url(false);
     println!(
-        "{label}: {endpoints} endpoints, {anomalies} anomalies from {AGENTS} agents; durable commits"
+        "{label}: {endpoints} endpoints, {anomalies} anomalies from {AGENTS} agents over {replicas} collector(s); durable commits"
     );
 
     // 1. Ingest over gRPC, all agents at once.
-    let secs = ingest_all(&url, |agent| {
+    let secs = ingest_all(&urls, |agent| {
         shares(agent, endpoints, 500)
             .into_iter()
             .enumerate()
@@ -282,7 +296,7 @@ async fn run_store(
         name: "ingest endpoint updates, new (/s)".into(),
         value: format!("{rate:.0}"),
     });
-    let secs = ingest_all(&url, |agent| {
+    let secs = ingest_all(&urls, |agent| {
         shares(agent, endpoints, 500)
             .into_iter()
             .enumerate()
@@ -300,7 +314,7 @@ async fn run_store(
         name: "ingest endpoint updates, existing (/s)".into(),
         value: format!("{rate:.0}"),
     });
-    let secs = ingest_all(&url, |agent| {
+    let secs = ingest_all(&urls, |agent| {
         shares(agent, anomalies, 1000)
             .into_iter()
             .enumerate()
@@ -506,7 +520,9 @@ async fn run_store(
         },
     )
     .await?;
-    collector.stop().await?;
+    for collector in collectors {
+        collector.stop().await?;
+    }
     Ok(results)
 }
 
@@ -526,24 +542,53 @@ async fn main() -> anyhow::Result<()> {
     let mut columns: Vec<(String, Vec<Measure>)> = Vec::new();
     if stores.contains("sqlite") {
         let dir = tempfile::tempdir()?;
-        let results =
-            run_store("SQLite", dir.path().join("bench.db"), endpoints, anomalies).await?;
+        let results = run_store(
+            "SQLite",
+            dir.path().join("bench.db"),
+            1,
+            endpoints,
+            anomalies,
+        )
+        .await?;
         columns.push(("SQLite".into(), results));
     }
     if stores.contains("postgres") {
         let server =
             tokio::task::spawn_blocking(|| postgres_server::PgServer::start(true)).await??;
-        let (server, url) = tokio::task::spawn_blocking(move || {
-            let url = server.create_database("sonde_bench");
-            (server, url)
-        })
-        .await?;
-        let results = match url {
-            Ok(url) => run_store("PostgreSQL", url.into(), endpoints, anomalies).await,
-            Err(error) => Err(error),
-        };
+        let server = std::sync::Arc::new(server);
+        let replicas: usize = std::env::var("SONDE_BENCH_REPLICAS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
+        let mut outcome = Ok(());
+        let mut counts = vec![1];
+        if replicas > 1 {
+            counts.push(replicas);
+        }
+        for count in counts {
+            let on = server.clone();
+            let url = tokio::task::spawn_blocking(move || {
+                on.create_database(&format!("sonde_bench_{count}"))
+            })
+            .await?;
+            let label = if count == 1 {
+                "PostgreSQL".to_string()
+            } else {
+                format!("PostgreSQL, {count} collectors")
+            };
+            match url {
+                Ok(url) => match run_store(&label, url.into(), count, endpoints, anomalies).await {
+                    Ok(results) => columns.push((label, results)),
+                    Err(error) => outcome = Err(error),
+                },
+                Err(error) => outcome = Err(error),
+            }
+            if outcome.is_err() {
+                break;
+            }
+        }
         tokio::task::spawn_blocking(move || server.stop()).await?;
-        columns.push(("PostgreSQL".into(), results?));
+        outcome?;
     }
     // A markdown table of both runs, for the README.
     println!(

@@ -1388,6 +1388,42 @@ async fn reports_of_a_v3_database_become_the_agents_history(
     collector.stop().await
 }
 
+/// A key twice in one batch (the agent's running total rising within it) counts its largest
+/// total once, added to what another agent reported.
+async fn a_key_repeated_within_a_batch_counts_once(backend: Backend) -> anyhow::Result<()> {
+    let fx = Fixture::start(backend).await?;
+    let mut other = Session::open(&fx.url(), hello("agent-b", "host-b")).await?;
+    other
+        .batch_acked(batch(1, vec![], vec![anomaly("k", "s GET /", 4, 10)]))
+        .await?;
+    let mut session = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
+    session
+        .batch_acked(batch(
+            1,
+            vec![],
+            vec![
+                anomaly("k", "s GET /", 2, 20),
+                anomaly("k", "s GET /", 5, 30),
+            ],
+        ))
+        .await?;
+    let stored = fx
+        .query()
+        .await?
+        .list_anomalies(ListAnomaliesRequest::default())
+        .await?
+        .into_inner()
+        .anomalies;
+    assert_eq!(stored.len(), 1);
+    let found = stored[0].anomaly.clone().context("anomaly")?;
+    assert_eq!((found.count, found.last_seen_unix_ns), (9, 30));
+    assert_eq!(
+        stored[0].hosts,
+        vec!["host-a".to_string(), "host-b".to_string()]
+    );
+    fx.collector.stop().await
+}
+
 for_each_store! {
     #[tokio::test]
     ingest_then_query_round_trip,
@@ -1406,4 +1442,5 @@ for_each_store! {
     row_caps_refuse_new_rows_and_count_them,
     an_agent_restart_adds_to_its_totals_instead_of_resetting_them,
     reports_of_a_v3_database_become_the_agents_history,
+    a_key_repeated_within_a_batch_counts_once,
 }

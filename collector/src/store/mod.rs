@@ -16,7 +16,7 @@ pub mod db;
 mod merge;
 pub mod migrations;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -401,9 +401,11 @@ impl Store {
             }
         }
         let mut anomalies = Vec::with_capacity(batch.anomalies.len());
+        let mut known = prefetch_anomalies(tx, agent_id, &batch.anomalies)?;
         for anomaly in &batch.anomalies {
             match apply_anomaly(
                 tx,
+                &mut known,
                 agent_id,
                 agent_run,
                 &host,
@@ -1127,30 +1129,105 @@ fn store_endpoint_report(
     Ok(true)
 }
 
+/// The grouped row of one anomaly key as stored.
+struct GroupedAnomaly {
+    first: i64,
+    last: i64,
+    total: i64,
+    hosts: BTreeSet<String>,
+    latest: Anomaly,
+}
+
+/// One agent run's running totals for an anomaly key: (run, first seen, last seen, count).
+type RunTotals = (i64, i64, i64, i64);
+
+/// What a batch's anomalies find in the database, read for all their keys at once (two queries
+/// per batch instead of two per anomaly, which matters on a networked database) and kept
+/// current as the batch writes, so a key repeated within the batch sees its earlier writes.
+#[derive(Default)]
+struct AnomalyRows {
+    grouped: HashMap<String, GroupedAnomaly>,
+    /// This agent's rows per key.
+    runs: HashMap<String, Vec<RunTotals>>,
+}
+
+/// Keys per prefetch query; IN lists are padded to a power of two so few statement shapes
+/// reach the prepared-statement caches.
+const PREFETCH_KEYS: usize = 256;
+
+fn prefetch_anomalies(
+    tx: &mut Conn,
+    agent_id: &str,
+    anomalies: &[Anomaly],
+) -> Result<AnomalyRows, StoreError> {
+    let keys: Vec<&str> = anomalies
+        .iter()
+        .map(|a| a.key.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut rows = AnomalyRows::default();
+    for chunk in keys.chunks(PREFETCH_KEYS) {
+        let padded = chunk.len().next_power_of_two();
+        let mut args: Vec<Value> = Vec::with_capacity(padded + 1);
+        args.push(agent_id.into());
+        for i in 0..padded {
+            args.push(chunk[i.min(chunk.len() - 1)].into());
+        }
+        let numbered = |from: usize| {
+            (from..from + padded)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let grouped = tx.query(
+            &format!(
+                "SELECT anomaly_key, first_seen, last_seen, total_count, hosts, latest FROM anomalies
+                 WHERE anomaly_key IN ({})",
+                numbered(1)
+            ),
+            &args[1..],
+        )?;
+        for row in &grouped {
+            rows.grouped.insert(
+                row.text(0)?.to_string(),
+                GroupedAnomaly {
+                    first: row.int(1)?,
+                    last: row.int(2)?,
+                    total: row.int(3)?,
+                    hosts: split(row.text(4)?).into_iter().collect(),
+                    latest: Anomaly::decode(row.blob(5)?)?,
+                },
+            );
+        }
+        let runs = tx.query(
+            &format!(
+                "SELECT anomaly_key, agent_run, first_seen, last_seen, report_count FROM anomaly_reports
+                 WHERE agent_id = ?1 AND anomaly_key IN ({})",
+                numbered(2)
+            ),
+            &args,
+        )?;
+        for row in &runs {
+            rows.runs
+                .entry(row.text(0)?.to_string())
+                .or_default()
+                .push((row.int(1)?, row.int(2)?, row.int(3)?, row.int(4)?));
+        }
+    }
+    Ok(rows)
+}
+
 fn apply_anomaly(
     tx: &mut Conn,
+    known: &mut AnomalyRows,
     agent_id: &str,
     agent_run: i64,
     host: &str,
     anomaly: &Anomaly,
     room_for_new: bool,
 ) -> Result<(Applied, Option<StoredAnomaly>), StoreError> {
-    // The grouped row as stored (the reports below do not change it).
-    let stored = tx
-        .query_opt(
-            "SELECT first_seen, last_seen, total_count, hosts, latest FROM anomalies WHERE anomaly_key = ?1",
-            args![&anomaly.key],
-        )?
-        .map(|r| -> Result<_, StoreError> {
-            Ok((
-                r.int(0)?,
-                r.int(1)?,
-                r.int(2)?,
-                r.text(3)?.to_string(),
-                r.blob(4)?.to_vec(),
-            ))
-        })
-        .transpose()?;
+    let stored = known.grouped.get(&anomaly.key);
     let exists = stored.is_some();
     if !exists && !room_for_new {
         return Ok((Applied::Refused, None));
@@ -1160,15 +1237,10 @@ fn apply_anomaly(
     let mut previous: Option<(i64, i64, i64)> = None;
     let mut newer_run = false;
     let mut earlier = 0usize;
-    let rows = tx.query(
-        "SELECT agent_run, first_seen, last_seen, report_count FROM anomaly_reports
-         WHERE anomaly_key = ?1 AND agent_id = ?2",
-        args![&anomaly.key, agent_id],
-    )?;
-    for row in &rows {
-        let run = row.int(0)?;
+    let runs = known.runs.entry(anomaly.key.clone()).or_default();
+    for &(run, first, last, count) in runs.iter() {
         if run == agent_run {
-            previous = Some((row.int(1)?, row.int(2)?, row.int(3)?));
+            previous = Some((first, last, count));
         } else if run > agent_run && run != FOLDED_RUN {
             newer_run = true;
         } else if run != FOLDED_RUN {
@@ -1181,6 +1253,16 @@ fn apply_anomaly(
     }
     if agent_run != FOLDED_RUN && earlier > 0 {
         fold_anomaly_runs(tx, &anomaly.key, agent_id, agent_run)?;
+        let (older, kept): (Vec<RunTotals>, Vec<RunTotals>) =
+            runs.iter().partition(|(run, ..)| *run < agent_run);
+        *runs = kept;
+        if let (Some(first), Some(last)) = (
+            older.iter().map(|r| r.1).min(),
+            older.iter().map(|r| r.2).max(),
+        ) {
+            let count = older.iter().map(|r| r.3).fold(0i64, i64::saturating_add);
+            runs.push((FOLDED_RUN, first, last, count));
+        }
     }
     let incoming = (
         to_i64(anomaly.first_seen_unix_ns),
@@ -1198,23 +1280,35 @@ fn apply_anomaly(
             last_seen = excluded.last_seen, report_count = excluded.report_count",
         args![&anomaly.key, agent_id, agent_run, first, last, count],
     )?;
+    match runs.iter_mut().find(|r| r.0 == agent_run) {
+        Some(row) => *row = (agent_run, first, last, count),
+        None => runs.push((agent_run, first, last, count)),
+    }
 
     // The grouped row is updated incrementally: the total changes by this agent's delta,
     // first/last seen only widen, and the host list grows when the agent is new for this key.
     let previous_count = previous.map(|p| p.2).unwrap_or(0);
-    let (mut latest, total, first_all, last_all, hosts) = match stored {
-        Some((f, l, total, hosts, blob)) => {
-            let stored = Anomaly::decode(blob.as_slice())?;
+    let (mut latest, total, first_all, last_all, hosts) = match known.grouped.get(&anomaly.key) {
+        Some(stored) => {
             // Evidence, severity and explanation come from the most recently seen report.
-            let latest = if stored.last_seen_unix_ns > anomaly.last_seen_unix_ns {
-                stored
+            let latest = if stored.latest.last_seen_unix_ns > anomaly.last_seen_unix_ns {
+                stored.latest.clone()
             } else {
                 anomaly.clone()
             };
-            let mut hosts: BTreeSet<String> = split(&hosts).into_iter().collect();
+            let mut hosts = stored.hosts.clone();
             hosts.insert(host.to_string());
-            let total = total.saturating_sub(previous_count).saturating_add(count);
-            (latest, total, f.min(first), l.max(last), hosts)
+            let total = stored
+                .total
+                .saturating_sub(previous_count)
+                .saturating_add(count);
+            (
+                latest,
+                total,
+                stored.first.min(first),
+                stored.last.max(last),
+                hosts,
+            )
         }
         None => (
             anomaly.clone(),
@@ -1251,6 +1345,16 @@ fn apply_anomaly(
             ],
         )?
         .int(0)?;
+    known.grouped.insert(
+        anomaly.key.clone(),
+        GroupedAnomaly {
+            first: first_all,
+            last: last_all,
+            total,
+            hosts: hosts.clone(),
+            latest: latest.clone(),
+        },
+    );
     let stored = StoredAnomaly {
         anomaly: Some(latest),
         hosts: hosts.into_iter().collect(),
@@ -1311,7 +1415,9 @@ fn query_anomalies(
             .ok_or(StoreError::InvalidPageToken)?;
         args.push(ts.into());
         args.push(id.into());
-        sql.push_str(" AND (last_seen < ?1 OR (last_seen = ?1 AND anomaly_id < ?2))");
+        // The first term is an index range for both planners (PostgreSQL does not turn the OR
+        // alone into one); the second skips the rows of the cursor's own time before it.
+        sql.push_str(" AND last_seen <= ?1 AND (last_seen < ?1 OR anomaly_id < ?2)");
     }
     if !filter.kind.is_empty() {
         args.push((&filter.kind).into());
