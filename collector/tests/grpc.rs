@@ -1388,8 +1388,8 @@ async fn reports_of_a_v3_database_become_the_agents_history(
     collector.stop().await
 }
 
-/// A key twice in one batch (the agent's running total rising within it) counts its largest
-/// total once, added to what another agent reported.
+/// A key twice in one batch (a stale, smaller running total after a larger one) counts the
+/// agent's largest total once, added to what another agent reported.
 async fn a_key_repeated_within_a_batch_counts_once(backend: Backend) -> anyhow::Result<()> {
     let fx = Fixture::start(backend).await?;
     let mut other = Session::open(&fx.url(), hello("agent-b", "host-b")).await?;
@@ -1402,8 +1402,8 @@ async fn a_key_repeated_within_a_batch_counts_once(backend: Backend) -> anyhow::
             1,
             vec![],
             vec![
-                anomaly("k", "s GET /", 2, 20),
                 anomaly("k", "s GET /", 5, 30),
+                anomaly("k", "s GET /", 2, 20),
             ],
         ))
         .await?;
