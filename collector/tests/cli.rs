@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use sonde_proto::v1::{Batch, Classification, SchemaField};
-use support::{Fixture, Session, anomaly, endpoint, hello};
+use support::{Backend, Fixture, Session, anomaly, endpoint, hello};
 use tokio::io::AsyncBufReadExt;
 
 async fn sonde(args: &[&str]) -> anyhow::Result<Output> {
@@ -36,8 +36,8 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-async fn populated() -> anyhow::Result<(Fixture, Session)> {
-    let fx = Fixture::start().await?;
+async fn populated(backend: Backend) -> anyhow::Result<(Fixture, Session)> {
+    let fx = Fixture::start(backend).await?;
     let mut session = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
     let mut users = endpoint("api.local", "GET", "/users/{id}", 7);
     users.response_schema = vec![SchemaField {
@@ -59,9 +59,8 @@ async fn populated() -> anyhow::Result<(Fixture, Session)> {
     Ok((fx, session))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tables_json_and_filters() -> anyhow::Result<()> {
-    let (fx, _session) = populated().await?;
+async fn tables_json_and_filters(backend: Backend) -> anyhow::Result<()> {
+    let (fx, _session) = populated(backend).await?;
     let url = fx.url();
 
     let all = sonde(&["--collector", &url, "endpoints"]).await?;
@@ -149,9 +148,8 @@ async fn tables_json_and_filters() -> anyhow::Result<()> {
     fx.collector.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_prints_new_anomalies() -> anyhow::Result<()> {
-    let (fx, mut session) = populated().await?;
+async fn follow_prints_new_anomalies(backend: Backend) -> anyhow::Result<()> {
+    let (fx, mut session) = populated(backend).await?;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sonde"))
         .args([
             "--collector",
@@ -188,8 +186,7 @@ async fn follow_prints_new_anomalies() -> anyhow::Result<()> {
     fx.collector.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exit_codes_say_what_is_wrong() -> anyhow::Result<()> {
+async fn exit_codes_say_what_is_wrong(backend: Backend) -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -202,7 +199,7 @@ async fn exit_codes_say_what_is_wrong() -> anyhow::Result<()> {
         stderr(&unreachable)
     );
 
-    let fx = Fixture::start_with(|c| c.query.token = Some("t0ken".into())).await?;
+    let fx = Fixture::start_with(backend, |c| c.query.token = Some("t0ken".into())).await?;
     let url = fx.url();
     let no_token = sonde(&["--collector", &url, "agents"]).await?;
     assert_eq!(no_token.status.code(), Some(4));
@@ -236,9 +233,8 @@ async fn exit_codes_say_what_is_wrong() -> anyhow::Result<()> {
     fx.collector.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_show_blind_spots_and_the_unreadable_tls_share() -> anyhow::Result<()> {
-    let (fx, session) = populated().await?;
+async fn agents_show_blind_spots_and_the_unreadable_tls_share(backend: Backend) -> anyhow::Result<()> {
+    let (fx, session) = populated(backend).await?;
     let counters = [
         ("tls.connections", 8),
         ("tls.blind_connections", 2),
@@ -282,4 +278,12 @@ async fn agents_show_blind_spots_and_the_unreadable_tls_share() -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     fx.collector.stop().await
+}
+
+for_each_store! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    tables_json_and_filters,
+    follow_prints_new_anomalies,
+    exit_codes_say_what_is_wrong,
+    agents_show_blind_spots_and_the_unreadable_tls_share,
 }

@@ -23,6 +23,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("libc6-dev", "/usr/lib/x86_64-linux-gnu/libc.a"),
     // Blind-spots tests: a Go executable (crypto/tls compiled in).
     ("golang-go", "/usr/bin/go"),
+    // The collector's PostgreSQL tests and benchmark start private servers from its binaries.
+    ("postgresql", "/usr/bin/pg_ctlcluster"),
 ];
 
 /// Python packages the end-to-end tests drive servers and clients with.
@@ -84,6 +86,10 @@ fn apt_install(packages: &[(&str, &str)]) -> anyhow::Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    // Debian starts a PostgreSQL cluster on install; the tests start their own.
+    if missing.contains(&"postgresql") {
+        let _ = succeeds(Command::new("service").args(["postgresql", "stop"]));
+    }
     Ok(())
 }
 
