@@ -9,5 +9,6 @@ pub mod capture;
 pub mod config;
 pub mod display;
 pub mod export;
+pub mod metrics;
 pub mod pipeline;
 pub mod record;
