@@ -21,6 +21,16 @@ use sonde_metrics::{Emit, ProcessCollector, ReadyCheck};
 use crate::store::Store;
 
 type Labels = Vec<(&'static str, &'static str)>;
+
+/// The query API's methods, as they appear in the `method` label.
+const QUERY_METHODS: [&str; 6] = [
+    "list_endpoints",
+    "get_endpoint",
+    "list_anomalies",
+    "watch_anomalies",
+    "list_agents",
+    "export_open_api",
+];
 type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// 0.5 ms to ~16 s.
@@ -94,6 +104,20 @@ impl CollectorMetrics {
         let _ = metrics
             .items_refused
             .get_or_create(&vec![("reason", "row_cap")]);
+        for method in QUERY_METHODS {
+            let _ = metrics
+                .query_requests
+                .get_or_create(&vec![("method", method), ("code", "ok")]);
+            let _ = metrics
+                .query_seconds
+                .get_or_create(&vec![("method", method)]);
+        }
+        for sink in ["file", "webhook"] {
+            let _ = metrics.siem_exported.get_or_create(&vec![("sink", sink)]);
+            let _ = metrics
+                .siem_dropped
+                .get_or_create(&vec![("sink", sink), ("reason", "queue_full")]);
+        }
         metrics
     }
 

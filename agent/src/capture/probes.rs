@@ -1,50 +1,67 @@
 //! Gauges the capture layer owns: which probes are attached, and which processes it cannot
 //! read (TLS libraries it cannot hook, statically linked binaries, ...).
 //!
-//! The families are shared handles: the capture layer sets them when it attaches or gives up on
-//! something, and the metrics endpoint reads them. Setting a value is a map lookup under the
-//! family's lock, which happens on attach/detach, never per event.
+//! A shared handle: the capture layer sets values when it attaches or gives up on something
+//! (under a short lock, never per event), and the metrics endpoint reads them. Both families are
+//! always declared, so dashboards and alerts can refer to them before the first value.
 
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
+use sonde_metrics::Emit;
 
-/// Labels of one probe-kind or blind-reason sample.
-type Labels = Vec<(&'static str, String)>;
+#[derive(Debug, Default)]
+struct Values {
+    attached: BTreeMap<String, usize>,
+    blind: BTreeMap<String, usize>,
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct ProbeMetrics {
-    attached: Family<Labels, Gauge>,
-    blind: Family<Labels, Gauge>,
+    values: Arc<RwLock<Values>>,
 }
 
 impl ProbeMetrics {
     /// Number of probes of `kind` (`tracepoint`, `kprobe`, `uprobe`) attached now.
     pub fn set_attached(&self, kind: &str, count: usize) {
-        self.attached
-            .get_or_create(&vec![("kind", kind.to_string())])
-            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        if let Ok(mut v) = self.values.write() {
+            v.attached.insert(kind.to_string(), count);
+        }
     }
 
     /// Number of processes whose payload cannot be read, for `reason`.
     pub fn set_blind(&self, reason: &str, count: usize) {
-        self.blind
-            .get_or_create(&vec![("reason", reason.to_string())])
-            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        if let Ok(mut v) = self.values.write() {
+            v.blind.insert(reason.to_string(), count);
+        }
     }
 
-    /// Adds the two families to `registry` (`sonde_agent_probes_attached`,
-    /// `sonde_agent_blind_processes`).
+    /// Adds `sonde_agent_probes_attached` and `sonde_agent_blind_processes` to `registry`.
     pub fn register(&self, registry: &mut Registry) {
-        registry.register(
+        registry.register_collector(Box::new(self.clone()));
+    }
+}
+
+impl Collector for ProbeMetrics {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(v) = self.values.read() else {
+            return Ok(());
+        };
+        let mut e = Emit::new(encoder);
+        e.gauges(
             "sonde_agent_probes_attached",
             "eBPF probes attached now, by kind (tracepoint, kprobe, uprobe).",
-            self.attached.clone(),
-        );
-        registry.register(
+            "kind",
+            v.attached.iter().map(|(k, n)| (k.as_str(), *n as f64)),
+        )?;
+        e.gauges(
             "sonde_agent_blind_processes",
             "Processes whose traffic the agent cannot read, by reason.",
-            self.blind.clone(),
-        );
+            "reason",
+            v.blind.iter().map(|(k, n)| (k.as_str(), *n as f64)),
+        )
     }
 }
