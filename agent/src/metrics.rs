@@ -147,6 +147,11 @@ impl AgentMetrics {
         })
     }
 
+    /// For metrics that live elsewhere in the process (the embedded collector's).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     pub fn into_registry(self) -> Registry {
         self.registry
     }

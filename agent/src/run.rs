@@ -465,7 +465,11 @@ pub async fn run(
     ecfg.max_spool_bytes = export.max_spool_bytes;
     let exporter = sonde_export::Exporter::start(ecfg).context("starting the exporter")?;
     let handle = exporter.handle();
-    let agent_metrics = AgentMetrics::new(source.live.as_ref(), Some(handle.clone()), &strategy);
+    let mut agent_metrics =
+        AgentMetrics::new(source.live.as_ref(), Some(handle.clone()), &strategy);
+    if let Some(c) = &collector {
+        c.metrics.register(agent_metrics.registry_mut());
+    }
     let mut publisher = agent_metrics.publisher();
     let metrics_server = start_metrics(&metrics, agent_metrics).await?;
     let rt = tokio::runtime::Handle::current();

@@ -155,6 +155,14 @@ impl CollectorMetrics {
     /// A registry with every collector metric, the store's size and the process figures.
     pub fn registry(self: &Arc<Self>) -> Registry {
         let mut r = Registry::default();
+        self.register(&mut r);
+        r.register_collector(Box::new(ProcessCollector));
+        r
+    }
+
+    /// Adds every collector metric and the store's size (not the process figures) to `r`: the
+    /// agent does this for its embedded collector, so one endpoint shows both.
+    pub fn register(self: &Arc<Self>, r: &mut Registry) {
         r.register(
             "sonde_collector_agents_connected",
             "Agents with an open ingest stream.",
@@ -223,8 +231,6 @@ impl CollectorMetrics {
         r.register_collector(Box::new(StoreCollector {
             store: self.store.clone(),
         }));
-        r.register_collector(Box::new(ProcessCollector));
-        r
     }
 }
 
