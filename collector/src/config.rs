@@ -19,6 +19,7 @@
 //! file_max_bytes = 67108864          # default 64 MiB, then rotated to .1, .2, ... (file_keep = 5)
 //! webhook = "http://siem.internal:8088/ingest"
 //! webhook_header = "Authorization: Bearer ..."
+//! webhook_ca = "/etc/sonde/siem-ca.pem"  # for https://; default: the system's roots
 //!
 //! [tls]                              # optional; absent = plaintext
 //! cert = "server.pem"

@@ -10,7 +10,8 @@
 //! The webhook gets `POST` requests with `application/x-ndjson` bodies of up to
 //! [`SiemConfig::webhook_batch`] lines; a failed delivery (connection error, timeout, non-2xx) is
 //! retried with exponential backoff up to [`SiemConfig::webhook_attempts`] times, then dropped
-//! and counted. The webhook client is a plain hyper HTTP/1.1 client: `http://` URLs only.
+//! and counted. The client is hyper's HTTP/1.1 client over TCP, or over rustls for `https://`
+//! (trusting [`SiemConfig::webhook_ca`] when set, else the system's root certificates).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -37,10 +38,13 @@ pub struct SiemConfig {
     pub file_max_bytes: u64,
     /// Rotated files kept. Default 5.
     pub file_keep: usize,
-    /// `http://host:port/path` that receives POSTed JSON-lines batches. Default: none.
+    /// `http(s)://host:port/path` that receives POSTed JSON-lines batches. Default: none.
     pub webhook: Option<String>,
     /// Extra request header for the webhook, `Name: value` (e.g. an authorization token).
     pub webhook_header: Option<String>,
+    /// PEM CA bundle an `https://` webhook's certificate must chain to. Default: the system's
+    /// root certificates.
+    pub webhook_ca: Option<PathBuf>,
     /// Lines queued per sink before new ones are dropped and counted. Default 10,000.
     pub queue: usize,
     /// Lines per webhook request, at most. Default 500.
@@ -62,6 +66,7 @@ impl Default for SiemConfig {
             file_keep: 5,
             webhook: None,
             webhook_header: None,
+            webhook_ca: None,
             queue: 10_000,
             webhook_batch: 500,
             webhook_attempts: 8,
@@ -78,6 +83,8 @@ pub enum SiemError {
     Url { url: String, reason: String },
     #[error("SIEM webhook header {0:?} is not `Name: value`")]
     Header(String),
+    #[error("SIEM webhook TLS: {0}")]
+    Tls(String),
     #[error("opening the SIEM file {path}: {source}")]
     File {
         path: PathBuf,
@@ -121,7 +128,11 @@ impl SiemExport {
             sinks.push(("file", tx));
         }
         if let Some(url) = &config.webhook {
-            let target = WebhookTarget::parse(url, config.webhook_header.as_deref())?;
+            let target = WebhookTarget::parse(
+                url,
+                config.webhook_header.as_deref(),
+                config.webhook_ca.as_deref(),
+            )?;
             let (tx, rx) = mpsc::channel(capacity);
             tokio::spawn(post_webhook(target, rx, config.clone(), metrics.clone()));
             info!(%url, "exporting anomalies to a webhook");
@@ -292,7 +303,7 @@ fn write_file(
 }
 
 /// Where and how to POST.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct WebhookTarget {
     /// `host:port` to connect to.
     addr: String,
@@ -300,21 +311,83 @@ struct WebhookTarget {
     host: String,
     path_and_query: String,
     header: Option<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    /// For `https://`: the connector and the name the certificate must carry.
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        tokio_rustls::rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+/// A rustls client trusting `ca` (PEM) or, without it, the system's root certificates.
+fn tls_connector(ca: Option<&Path>) -> Result<tokio_rustls::TlsConnector, SiemError> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| SiemError::Tls(format!("reading {}: {e}", path.display())))?;
+            for cert in certs {
+                let cert =
+                    cert.map_err(|e| SiemError::Tls(format!("reading {}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| SiemError::Tls(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for error in &native.errors {
+                warn!(%error, "a system root certificate could not be loaded");
+            }
+            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                return Err(SiemError::Tls(
+                    "no system root certificates found; set [siem] webhook_ca".into(),
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SiemError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 impl WebhookTarget {
-    fn parse(url: &str, header: Option<&str>) -> Result<WebhookTarget, SiemError> {
+    fn parse(
+        url: &str,
+        header: Option<&str>,
+        ca: Option<&Path>,
+    ) -> Result<WebhookTarget, SiemError> {
         let bad = |reason: &str| SiemError::Url {
             url: url.to_string(),
             reason: reason.to_string(),
         };
         let uri: hyper::Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(bad("only http:// webhooks are supported"));
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(bad("the scheme must be http or https")),
+        };
         let authority = uri.authority().ok_or_else(|| bad("no host"))?;
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let host = authority.host().to_string();
+        let bare_host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let tls = if https {
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(bare_host.clone())
+                .map_err(|e| bad(&format!("host name: {e}")))?;
+            Some((tls_connector(ca)?, name))
+        } else {
+            None
+        };
         let header = match header {
             None => None,
             Some(h) => {
@@ -329,10 +402,8 @@ impl WebhookTarget {
             }
         };
         Ok(WebhookTarget {
-            addr: format!(
-                "{}:{port}",
-                host.trim_start_matches('[').trim_end_matches(']')
-            ),
+            tls,
+            addr: format!("{bare_host}:{port}"),
             host: authority.as_str().to_string(),
             path_and_query: uri
                 .path_and_query()
@@ -343,13 +414,29 @@ impl WebhookTarget {
     }
 }
 
-/// One POST on a fresh connection; Ok on a 2xx answer.
+/// One POST on a fresh connection (TLS for `https://`); Ok on a 2xx answer.
 async fn post_once(target: &WebhookTarget, body: Bytes) -> Result<(), String> {
     let stream = tokio::net::TcpStream::connect(&target.addr)
         .await
         .map_err(|e| format!("connect {}: {e}", target.addr))?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    match &target.tls {
+        None => post_on(stream, target, body).await,
+        Some((connector, name)) => {
+            let stream = connector
+                .connect(name.clone(), stream)
+                .await
+                .map_err(|e| format!("TLS handshake with {}: {e}", target.addr))?;
+            post_on(stream, target, body).await
+        }
+    }
+}
+
+async fn post_on<IO>(io: IO, target: &WebhookTarget, body: Bytes) -> Result<(), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let driver = tokio::spawn(conn);

@@ -24,11 +24,22 @@ fn batch(seq: u64, anomalies: Vec<sonde_proto::v1::Anomaly>) -> Batch {
 
 /// Starts the flaky receiver; returns the child and its URL.
 fn receiver(out: &Path, failures: u32) -> anyhow::Result<(std::process::Child, String)> {
+    receiver_with(out, failures, None)
+}
+
+/// The same, over HTTPS with `tls` = (certificate, key) PEM files.
+fn receiver_with(
+    out: &Path,
+    failures: u32,
+    tls: Option<(&Path, &Path)>,
+) -> anyhow::Result<(std::process::Child, String)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flaky_receiver.py");
-    let mut child = std::process::Command::new("python3")
-        .arg(script)
-        .arg(out)
-        .arg(failures.to_string())
+    let mut command = std::process::Command::new("python3");
+    command.arg(script).arg(out).arg(failures.to_string());
+    if let Some((cert, key)) = tls {
+        command.arg(cert).arg(key);
+    }
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("python3 runs")?;
@@ -36,7 +47,13 @@ fn receiver(out: &Path, failures: u32) -> anyhow::Result<(std::process::Child, S
     let mut line = String::new();
     std::io::BufReader::new(stdout).read_line(&mut line)?;
     let port: u16 = line.trim().parse().context("receiver port")?;
-    Ok((child, format!("http://127.0.0.1:{port}/ingest")))
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let host = if tls.is_some() {
+        "localhost"
+    } else {
+        "127.0.0.1"
+    };
+    Ok((child, format!("{scheme}://{host}:{port}/ingest")))
 }
 
 /// JSON objects of a JSON-lines text; a line that is not one fails the test.
@@ -235,5 +252,86 @@ async fn a_webhook_that_is_down_never_slows_ingest_and_drops_are_counted() -> an
         metric(&fx, "sonde_collector_batches_ingested_total", &[]),
         5.0
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_is_verified_against_its_ca() -> anyhow::Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let scratch = tempfile::tempdir()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&key, &ca)?;
+    let (ca_pem, cert_pem, key_pem) = (
+        scratch.path().join("ca.pem"),
+        scratch.path().join("cert.pem"),
+        scratch.path().join("key.pem"),
+    );
+    std::fs::write(&ca_pem, ca.pem())?;
+    std::fs::write(&cert_pem, cert.pem())?;
+    std::fs::write(&key_pem, key.serialize_pem())?;
+    let received = scratch.path().join("received.jsonl");
+    let (child, url) = receiver_with(&received, 1, Some((&cert_pem, &key_pem)))?;
+    let _receiver = Kill(child);
+
+    // Trusting another CA: the handshake fails, nothing is accepted, the lines are given up.
+    let other = CertifiedIssuer::self_signed(
+        {
+            let mut p = CertificateParams::new(Vec::<String>::new())?;
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p
+        },
+        KeyPair::generate()?,
+    )?;
+    let other_pem = scratch.path().join("other.pem");
+    std::fs::write(&other_pem, other.pem())?;
+    let untrusting = Fixture::start_with(|c| {
+        c.siem.webhook = Some(url.clone());
+        c.siem.webhook_ca = Some(other_pem.clone());
+        c.siem.webhook_attempts = 2;
+        c.siem.webhook_backoff_ms = 10;
+    })
+    .await?;
+    let mut session = Session::open(&untrusting.url(), hello("agent-u", "host-u")).await?;
+    session
+        .batch_acked(batch(1, vec![anomaly("u-1", "api.local GET /x", 1, 5_000)]))
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(
+        &untrusting,
+        "sonde_collector_siem_dropped_total",
+        &[("sink", "webhook"), ("reason", "gave_up")],
+    ) < 1.0
+    {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never gave up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!received.exists(), "an unverified server got data");
+
+    let fx = Fixture::start_with(|c| {
+        c.siem.webhook = Some(url.clone());
+        c.siem.webhook_ca = Some(ca_pem.clone());
+        c.siem.webhook_backoff_ms = 20;
+    })
+    .await?;
+    let mut session = Session::open(&fx.url(), hello("agent-t", "host-t")).await?;
+    let anomalies = (0..5)
+        .map(|i| anomaly(&format!("t-{i}"), "api.local GET /x", 1, 5_000))
+        .collect();
+    session.batch_acked(batch(1, anomalies)).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = keys(&objects(
+            &std::fs::read_to_string(&received).unwrap_or_default(),
+        ));
+        if got.len() == 5 {
+            assert!(got.values().all(|n| *n == 1), "{got:?}");
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "got {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }

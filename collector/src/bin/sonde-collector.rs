@@ -53,7 +53,7 @@ struct Args {
     /// Append every new anomaly as a JSON line to this file (rotated by size).
     #[arg(long, env = "SONDE_SIEM_FILE")]
     siem_file: Option<PathBuf>,
-    /// POST every new anomaly as JSON lines to this http:// URL (batched, retried).
+    /// POST every new anomaly as JSON lines to this http:// or https:// URL (batched, retried).
     #[arg(long, env = "SONDE_SIEM_WEBHOOK")]
     siem_webhook: Option<String>,
 }
