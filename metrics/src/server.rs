@@ -3,7 +3,8 @@
 //! A plain hyper HTTP/1 server (hyper is already in the tree through tonic). Connections are
 //! served at most [`MAX_CONNECTIONS`] at a time; further ones wait in the listen backlog, so a
 //! scrape storm costs bounded memory (one encoded exposition per served connection) and never
-//! slows the process's own work beyond the encoding CPU.
+//! slows the process's own work beyond the encoding CPU. While every slot is taken, answers
+//! close their connection, so idle keep-alive clients cannot starve waiting ones.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -126,9 +127,18 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let registry = registry.clone();
         let ready = ready.clone();
+        let busy = permits.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = respond(&req, &registry, &ready);
+                let mut response = respond(&req, &registry, &ready);
+                // When every slot is taken, an idle keep-alive connection would hold its slot
+                // while others wait: close this one after the answer instead.
+                if busy.available_permits() == 0 {
+                    response.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
                 async move { Ok::<_, Infallible>(response) }
             });
             let conn = hyper::server::conn::http1::Builder::new()

@@ -181,7 +181,7 @@ fn agent_and_collector_metrics_move_with_traffic_and_survive_a_scrape_storm() {
         return;
     }
     let dir = scratch_dir("metrics");
-    let stack = DemoStack::start(&dir, "");
+    let mut stack = DemoStack::start(&dir, "");
     eventually(Duration::from_secs(20), "agent /readyz", || {
         (http_status(&format!("{}/readyz", stack.agent_metrics)) == 200).then_some(())
     });
@@ -293,7 +293,9 @@ fn agent_and_collector_metrics_move_with_traffic_and_survive_a_scrape_storm() {
         args.push("/dev/null".into());
         args.push(format!("{}/metrics", stack.agent_metrics));
     }
+    let storm_started = std::time::Instant::now();
     let storm = Command::new("curl").args(&args).output().expect("curl");
+    let storm_took = storm_started.elapsed();
     let codes = String::from_utf8_lossy(&storm.stdout);
     let ok = codes.lines().filter(|l| l.trim() == "200").count();
     assert_eq!(ok, 200, "scrapes answered 200: {ok}; codes {codes}");
@@ -324,7 +326,37 @@ fn agent_and_collector_metrics_move_with_traffic_and_survive_a_scrape_storm() {
         after.nonzero("sonde_agent_userspace_drops_total")
     );
     eprintln!(
-        "scrape storm: 200 concurrent scrapes, agent RSS {rss_before} -> {rss_after} KiB; {} exchanges",
+        "scrape storm: 200 concurrent scrapes in {storm_took:?}, agent RSS {rss_before} -> {rss_after} KiB; {} exchanges",
         after.sum("sonde_agent_exchanges_total", &[])
+    );
+
+    // The collector goes away: batches wait in the spool and the export lag grows; once it is
+    // back they are delivered and the lag returns to 0.
+    stack.stop_collector();
+    drive(stack.api_port, 6);
+    let waiting = eventually(
+        Duration::from_secs(20),
+        "batches waiting in the spool",
+        || {
+            let s = Scrape::get(&stack.agent_metrics);
+            (s.sum("sonde_agent_export_spool_batches", &[]) >= 1.0
+                && s.sum("sonde_agent_export_lag_seconds", &[]) >= 1.0
+                && s.sum("sonde_agent_export_connected", &[]) == 0.0)
+                .then_some(s)
+        },
+    );
+    assert!(waiting.sum("sonde_agent_export_spool_bytes", &[]) > 0.0);
+    stack.start_collector();
+    let delivered = eventually(Duration::from_secs(40), "the spool delivered", || {
+        let s = Scrape::get(&stack.agent_metrics);
+        (s.sum("sonde_agent_export_spool_batches", &[]) == 0.0
+            && s.sum("sonde_agent_export_connected", &[]) == 1.0)
+            .then_some(s)
+    });
+    assert_eq!(delivered.sum("sonde_agent_export_lag_seconds", &[]), 0.0);
+    assert!(delivered.sum("sonde_agent_export_reconnects_total", &[]) >= 1.0);
+    assert!(
+        delivered.sum("sonde_agent_export_batches_acked_total", &[])
+            > after.sum("sonde_agent_export_batches_acked_total", &[])
     );
 }
