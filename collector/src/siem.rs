@@ -455,8 +455,10 @@ where
         .await
         .map_err(|e| format!("send: {e}"))?;
     let status = response.status();
-    // Read the answer so the connection ends cleanly; its content is not used.
-    let _ = response.into_body().collect().await;
+    // Read (at most 64 KiB of) the answer so the connection ends cleanly; it is not used.
+    let _ = http_body_util::Limited::new(response.into_body(), 64 * 1024)
+        .collect()
+        .await;
     driver.abort();
     if status.is_success() {
         Ok(())
