@@ -627,7 +627,7 @@ impl BoundCollector {
             store,
             metrics,
         } = self;
-        let siem =
+        let (siem, siem_workers) =
             SiemExport::start(&config.siem, metrics.clone()).context("starting the SIEM export")?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let token = config.query.resolve_token()?;
@@ -722,6 +722,9 @@ impl BoundCollector {
                 warn!(grace_secs = grace.as_secs(), "shutdown grace elapsed; closing remaining connections");
             }
         }
+        // Streams are done: once their last handles go, the SIEM sinks drain and end.
+        drop(shared);
+        siem_workers.finish(Duration::from_secs(5)).await;
         info!("collector stopped");
         Ok(())
     }

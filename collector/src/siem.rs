@@ -108,22 +108,57 @@ pub struct SiemExport {
     metrics: Arc<CollectorMetrics>,
 }
 
+/// The sinks' workers: they end once every [`SiemExport`] is dropped and their queues are
+/// drained.
+pub struct SiemWorkers {
+    file: Option<std::thread::JoinHandle<()>>,
+    webhook: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SiemWorkers {
+    /// Waits up to `grace` for the queued lines to be written and delivered; logs what is left.
+    pub async fn finish(self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        if let Some(file) = self.file {
+            let joined = tokio::task::spawn_blocking(move || file.join());
+            if tokio::time::timeout_at(deadline, joined).await.is_err() {
+                warn!("SIEM file export still writing at shutdown; queued lines may be lost");
+            }
+        }
+        if let Some(webhook) = self.webhook {
+            let abort = webhook.abort_handle();
+            if tokio::time::timeout_at(deadline, webhook).await.is_err() {
+                abort.abort();
+                warn!("SIEM webhook still delivering at shutdown; undelivered lines are lost");
+            }
+        }
+    }
+}
+
 impl SiemExport {
     /// Starts the configured sinks (none configured: `submit` does nothing).
-    pub fn start(config: &SiemConfig, metrics: Arc<CollectorMetrics>) -> Result<Self, SiemError> {
+    pub fn start(
+        config: &SiemConfig,
+        metrics: Arc<CollectorMetrics>,
+    ) -> Result<(Self, SiemWorkers), SiemError> {
         let mut sinks = Vec::new();
+        let mut workers = SiemWorkers {
+            file: None,
+            webhook: None,
+        };
         let capacity = config.queue.max(1);
         if let Some(path) = &config.file {
             let file = RotatingFile::open(path, config.file_max_bytes, config.file_keep)?;
             let (tx, rx) = mpsc::channel(capacity);
             let m = metrics.clone();
-            std::thread::Builder::new()
+            let handle = std::thread::Builder::new()
                 .name("sonde-siem-file".into())
                 .spawn(move || write_file(file, rx, m))
                 .map_err(|source| SiemError::File {
                     path: path.clone(),
                     source,
                 })?;
+            workers.file = Some(handle);
             info!(path = %path.display(), "exporting anomalies to a JSON-lines file");
             sinks.push(("file", tx));
         }
@@ -134,11 +169,16 @@ impl SiemExport {
                 config.webhook_ca.as_deref(),
             )?;
             let (tx, rx) = mpsc::channel(capacity);
-            tokio::spawn(post_webhook(target, rx, config.clone(), metrics.clone()));
+            workers.webhook = Some(tokio::spawn(post_webhook(
+                target,
+                rx,
+                config.clone(),
+                metrics.clone(),
+            )));
             info!(%url, "exporting anomalies to a webhook");
             sinks.push(("webhook", tx));
         }
-        Ok(SiemExport { sinks, metrics })
+        Ok((SiemExport { sinks, metrics }, workers))
     }
 
     pub fn is_enabled(&self) -> bool {

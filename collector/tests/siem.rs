@@ -335,3 +335,27 @@ async fn an_https_webhook_is_verified_against_its_ca() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_writes_every_queued_line() -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let siem_file = scratch.path().join("anomalies.jsonl");
+    let fx = Fixture::start_with(|c| c.siem.file = Some(siem_file.clone())).await?;
+    let mut session = Session::open(&fx.url(), hello("agent-s", "host-s")).await?;
+    for seq in 1..=10u64 {
+        let anomalies = (0..100)
+            .map(|i| anomaly(&format!("s-{seq}-{i}"), "api.local GET /x", 1, 5_000))
+            .collect();
+        session.batch_acked(batch(seq, anomalies)).await?;
+    }
+    drop(session);
+    let Fixture {
+        dir: _dir,
+        collector,
+    } = fx;
+    collector.stop().await?;
+    let written = keys(&objects(&std::fs::read_to_string(&siem_file)?));
+    assert_eq!(written.len(), 1000);
+    assert!(written.values().all(|n| *n == 1));
+    Ok(())
+}
