@@ -10,6 +10,7 @@ pub mod capture;
 pub mod config;
 pub mod display;
 pub mod export;
+pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod tls;

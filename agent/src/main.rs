@@ -73,6 +73,9 @@ struct ObserveArgs {
     /// Print nothing per exchange (benchmarks).
     #[arg(long)]
     quiet: bool,
+    /// Serve Prometheus metrics, /healthz and /readyz here (default: not served).
+    #[arg(long, env = "SONDE_METRICS_LISTEN")]
+    metrics_listen: Option<MetricsListen>,
 }
 
 #[derive(clap::Args)]
@@ -101,6 +104,49 @@ struct RunArgs {
     /// for deployment pipelines and `ExecStartPre=`.
     #[arg(long)]
     check_config: bool,
+    /// Serve Prometheus metrics, /healthz and /readyz on this address, or `off`
+    /// [default: 127.0.0.1:9464; if that port is taken the agent runs without them].
+    #[arg(long, env = "SONDE_METRICS_LISTEN")]
+    metrics_listen: Option<MetricsListen>,
+}
+
+/// `--metrics-listen`: an address (port 0 picks one) or `off`.
+#[derive(Clone, Copy, Debug)]
+enum MetricsListen {
+    Off,
+    At(std::net::SocketAddr),
+}
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<MetricsListen, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(MetricsListen::Off);
+        }
+        s.parse()
+            .map(MetricsListen::At)
+            .map_err(|e| format!("{s:?} is neither `off` nor an address like 0.0.0.0:9464: {e}"))
+    }
+}
+
+impl MetricsListen {
+    /// What to serve: an explicit address must bind, the default may be taken already.
+    fn options(choice: Option<MetricsListen>, default: Option<u16>) -> run::MetricsOptions {
+        match (choice, default) {
+            (Some(MetricsListen::At(addr)), _) => run::MetricsOptions {
+                listen: Some(addr),
+                required: true,
+            },
+            (Some(MetricsListen::Off), _) | (None, None) => run::MetricsOptions {
+                listen: None,
+                required: false,
+            },
+            (None, Some(port)) => run::MetricsOptions {
+                listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+                required: false,
+            },
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -160,7 +206,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Observe(args) => {
             apply_source(&mut config, &args.source);
-            run::observe(config, args.source, args.json, args.quiet).await
+            let metrics = MetricsListen::options(args.metrics_listen, None);
+            run::observe(config, args.source, args.json, args.quiet, metrics).await
         }
         Command::Inventory(args) => {
             apply_source(&mut config, &args.source);
@@ -192,7 +239,11 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", config.check()?);
                 return Ok(());
             }
-            run::run(config, args.source).await
+            let metrics = MetricsListen::options(
+                args.metrics_listen,
+                Some(sonde_metrics::AGENT_DEFAULT_PORT),
+            );
+            run::run(config, args.source, metrics).await
         }
     }
 }

@@ -1,14 +1,14 @@
 //! The analysis pipeline behind `observe` and `run`: capture events → protocol → inventory,
 //! driven from one thread that owns the per-connection state (no lock per event).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sonde_detect::Detectors;
 use sonde_inventory::{CallInfo, Inventory, SpecScope};
-use sonde_model::{Anomaly, CaptureEvent, Exchange, Role};
+use sonde_model::{Anomaly, CaptureEvent, Exchange, HttpVersion, Role, Source};
 use sonde_protocol::Tracker;
 
 use crate::capture::procfs;
@@ -30,7 +30,32 @@ pub struct PipelineStats {
     pub exchanges: u64,
     /// Client-side views of calls whose server side is captured on this host too.
     pub duplicate_client_views: u64,
+    /// Exchanges by protocol: HTTP/1.x, HTTP/2 other than gRPC, gRPC.
+    pub http1_exchanges: u64,
+    pub http2_exchanges: u64,
+    pub grpc_exchanges: u64,
+    /// Data events and their captured bytes, by [`source_index`] and direction index (kept out
+    /// of the heartbeat's flat counters; the metrics endpoint labels them).
+    #[serde(skip)]
+    pub data_events: [[u64; 2]; SOURCES.len()],
+    #[serde(skip)]
+    pub data_bytes: [[u64; 2]; SOURCES.len()],
 }
+
+/// Capture sources in [`source_index`] order.
+pub const SOURCES: [Source; 3] = [Source::Syscall, Source::Tls, Source::Pcap];
+
+pub fn source_index(source: Source) -> usize {
+    match source {
+        Source::Syscall => 0,
+        Source::Tls => 1,
+        Source::Pcap => 2,
+    }
+}
+
+/// Distinct (kind, severity) pairs counted by name; further ones are counted as `{other}` so a
+/// flood of new kinds cannot grow the map.
+const MAX_ANOMALY_KINDS: usize = 256;
 
 /// Protocol tracking and inventory for one stream of capture events.
 pub struct Analyzer {
@@ -47,6 +72,8 @@ pub struct Analyzer {
     dedupe: bool,
     exchanges: Vec<Exchange>,
     stats: PipelineStats,
+    /// Anomalies emitted, by (kind, severity).
+    anomaly_counts: BTreeMap<(String, &'static str), u64>,
 }
 
 impl Analyzer {
@@ -86,6 +113,7 @@ impl Analyzer {
             dedupe: cfg.capture.pids.is_empty(),
             exchanges: Vec::with_capacity(256),
             stats: PipelineStats::default(),
+            anomaly_counts: BTreeMap::new(),
         })
     }
 
@@ -117,6 +145,11 @@ impl Analyzer {
         &self.detectors
     }
 
+    /// Anomalies emitted so far, by (kind, severity).
+    pub fn anomaly_counts(&self) -> &BTreeMap<(String, &'static str), u64> {
+        &self.anomaly_counts
+    }
+
     /// Saves the behavioural baseline (periodically and on shutdown), if a file is configured.
     pub fn save_baseline(&self) {
         if let Some(path) = &self.baseline_file
@@ -130,6 +163,11 @@ impl Analyzer {
     pub fn on_events(&mut self, batch: Vec<CaptureEvent>, sink: &mut dyn Sink) {
         self.stats.events += batch.len() as u64;
         for ev in batch {
+            if let CaptureEvent::Data(d) = &ev {
+                let (source, direction) = (source_index(d.source), d.direction.index() & 1);
+                self.stats.data_events[source][direction] += 1;
+                self.stats.data_bytes[source][direction] += d.data.len() as u64;
+            }
             if self.tls.route(&ev, &mut self.tls_findings) {
                 self.tracker.on_event(ev, &mut self.exchanges);
             }
@@ -162,6 +200,11 @@ impl Analyzer {
                 continue;
             }
             self.stats.exchanges += 1;
+            match (ex.version, ex.grpc.is_some()) {
+                (HttpVersion::Http2, true) => self.stats.grpc_exchanges += 1,
+                (HttpVersion::Http2, false) => self.stats.http2_exchanges += 1,
+                (HttpVersion::Http10 | HttpVersion::Http11, _) => self.stats.http1_exchanges += 1,
+            }
             let now = ex
                 .response
                 .as_ref()
@@ -181,6 +224,17 @@ impl Analyzer {
         events.extend(self.inventory.drain_events());
         events.extend(self.detectors.drain());
         if !events.is_empty() {
+            for a in &events {
+                let key = (a.kind.clone(), a.severity.as_str());
+                let key = if self.anomaly_counts.len() < MAX_ANOMALY_KINDS
+                    || self.anomaly_counts.contains_key(&key)
+                {
+                    key
+                } else {
+                    ("{other}".to_string(), a.severity.as_str())
+                };
+                *self.anomaly_counts.entry(key).or_default() += 1;
+            }
             self.name_endpoints_as_on_the_wire(&mut events);
             sink.anomalies(events);
         }

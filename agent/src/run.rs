@@ -7,13 +7,47 @@ use anyhow::Context as _;
 use sonde_agent::capture::LiveCapture;
 use sonde_agent::config::AgentConfig;
 use sonde_agent::display;
+use sonde_agent::metrics::AgentMetrics;
 use sonde_agent::pipeline::{Analyzer, Sink, now_unix_ns};
 use sonde_agent::record::Replay;
 use sonde_inventory::CallInfo;
+use sonde_metrics::MetricsServer;
 use sonde_model::{Anomaly, CaptureEvent, Exchange};
 use tokio::sync::mpsc;
 
 use crate::SourceArgs;
+
+/// Where `/metrics`, `/healthz` and `/readyz` are served.
+pub struct MetricsOptions {
+    pub listen: Option<std::net::SocketAddr>,
+    /// Fail when the address cannot be bound (it was asked for explicitly); else warn and go on.
+    pub required: bool,
+}
+
+async fn start_metrics(
+    options: &MetricsOptions,
+    metrics: AgentMetrics,
+) -> anyhow::Result<Option<MetricsServer>> {
+    let Some(addr) = options.listen else {
+        return Ok(None);
+    };
+    let ready = metrics.ready_check();
+    let registry = std::sync::Arc::new(metrics.into_registry());
+    match MetricsServer::start(addr, registry, ready).await {
+        Ok(server) => {
+            eprintln!(
+                "sonde-agent: metrics on http://{}/metrics",
+                server.local_addr()
+            );
+            Ok(Some(server))
+        }
+        Err(e) if !options.required => {
+            tracing::warn!(error = %e, "metrics not served (pass --metrics-listen to choose another address)");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("starting the metrics listener")),
+    }
+}
 
 /// A running source of capture events.
 struct Source {
@@ -240,15 +274,25 @@ pub async fn observe(
     args: SourceArgs,
     json: bool,
     quiet: bool,
+    metrics: MetricsOptions,
 ) -> anyhow::Result<()> {
     let mut analyzer = Analyzer::new(&config)?;
     let source = start_source(&config, &args)?;
+    let agent_metrics = AgentMetrics::new(source.live.as_ref(), None, &strategy_of(&source));
+    let mut publisher = agent_metrics.publisher();
+    let server = start_metrics(&metrics, agent_metrics).await?;
     let mut sink = PrintSink {
         json,
         quiet,
         out: std::io::BufWriter::new(std::io::stdout()),
     };
-    drive(source, &mut analyzer, &mut sink, args.duration, |_| {}).await?;
+    drive(source, &mut analyzer, &mut sink, args.duration, |a| {
+        publisher.maybe_publish(a)
+    })
+    .await?;
+    if let Some(server) = server {
+        server.stop().await;
+    }
     sink.out.flush()?;
     let s = analyzer.stats();
     eprintln!(
@@ -374,7 +418,21 @@ impl Sink for ExportSink {
     }
 }
 
-pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
+/// The capture strategy a source reports (`replay` for files).
+fn strategy_of(source: &Source) -> String {
+    source
+        .live
+        .as_ref()
+        .and_then(|l| l.report().tcp)
+        .map(|t| t.as_str().to_string())
+        .unwrap_or_else(|| "replay".into())
+}
+
+pub async fn run(
+    config: AgentConfig,
+    args: SourceArgs,
+    metrics: MetricsOptions,
+) -> anyhow::Result<()> {
     let export = config.export.clone();
     let collector = if export.embedded_collector {
         if let Some(dir) = export.embedded_database.parent() {
@@ -403,18 +461,13 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
 
     let mut analyzer = Analyzer::new(&config)?;
     let source = start_source(&config, &args)?;
-    let strategy = source
-        .live
-        .as_ref()
-        .and_then(|l| l.report().tcp)
-        .map(|t| t.as_str().to_string())
-        .unwrap_or_else(|| "replay".into());
+    let strategy = strategy_of(&source);
     let hello = sonde_export::Hello {
         agent_id: agent_id(&export.spool_dir),
         host: read_trim("/proc/sys/kernel/hostname"),
         agent_version: env!("CARGO_PKG_VERSION").into(),
         kernel: read_trim("/proc/sys/kernel/osrelease"),
-        capture_strategy: strategy,
+        capture_strategy: strategy.clone(),
         started_at_unix_ns: now_unix_ns(),
     };
     let mut ecfg = sonde_export::ExporterConfig::new(
@@ -431,6 +484,13 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
         .context("[export.tls]")?;
     let exporter = sonde_export::Exporter::start(ecfg).context("starting the exporter")?;
     let handle = exporter.handle();
+    let mut agent_metrics =
+        AgentMetrics::new(source.live.as_ref(), Some(handle.clone()), &strategy);
+    if let Some(c) = &collector {
+        c.metrics.register(agent_metrics.registry_mut());
+    }
+    let mut publisher = agent_metrics.publisher();
+    let metrics_server = start_metrics(&metrics, agent_metrics).await?;
     let rt = tokio::runtime::Handle::current();
     let mut sink = ExportSink {
         handle: handle.clone(),
@@ -451,6 +511,7 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
         &mut sink,
         args.duration,
         |analyzer| {
+            publisher.maybe_publish(analyzer);
             if last_save.elapsed() > Duration::from_secs(60) {
                 last_save = std::time::Instant::now();
                 analyzer.save_baseline();
@@ -521,6 +582,9 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
     analyzer.save_baseline();
     let _ = handle.flush().await;
     exporter.shutdown(Duration::from_secs(5)).await;
+    if let Some(server) = metrics_server {
+        server.stop().await;
+    }
     if let Some(c) = collector {
         c.stop().await?;
     }

@@ -12,6 +12,16 @@
 //! max_endpoints = 1000000            # default; new endpoints past it are refused and counted
 //! max_anomalies = 5000000            # default; new anomaly keys past it are refused and counted
 //!
+//! metrics_listen = "127.0.0.1:9465"  # optional; /metrics, /healthz, /readyz (the binary
+//!                                    # serves 127.0.0.1:9465 when neither this nor the flag is set)
+//!
+//! [siem]                             # optional; anomalies as JSON lines (see sonde_collector::siem)
+//! file = "/var/log/sonde/anomalies.jsonl"
+//! file_max_bytes = 67108864          # default 64 MiB, then rotated to .1, .2, ... (file_keep = 5)
+//! webhook = "http://siem.internal:8088/ingest"
+//! webhook_header = "Authorization: Bearer ..."
+//! webhook_ca = "/etc/sonde/siem-ca.pem"  # for https://; default: the system's roots
+//!
 //! [tls]                              # optional; absent = plaintext
 //! cert = "server.pem"
 //! key = "server.key"
@@ -54,8 +64,12 @@ pub struct CollectorConfig {
     /// (`AgentStatus.items_refused`). Defaults 1,000,000 and 5,000,000.
     pub max_endpoints: u64,
     pub max_anomalies: u64,
+    /// Address of the metrics listener (`/metrics`, `/healthz`, `/readyz`). Default: none in
+    /// the library; the `sonde-collector` binary falls back to 127.0.0.1:9465.
+    pub metrics_listen: Option<SocketAddr>,
     pub tls: Option<TlsConfig>,
     pub query: QueryConfig,
+    pub siem: crate::siem::SiemConfig,
 }
 
 impl Default for CollectorConfig {
@@ -69,8 +83,10 @@ impl Default for CollectorConfig {
             synchronous_full: true,
             max_endpoints: 1_000_000,
             max_anomalies: 5_000_000,
+            metrics_listen: None,
             tls: None,
             query: QueryConfig::default(),
+            siem: crate::siem::SiemConfig::default(),
         }
     }
 }

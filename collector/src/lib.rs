@@ -6,8 +6,10 @@
 
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod openapi;
 pub mod server;
+pub mod siem;
 pub mod store;
 
 pub use config::{CollectorConfig, DEFAULT_LISTEN, QueryConfig, TlsConfig};

@@ -26,7 +26,9 @@ use tracing::{debug, info, warn};
 
 use crate::auth::BearerAuth;
 use crate::config::CollectorConfig;
+use crate::metrics::CollectorMetrics;
 use crate::openapi;
+use crate::siem::SiemExport;
 use crate::store::{Location, Store, StoreError, StoreOptions};
 
 /// An agent that sends nothing this long after opening its stream is cut off.
@@ -46,6 +48,8 @@ struct Shared {
     stopping: watch::Receiver<bool>,
     max_batch_items: usize,
     require_client_cert: bool,
+    metrics: Arc<CollectorMetrics>,
+    siem: SiemExport,
 }
 
 impl Shared {
@@ -58,6 +62,9 @@ impl Shared {
         if *count == 0 {
             map.remove(agent_id);
         }
+        self.metrics
+            .agents_connected
+            .set(i64::try_from(map.len()).unwrap_or(i64::MAX));
     }
 
     fn is_connected(&self, agent_id: &str) -> bool {
@@ -300,7 +307,13 @@ async fn run_ingest_stream(
                 }
             }
             agent_message::Body::Batch(batch) => {
+                let started = std::time::Instant::now();
                 if let Err(reason) = validate_batch(&batch, shared.max_batch_items) {
+                    CollectorMetrics::count(
+                        &shared.metrics.batches_refused,
+                        vec![("reason", "invalid")],
+                        1,
+                    );
                     refused_batches += 1;
                     if refused_batches.is_power_of_two() {
                         warn!(%agent_id, seq = batch.seq, %reason, refused_batches, "refused a batch");
@@ -314,15 +327,49 @@ async fn run_ingest_stream(
                 } else {
                     let store = shared.store.clone();
                     let id = agent_id.clone();
+                    let updates = batch.endpoint_updates.len() as u64;
+                    let reported = batch.anomalies.len() as u64;
                     match blocking(move || store.ingest_batch(&id, &batch)).await {
                         Ok(outcome) => {
+                            let m = &shared.metrics;
+                            if outcome.applied {
+                                m.batches_ingested.inc();
+                                CollectorMetrics::count(
+                                    &m.items_ingested,
+                                    vec![("kind", "endpoint_update")],
+                                    updates,
+                                );
+                                CollectorMetrics::count(
+                                    &m.items_ingested,
+                                    vec![("kind", "anomaly")],
+                                    reported,
+                                );
+                                if outcome.refused > 0 {
+                                    CollectorMetrics::count(
+                                        &m.items_refused,
+                                        vec![("reason", "row_cap")],
+                                        outcome.refused,
+                                    );
+                                }
+                                m.ingest_seconds.observe(started.elapsed().as_secs_f64());
+                                shared.siem.submit(&agent_id, &outcome.anomalies);
+                            } else {
+                                m.duplicate_batches.inc();
+                            }
                             for anomaly in outcome.anomalies {
                                 // No watcher is not an error.
                                 let _ = shared.anomalies.send(anomaly);
                             }
                             Ok(ack(outcome.last_seq))
                         }
-                        Err(status) => Err(status),
+                        Err(status) => {
+                            CollectorMetrics::count(
+                                &shared.metrics.batches_refused,
+                                vec![("reason", "store_error")],
+                                1,
+                            );
+                            Err(status)
+                        }
                     }
                 }
             }
@@ -340,45 +387,90 @@ struct QueryService {
     shared: Arc<Shared>,
 }
 
+/// Counts an open live watch for as long as it lives.
+struct WatchSubscriber(Arc<CollectorMetrics>);
+
+impl WatchSubscriber {
+    fn new(metrics: Arc<CollectorMetrics>) -> WatchSubscriber {
+        metrics.watch_subscribers.inc();
+        WatchSubscriber(metrics)
+    }
+}
+
+impl Drop for WatchSubscriber {
+    fn drop(&mut self) {
+        self.0.watch_subscribers.dec();
+    }
+}
+
+impl QueryService {
+    /// Runs one query RPC, counting it and its latency by method and status code.
+    async fn timed<T>(
+        &self,
+        method: &'static str,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.shared.metrics.observe_query(method, code, started);
+        result
+    }
+}
+
 #[tonic::async_trait]
 impl Query for QueryService {
     async fn list_endpoints(
         &self,
         request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsResponse>, Status> {
-        let filter = request.into_inner();
-        let store = self.shared.store.clone();
-        let (endpoints, next_page_token) = blocking(move || store.list_endpoints(&filter)).await?;
-        Ok(Response::new(ListEndpointsResponse {
-            endpoints,
-            next_page_token,
-        }))
+        self.timed("list_endpoints", async {
+            let filter = request.into_inner();
+            let store = self.shared.store.clone();
+            let (endpoints, next_page_token) =
+                blocking(move || store.list_endpoints(&filter)).await?;
+            Ok(Response::new(ListEndpointsResponse {
+                endpoints,
+                next_page_token,
+            }))
+        })
+        .await
     }
 
     async fn get_endpoint(
         &self,
         request: Request<GetEndpointRequest>,
     ) -> Result<Response<GetEndpointResponse>, Status> {
-        let id = request.into_inner().id;
-        let store = self.shared.store.clone();
-        let lookup = id.clone();
-        match blocking(move || store.get_endpoint(&lookup)).await? {
-            Some(found) => Ok(Response::new(found)),
-            None => Err(Status::not_found(format!("no endpoint with id {id:?}"))),
-        }
+        self.timed("get_endpoint", async {
+            let id = request.into_inner().id;
+            let store = self.shared.store.clone();
+            let lookup = id.clone();
+            match blocking(move || store.get_endpoint(&lookup)).await? {
+                Some(found) => Ok(Response::new(found)),
+                None => Err(Status::not_found(format!("no endpoint with id {id:?}"))),
+            }
+        })
+        .await
     }
 
     async fn list_anomalies(
         &self,
         request: Request<ListAnomaliesRequest>,
     ) -> Result<Response<ListAnomaliesResponse>, Status> {
-        let filter = request.into_inner();
-        let store = self.shared.store.clone();
-        let (anomalies, next_page_token) = blocking(move || store.list_anomalies(&filter)).await?;
-        Ok(Response::new(ListAnomaliesResponse {
-            anomalies,
-            next_page_token,
-        }))
+        self.timed("list_anomalies", async {
+            let filter = request.into_inner();
+            let store = self.shared.store.clone();
+            let (anomalies, next_page_token) =
+                blocking(move || store.list_anomalies(&filter)).await?;
+            Ok(Response::new(ListAnomaliesResponse {
+                anomalies,
+                next_page_token,
+            }))
+        })
+        .await
     }
 
     type WatchAnomaliesStream = ReceiverStream<Result<StoredAnomaly, Status>>;
@@ -387,84 +479,95 @@ impl Query for QueryService {
         &self,
         request: Request<WatchAnomaliesRequest>,
     ) -> Result<Response<Self::WatchAnomaliesStream>, Status> {
-        let filter = request.into_inner();
-        let mut live = self.shared.anomalies.subscribe();
-        let mut stopping = self.shared.stopping.clone();
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    _ = stopped(&mut stopping) => {
-                        let _ = tx.send(Err(Status::unavailable("collector shutting down"))).await;
-                        return;
-                    }
-                    _ = tx.closed() => return,
-                    next = live.recv() => next,
-                };
-                match next {
-                    Ok(stored) => {
-                        let Some(anomaly) = &stored.anomaly else {
-                            continue;
-                        };
-                        if (!filter.kind.is_empty() && anomaly.kind != filter.kind)
-                            || anomaly.severity < filter.min_severity
-                        {
-                            continue;
-                        }
-                        if tx.send(Ok(stored)).await.is_err() {
+        self.timed("watch_anomalies", async {
+            let filter = request.into_inner();
+            let mut live = self.shared.anomalies.subscribe();
+            let mut stopping = self.shared.stopping.clone();
+            let (tx, rx) = mpsc::channel(64);
+            let subscriber = WatchSubscriber::new(self.shared.metrics.clone());
+            tokio::spawn(async move {
+                let _subscriber = subscriber;
+                loop {
+                    let next = tokio::select! {
+                        _ = stopped(&mut stopping) => {
+                            let _ = tx.send(Err(Status::unavailable("collector shutting down"))).await;
                             return;
                         }
+                        _ = tx.closed() => return,
+                        next = live.recv() => next,
+                    };
+                    match next {
+                        Ok(stored) => {
+                            let Some(anomaly) = &stored.anomaly else {
+                                continue;
+                            };
+                            if (!filter.kind.is_empty() && anomaly.kind != filter.kind)
+                                || anomaly.severity < filter.min_severity
+                            {
+                                continue;
+                            }
+                            if tx.send(Ok(stored)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            let _ = tx
+                                .send(Err(Status::data_loss(format!(
+                                    "watcher fell behind and missed {missed} anomalies; list them with ListAnomalies and watch again"
+                                ))))
+                                .await;
+                            return;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
                     }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        let _ = tx
-                            .send(Err(Status::data_loss(format!(
-                                "watcher fell behind and missed {missed} anomalies; list them with ListAnomalies and watch again"
-                            ))))
-                            .await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
                 }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        })
+        .await
     }
 
     async fn list_agents(
         &self,
         _request: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
-        let store = self.shared.store.clone();
-        let mut agents = blocking(move || store.list_agents()).await?;
-        for agent in &mut agents {
-            agent.connected = self.shared.is_connected(&agent.agent_id);
-        }
-        Ok(Response::new(ListAgentsResponse { agents }))
+        self.timed("list_agents", async {
+            let store = self.shared.store.clone();
+            let mut agents = blocking(move || store.list_agents()).await?;
+            for agent in &mut agents {
+                agent.connected = self.shared.is_connected(&agent.agent_id);
+            }
+            Ok(Response::new(ListAgentsResponse { agents }))
+        })
+        .await
     }
 
     async fn export_open_api(
         &self,
         request: Request<ExportOpenApiRequest>,
     ) -> Result<Response<ExportOpenApiResponse>, Status> {
-        let service = request.into_inner().service;
-        if service.is_empty() {
-            return Err(Status::invalid_argument("service is required"));
-        }
-        let store = self.shared.store.clone();
-        let lookup = service.clone();
-        let endpoints = blocking(move || store.service_endpoints(&lookup)).await?;
-        if endpoints.is_empty() {
-            return Err(Status::not_found(format!(
-                "no endpoints stored for service {service:?}"
-            )));
-        }
-        let (document, path_count) = openapi::build(&service, &endpoints);
-        let json = serde_json::to_string_pretty(&document)
-            .map_err(|e| Status::internal(format!("encoding the OpenAPI document: {e}")))?;
-        Ok(Response::new(ExportOpenApiResponse {
-            json,
-            path_count: u32::try_from(path_count).unwrap_or(u32::MAX),
-        }))
+        self.timed("export_open_api", async {
+            let service = request.into_inner().service;
+            if service.is_empty() {
+                return Err(Status::invalid_argument("service is required"));
+            }
+            let store = self.shared.store.clone();
+            let lookup = service.clone();
+            let endpoints = blocking(move || store.service_endpoints(&lookup)).await?;
+            if endpoints.is_empty() {
+                return Err(Status::not_found(format!(
+                    "no endpoints stored for service {service:?}"
+                )));
+            }
+            let (document, path_count) = openapi::build(&service, &endpoints);
+            let json = serde_json::to_string_pretty(&document)
+                .map_err(|e| Status::internal(format!("encoding the OpenAPI document: {e}")))?;
+            Ok(Response::new(ExportOpenApiResponse {
+                json,
+                path_count: u32::try_from(path_count).unwrap_or(u32::MAX),
+            }))
+        })
+        .await
     }
 }
 
@@ -474,6 +577,7 @@ pub struct BoundCollector {
     listener: TcpListener,
     local_addr: SocketAddr,
     store: Arc<Store>,
+    metrics: Arc<CollectorMetrics>,
 }
 
 /// Opens the store (running migrations) and binds the listener; `listen` may use port 0.
@@ -497,11 +601,14 @@ pub async fn bind(config: CollectorConfig) -> anyhow::Result<BoundCollector> {
         .await
         .with_context(|| format!("binding the collector listener on {}", config.listen))?;
     let local_addr = listener.local_addr().context("reading the bound address")?;
+    let store = Arc::new(store);
+    let metrics = Arc::new(CollectorMetrics::new(store.clone()));
     Ok(BoundCollector {
         config,
         listener,
         local_addr,
-        store: Arc::new(store),
+        store,
+        metrics,
     })
 }
 
@@ -514,6 +621,11 @@ impl BoundCollector {
         self.store.clone()
     }
 
+    /// This collector's metrics (register them with [`CollectorMetrics::registry`]).
+    pub fn metrics(&self) -> Arc<CollectorMetrics> {
+        self.metrics.clone()
+    }
+
     /// Serves until `shutdown` completes, then lets open streams finish (each ingest stream ends
     /// after the batch it is committing is acked) for at most `shutdown_grace_secs`.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
@@ -522,7 +634,10 @@ impl BoundCollector {
             listener,
             local_addr,
             store,
+            metrics,
         } = self;
+        let (siem, siem_workers) =
+            SiemExport::start(&config.siem, metrics.clone()).context("starting the SIEM export")?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let token = config.query.resolve_token()?;
         let require_client_cert = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
@@ -541,6 +656,8 @@ impl BoundCollector {
             stopping: stop_rx.clone(),
             max_batch_items: config.max_batch_items,
             require_client_cert,
+            metrics: metrics.clone(),
+            siem,
         });
 
         let mut builder = Server::builder();
@@ -599,11 +716,14 @@ impl BoundCollector {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
+        let serving_metrics = metrics.clone();
         let signal = async move {
             shutdown.await;
             info!("collector shutting down");
+            serving_metrics.set_serving(false);
             let _ = stop_tx.send(true);
         };
+        metrics.set_serving(true);
         let serving = builder
             .add_service(health_service)
             .add_service(reflection)
@@ -618,6 +738,9 @@ impl BoundCollector {
                 warn!(grace_secs = grace.as_secs(), "shutdown grace elapsed; closing remaining connections");
             }
         }
+        // Streams are done: once their last handles go, the SIEM sinks drain and end.
+        drop(shared);
+        siem_workers.finish(Duration::from_secs(5)).await;
         info!("collector stopped");
         Ok(())
     }
@@ -636,6 +759,7 @@ pub async fn serve(
 pub struct RunningCollector {
     pub local_addr: SocketAddr,
     pub store: Arc<Store>,
+    pub metrics: Arc<CollectorMetrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -664,6 +788,7 @@ pub async fn spawn(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
     let bound = bind(config).await?;
     let local_addr = bound.local_addr();
     let store = bound.store();
+    let metrics = bound.metrics();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(bound.serve(async move {
         let _ = stopped.await;
@@ -671,6 +796,7 @@ pub async fn spawn(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
     Ok(RunningCollector {
         local_addr,
         store,
+        metrics,
         stop: Some(stop),
         task,
     })

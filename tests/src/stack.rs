@@ -47,9 +47,19 @@ impl Drop for Proc {
 
 /// `sonde-collector` on 127.0.0.1:`port` with its database at `db`.
 pub fn collector(port: u16, db: &Path) -> Proc {
+    collector_with_metrics(port, db, None)
+}
+
+/// The same, serving its metrics on 127.0.0.1:`metrics_port` when given.
+pub fn collector_with_metrics(port: u16, db: &Path, metrics_port: Option<u16>) -> Proc {
+    let metrics = match metrics_port {
+        Some(p) => format!("127.0.0.1:{p}"),
+        None => "off".into(),
+    };
     let child = Command::new(bin("sonde-collector"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--database"])
         .arg(db)
+        .args(["--metrics-listen", &metrics])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -68,13 +78,19 @@ pub struct DemoStack {
     pub api_port: u16,
     pub api_pid: u32,
     pub url: String,
+    /// `http://127.0.0.1:port` of the agent's and the collector's metrics listeners.
+    pub agent_metrics: String,
+    pub collector_metrics: String,
     coll_port: u16,
+    coll_metrics_port: u16,
     db: PathBuf,
     dir: PathBuf,
+    agent_metrics_port: u16,
+    pub agent_pid: u32,
 }
 
 /// `sonde-agent run` with the stack's config and state directory in `dir`, once it has attached.
-fn start_agent(dir: &Path, url: &str) -> Proc {
+fn start_agent(dir: &Path, url: &str, metrics_port: u16) -> Proc {
     let log_path = dir.join("agent.log");
     let log = std::fs::File::create(&log_path).expect("log");
     let agent = Proc(
@@ -83,6 +99,7 @@ fn start_agent(dir: &Path, url: &str) -> Proc {
             .arg(dir.join("agent.toml"))
             .args(["run", "--collector", url, "--state-dir"])
             .arg(dir.join("state"))
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -115,7 +132,9 @@ impl DemoStack {
         wait_for_port(api_port);
         let api_pid = api.0.id();
         let db = dir.join("collector.db");
-        let collector = collector(coll_port, &db);
+        let coll_metrics_port = free_port();
+        let agent_metrics_port = free_port();
+        let collector = collector_with_metrics(coll_port, &db, Some(coll_metrics_port));
         let config = dir.join("agent.toml");
         std::fs::write(
             &config,
@@ -125,7 +144,8 @@ impl DemoStack {
             ),
         )
         .expect("config");
-        let agent = start_agent(dir, &url);
+        let agent = start_agent(dir, &url, agent_metrics_port);
+        let agent_pid = agent.0.id();
         DemoStack {
             agent: Some(agent),
             dir: dir.to_path_buf(),
@@ -134,8 +154,13 @@ impl DemoStack {
             api_port,
             api_pid,
             url,
+            agent_metrics: format!("http://127.0.0.1:{agent_metrics_port}"),
+            collector_metrics: format!("http://127.0.0.1:{coll_metrics_port}"),
             coll_port,
+            coll_metrics_port,
             db,
+            agent_pid,
+            agent_metrics_port,
         }
     }
 
@@ -143,7 +168,9 @@ impl DemoStack {
     /// state directory, as a restart or an upgrade would.
     pub fn restart_agent(&mut self) {
         drop(self.agent.take());
-        self.agent = Some(start_agent(&self.dir, &self.url));
+        let agent = start_agent(&self.dir, &self.url, self.agent_metrics_port);
+        self.agent_pid = agent.0.id();
+        self.agent = Some(agent);
     }
 
     pub fn stop_collector(&mut self) {
@@ -152,6 +179,10 @@ impl DemoStack {
 
     /// Starts the collector again on the same port and database.
     pub fn start_collector(&mut self) {
-        self.collector = Some(collector(self.coll_port, &self.db));
+        self.collector = Some(collector_with_metrics(
+            self.coll_port,
+            &self.db,
+            Some(self.coll_metrics_port),
+        ));
     }
 }

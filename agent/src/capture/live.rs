@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::decode::{Clock, Decoded, Decoder};
 use super::strategy::{Attempt, StrategyReport, TcpStrategy};
-use super::{CaptureError, procfs, tracefs};
+use super::{CaptureError, ProbeMetrics, procfs, tracefs};
 use crate::config::CaptureConfig;
 
 /// The programs compiled from ebpf/sonde-ebpf by build.rs.
@@ -149,6 +149,7 @@ pub struct LiveCapture {
     /// The port filter, applied again in user space to connections whose addresses only procfs
     /// knew (the kernel side cannot filter what it cannot name).
     ports: Vec<u16>,
+    probes: ProbeMetrics,
 }
 
 impl LiveCapture {
@@ -328,6 +329,15 @@ impl LiveCapture {
             attached,
         };
         tracing::info!(report = %report, "capture attached");
+        let probes = ProbeMetrics::default();
+        let kprobes = report
+            .attached
+            .iter()
+            .filter(|name| name.starts_with("kprobe_"))
+            .count();
+        probes.set_attached("tracepoint", report.attached.len() - kprobes);
+        probes.set_attached("kprobe", kprobes);
+        probes.set_attached("uprobe", 0);
         Ok(LiveCapture {
             ebpf,
             report,
@@ -336,6 +346,7 @@ impl LiveCapture {
             stop: Arc::new(AtomicBool::new(false)),
             reader: None,
             ports: cfg.ports.clone(),
+            probes,
         })
     }
 
@@ -344,6 +355,11 @@ impl LiveCapture {
         CountersReader {
             map: self.counters.clone(),
         }
+    }
+
+    /// The probe gauges of this capture (attached probes, blind processes).
+    pub fn probe_metrics(&self) -> &ProbeMetrics {
+        &self.probes
     }
 
     pub fn report(&self) -> &StrategyReport {

@@ -9,11 +9,13 @@
 
 pub mod decode;
 pub mod live;
+pub mod probes;
 pub mod procfs;
 pub mod strategy;
 pub mod tracefs;
 
-pub use live::{KernelCounters, LiveCapture, ReaderStats};
+pub use live::{CountersReader, KernelCounters, LiveCapture, ReaderStats};
+pub use probes::ProbeMetrics;
 pub use strategy::{StrategyReport, TcpStrategy};
 
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -46,9 +47,25 @@ struct Args {
     /// Largest gRPC message in bytes [default: 4194304].
     #[arg(long, env = "SONDE_MAX_MESSAGE_BYTES")]
     max_message_bytes: Option<usize>,
+    /// Serve Prometheus metrics, /healthz and /readyz here, or `off` [default: 127.0.0.1:9465;
+    /// if that port is taken the collector runs without them].
+    #[arg(long, env = "SONDE_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Append every new anomaly as a JSON line to this file (rotated by size).
+    #[arg(long, env = "SONDE_SIEM_FILE")]
+    siem_file: Option<PathBuf>,
+    /// POST every new anomaly as JSON lines to this http:// or https:// URL (batched, retried).
+    #[arg(long, env = "SONDE_SIEM_WEBHOOK")]
+    siem_webhook: Option<String>,
 }
 
-fn effective_config(args: Args) -> anyhow::Result<CollectorConfig> {
+/// Where to serve metrics, and whether failing to bind there is fatal (explicitly asked for).
+struct MetricsChoice {
+    listen: Option<SocketAddr>,
+    required: bool,
+}
+
+fn effective_config(args: Args) -> anyhow::Result<(CollectorConfig, MetricsChoice)> {
     let mut config = match &args.config {
         Some(path) => CollectorConfig::from_toml_file(path)?,
         None => CollectorConfig::default(),
@@ -84,7 +101,40 @@ fn effective_config(args: Args) -> anyhow::Result<CollectorConfig> {
     if let Some(limit) = args.max_message_bytes {
         config.max_message_bytes = limit;
     }
-    Ok(config)
+    if let Some(file) = args.siem_file {
+        config.siem.file = Some(file);
+    }
+    if let Some(url) = args.siem_webhook {
+        config.siem.webhook = Some(url);
+    }
+    let metrics = match args.metrics_listen.as_deref() {
+        Some(off) if off.eq_ignore_ascii_case("off") => MetricsChoice {
+            listen: None,
+            required: false,
+        },
+        Some(addr) => MetricsChoice {
+            listen: Some(addr.parse().with_context(|| {
+                format!(
+                    "--metrics-listen {addr:?} is neither `off` nor an address like 0.0.0.0:9465"
+                )
+            })?),
+            required: true,
+        },
+        None => match config.metrics_listen {
+            Some(addr) => MetricsChoice {
+                listen: Some(addr),
+                required: true,
+            },
+            None => MetricsChoice {
+                listen: Some(SocketAddr::from((
+                    [127, 0, 0, 1],
+                    sonde_metrics::COLLECTOR_DEFAULT_PORT,
+                ))),
+                required: false,
+            },
+        },
+    };
+    Ok((config, metrics))
 }
 
 async fn shutdown_signal() {
@@ -114,6 +164,25 @@ async fn main() -> anyhow::Result<()> {
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    let config = effective_config(Args::parse())?;
-    sonde_collector::serve(config, shutdown_signal()).await
+    let (config, metrics) = effective_config(Args::parse())?;
+    let bound = sonde_collector::bind(config).await?;
+    let _metrics_server = match metrics.listen {
+        None => None,
+        Some(addr) => {
+            let m = bound.metrics();
+            match sonde_metrics::MetricsServer::start(addr, Arc::new(m.registry()), m.ready_check())
+                .await
+            {
+                Ok(server) => Some(server),
+                Err(error) if !metrics.required => {
+                    tracing::warn!(%error, "metrics not served (pass --metrics-listen to choose another address)");
+                    None
+                }
+                Err(error) => {
+                    return Err(anyhow::Error::new(error).context("starting the metrics listener"));
+                }
+            }
+        }
+    };
+    bound.serve(shutdown_signal()).await
 }

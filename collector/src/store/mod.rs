@@ -622,6 +622,22 @@ impl Store {
         Ok(out)
     }
 
+    /// Row counts (endpoints, anomalies) as kept in memory for the caps: no SQL, for metrics.
+    pub fn row_counts(&self) -> (u64, u64) {
+        (
+            self.endpoint_rows.load(Ordering::Relaxed),
+            self.anomaly_rows.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Bytes of the database file and its write-ahead log.
+    pub fn file_bytes(&self) -> u64 {
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        size(&self.path) + size(Path::new(&wal))
+    }
+
     /// Row counts (endpoints, anomalies), for logs and benchmarks.
     pub fn counts(&self) -> Result<(u64, u64), StoreError> {
         lock(&self.reader)?.read(|conn| {

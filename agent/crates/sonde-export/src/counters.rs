@@ -12,6 +12,7 @@ pub struct Counters {
     pub spooled_batches: AtomicU64,
     pub spooled_bytes: AtomicU64,
     pub pending_batches: AtomicU64,
+    pub oldest_pending_sealed_unix_ns: AtomicU64,
     pub evicted_batches: AtomicU64,
     pub evicted_items: AtomicU64,
     pub spool_write_errors: AtomicU64,
@@ -44,6 +45,7 @@ impl Counters {
             spooled_batches: Counters::get(&self.spooled_batches),
             spooled_bytes: Counters::get(&self.spooled_bytes),
             pending_batches: Counters::get(&self.pending_batches),
+            oldest_pending_sealed_unix_ns: Counters::get(&self.oldest_pending_sealed_unix_ns),
             evicted_batches: Counters::get(&self.evicted_batches),
             evicted_items: Counters::get(&self.evicted_items),
             spool_write_errors: Counters::get(&self.spool_write_errors),
@@ -71,6 +73,9 @@ pub struct ExportStats {
     pub spooled_bytes: u64,
     /// Current number of unacknowledged batches.
     pub pending_batches: u64,
+    /// When the oldest unacknowledged batch was sealed (Unix ns; 0 when none waits): the
+    /// export lag is its age.
+    pub oldest_pending_sealed_unix_ns: u64,
     /// Batches (and their items) dropped because the spool bound was reached.
     pub evicted_batches: u64,
     pub evicted_items: u64,

@@ -158,8 +158,7 @@ impl Spool {
             }
         }
         spool.evict_to_fit(0, counters);
-        Counters::set(&counters.spooled_bytes, spool.bytes);
-        Counters::set(&counters.pending_batches, spool.pending.len() as u64);
+        spool.publish(counters);
         Ok(spool)
     }
 
@@ -204,8 +203,7 @@ impl Spool {
             on_disk,
         });
         Counters::add(&counters.spooled_batches, 1);
-        Counters::set(&counters.spooled_bytes, self.bytes);
-        Counters::set(&counters.pending_batches, self.pending.len() as u64);
+        self.publish(counters);
     }
 
     /// Drops every batch with seq <= `seq` (acknowledged), deleting its segment. Returns how many.
@@ -217,8 +215,7 @@ impl Spool {
                 acked += 1;
             }
         }
-        Counters::set(&counters.spooled_bytes, self.bytes);
-        Counters::set(&counters.pending_batches, self.pending.len() as u64);
+        self.publish(counters);
         acked
     }
 
@@ -230,9 +227,19 @@ impl Spool {
         if let Some(done) = self.pending.remove(index) {
             self.forget(&done);
         }
+        self.publish(counters);
+        true
+    }
+
+    /// Size, count and age of what waits for an ack, for the exporter's counters.
+    fn publish(&self, counters: &Counters) {
         Counters::set(&counters.spooled_bytes, self.bytes);
         Counters::set(&counters.pending_batches, self.pending.len() as u64);
-        true
+        let oldest = self
+            .pending
+            .front()
+            .map_or(0, |p| p.batch.sealed_at_unix_ns);
+        Counters::set(&counters.oldest_pending_sealed_unix_ns, oldest);
     }
 
     fn forget(&mut self, done: &PendingBatch) {
@@ -351,6 +358,41 @@ mod tests {
         assert_eq!(seqs, vec![4, 5]);
         assert_eq!(spool.high_water(), 5);
         assert_eq!(spool.pending()[1].batch, batch(5, 2));
+        Ok(())
+    }
+
+    #[test]
+    fn oldest_pending_seal_time_follows_acks_and_reopen() -> Result<(), SpoolError> {
+        let dir = tempfile::tempdir().map_err(|source| SpoolError::Dir {
+            path: "tmp".into(),
+            source,
+        })?;
+        let counters = Counters::default();
+        let mut spool = Spool::open(dir.path(), 1 << 20, false, &counters)?;
+        assert_eq!(Counters::get(&counters.oldest_pending_sealed_unix_ns), 0);
+        for (seq, sealed) in [(1, 1_000), (2, 2_000), (3, 3_000)] {
+            let mut b = batch(seq, 1);
+            b.sealed_at_unix_ns = sealed;
+            spool.push(b, &counters);
+        }
+        assert_eq!(
+            Counters::get(&counters.oldest_pending_sealed_unix_ns),
+            1_000
+        );
+        spool.ack_through(1, &counters);
+        assert_eq!(
+            Counters::get(&counters.oldest_pending_sealed_unix_ns),
+            2_000
+        );
+        drop(spool);
+        let reopened = Counters::default();
+        let mut spool = Spool::open(dir.path(), 1 << 20, false, &reopened)?;
+        assert_eq!(
+            Counters::get(&reopened.oldest_pending_sealed_unix_ns),
+            2_000
+        );
+        spool.ack_through(3, &reopened);
+        assert_eq!(Counters::get(&reopened.oldest_pending_sealed_unix_ns), 0);
         Ok(())
     }
 
