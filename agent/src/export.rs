@@ -54,8 +54,7 @@ pub fn endpoint_update(rec: &EndpointRecord) -> v1::EndpointUpdate {
         request_bytes: summary(&rec.request_bytes, 1),
         response_bytes: summary(&rec.response_bytes, 1),
         callers: callers(&rec.callers),
-        // The record does not know whether the connection was TLS.
-        served_over_tls: false,
+        served_over_tls: rec.served_over_tls,
     }
 }
 

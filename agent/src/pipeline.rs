@@ -1,14 +1,14 @@
 //! The analysis pipeline behind `observe` and `run`: capture events → protocol → inventory,
 //! driven from one thread that owns the per-connection state (no lock per event).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sonde_detect::Detectors;
 use sonde_inventory::{CallInfo, Inventory, SpecScope};
-use sonde_model::{Anomaly, CaptureEvent, Exchange, Role};
+use sonde_model::{Anomaly, CaptureEvent, ConnId, Exchange, ExchangeFlags, Role, Source};
 use sonde_protocol::Tracker;
 
 use crate::capture::procfs;
@@ -29,6 +29,10 @@ pub struct PipelineStats {
     pub exchanges: u64,
     /// Client-side views of calls whose server side is captured on this host too.
     pub duplicate_client_views: u64,
+    /// Syscall-side chunks of TLS connections (ciphertext) kept away from the HTTP parsers.
+    pub tls_ciphertext_chunks: u64,
+    /// Chunks of TLS plaintext (read inside a TLS library) handed to the parsers.
+    pub tls_plaintext_chunks: u64,
 }
 
 /// Protocol tracking and inventory for one stream of capture events.
@@ -39,6 +43,7 @@ pub struct Analyzer {
     /// Where the behavioural baseline is saved (and was restored from).
     baseline_file: Option<PathBuf>,
     local: LocalServers,
+    tls: TlsStreams,
     dedupe: bool,
     exchanges: Vec<Exchange>,
     stats: PipelineStats,
@@ -75,6 +80,7 @@ impl Analyzer {
             detectors,
             baseline_file,
             local: LocalServers::default(),
+            tls: TlsStreams::default(),
             // With a process filter the server side may not be captured: keep both views.
             dedupe: cfg.capture.pids.is_empty(),
             exchanges: Vec::with_capacity(256),
@@ -115,15 +121,26 @@ impl Analyzer {
     pub fn on_events(&mut self, batch: Vec<CaptureEvent>, sink: &mut dyn Sink) {
         self.stats.events += batch.len() as u64;
         for ev in batch {
+            match self.tls.route(&ev) {
+                Route::Parse => {}
+                Route::TlsPlaintext => self.stats.tls_plaintext_chunks += 1,
+                Route::TlsCiphertext => {
+                    // The handshake bytes end here for now: the HTTP parsers never see them.
+                    self.stats.tls_ciphertext_chunks += 1;
+                    continue;
+                }
+            }
             self.tracker.on_event(ev, &mut self.exchanges);
         }
         self.drain(sink);
+        self.tls.forget_closed();
     }
 
     /// Timeouts (requests whose response never came, idle connections).
     pub fn tick(&mut self, now_unix_ns: u64, sink: &mut dyn Sink) {
         self.tracker.tick(now_unix_ns, &mut self.exchanges);
         self.drain(sink);
+        self.tls.expire(now_unix_ns);
     }
 
     /// End of input: every pending request is emitted.
@@ -134,7 +151,10 @@ impl Analyzer {
 
     fn drain(&mut self, sink: &mut dyn Sink) {
         let mut exchanges = std::mem::take(&mut self.exchanges);
-        for ex in exchanges.drain(..) {
+        for mut ex in exchanges.drain(..) {
+            if self.tls.has_plaintext(ex.conn.id) {
+                ex.flags.insert(ExchangeFlags::TLS);
+            }
             if self.dedupe && self.is_duplicate_client_view(&ex) {
                 self.stats.duplicate_client_views += 1;
                 continue;
@@ -185,6 +205,127 @@ impl Analyzer {
         };
         self.local.serves(server)
     }
+}
+
+/// Which of a connection's byte streams the HTTP parsers read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Cleartext, or a connection event: parsed.
+    Parse,
+    /// Plaintext from inside a TLS library: parsed like cleartext, exchanges marked TLS.
+    TlsPlaintext,
+    /// TLS records from the socket syscalls (the handshake the kernel ships for posture
+    /// analysis, or any ciphertext): never parsed as HTTP.
+    TlsCiphertext,
+}
+
+/// Connections idle longer than this are forgotten when no close was seen (the assembler has
+/// expired them long before).
+const TLS_STREAM_IDLE_NS: u64 = 15 * 60 * 1_000_000_000;
+/// Connections remembered at most; past it the least recently seen half is forgotten.
+const MAX_TLS_STREAMS: usize = 1 << 18;
+
+/// Tells the TLS plaintext of a connection from its ciphertext. One connection (tgid, fd,
+/// generation) can carry both: records of source TLS (plaintext, numbered from 0 in their own
+/// byte stream) and syscall records that start with a TLS record (the handshake). The
+/// ciphertext must never reach the HTTP parsers, and the plaintext is what they parse.
+#[derive(Debug, Default)]
+pub struct TlsStreams {
+    /// Connections with plaintext from a TLS library → last seen (Unix ns).
+    plaintext: HashMap<ConnId, u64>,
+    /// Connections whose syscall bytes start with a TLS record → last seen (Unix ns).
+    ciphertext: HashMap<ConnId, u64>,
+    /// Closed in the current batch: forgotten once its exchanges are out.
+    closed: Vec<ConnId>,
+}
+
+impl TlsStreams {
+    /// Decides where an event goes; the one place that keeps TLS ciphertext from the parsers.
+    pub fn route(&mut self, ev: &CaptureEvent) -> Route {
+        let d = match ev {
+            CaptureEvent::Data(d) => d,
+            CaptureEvent::Close(c) => {
+                if self.plaintext.contains_key(&c.conn) || self.ciphertext.contains_key(&c.conn)
+                {
+                    self.closed.push(c.conn);
+                }
+                return Route::Parse;
+            }
+            CaptureEvent::Open(_) => return Route::Parse,
+        };
+        match d.source {
+            Source::Tls => {
+                self.remember_plaintext(d.conn, d.ts_ns);
+                Route::TlsPlaintext
+            }
+            Source::Pcap => Route::Parse,
+            Source::Syscall => {
+                if let Some(seen) = self.ciphertext.get_mut(&d.conn) {
+                    *seen = d.ts_ns;
+                    return Route::TlsCiphertext;
+                }
+                if self.plaintext.contains_key(&d.conn)
+                    || (d.offset == 0 && starts_with_tls_record(&d.data))
+                {
+                    self.remember(d.conn, d.ts_ns);
+                    return Route::TlsCiphertext;
+                }
+                Route::Parse
+            }
+        }
+    }
+
+    /// Whether the connection's exchanges were read from TLS plaintext.
+    pub fn has_plaintext(&self, conn: ConnId) -> bool {
+        self.plaintext.contains_key(&conn)
+    }
+
+    fn remember_plaintext(&mut self, conn: ConnId, ts: u64) {
+        if let Some(seen) = self.plaintext.get_mut(&conn) {
+            *seen = ts;
+            return;
+        }
+        if self.plaintext.len() >= MAX_TLS_STREAMS {
+            shed_oldest_half(&mut self.plaintext);
+        }
+        self.plaintext.insert(conn, ts);
+    }
+
+    fn remember(&mut self, conn: ConnId, ts: u64) {
+        if self.ciphertext.len() >= MAX_TLS_STREAMS {
+            shed_oldest_half(&mut self.ciphertext);
+        }
+        self.ciphertext.insert(conn, ts);
+    }
+
+    /// Connections closed in the batch just analysed.
+    fn forget_closed(&mut self) {
+        for c in self.closed.drain(..) {
+            self.plaintext.remove(&c);
+            self.ciphertext.remove(&c);
+        }
+    }
+
+    /// Connections that went quiet without a close seen.
+    fn expire(&mut self, now_unix_ns: u64) {
+        let cutoff = now_unix_ns.saturating_sub(TLS_STREAM_IDLE_NS);
+        self.plaintext.retain(|_, seen| *seen >= cutoff);
+        self.ciphertext.retain(|_, seen| *seen >= cutoff);
+    }
+}
+
+fn shed_oldest_half(map: &mut HashMap<ConnId, u64>) {
+    let mut seen: Vec<u64> = map.values().copied().collect();
+    let mid = seen.len() / 2;
+    let (_, median, _) = seen.select_nth_unstable(mid);
+    let median = *median;
+    map.retain(|_, s| *s > median);
+}
+
+/// A TLS record header: content type change_cipher_spec (20), alert (21), handshake (22) or
+/// application_data (23), then version 3.x. No HTTP/1 or HTTP/2 stream starts with these bytes.
+pub fn starts_with_tls_record(data: &[u8]) -> bool {
+    matches!(data, [20..=23, 3, minor, ..] if *minor <= 4)
 }
 
 /// Ports this host listens on, from /proc/net/tcp{,6}, refreshed at most once a second.

@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{Bytes, BytesMut};
 use sonde_common::{
-    CloseEvent, DATA_HEADER_SIZE, DataHeader, OpenEvent, SockAddrs, direction, kind, open_flags,
-    role, source,
+    CloseEvent, DATA_HEADER_SIZE, DataHeader, OpenEvent, ProcEvent, SockAddrs, direction, kind,
+    open_flags, role, source,
 };
 use sonde_model::{
     CaptureEvent, ConnClose, ConnId, ConnOpen, DataChunk, Direction, ProcessInfo, Role, Source,
@@ -30,6 +30,8 @@ pub enum Decoded {
     Event(CaptureEvent),
     /// An open whose addresses the kernel did not know (the socket predates capture).
     OpenNeedsAddrs(ConnOpen),
+    /// A process exec'd or exited: for the TLS attacher, not the pipeline.
+    Proc(super::tls::ProcNotice),
 }
 
 /// Turns kernel timestamps (CLOCK_MONOTONIC) into Unix-epoch nanoseconds.
@@ -109,6 +111,17 @@ impl Decoder {
                     },
                     ts_ns: self.clock.to_unix_ns(c.ts_ns),
                 })))
+            }
+            kind::EXEC | kind::EXIT => {
+                let p: ProcEvent = read_pod(rec)?;
+                Ok(Decoded::Proc(if k == kind::EXEC {
+                    super::tls::ProcNotice::Exec {
+                        tgid: p.tgid,
+                        ts_ns: p.ts_ns,
+                    }
+                } else {
+                    super::tls::ProcNotice::Exit { tgid: p.tgid }
+                }))
             }
             other => Err(DecodeError::UnknownKind(other)),
         }

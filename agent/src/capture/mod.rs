@@ -11,6 +11,7 @@ pub mod decode;
 pub mod live;
 pub mod procfs;
 pub mod strategy;
+pub mod tls;
 pub mod tracefs;
 
 pub use live::{KernelCounters, LiveCapture, ReaderStats};

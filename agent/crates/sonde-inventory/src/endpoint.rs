@@ -141,6 +141,9 @@ pub struct EndpointRecord {
     /// Of `calls`, those carried over HTTP/2 (gRPC included).
     #[serde(default)]
     pub http2_calls: u64,
+    /// Some call was read from TLS plaintext: the endpoint is served over TLS.
+    #[serde(default)]
+    pub served_over_tls: bool,
     /// Final status code → calls.
     pub status_counts: BTreeMap<u16, u64>,
     /// Calls without a response.
@@ -187,6 +190,7 @@ impl EndpointRecord {
             last_seen_ns: now_ns,
             calls: 0,
             http2_calls: 0,
+            served_over_tls: false,
             status_counts: BTreeMap::new(),
             no_response: 0,
             request_content_types: CappedCounts::default(),
