@@ -245,8 +245,7 @@ impl TlsStreams {
         let d = match ev {
             CaptureEvent::Data(d) => d,
             CaptureEvent::Close(c) => {
-                if self.plaintext.contains_key(&c.conn) || self.ciphertext.contains_key(&c.conn)
-                {
+                if self.plaintext.contains_key(&c.conn) || self.ciphertext.contains_key(&c.conn) {
                     self.closed.push(c.conn);
                 }
                 return Route::Parse;

@@ -15,6 +15,12 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("curl", "/usr/bin/curl"),
     ("nghttp2-client", "/usr/bin/nghttp"),
     ("iproute2", "/usr/sbin/ip"),
+    // TLS tests: `openssl` (certificates, s_client), a client linked statically against
+    // libssl.a (gcc + libssl-dev), and `nm` for the ELF symbol tests.
+    ("openssl", "/usr/bin/openssl"),
+    ("libssl-dev", "/usr/include/openssl/ssl.h"),
+    ("gcc", "/usr/bin/gcc"),
+    ("binutils", "/usr/bin/nm"),
 ];
 
 /// Python packages the end-to-end tests drive servers and clients with.

@@ -339,8 +339,7 @@ impl LiveCapture {
                     ("proc_exec", "sched_process_exec"),
                     ("proc_exit", "sched_process_exit"),
                 ] {
-                    attach_tracepoint(&mut ebpf, prog, "sched", name)
-                        .map_err(|e| e.to_string())?;
+                    attach_tracepoint(&mut ebpf, prog, "sched", name).map_err(|e| e.to_string())?;
                     attached.push(prog.to_string());
                 }
                 Ok(())
@@ -356,12 +355,8 @@ impl LiveCapture {
         let mut tls_thread = None;
         let tls = match tls_ready {
             Ok(()) => {
-                let mut attacher = TlsAttacher::new(
-                    ebpf.clone(),
-                    empty,
-                    cfg.tls.clone(),
-                    PathBuf::from("/proc"),
-                );
+                let mut attacher =
+                    TlsAttacher::new(ebpf.clone(), empty, cfg.tls.clone(), PathBuf::from("/proc"));
                 // At start, synchronously: processes already running are covered on return.
                 attacher.scan_all();
                 let n = attacher.attached_paths().len();
@@ -373,7 +368,9 @@ impl LiveCapture {
                     std::thread::Builder::new()
                         .name("sonde-tls".into())
                         .spawn(move || attacher.run(rx, stop))
-                        .map_err(|e| CaptureError::Load(format!("spawning the TLS attacher: {e}")))?,
+                        .map_err(|e| {
+                            CaptureError::Load(format!("spawning the TLS attacher: {e}"))
+                        })?,
                 );
                 Ok(n)
             }

@@ -166,7 +166,11 @@ pub mod counter {
     pub const fn is_drop(index: u32) -> bool {
         matches!(
             index,
-            RING_FULL_DATA | RING_FULL_CONN | READ_USER_FAILED | MAP_FULL | TLS_FD_UNKNOWN
+            RING_FULL_DATA
+                | RING_FULL_CONN
+                | READ_USER_FAILED
+                | MAP_FULL
+                | TLS_FD_UNKNOWN
                 | RING_FULL_PROC
         )
     }

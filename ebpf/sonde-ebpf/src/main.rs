@@ -27,8 +27,8 @@ use aya_ebpf::{
 use sonde_common::{
     CHUNK_SIZE, CLASSIFY_PROBE_CALLS, CloseEvent, Config, Counters, DATA_HEADER_SIZE, DataHeader,
     FdState, MAX_CHUNKS_PER_CALL, MAX_IOVECS, OpenEvent, PendingCall, ProcEvent, SockAddrs,
-    SslCall, SslKey, TLS_HANDSHAKE_CAP, class, counter, direction, fd_kind, kind, open_flags,
-    role, source,
+    SslCall, SslKey, TLS_HANDSHAKE_CAP, class, counter, direction, fd_kind, kind, open_flags, role,
+    source,
 };
 
 const AF_INET: u16 = 2;
@@ -1150,7 +1150,11 @@ fn ssl_enter(ctx: &ProbeContext, dir: u8, ex: bool) -> u32 {
     let call = SslCall {
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
         buf: ctx.arg::<u64>(1).unwrap_or(0),
-        done_ptr: if ex { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 },
+        done_ptr: if ex {
+            ctx.arg::<u64>(3).unwrap_or(0)
+        } else {
+            0
+        },
         fd: -1,
         direction: dir,
         active: 1,

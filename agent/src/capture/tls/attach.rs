@@ -50,8 +50,13 @@ const DETACH_GRACE: Duration = Duration::from_secs(1);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProcNotice {
     /// `ts_ns` is the kernel's CLOCK_MONOTONIC time of the exec.
-    Exec { tgid: u32, ts_ns: u64 },
-    Exit { tgid: u32 },
+    Exec {
+        tgid: u32,
+        ts_ns: u64,
+    },
+    Exit {
+        tgid: u32,
+    },
 }
 
 /// Counters and gauges of the attacher, readable from any thread.
@@ -236,11 +241,8 @@ impl TlsAttacher {
                     if ms == 0 {
                         self.scan_pid(tgid, Some(ts_ns));
                     } else if self.rescans.len() < MAX_PENDING_RESCANS {
-                        self.rescans.push(Reverse((
-                            now + Duration::from_millis(ms),
-                            tgid,
-                            ts_ns,
-                        )));
+                        self.rescans
+                            .push(Reverse((now + Duration::from_millis(ms), tgid, ts_ns)));
                     } else {
                         self.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
                     }
@@ -356,7 +358,9 @@ impl TlsAttacher {
         let delay_ns = exec_ts.map(|ts| monotonic_ns().saturating_sub(ts));
         if let Some(d) = delay_ns {
             self.stats.last_attach_delay_ns.store(d, Ordering::Relaxed);
-            self.stats.max_attach_delay_ns.fetch_max(d, Ordering::Relaxed);
+            self.stats
+                .max_attach_delay_ns
+                .fetch_max(d, Ordering::Relaxed);
         }
         tracing::info!(
             path = %m.path,

@@ -144,7 +144,9 @@ pub fn find_ssl_symbols(path: &Path) -> Result<SslSymbols, ElfError> {
             if found.offsets[i].is_some() {
                 continue;
             }
-            let Some(section) = sym.section_index().and_then(|s| elf.section_by_index(s).ok())
+            let Some(section) = sym
+                .section_index()
+                .and_then(|s| elf.section_by_index(s).ok())
             else {
                 continue;
             };
@@ -196,7 +198,13 @@ pub(crate) mod tests {
         };
         let syms = find_ssl_symbols(&lib).expect("libssl parses");
         assert!(syms.is_usable());
-        for f in ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_set_fd"] {
+        for f in [
+            "SSL_read",
+            "SSL_write",
+            "SSL_read_ex",
+            "SSL_write_ex",
+            "SSL_set_fd",
+        ] {
             assert!(syms.get(f).is_some(), "{f} missing: {syms:?}");
         }
         let nm = std::process::Command::new("nm")
@@ -212,8 +220,7 @@ pub(crate) mod tests {
                     let mut f = l.split_whitespace();
                     let _addr = f.next();
                     let _kind = f.next();
-                    f.next()
-                        .is_some_and(|n| n.split('@').next() == Some(name))
+                    f.next().is_some_and(|n| n.split('@').next() == Some(name))
                 })
                 .unwrap_or_else(|| panic!("nm lists {name}"));
             let addr = u64::from_str_radix(line.split_whitespace().next().unwrap_or(""), 16)
@@ -224,10 +231,13 @@ pub(crate) mod tests {
 
     #[test]
     fn libraries_without_openssl_and_non_elf_files_are_told_apart() {
-        let libc = ["/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/libc.so.6"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists());
+        let libc = [
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
         if let Some(libc) = libc {
             let syms = find_ssl_symbols(&libc).expect("libc parses");
             assert!(!syms.is_usable());

@@ -77,7 +77,8 @@ fn parse_line(line: &str) -> Option<Mapping> {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
         key: ObjectKey {
-            dev: (u64::from_str_radix(major, 16).ok()? << 32) | u64::from_str_radix(minor, 16).ok()?,
+            dev: (u64::from_str_radix(major, 16).ok()? << 32)
+                | u64::from_str_radix(minor, 16).ok()?,
             inode,
         },
         path: path.to_string(),
@@ -112,7 +113,10 @@ garbage line
         let files = executable_files(text);
         assert_eq!(files.len(), 3, "{files:?}");
         assert_eq!(files[0].path, "/usr/sbin/nginx");
-        assert_eq!(files[0].start, 0x55d0c0a20000, "the executable mapping, not the r-- one");
+        assert_eq!(
+            files[0].start, 0x55d0c0a20000,
+            "the executable mapping, not the r-- one"
+        );
         assert_eq!(
             files[1].key,
             ObjectKey {
