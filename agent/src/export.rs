@@ -468,6 +468,20 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_is_served_over_tls_once_a_call_was_read_from_tls_plaintext() {
+        let mut inv = inventory_with_spec(InventoryConfig::default());
+        inv.observe(&exchange("GET", "/users/7"), NOW_NS);
+        assert!(!update_for(&mut inv, "GET", "/users/{id}").served_over_tls);
+        let mut tls = exchange("GET", "/users/8");
+        tls.flags.insert(ExchangeFlags::TLS);
+        inv.observe(&tls, NOW_NS + 1);
+        assert!(update_for(&mut inv, "GET", "/users/{id}").served_over_tls);
+        // A later cleartext call does not take it back: the endpoint is (also) served over TLS.
+        inv.observe(&exchange("GET", "/users/9"), NOW_NS + 2);
+        assert!(update_for(&mut inv, "GET", "/users/{id}").served_over_tls);
+    }
+
+    #[test]
     fn no_raw_secret_or_value_reaches_the_wire() {
         let mut inv = inventory_with_spec(InventoryConfig::default());
         user_calls(&mut inv);

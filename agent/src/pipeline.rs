@@ -390,3 +390,126 @@ pub fn now_unix_ns() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use sonde_model::{ConnClose, DataChunk, Direction};
+
+    fn chunk(conn: ConnId, source: Source, offset: u64, data: &'static [u8]) -> CaptureEvent {
+        CaptureEvent::Data(DataChunk {
+            conn,
+            direction: Direction::Ingress,
+            source,
+            offset,
+            len: data.len() as u64,
+            data: Bytes::from_static(data),
+            ts_ns: 1,
+            tid: 1,
+        })
+    }
+
+    const CLIENT_HELLO: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+
+    #[test]
+    fn tls_records_are_told_from_http_by_their_header() {
+        assert!(starts_with_tls_record(CLIENT_HELLO));
+        assert!(starts_with_tls_record(b"\x17\x03\x03\x00\x20"));
+        assert!(starts_with_tls_record(b"\x15\x03\x03"));
+        assert!(!starts_with_tls_record(b"GET / HTTP/1.1\r\n"));
+        assert!(!starts_with_tls_record(b"PRI * HTTP/2.0"));
+        assert!(!starts_with_tls_record(b"\x16\x03"), "too short to tell");
+        assert!(
+            !starts_with_tls_record(b"\x16\x02\x00"),
+            "SSL 2 is not spoken"
+        );
+        assert!(
+            !starts_with_tls_record(b"\x00\x00\x12\x04\x00"),
+            "an HTTP/2 frame"
+        );
+    }
+
+    #[test]
+    fn ciphertext_never_reaches_the_parsers_and_plaintext_does() {
+        let tls = ConnId {
+            tgid: 1,
+            fd: 3,
+            generation: 7,
+        };
+        let clear = ConnId {
+            tgid: 1,
+            fd: 4,
+            generation: 8,
+        };
+        let mut t = TlsStreams::default();
+        // The handshake comes first, from the syscall hooks.
+        assert_eq!(
+            t.route(&chunk(tls, Source::Syscall, 0, CLIENT_HELLO)),
+            Route::TlsCiphertext
+        );
+        // Later syscall bytes of that connection, whatever they look like, stay out.
+        assert_eq!(
+            t.route(&chunk(tls, Source::Syscall, 517, b"GET / HTTP/1.1\r\n")),
+            Route::TlsCiphertext
+        );
+        assert_eq!(
+            t.route(&chunk(tls, Source::Tls, 0, b"GET / HTTP/1.1\r\n")),
+            Route::TlsPlaintext
+        );
+        assert!(t.has_plaintext(tls));
+        // A cleartext connection whose body happens to hold TLS-looking bytes is parsed.
+        assert_eq!(
+            t.route(&chunk(clear, Source::Syscall, 0, b"POST /x HTTP/1.1\r\n")),
+            Route::Parse
+        );
+        assert_eq!(
+            t.route(&chunk(clear, Source::Syscall, 18, CLIENT_HELLO)),
+            Route::Parse
+        );
+        assert!(!t.has_plaintext(clear));
+        // Closed connections are forgotten once their batch is analysed (fd reuse gets a new
+        // generation anyway).
+        let close = CaptureEvent::Close(ConnClose {
+            conn: tls,
+            ts_ns: 2,
+        });
+        assert_eq!(t.route(&close), Route::Parse);
+        assert!(
+            t.has_plaintext(tls),
+            "kept until the batch's exchanges are out"
+        );
+        t.forget_closed();
+        assert!(!t.has_plaintext(tls));
+        assert!(t.ciphertext.is_empty());
+    }
+
+    #[test]
+    fn plaintext_marks_do_not_grow_without_bound() {
+        let mut t = TlsStreams::default();
+        for i in 0..(MAX_TLS_STREAMS as u32 + 10) {
+            let conn = ConnId {
+                tgid: i,
+                fd: 3,
+                generation: 1,
+            };
+            if let CaptureEvent::Data(mut d) = chunk(conn, Source::Tls, 0, b"GET ") {
+                d.ts_ns = u64::from(i);
+                t.route(&CaptureEvent::Data(d));
+            }
+        }
+        assert!(
+            t.plaintext.len() <= MAX_TLS_STREAMS,
+            "{}",
+            t.plaintext.len()
+        );
+        // The most recent connection survived the shedding.
+        assert!(t.has_plaintext(ConnId {
+            tgid: MAX_TLS_STREAMS as u32 + 9,
+            fd: 3,
+            generation: 1
+        }));
+        t.expire(u64::MAX);
+        assert!(t.plaintext.is_empty(), "idle connections expire");
+    }
+}

@@ -540,10 +540,9 @@ fn a_static_openssl_client_started_after_the_agent_is_attached_and_read() {
     assert_joined_to_syscall_side(&conns, xs[0].conn.id);
 
     // Once the client has exited and the grace period passed, its executable is detached.
-    let detached = eventually(WAIT, "the static client's probes detached", || {
+    eventually(WAIT, "the static client's probes detached", || {
         (stat(&cap, "objects_detached") >= 1).then_some(())
     });
-    let _ = detached;
 }
 
 fn stat(cap: &Capture, name: &str) -> u64 {

@@ -61,7 +61,7 @@ fn parse_line(line: &str) -> Option<Mapping> {
     let dev = fields.next()?;
     let inode: u64 = fields.next()?.parse().ok()?;
     let path = fields.next()?.trim_start();
-    if inode == 0 || !perms.as_bytes().get(2).is_some_and(|&p| p == b'x') {
+    if inode == 0 || perms.as_bytes().get(2) != Some(&b'x') {
         return None;
     }
     if !path.starts_with('/') {
