@@ -183,14 +183,45 @@ fn calls_of(xs: &[Exchange], pid: u32) -> Vec<Call> {
 
 /// Waits until the pipeline over the events so far has `n` exchanges of `pid` with responses.
 fn exchanges_of(cap: &Capture, pid: u32, n: usize) -> Vec<Exchange> {
-    eventually(WAIT, &format!("{n} exchanges of pid {pid}"), || {
-        let (xs, _, _) = analyse(cap.events());
+    let start = Instant::now();
+    loop {
+        let (xs, tracker, _) = analyse(cap.events());
         let mine: Vec<Exchange> = xs
             .into_iter()
             .filter(|x| x.conn.process.pid == pid && x.response.is_some())
             .collect();
-        (mine.len() >= n).then_some(mine)
-    })
+        if mine.len() >= n {
+            return mine;
+        }
+        if start.elapsed() > WAIT {
+            // What the capture has of the process, to tell a kernel-side loss from a parser's.
+            let conns = cap.connections();
+            for (id, c) in conns
+                .iter()
+                .filter(|(_, c)| c.open.as_ref().is_some_and(|o| o.process.pid == pid))
+            {
+                for dir in [Direction::Egress, Direction::Ingress] {
+                    let by_source = |s: Source| {
+                        let v: Vec<_> = c.chunks(dir).iter().filter(|ch| ch.source == s).collect();
+                        (v.len(), v.iter().map(|ch| ch.len).sum::<u64>())
+                    };
+                    eprintln!(
+                        "{id} {dir:?}: syscall {:?} tls {:?} closed {}",
+                        by_source(Source::Syscall),
+                        by_source(Source::Tls),
+                        c.closed
+                    );
+                }
+            }
+            panic!(
+                "{} of {n} exchanges of pid {pid} after {WAIT:?}: {mine:?}\nkernel {:?}\ntls {:?}\ntracker {tracker:?}",
+                mine.len(),
+                cap.counters(),
+                cap.tls_stats()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The connection's syscall-side view: it opens with a TLS ClientHello record (the handshake
@@ -551,4 +582,132 @@ fn stat(cap: &Capture, name: &str) -> u64 {
         .find(|(n, _)| *n == name)
         .map(|(_, v)| v)
         .unwrap_or(0)
+}
+
+#[test]
+fn a_huge_ssl_write_is_chunked_like_a_syscall_and_the_rest_travels_as_a_length() {
+    let dir = scratch_dir("tls-huge");
+    let port = free_port();
+    let nginx = TlsNginx::start(&dir, port);
+    let worker = nginx.worker_pid();
+    let cap = Capture::start(&[port]);
+    // One SSL_write_ex of the whole request (head and a 1 MB body): sendall hands it over in
+    // one call, which writes it all on a blocking socket.
+    let script = format!(
+        "import socket, ssl\n\
+         ctx = ssl.create_default_context()\n\
+         ctx.check_hostname = False\n\
+         ctx.verify_mode = ssl.CERT_NONE\n\
+         s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port})))\n\
+         s.sendall(b'POST /echo HTTP/1.1\\r\\nHost: huge.test\\r\\nContent-Length: 1000000\\r\\n'\n\
+         b'Connection: close\\r\\n\\r\\n' + b'z' * 1000000)\n\
+         data = b''\n\
+         while True:\n\
+         \x20   d = s.recv(65536)\n\
+         \x20   if not d: break\n\
+         \x20   data += d\n\
+         print(data.split(b'\\r\\n')[0].decode())\n"
+    );
+    let (py, out) = run(Command::new("python3").args(["-c", &script]));
+    assert_eq!(out.trim(), "HTTP/1.1 200 OK");
+    let client = exchanges_of(&cap, py, 1);
+    let server = exchanges_of(&cap, worker, 1);
+    let body = &client[0].request.body;
+    assert_eq!(body.wire_len, 1_000_000);
+    assert!(
+        body.missing_len > 0 && body.missing_len < 1_000_000,
+        "the client's one huge SSL_write is copied up to the per-call cap: {body:?}"
+    );
+    assert_eq!(client[0].status(), Some(200));
+    // nginx reads it in record-sized SSL_reads: all of it arrives.
+    assert_eq!(server[0].request.body.wire_len, 1_000_000);
+    assert_eq!(server[0].request.body.missing_len, 0);
+    let counters = cap.counters();
+    assert!(counters.get("cap_exceeded_calls") >= 1);
+    let (_, tracker, _) = analyse(cap.events());
+    assert_eq!(tracker.parse_errors, 0, "{tracker:?}");
+}
+
+#[test]
+fn with_the_attachment_bound_at_zero_nothing_is_attached_and_ciphertext_stays_unparsed() {
+    let dir = scratch_dir("tls-bound");
+    let port = free_port();
+    let nginx = TlsNginx::start(&dir, port);
+    let worker = nginx.worker_pid();
+    let client = static_client(&dir);
+    let mut cfg = sonde_agent::config::CaptureConfig {
+        ports: vec![port],
+        ..Default::default()
+    };
+    cfg.tls.max_objects = 0;
+    let cap = Capture::start_with(cfg);
+    assert!(stat(&cap, "objects_refused") >= 1, "nginx's libssl refused");
+    assert_eq!(stat(&cap, "objects_attached"), 0);
+    let (pid, _) = run(Command::new(&client)
+        .arg(port.to_string())
+        .args(["/a", "100"]));
+    eventually(WAIT, "the static client refused too", || {
+        let conns = cap.connections();
+        conns
+            .values()
+            .any(|c| c.open.as_ref().is_some_and(|o| o.process.pid == pid) && c.closed)
+            .then_some(())
+    });
+    let (xs, tracker, pipeline) = analyse(cap.events());
+    assert!(calls_of(&xs, pid).is_empty() && calls_of(&xs, worker).is_empty());
+    assert!(
+        pipeline.tls_ciphertext_chunks > 0,
+        "the handshakes were seen"
+    );
+    assert_eq!(tracker.parse_errors, 0);
+    assert_eq!(
+        tracker.non_http_connections, 0,
+        "ciphertext never reached the parsers"
+    );
+    assert_eq!(cap.counters().get("tls_plaintext_calls"), 0);
+}
+
+#[test]
+fn many_short_lived_tls_processes_share_one_attachment() {
+    let dir = scratch_dir("tls-many");
+    let port = free_port();
+    let nginx = TlsNginx::start(&dir, port);
+    let worker = nginx.worker_pid();
+    let client = static_client(&dir);
+    let cap = Capture::start(&[port]);
+    let before = stat(&cap, "objects_attached");
+    let mut children: Vec<Child> = (0..24)
+        .map(|_| {
+            Command::new(&client)
+                .arg(port.to_string())
+                .args(["/b", "200"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("static client runs")
+        })
+        .collect();
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    for c in &mut children {
+        assert!(c.wait().expect("client exits").success());
+    }
+    // Every one of them was read, through one attachment of their common executable.
+    exchanges_of(&cap, worker, 24);
+    let (xs, _, _) = analyse(cap.events());
+    for pid in pids {
+        assert_eq!(
+            calls_of(&xs, pid),
+            vec![call("GET", "/b", 200, 14)],
+            "client {pid}"
+        );
+    }
+    let attached = stat(&cap, "objects_attached");
+    assert!(
+        attached <= before + 1,
+        "{before} files attached before, {attached} after 24 processes of one executable"
+    );
+    // Then it is let go: no stale probes once the last of them exited.
+    eventually(WAIT, "the executable detached", || {
+        (stat(&cap, "objects_detached") >= 1).then_some(())
+    });
 }

@@ -200,6 +200,15 @@ impl Decoder {
         }
     }
 
+    /// Forgets the payload of the data event decoded last, when the caller drops that event
+    /// instead of passing it to [`Decoder::finish_batch`] (which hands bytes out in order).
+    pub fn discard_last_data(&mut self) {
+        if let Some(n) = self.lens.pop() {
+            let keep = self.arena.len().saturating_sub(n);
+            self.arena.truncate(keep);
+        }
+    }
+
     /// Splits the arena into the payloads of `events` (every data event decoded since the last
     /// batch, in the order decoded) and hands them their bytes.
     pub fn finish_batch(&mut self, events: &mut [CaptureEvent]) {
@@ -324,6 +333,41 @@ mod tests {
             }
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn a_dropped_data_event_takes_its_payload_with_it() {
+        let mut dec = Decoder::new(Clock::fixed(0));
+        let mut events = Vec::new();
+        for (i, r) in [
+            data_record(0, 4, b"keep"),
+            data_record(4, 4, b"drop"),
+            data_record(8, 4, b"also"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let Decoded::Event(e) = dec.decode(r).expect("decodes") else {
+                panic!("not an event");
+            };
+            if i == 1 {
+                dec.discard_last_data();
+            } else {
+                events.push(e);
+            }
+        }
+        dec.finish_batch(&mut events);
+        let payloads: Vec<Bytes> = events
+            .iter()
+            .map(|e| match e {
+                CaptureEvent::Data(d) => d.data.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            payloads,
+            vec![Bytes::from_static(b"keep"), Bytes::from_static(b"also")]
+        );
     }
 
     #[test]

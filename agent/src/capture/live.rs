@@ -512,8 +512,13 @@ fn read_ring(
             stats.records.fetch_add(1, Ordering::Relaxed);
             match decoder.decode(&item) {
                 Ok(Decoded::Event(ev)) if !filtered.is_empty() && filtered.contains(&ev.conn()) => {
-                    if let CaptureEvent::Close(c) = &ev {
-                        filtered.remove(&c.conn);
+                    match &ev {
+                        CaptureEvent::Close(c) => {
+                            filtered.remove(&c.conn);
+                        }
+                        // Its bytes are in the batch's arena: they must leave with it.
+                        CaptureEvent::Data(_) => decoder.discard_last_data(),
+                        CaptureEvent::Open(_) => {}
                     }
                     stats.filtered_events.fetch_add(1, Ordering::Relaxed);
                 }
