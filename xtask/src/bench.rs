@@ -400,7 +400,12 @@ impl Agent {
             let v = v.parse::<u64>().unwrap_or(0);
             match name {
                 "ring_full_data" | "ring_full_conn" | "read_user_failed" | "map_full"
-                | "ring_full_proc" => c.drops += v,
+                | "ring_full_proc" => {
+                    if v > 0 {
+                        eprintln!("agent drop counter {name}: {v}");
+                    }
+                    c.drops += v
+                }
                 "tls_fd_unknown" => c.tls_fd_unknown += v,
                 "tls_plaintext_calls" => c.tls_plaintext_calls += v,
                 _ => {}

@@ -9,6 +9,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -184,7 +185,7 @@ impl TlsAttacher {
         self.stats.clone()
     }
 
-    /// Paths (as reached from the agent) of the files attached now.
+    /// Paths (as the first process seen mapping each saw it) of the files attached now.
     pub fn attached_paths(&self) -> Vec<PathBuf> {
         self.objects
             .values()
@@ -282,11 +283,16 @@ impl TlsAttacher {
                 Some(_) => continue,
                 None => {}
             }
-            let path = m.reachable_path(&self.proc_root, pid);
+            // Held open while it is parsed and attached, and reached through our own fd: a
+            // short-lived process's /proc/PID/root path vanishes with it, mid-attach.
+            let Ok(file) = std::fs::File::open(m.reachable_path(&self.proc_root, pid)) else {
+                continue; // gone already: not cached
+            };
+            let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
             let state = match find_ssl_symbols(&path) {
                 Ok(syms) if syms.is_usable() => self.attach(&path, &syms, &m, pid, exec_ts),
                 Ok(_) => ObjectState::NotTls,
-                Err(super::elf::ElfError::Open { .. }) => continue, // gone already: not cached
+                Err(super::elf::ElfError::Open { .. }) => continue,
                 Err(e) => {
                     self.stats.elf_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, "mapped file is not ELF");
@@ -298,6 +304,7 @@ impl TlsAttacher {
                     .retain(|_, s| matches!(s, ObjectState::Attached(_)));
             }
             self.objects.insert(m.key, state);
+            drop(file);
         }
     }
 
@@ -370,7 +377,7 @@ impl TlsAttacher {
             "TLS library attached"
         );
         ObjectState::Attached(Attached {
-            path: path.to_path_buf(),
+            path: PathBuf::from(&m.path),
             links,
             users: HashSet::from([pid]),
         })
