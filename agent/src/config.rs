@@ -186,6 +186,34 @@ pub struct CaptureConfig {
     pub tcp_strategy: TcpStrategyChoice,
     /// Batches of events buffered between the ring reader and the pipeline. Default 256.
     pub channel_batches: usize,
+    /// TLS plaintext capture with uprobes on the TLS libraries processes map. Default true.
+    pub tls: TlsCaptureConfig,
+}
+
+/// Uprobes on TLS libraries (OpenSSL family: libssl, and executables with OpenSSL or BoringSSL
+/// linked in statically).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsCaptureConfig {
+    /// Attach to TLS libraries at all. Default true.
+    pub enabled: bool,
+    /// Distinct library files (device, inode) attached at once; further ones are refused and
+    /// counted. Default 64 (each takes about ten uprobes).
+    pub max_objects: usize,
+    /// Rescans of a new process's mappings after its exec, in milliseconds after the exec:
+    /// libraries appear once the dynamic loader (or a later dlopen) maps them. Default
+    /// 0, 2, 10, 50, 250, 1000, 3000.
+    pub rescan_after_exec_ms: Vec<u64>,
+}
+
+impl Default for TlsCaptureConfig {
+    fn default() -> TlsCaptureConfig {
+        TlsCaptureConfig {
+            enabled: true,
+            max_objects: 64,
+            rescan_after_exec_ms: vec![0, 2, 10, 50, 250, 1000, 3000],
+        }
+    }
 }
 
 impl Default for CaptureConfig {
@@ -201,6 +229,7 @@ impl Default for CaptureConfig {
             exclude_pids: Vec::new(),
             tcp_strategy: TcpStrategyChoice::Auto,
             channel_batches: 256,
+            tls: TlsCaptureConfig::default(),
         }
     }
 }

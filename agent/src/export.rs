@@ -54,7 +54,7 @@ pub fn endpoint_update(rec: &EndpointRecord) -> v1::EndpointUpdate {
         request_bytes: summary(&rec.request_bytes, 1),
         response_bytes: summary(&rec.response_bytes, 1),
         callers: callers(&rec.callers),
-        served_over_tls: rec.tls_calls > 0,
+        served_over_tls: rec.served_over_tls || rec.tls_calls > 0,
         tls_version: tls_field(rec, |t| t.version.as_deref()),
         tls_cipher: tls_field(rec, |t| t.cipher.as_deref()),
         alpn: tls_field(rec, |t| t.alpn.as_deref()),
@@ -476,6 +476,20 @@ mod tests {
             }]
         );
         assert!(!u.served_over_tls);
+    }
+
+    #[test]
+    fn an_endpoint_is_served_over_tls_once_a_call_was_read_from_tls_plaintext() {
+        let mut inv = inventory_with_spec(InventoryConfig::default());
+        inv.observe(&exchange("GET", "/users/7"), NOW_NS);
+        assert!(!update_for(&mut inv, "GET", "/users/{id}").served_over_tls);
+        let mut tls = exchange("GET", "/users/8");
+        tls.flags.insert(ExchangeFlags::TLS);
+        inv.observe(&tls, NOW_NS + 1);
+        assert!(update_for(&mut inv, "GET", "/users/{id}").served_over_tls);
+        // A later cleartext call does not take it back: the endpoint is (also) served over TLS.
+        inv.observe(&exchange("GET", "/users/9"), NOW_NS + 2);
+        assert!(update_for(&mut inv, "GET", "/users/{id}").served_over_tls);
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The analysis pipeline behind `observe` and `run`: capture events → protocol → inventory,
 //! driven from one thread that owns the per-connection state (no lock per event).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sonde_detect::Detectors;
 use sonde_inventory::{CallInfo, Inventory, SpecScope};
-use sonde_model::{Anomaly, CaptureEvent, Exchange, HttpVersion, Role, Source};
+use sonde_model::{
+    Anomaly, CaptureEvent, ConnId, Exchange, ExchangeFlags, HttpVersion, Role, Source,
+};
 use sonde_protocol::Tracker;
 
 use crate::capture::procfs;
@@ -40,6 +42,10 @@ pub struct PipelineStats {
     pub data_events: [[u64; 2]; SOURCES.len()],
     #[serde(skip)]
     pub data_bytes: [[u64; 2]; SOURCES.len()],
+    /// Syscall-side chunks of TLS connections (ciphertext) kept away from the HTTP parsers.
+    pub tls_ciphertext_chunks: u64,
+    /// Chunks of TLS plaintext (read inside a TLS library) handed to the parsers.
+    pub tls_plaintext_chunks: u64,
 }
 
 /// Capture sources in [`source_index`] order.
@@ -69,6 +75,7 @@ pub struct Analyzer {
     /// Where the behavioural baseline is saved (and was restored from).
     baseline_file: Option<PathBuf>,
     local: LocalServers,
+    tls_streams: TlsStreams,
     dedupe: bool,
     exchanges: Vec<Exchange>,
     stats: PipelineStats,
@@ -109,6 +116,7 @@ impl Analyzer {
             detectors,
             baseline_file,
             local: LocalServers::default(),
+            tls_streams: TlsStreams::default(),
             // With a process filter the server side may not be captured: keep both views.
             dedupe: cfg.capture.pids.is_empty(),
             exchanges: Vec::with_capacity(256),
@@ -168,12 +176,28 @@ impl Analyzer {
                 self.stats.data_events[source][direction] += 1;
                 self.stats.data_bytes[source][direction] += d.data.len() as u64;
             }
-            if self.tls.route(&ev, &mut self.tls_findings) {
-                self.tracker.on_event(ev, &mut self.exchanges);
+            // Two views of TLS: the streams tell plaintext from ciphertext by source (a
+            // connection with library plaintext never has its syscall bytes parsed); the stage
+            // reads handshakes for posture and judges blind spots. Either can keep bytes out.
+            let route = self.tls_streams.route(&ev);
+            let http = self.tls.route(&ev, &mut self.tls_findings);
+            match route {
+                Route::TlsCiphertext => {
+                    self.stats.tls_ciphertext_chunks += 1;
+                    continue;
+                }
+                Route::TlsPlaintext => self.stats.tls_plaintext_chunks += 1,
+                Route::Parse if !http => {
+                    self.stats.tls_ciphertext_chunks += 1;
+                    continue;
+                }
+                Route::Parse => {}
             }
+            self.tracker.on_event(ev, &mut self.exchanges);
         }
         self.drain(sink);
         self.tls.end_batch();
+        self.tls_streams.forget_closed();
     }
 
     /// Timeouts (requests whose response never came, idle connections).
@@ -181,6 +205,7 @@ impl Analyzer {
         self.tracker.tick(now_unix_ns, &mut self.exchanges);
         self.drain(sink);
         self.tls.tick(now_unix_ns);
+        self.tls_streams.expire(now_unix_ns);
     }
 
     /// End of input: every pending request is emitted.
@@ -194,7 +219,10 @@ impl Analyzer {
     fn drain(&mut self, sink: &mut dyn Sink) {
         let mut exchanges = std::mem::take(&mut self.exchanges);
         let mut events = std::mem::take(&mut self.tls_findings);
-        for ex in exchanges.drain(..) {
+        for mut ex in exchanges.drain(..) {
+            if self.tls_streams.has_plaintext(ex.conn.id) {
+                ex.flags.insert(ExchangeFlags::TLS);
+            }
             if self.dedupe && self.is_duplicate_client_view(&ex) {
                 self.stats.duplicate_client_views += 1;
                 continue;
@@ -213,6 +241,9 @@ impl Analyzer {
             let call = self.inventory.observe(&ex, now);
             match self.tls.exchange_tls(&ex) {
                 (true, facts) => self.inventory.note_tls(call.endpoint_id, facts.as_ref()),
+                (false, _) if ex.flags.contains(ExchangeFlags::TLS) => {
+                    self.inventory.note_tls(call.endpoint_id, None)
+                }
                 (false, _) => self
                     .tls
                     .plaintext_exchange(&ex, &call.endpoint, &mut events),
@@ -267,6 +298,126 @@ impl Analyzer {
         };
         self.local.serves(server)
     }
+}
+
+/// Which of a connection's byte streams the HTTP parsers read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Cleartext, or a connection event: parsed.
+    Parse,
+    /// Plaintext from inside a TLS library: parsed like cleartext, exchanges marked TLS.
+    TlsPlaintext,
+    /// TLS records from the socket syscalls (the handshake the kernel ships for posture
+    /// analysis, or any ciphertext): never parsed as HTTP.
+    TlsCiphertext,
+}
+
+/// Connections idle longer than this are forgotten when no close was seen (the assembler has
+/// expired them long before).
+const TLS_STREAM_IDLE_NS: u64 = 15 * 60 * 1_000_000_000;
+/// Connections remembered at most; past it the least recently seen half is forgotten.
+const MAX_TLS_STREAMS: usize = 1 << 18;
+
+/// Tells the TLS plaintext of a connection from its ciphertext. One connection (tgid, fd,
+/// generation) can carry both: records of source TLS (plaintext, numbered from 0 in their own
+/// byte stream) and syscall records that start with a TLS record (the handshake). The
+/// ciphertext must never reach the HTTP parsers, and the plaintext is what they parse.
+#[derive(Debug, Default)]
+pub struct TlsStreams {
+    /// Connections with plaintext from a TLS library → last seen (Unix ns).
+    plaintext: HashMap<ConnId, u64>,
+    /// Connections whose syscall bytes start with a TLS record → last seen (Unix ns).
+    ciphertext: HashMap<ConnId, u64>,
+    /// Closed in the current batch: forgotten once its exchanges are out.
+    closed: Vec<ConnId>,
+}
+
+impl TlsStreams {
+    /// Decides where an event goes; the one place that keeps TLS ciphertext from the parsers.
+    pub fn route(&mut self, ev: &CaptureEvent) -> Route {
+        let d = match ev {
+            CaptureEvent::Data(d) => d,
+            CaptureEvent::Close(c) => {
+                if self.plaintext.contains_key(&c.conn) || self.ciphertext.contains_key(&c.conn) {
+                    self.closed.push(c.conn);
+                }
+                return Route::Parse;
+            }
+            CaptureEvent::Open(_) => return Route::Parse,
+        };
+        match d.source {
+            Source::Tls => {
+                self.remember_plaintext(d.conn, d.ts_ns);
+                Route::TlsPlaintext
+            }
+            Source::Pcap => Route::Parse,
+            Source::Syscall => {
+                if let Some(seen) = self.ciphertext.get_mut(&d.conn) {
+                    *seen = d.ts_ns;
+                    return Route::TlsCiphertext;
+                }
+                if self.plaintext.contains_key(&d.conn)
+                    || (d.offset == 0 && starts_with_tls_record(&d.data))
+                {
+                    self.remember(d.conn, d.ts_ns);
+                    return Route::TlsCiphertext;
+                }
+                Route::Parse
+            }
+        }
+    }
+
+    /// Whether the connection's exchanges were read from TLS plaintext.
+    pub fn has_plaintext(&self, conn: ConnId) -> bool {
+        self.plaintext.contains_key(&conn)
+    }
+
+    fn remember_plaintext(&mut self, conn: ConnId, ts: u64) {
+        if let Some(seen) = self.plaintext.get_mut(&conn) {
+            *seen = ts;
+            return;
+        }
+        if self.plaintext.len() >= MAX_TLS_STREAMS {
+            shed_oldest_half(&mut self.plaintext);
+        }
+        self.plaintext.insert(conn, ts);
+    }
+
+    fn remember(&mut self, conn: ConnId, ts: u64) {
+        if self.ciphertext.len() >= MAX_TLS_STREAMS {
+            shed_oldest_half(&mut self.ciphertext);
+        }
+        self.ciphertext.insert(conn, ts);
+    }
+
+    /// Connections closed in the batch just analysed.
+    fn forget_closed(&mut self) {
+        for c in self.closed.drain(..) {
+            self.plaintext.remove(&c);
+            self.ciphertext.remove(&c);
+        }
+    }
+
+    /// Connections that went quiet without a close seen.
+    fn expire(&mut self, now_unix_ns: u64) {
+        let cutoff = now_unix_ns.saturating_sub(TLS_STREAM_IDLE_NS);
+        self.plaintext.retain(|_, seen| *seen >= cutoff);
+        self.ciphertext.retain(|_, seen| *seen >= cutoff);
+    }
+}
+
+fn shed_oldest_half(map: &mut HashMap<ConnId, u64>) {
+    let mut seen: Vec<u64> = map.values().copied().collect();
+    let mid = seen.len() / 2;
+    let (_, median, _) = seen.select_nth_unstable(mid);
+    let median = *median;
+    map.retain(|_, s| *s > median);
+}
+
+/// A TLS record header: content type change_cipher_spec (20), alert (21), handshake (22) or
+/// application_data (23), then version 3.x. No HTTP/1 or HTTP/2 stream starts with these bytes.
+pub fn starts_with_tls_record(data: &[u8]) -> bool {
+    matches!(data, [20..=23, 3, minor, ..] if *minor <= 4)
 }
 
 /// Ports this host listens on, from /proc/net/tcp{,6}, refreshed at most once a second.
@@ -331,4 +482,127 @@ pub fn now_unix_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use sonde_model::{ConnClose, DataChunk, Direction};
+
+    fn chunk(conn: ConnId, source: Source, offset: u64, data: &'static [u8]) -> CaptureEvent {
+        CaptureEvent::Data(DataChunk {
+            conn,
+            direction: Direction::Ingress,
+            source,
+            offset,
+            len: data.len() as u64,
+            data: Bytes::from_static(data),
+            ts_ns: 1,
+            tid: 1,
+        })
+    }
+
+    const CLIENT_HELLO: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+
+    #[test]
+    fn tls_records_are_told_from_http_by_their_header() {
+        assert!(starts_with_tls_record(CLIENT_HELLO));
+        assert!(starts_with_tls_record(b"\x17\x03\x03\x00\x20"));
+        assert!(starts_with_tls_record(b"\x15\x03\x03"));
+        assert!(!starts_with_tls_record(b"GET / HTTP/1.1\r\n"));
+        assert!(!starts_with_tls_record(b"PRI * HTTP/2.0"));
+        assert!(!starts_with_tls_record(b"\x16\x03"), "too short to tell");
+        assert!(
+            !starts_with_tls_record(b"\x16\x02\x00"),
+            "SSL 2 is not spoken"
+        );
+        assert!(
+            !starts_with_tls_record(b"\x00\x00\x12\x04\x00"),
+            "an HTTP/2 frame"
+        );
+    }
+
+    #[test]
+    fn ciphertext_never_reaches_the_parsers_and_plaintext_does() {
+        let tls = ConnId {
+            tgid: 1,
+            fd: 3,
+            generation: 7,
+        };
+        let clear = ConnId {
+            tgid: 1,
+            fd: 4,
+            generation: 8,
+        };
+        let mut t = TlsStreams::default();
+        // The handshake comes first, from the syscall hooks.
+        assert_eq!(
+            t.route(&chunk(tls, Source::Syscall, 0, CLIENT_HELLO)),
+            Route::TlsCiphertext
+        );
+        // Later syscall bytes of that connection, whatever they look like, stay out.
+        assert_eq!(
+            t.route(&chunk(tls, Source::Syscall, 517, b"GET / HTTP/1.1\r\n")),
+            Route::TlsCiphertext
+        );
+        assert_eq!(
+            t.route(&chunk(tls, Source::Tls, 0, b"GET / HTTP/1.1\r\n")),
+            Route::TlsPlaintext
+        );
+        assert!(t.has_plaintext(tls));
+        // A cleartext connection whose body happens to hold TLS-looking bytes is parsed.
+        assert_eq!(
+            t.route(&chunk(clear, Source::Syscall, 0, b"POST /x HTTP/1.1\r\n")),
+            Route::Parse
+        );
+        assert_eq!(
+            t.route(&chunk(clear, Source::Syscall, 18, CLIENT_HELLO)),
+            Route::Parse
+        );
+        assert!(!t.has_plaintext(clear));
+        // Closed connections are forgotten once their batch is analysed (fd reuse gets a new
+        // generation anyway).
+        let close = CaptureEvent::Close(ConnClose {
+            conn: tls,
+            ts_ns: 2,
+        });
+        assert_eq!(t.route(&close), Route::Parse);
+        assert!(
+            t.has_plaintext(tls),
+            "kept until the batch's exchanges are out"
+        );
+        t.forget_closed();
+        assert!(!t.has_plaintext(tls));
+        assert!(t.ciphertext.is_empty());
+    }
+
+    #[test]
+    fn plaintext_marks_do_not_grow_without_bound() {
+        let mut t = TlsStreams::default();
+        for i in 0..(MAX_TLS_STREAMS as u32 + 10) {
+            let conn = ConnId {
+                tgid: i,
+                fd: 3,
+                generation: 1,
+            };
+            if let CaptureEvent::Data(mut d) = chunk(conn, Source::Tls, 0, b"GET ") {
+                d.ts_ns = u64::from(i);
+                t.route(&CaptureEvent::Data(d));
+            }
+        }
+        assert!(
+            t.plaintext.len() <= MAX_TLS_STREAMS,
+            "{}",
+            t.plaintext.len()
+        );
+        // The most recent connection survived the shedding.
+        assert!(t.has_plaintext(ConnId {
+            tgid: MAX_TLS_STREAMS as u32 + 9,
+            fd: 3,
+            generation: 1
+        }));
+        t.expire(u64::MAX);
+        assert!(t.plaintext.is_empty(), "idle connections expire");
+    }
 }

@@ -233,7 +233,9 @@ async fn exit_codes_say_what_is_wrong(backend: Backend) -> anyhow::Result<()> {
     fx.collector.stop().await
 }
 
-async fn agents_show_blind_spots_and_the_unreadable_tls_share(backend: Backend) -> anyhow::Result<()> {
+async fn agents_show_blind_spots_and_the_unreadable_tls_share(
+    backend: Backend,
+) -> anyhow::Result<()> {
     let (fx, session) = populated(backend).await?;
     let counters = [
         ("tls.connections", 8),

@@ -96,6 +96,7 @@ async fn ingest_queries_and_watchers_move_the_collector_metrics() -> anyhow::Res
         ],
         anomalies: vec![anomaly("k1", "api.local GET /users/{id}", 1, 5_000)],
         sealed_at_unix_ns: 0,
+        agent_run: 0,
     };
     assert_eq!(session.batch_acked(batch.clone()).await?, 1);
     // The same seq again: skipped and counted as a duplicate.

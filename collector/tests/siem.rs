@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sonde_proto::v1::Batch;
-use support::{Fixture, Session, anomaly, hello};
+use support::{Backend, Fixture, Session, anomaly, hello};
 
 fn batch(seq: u64, anomalies: Vec<sonde_proto::v1::Anomaly>) -> Batch {
     Batch {
@@ -19,6 +19,7 @@ fn batch(seq: u64, anomalies: Vec<sonde_proto::v1::Anomaly>) -> Batch {
         endpoint_updates: vec![],
         anomalies,
         sealed_at_unix_ns: 0,
+        agent_run: 0,
     }
 }
 
@@ -116,7 +117,7 @@ async fn every_anomaly_reaches_the_webhook_and_the_file_exactly_once() -> anyhow
     let (child, url) = receiver(&received, 3)?;
     let _receiver = Kill(child);
     let siem_file = scratch.path().join("anomalies.jsonl");
-    let fx = Fixture::start_with(|c| {
+    let fx = Fixture::start_with(Backend::Sqlite, |c| {
         c.siem.file = Some(siem_file.clone());
         c.siem.file_max_bytes = 4096;
         c.siem.file_keep = 50;
@@ -220,7 +221,7 @@ async fn a_webhook_that_is_down_never_slows_ingest_and_drops_are_counted() -> an
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let fx = Fixture::start_with(|c| {
+    let fx = Fixture::start_with(Backend::Sqlite, |c| {
         c.siem.webhook = Some(format!("http://127.0.0.1:{port}/"));
         c.siem.queue = 5;
         c.siem.webhook_batch = 5;
@@ -287,7 +288,7 @@ async fn an_https_webhook_is_verified_against_its_ca() -> anyhow::Result<()> {
     )?;
     let other_pem = scratch.path().join("other.pem");
     std::fs::write(&other_pem, other.pem())?;
-    let untrusting = Fixture::start_with(|c| {
+    let untrusting = Fixture::start_with(Backend::Sqlite, |c| {
         c.siem.webhook = Some(url.clone());
         c.siem.webhook_ca = Some(other_pem.clone());
         c.siem.webhook_attempts = 2;
@@ -310,7 +311,7 @@ async fn an_https_webhook_is_verified_against_its_ca() -> anyhow::Result<()> {
     }
     assert!(!received.exists(), "an unverified server got data");
 
-    let fx = Fixture::start_with(|c| {
+    let fx = Fixture::start_with(Backend::Sqlite, |c| {
         c.siem.webhook = Some(url.clone());
         c.siem.webhook_ca = Some(ca_pem.clone());
         c.siem.webhook_backoff_ms = 20;
@@ -340,7 +341,8 @@ async fn an_https_webhook_is_verified_against_its_ca() -> anyhow::Result<()> {
 async fn a_graceful_stop_writes_every_queued_line() -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     let siem_file = scratch.path().join("anomalies.jsonl");
-    let fx = Fixture::start_with(|c| c.siem.file = Some(siem_file.clone())).await?;
+    let fx =
+        Fixture::start_with(Backend::Sqlite, |c| c.siem.file = Some(siem_file.clone())).await?;
     let mut session = Session::open(&fx.url(), hello("agent-s", "host-s")).await?;
     for seq in 1..=10u64 {
         let anomalies = (0..100)
@@ -352,6 +354,7 @@ async fn a_graceful_stop_writes_every_queued_line() -> anyhow::Result<()> {
     let Fixture {
         dir: _dir,
         collector,
+        ..
     } = fx;
     collector.stop().await?;
     let written = keys(&objects(&std::fs::read_to_string(&siem_file)?));

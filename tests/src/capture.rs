@@ -55,6 +55,11 @@ impl Capture {
         self.live.kernel_counters()
     }
 
+    /// The TLS attacher's counters (files attached, delay after exec).
+    pub fn tls_stats(&self) -> Vec<(&'static str, u64)> {
+        self.live.tls_stats().snapshot()
+    }
+
     pub fn report(&self) -> String {
         self.live.report().to_string()
     }

@@ -1,6 +1,8 @@
 //! `cargo xtask bench capture`: the whole-system overhead run (nginx + wrk on loopback, with
-//! and without the agent, in one session); `cargo xtask bench <crate>`: that crate's criterion
-//! benchmarks.
+//! and without the agent, in one session); `cargo xtask bench tls`: the same over TLS (nginx
+//! with a self-signed certificate, wrk over https; the agent reads the plaintext with uprobes,
+//! the floor attaches empty programs at the same uprobe points and syscall hooks);
+//! `cargo xtask bench <crate>`: that crate's criterion benchmarks.
 //!
 //! Modes are alternated round by round because this machine is noisy (DESIGN.md: ±10% between
 //! identical runs): `none` (no agent), `floor` (the same hooks with programs that return at once)
@@ -20,7 +22,8 @@ use crate::util::{cargo, root, run};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// `capture` (whole-system run), or the name of a crate whose criterion benches to run.
+    /// `capture` or `tls` (whole-system runs), or the name of a crate whose criterion benches
+    /// to run.
     which: String,
     /// Rounds per mode.
     #[arg(long, default_value_t = 3)]
@@ -37,16 +40,20 @@ pub struct BenchArgs {
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    if args.which != "capture" {
-        return run(cargo()
-            .current_dir(root())
-            .args(["bench", "--locked", "-p", &args.which]));
-    }
+    let tls = match args.which.as_str() {
+        "capture" => false,
+        "tls" => true,
+        krate => {
+            return run(cargo()
+                .current_dir(root())
+                .args(["bench", "--locked", "-p", krate]));
+        }
+    };
     crate::setup::setup()?;
     run(cargo()
         .current_dir(root())
         .args(["build", "--release", "--locked", "-p", "sonde-agent"]))?;
-    capture_bench(&args)
+    capture_bench(&args, tls)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,21 +82,26 @@ struct Sample {
     bpf_ns: f64,
     bpf_runs: f64,
     drops: u64,
+    /// SSL calls whose socket the kernel side could not name (host-wide).
+    tls_fd_unknown: u64,
+    /// TLS plaintext calls shipped (host-wide).
+    tls_plaintext_calls: u64,
 }
 
-fn capture_bench(args: &BenchArgs) -> anyhow::Result<()> {
+fn capture_bench(args: &BenchArgs, tls: bool) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("sonde-bench-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("www"))?;
     std::fs::write(dir.join("www").join("index.html"), "x".repeat(612))?;
-    let port = 18_191;
-    let nginx = Nginx::start(&dir, port)?;
+    let port = if tls { 18_192 } else { 18_191 };
+    let nginx = Nginx::start(&dir, port, tls)?;
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
     let lua = dir.join("paced.lua");
     // wrk's delay() is per connection: 10 connections each waiting 10/rate s between requests.
     let conns = 10u32;
     let delay_ms = 1000.0 * f64::from(conns) / f64::from(args.rate);
     std::fs::write(&lua, format!("function delay() return {delay_ms:.3} end\n"))?;
-    let url = format!("http://127.0.0.1:{port}/index.html");
+    let scheme = if tls { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{port}/index.html");
     let agent_bin = crate::util::target_dir()
         .join("release")
         .join("sonde-agent");
@@ -105,8 +117,16 @@ fn capture_bench(args: &BenchArgs) -> anyhow::Result<()> {
                 let agent = Agent::start(mode, &agent_bin, &args.agent)?;
                 let s = measure(&url, args.seconds, pace, conns, agent.as_ref())?;
                 if let Some(a) = agent {
-                    let drops = a.stop()?;
-                    out.push((mode, Sample { drops, ..s }));
+                    let c = a.stop()?;
+                    out.push((
+                        mode,
+                        Sample {
+                            drops: c.drops,
+                            tls_fd_unknown: c.tls_fd_unknown,
+                            tls_plaintext_calls: c.tls_plaintext_calls,
+                            ..s
+                        },
+                    ));
                 } else {
                     out.push((mode, s));
                 }
@@ -119,11 +139,11 @@ fn capture_bench(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     drop(nginx);
-    report(&peak, &paced, args);
+    report(&peak, &paced, args, tls);
     Ok(())
 }
 
-fn report(peak: &[(Mode, Sample)], paced: &[(Mode, Sample)], args: &BenchArgs) {
+fn report(peak: &[(Mode, Sample)], paced: &[(Mode, Sample)], args: &BenchArgs, tls: bool) {
     let median = |v: &mut Vec<f64>| -> f64 {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -139,8 +159,10 @@ fn report(peak: &[(Mode, Sample)], paced: &[(Mode, Sample)], args: &BenchArgs) {
     let rps = |s: &Sample| s.requests / s.seconds;
     let base_rps = per_mode(peak, Mode::None, &rps);
     println!(
-        "\n== capture overhead: nginx + wrk on loopback, {} rounds x {} s, medians ==",
-        args.rounds, args.seconds
+        "\n== capture overhead: nginx + wrk on loopback{}, {} rounds x {} s, medians ==",
+        if tls { " over TLS (https)" } else { "" },
+        args.rounds,
+        args.seconds
     );
     println!("agent command: sonde-agent {}", args.agent);
     println!(
@@ -179,6 +201,26 @@ fn report(peak: &[(Mode, Sample)], paced: &[(Mode, Sample)], args: &BenchArgs) {
         bpf_agent - bpf_floor,
         args.rate
     );
+    if tls {
+        let sum = |f: &dyn Fn(&Sample) -> u64| -> u64 {
+            peak.iter()
+                .chain(paced)
+                .filter(|(m, _)| *m == Mode::Agent)
+                .map(|(_, s)| f(s))
+                .sum()
+        };
+        let requests: f64 = peak
+            .iter()
+            .chain(paced)
+            .filter(|(m, _)| *m == Mode::Agent)
+            .map(|(_, s)| s.requests)
+            .sum();
+        println!(
+            "TLS plaintext calls shipped: {:.2} per request; SSL calls with no socket named (host-wide): {}",
+            sum(&|s| s.tls_plaintext_calls) as f64 / requests.max(1.0),
+            sum(&|s| s.tls_fd_unknown)
+        );
+    }
 }
 
 fn measure(
@@ -202,7 +244,7 @@ fn measure(
         agent_cpu_s: cpu1 - cpu0,
         bpf_ns: (ns1 - ns0) as f64,
         bpf_runs: (runs1 - runs0) as f64,
-        drops: 0,
+        ..Sample::default()
     })
 }
 
@@ -340,28 +382,45 @@ impl Agent {
         (ns, runs)
     }
 
-    /// Stops the agent with SIGINT and returns the drop counters it printed.
-    fn stop(mut self) -> anyhow::Result<u64> {
+    /// Stops the agent with SIGINT and returns the counters it printed.
+    fn stop(mut self) -> anyhow::Result<AgentCounters> {
         // Release the pipe reader once the child exits.
         // SAFETY: signalling our own child.
         unsafe { libc_kill(self.child.id() as i32, 2) };
-        let out =
-            std::mem::replace(&mut self.child, Command::new("true").spawn()?).wait_with_output()?;
-        let text = String::from_utf8_lossy(&out.stderr);
-        let mut drops = 0;
+        std::mem::replace(&mut self.child, Command::new("true").spawn()?).wait()?;
+        // The agent's stderr is read by the thread started in `start`: give it the last lines.
+        std::thread::sleep(Duration::from_millis(200));
+        let text = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut c = AgentCounters::default();
         for line in text.lines() {
             let mut w = line.split_whitespace();
-            if let (Some(name), Some(v)) = (w.next(), w.next())
-                && matches!(
-                    name,
-                    "ring_full_data" | "ring_full_conn" | "read_user_failed" | "map_full"
-                )
-            {
-                drops += v.parse::<u64>().unwrap_or(0);
+            let (Some(name), Some(v)) = (w.next(), w.next()) else {
+                continue;
+            };
+            let v = v.parse::<u64>().unwrap_or(0);
+            match name {
+                "ring_full_data" | "ring_full_conn" | "read_user_failed" | "map_full"
+                | "ring_full_proc" => {
+                    if v > 0 {
+                        eprintln!("agent drop counter {name}: {v}");
+                    }
+                    c.drops += v
+                }
+                "tls_fd_unknown" => c.tls_fd_unknown += v,
+                "tls_plaintext_calls" => c.tls_plaintext_calls += v,
+                _ => {}
             }
         }
-        Ok(drops)
+        Ok(c)
     }
+}
+
+/// Kernel counters an agent printed on exit.
+#[derive(Default)]
+struct AgentCounters {
+    drops: u64,
+    tls_fd_unknown: u64,
+    tls_plaintext_calls: u64,
 }
 
 unsafe extern "C" {
@@ -374,7 +433,26 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(dir: &Path, port: u16) -> anyhow::Result<Nginx> {
+    fn start(dir: &Path, port: u16, tls: bool) -> anyhow::Result<Nginx> {
+        let listen = if tls {
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            run(Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args(["-subj", "/CN=localhost", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stderr(Stdio::null()))?;
+            format!(
+                "listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {};",
+                cert.display(),
+                key.display()
+            )
+        } else {
+            format!("listen 127.0.0.1:{port};")
+        };
         let conf = format!(
             "daemon off; master_process on; worker_processes 1; user root;
 pid {d}/nginx.pid; error_log {d}/error.log warn;
@@ -382,7 +460,7 @@ events {{ worker_connections 4096; }}
 http {{ access_log off; sendfile on; keepalive_requests 10000000;
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  server {{ listen 127.0.0.1:{port}; root {d}/www; }} }}
+  server {{ {listen} root {d}/www; }} }}
 ",
             d = dir.display()
         );

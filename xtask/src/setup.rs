@@ -15,13 +15,15 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("curl", "/usr/bin/curl"),
     ("nghttp2-client", "/usr/bin/nghttp"),
     ("iproute2", "/usr/sbin/ip"),
-    // TLS posture tests: real s_server/s_client handshakes.
+    // TLS tests: `openssl` (certificates, s_client, s_server handshakes), a client linked
+    // statically against libssl.a (gcc + libssl-dev + libc6-dev), and `nm` for the ELF tests.
     ("openssl", "/usr/bin/openssl"),
-    // Blind-spots tests: a JVM (JSSE) client, and a static executable built with gcc.
-    ("openjdk-17-jdk-headless", "/usr/bin/javac"),
+    ("libssl-dev", "/usr/include/openssl/ssl.h"),
     ("gcc", "/usr/bin/gcc"),
     ("libc6-dev", "/usr/lib/x86_64-linux-gnu/libc.a"),
-    // Blind-spots tests: a Go executable (crypto/tls compiled in).
+    ("binutils", "/usr/bin/nm"),
+    // Blind-spots tests: a JVM (JSSE) client and a Go executable (crypto/tls compiled in).
+    ("openjdk-17-jdk-headless", "/usr/bin/javac"),
     ("golang-go", "/usr/bin/go"),
     // The collector's PostgreSQL tests and benchmark start private servers from its binaries.
     ("postgresql", "/usr/bin/pg_ctlcluster"),

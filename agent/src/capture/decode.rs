@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{Bytes, BytesMut};
 use sonde_common::{
-    CloseEvent, DATA_HEADER_SIZE, DataHeader, OpenEvent, SockAddrs, direction, kind, open_flags,
-    role, source,
+    CloseEvent, DATA_HEADER_SIZE, DataHeader, OpenEvent, ProcEvent, SockAddrs, direction, kind,
+    open_flags, role, source,
 };
 use sonde_model::{
     CaptureEvent, ConnClose, ConnId, ConnOpen, DataChunk, Direction, ProcessInfo, Role, Source,
@@ -30,6 +30,8 @@ pub enum Decoded {
     Event(CaptureEvent),
     /// An open whose addresses the kernel did not know (the socket predates capture).
     OpenNeedsAddrs(ConnOpen),
+    /// A process exec'd or exited: for the TLS attacher, not the pipeline.
+    Proc(super::tls::ProcNotice),
 }
 
 /// Turns kernel timestamps (CLOCK_MONOTONIC) into Unix-epoch nanoseconds.
@@ -110,6 +112,17 @@ impl Decoder {
                     ts_ns: self.clock.to_unix_ns(c.ts_ns),
                 })))
             }
+            kind::EXEC | kind::EXIT => {
+                let p: ProcEvent = read_pod(rec)?;
+                Ok(Decoded::Proc(if k == kind::EXEC {
+                    super::tls::ProcNotice::Exec {
+                        tgid: p.tgid,
+                        ts_ns: p.ts_ns,
+                    }
+                } else {
+                    super::tls::ProcNotice::Exit { tgid: p.tgid }
+                }))
+            }
             other => Err(DecodeError::UnknownKind(other)),
         }
     }
@@ -184,6 +197,15 @@ impl Decoder {
             Ok(Decoded::OpenNeedsAddrs(open))
         } else {
             Ok(Decoded::Event(CaptureEvent::Open(open)))
+        }
+    }
+
+    /// Forgets the payload of the data event decoded last, when the caller drops that event
+    /// instead of passing it to [`Decoder::finish_batch`] (which hands bytes out in order).
+    pub fn discard_last_data(&mut self) {
+        if let Some(n) = self.lens.pop() {
+            let keep = self.arena.len().saturating_sub(n);
+            self.arena.truncate(keep);
         }
     }
 
@@ -311,6 +333,41 @@ mod tests {
             }
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn a_dropped_data_event_takes_its_payload_with_it() {
+        let mut dec = Decoder::new(Clock::fixed(0));
+        let mut events = Vec::new();
+        for (i, r) in [
+            data_record(0, 4, b"keep"),
+            data_record(4, 4, b"drop"),
+            data_record(8, 4, b"also"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let Decoded::Event(e) = dec.decode(r).expect("decodes") else {
+                panic!("not an event");
+            };
+            if i == 1 {
+                dec.discard_last_data();
+            } else {
+                events.push(e);
+            }
+        }
+        dec.finish_batch(&mut events);
+        let payloads: Vec<Bytes> = events
+            .iter()
+            .map(|e| match e {
+                CaptureEvent::Data(d) => d.data.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            payloads,
+            vec![Bytes::from_static(b"keep"), Bytes::from_static(b"also")]
+        );
     }
 
     #[test]

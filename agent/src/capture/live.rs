@@ -3,8 +3,8 @@
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::decode::{Clock, Decoded, Decoder};
 use super::strategy::{Attempt, StrategyReport, TcpStrategy};
+use super::tls::{ProcNotice, TlsAttacher, TlsStats};
 use super::{CaptureError, ProbeMetrics, procfs, tracefs};
 use crate::config::CaptureConfig;
 
@@ -138,9 +139,13 @@ impl ReaderStats {
     }
 }
 
+/// Process notices waiting for the TLS attacher at most (further ones are counted and lost).
+const PROC_NOTICE_QUEUE: usize = 4096;
+
 /// A loaded and attached capture.
 pub struct LiveCapture {
-    ebpf: Ebpf,
+    /// Shared with the TLS attacher thread, which attaches uprobes as libraries appear.
+    ebpf: Arc<Mutex<Ebpf>>,
     report: StrategyReport,
     counters: Arc<PerCpuArray<MapData, Counters>>,
     stats: Arc<ReaderStats>,
@@ -150,6 +155,10 @@ pub struct LiveCapture {
     /// knew (the kernel side cannot filter what it cannot name).
     ports: Vec<u16>,
     probes: ProbeMetrics,
+    tls_stats: Arc<TlsStats>,
+    /// Exec/exit records go from the ring reader to the TLS attacher through this.
+    proc_tx: Option<std::sync::mpsc::SyncSender<ProcNotice>>,
+    tls_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LiveCapture {
@@ -321,12 +330,61 @@ impl LiveCapture {
             .map_err(|e| CaptureError::Load(format!("COUNTERS: {e}")))?,
         );
 
+        // TLS plaintext: the uprobe programs, and the exec/exit tracepoints that say where
+        // TLS libraries appear. Not fatal: without them the capture still sees cleartext.
+        let tls_ready = if !cfg.tls.enabled {
+            Err("capture.tls.enabled = false".to_string())
+        } else {
+            super::tls::attach::load_programs(&mut ebpf, empty).and_then(|()| {
+                for (prog, name) in [
+                    ("proc_exec", "sched_process_exec"),
+                    ("proc_exit", "sched_process_exit"),
+                ] {
+                    attach_tracepoint(&mut ebpf, prog, "sched", name).map_err(|e| e.to_string())?;
+                    attached.push(prog.to_string());
+                }
+                Ok(())
+            })
+        };
+        if let Err(e) = &tls_ready {
+            tracing::warn!(error = %e, "TLS plaintext capture off");
+        }
+        let ebpf = Arc::new(Mutex::new(ebpf));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tls_stats = Arc::new(TlsStats::default());
+        let mut proc_tx = None;
+        let mut tls_thread = None;
+        let tls = match tls_ready {
+            Ok(()) => {
+                let mut attacher =
+                    TlsAttacher::new(ebpf.clone(), empty, cfg.tls.clone(), PathBuf::from("/proc"));
+                // At start, synchronously: processes already running are covered on return.
+                attacher.scan_all();
+                let n = attacher.attached_paths().len();
+                tls_stats = attacher.stats();
+                let (tx, rx) = std::sync::mpsc::sync_channel(PROC_NOTICE_QUEUE);
+                proc_tx = Some(tx);
+                let stop = stop.clone();
+                tls_thread = Some(
+                    std::thread::Builder::new()
+                        .name("sonde-tls".into())
+                        .spawn(move || attacher.run(rx, stop))
+                        .map_err(|e| {
+                            CaptureError::Load(format!("spawning the TLS attacher: {e}"))
+                        })?,
+                );
+                Ok(n)
+            }
+            Err(e) => Err(e),
+        };
+
         let report = StrategyReport {
             syscall_hooks: "syscall tracepoints",
             tcp,
             attempts,
             addresses_from_kernel,
             attached,
+            tls,
         };
         tracing::info!(report = %report, "capture attached");
         let probes = ProbeMetrics::default();
@@ -343,11 +401,19 @@ impl LiveCapture {
             report,
             counters,
             stats: Arc::new(ReaderStats::default()),
-            stop: Arc::new(AtomicBool::new(false)),
+            stop,
             reader: None,
             ports: cfg.ports.clone(),
             probes,
+            tls_stats,
+            proc_tx,
+            tls_thread,
         })
+    }
+
+    /// Counters of the TLS attacher (files and probes attached, attach delay after exec).
+    pub fn tls_stats(&self) -> Arc<TlsStats> {
+        self.tls_stats.clone()
     }
 
     /// A handle that reads the kernel counters from another thread.
@@ -385,6 +451,8 @@ impl LiveCapture {
     ) -> Result<(), CaptureError> {
         let ring = RingBuf::try_from(
             self.ebpf
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
                 .take_map("EVENTS")
                 .ok_or_else(|| CaptureError::Load("map EVENTS missing".into()))?,
         )
@@ -392,9 +460,13 @@ impl LiveCapture {
         let stats = self.stats.clone();
         let stop = self.stop.clone();
         let ports = self.ports.clone();
+        let procs = ProcForward {
+            tx: self.proc_tx.take(),
+            stats: self.tls_stats.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("sonde-ring".into())
-            .spawn(move || read_ring(ring, tx, poll_interval, stats, stop, ports))
+            .spawn(move || read_ring(ring, tx, poll_interval, stats, stop, ports, procs))
             .map_err(|e| CaptureError::Load(format!("spawning the ring reader: {e}")))?;
         self.reader = Some(handle);
         Ok(())
@@ -406,12 +478,31 @@ impl LiveCapture {
         if let Some(h) = self.reader.take() {
             let _ = h.join();
         }
+        if let Some(h) = self.tls_thread.take() {
+            let _ = h.join();
+        }
     }
 }
 
 impl Drop for LiveCapture {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Hands exec/exit records to the TLS attacher without ever blocking the ring reader.
+struct ProcForward {
+    tx: Option<std::sync::mpsc::SyncSender<ProcNotice>>,
+    stats: Arc<TlsStats>,
+}
+
+impl ProcForward {
+    fn send(&self, notice: ProcNotice) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(notice).is_err()
+        {
+            self.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -422,6 +513,7 @@ fn read_ring(
     stats: Arc<ReaderStats>,
     stop: Arc<AtomicBool>,
     ports: Vec<u16>,
+    procs: ProcForward,
 ) {
     const BATCH: usize = 1024;
     let mut filtered: std::collections::HashSet<sonde_model::ConnId> = Default::default();
@@ -436,12 +528,18 @@ fn read_ring(
             stats.records.fetch_add(1, Ordering::Relaxed);
             match decoder.decode(&item) {
                 Ok(Decoded::Event(ev)) if !filtered.is_empty() && filtered.contains(&ev.conn()) => {
-                    if let CaptureEvent::Close(c) = &ev {
-                        filtered.remove(&c.conn);
+                    match &ev {
+                        CaptureEvent::Close(c) => {
+                            filtered.remove(&c.conn);
+                        }
+                        // Its bytes are in the batch's arena: they must leave with it.
+                        CaptureEvent::Data(_) => decoder.discard_last_data(),
+                        CaptureEvent::Open(_) => {}
                     }
                     stats.filtered_events.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Decoded::Event(ev)) => batch.push(ev),
+                Ok(Decoded::Proc(notice)) => procs.send(notice),
                 Ok(Decoded::OpenNeedsAddrs(mut open)) => {
                     match procfs::resolve(&proc_root, open.conn.tgid, open.conn.fd) {
                         Some(r) => {

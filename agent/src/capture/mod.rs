@@ -12,6 +12,7 @@ pub mod live;
 pub mod probes;
 pub mod procfs;
 pub mod strategy;
+pub mod tls;
 pub mod tracefs;
 
 pub use live::{CountersReader, KernelCounters, LiveCapture, ReaderStats};

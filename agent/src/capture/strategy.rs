@@ -60,6 +60,9 @@ pub struct StrategyReport {
     pub addresses_from_kernel: bool,
     /// Programs attached.
     pub attached: Vec<String>,
+    /// TLS plaintext: `Ok` with the number of TLS library files attached at start, or why the
+    /// uprobes are not used.
+    pub tls: Result<usize, String>,
 }
 
 impl StrategyReport {
@@ -93,7 +96,11 @@ impl std::fmt::Display for StrategyReport {
             } else {
                 "procfs"
             }
-        )
+        )?;
+        match &self.tls {
+            Ok(n) => write!(f, "; TLS plaintext: uprobes on {n} TLS library file(s)"),
+            Err(e) => write!(f, "; TLS plaintext off ({e})"),
+        }
     }
 }
 
@@ -135,6 +142,7 @@ mod tests {
     #[test]
     fn report_names_the_choice_and_every_refusal() {
         let r = StrategyReport {
+            tls: Ok(1),
             syscall_hooks: "syscall tracepoints",
             tcp: Some(TcpStrategy::FdTracking),
             attempts: vec![
@@ -148,6 +156,7 @@ mod tests {
         assert!(s.contains("TCP identified by: fd-tracking"), "{s}");
         assert!(s.contains("sock-tracepoints refused (EPERM)"), "{s}");
         assert!(s.contains("addresses from procfs"), "{s}");
+        assert!(s.contains("uprobes on 1 TLS library file(s)"), "{s}");
         assert!(
             TcpStrategy::PREFERENCE
                 .iter()

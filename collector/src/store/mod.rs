@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postgres::fallible_iterator::FallibleIterator;
@@ -141,6 +141,10 @@ pub struct Store {
     replica: String,
     writer: Mutex<Conn>,
     reader: Mutex<Conn>,
+    /// Endpoint and anomaly row counts as of this store's last committed batch (all replicas'
+    /// rows), so metrics read them without SQL.
+    endpoint_rows: AtomicU64,
+    anomaly_rows: AtomicU64,
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -255,14 +259,22 @@ impl Store {
                 (writer, Conn::Postgres(Box::new(PgConn::connect(&url)?)))
             }
         };
-        Ok(Store {
+        let store = Store {
             database: database.to_path_buf(),
             location,
             options: options.clone(),
             replica: format!("{}-{}", std::process::id(), now_ns()),
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
-        })
+            endpoint_rows: AtomicU64::new(0),
+            anomaly_rows: AtomicU64::new(0),
+        };
+        if version >= migrations::latest_version() {
+            let (endpoints, anomalies) = store.counts()?;
+            store.endpoint_rows.store(endpoints, Ordering::Relaxed);
+            store.anomaly_rows.store(anomalies, Ordering::Relaxed);
+        }
+        Ok(store)
     }
 
     /// The configured database: a file path, or a PostgreSQL URL (see [`Store::location`]).
@@ -450,6 +462,8 @@ impl Store {
         if dialect == Dialect::Postgres {
             self.announce(tx, &anomalies)?;
         }
+        self.endpoint_rows.store(endpoint_rows, Ordering::Relaxed);
+        self.anomaly_rows.store(anomaly_rows, Ordering::Relaxed);
         Ok(IngestOutcome {
             applied: true,
             last_seq: batch.seq,
@@ -630,12 +644,16 @@ impl Store {
         )
     }
 
-    /// Bytes of the database file and its write-ahead log.
+    /// Bytes of the SQLite database file and its write-ahead log (0 on PostgreSQL, whose size
+    /// its own monitoring reports).
     pub fn file_bytes(&self) -> u64 {
+        let Location::Sqlite(path) = &self.location else {
+            return 0;
+        };
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let mut wal = self.path.clone().into_os_string();
+        let mut wal = path.clone().into_os_string();
         wal.push("-wal");
-        size(&self.path) + size(Path::new(&wal))
+        size(path) + size(Path::new(&wal))
     }
 
     /// Row counts (endpoints, anomalies), for logs and benchmarks.

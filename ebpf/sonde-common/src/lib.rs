@@ -16,12 +16,20 @@ pub const MAX_CHUNKS_PER_CALL: u32 = 8;
 pub const MAX_IOVECS: u32 = 8;
 /// Calls on a connection of unknown protocol that are shipped before it is declared not HTTP.
 pub const CLASSIFY_PROBE_CALLS: u8 = 4;
+/// TLS ciphertext bytes shipped per direction of a connection at most, so user space sees the
+/// handshake (ClientHello, ServerHello, a TLS 1.2 certificate); shipping stops earlier, at the
+/// first application_data record of the direction.
+pub const TLS_HANDSHAKE_CAP: u32 = 16 * 1024;
 
 /// Kinds of ring-buffer records (first byte of every record).
 pub mod kind {
     pub const DATA: u8 = 1;
     pub const OPEN: u8 = 2;
     pub const CLOSE: u8 = 3;
+    /// A process called exec: user space looks for TLS libraries in its mappings.
+    pub const EXEC: u8 = 4;
+    /// A process exited: user space may detach uprobes nobody maps any more.
+    pub const EXIT: u8 = 5;
 }
 
 /// Where the payload was taken from.
@@ -65,7 +73,7 @@ pub mod open_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    pub values: [u64; counter::COUNT as usize],
+    pub values: [u64; counter::SLOTS as usize],
 }
 
 /// Indices into [`Counters::values`].
@@ -102,7 +110,29 @@ pub mod counter {
     pub const TLS_CONNS: u32 = 14;
     /// Connections closed (close records written).
     pub const CONNS_CLOSED: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// SSL_read/SSL_write calls whose plaintext was shipped.
+    pub const TLS_PLAINTEXT_CALLS: u32 = 16;
+    /// SSL calls whose socket could not be named (no syscall inside the call and no cached fd
+    /// for the `SSL*`): their plaintext is lost.
+    pub const TLS_FD_UNKNOWN: u32 = 17;
+    /// TLS connections whose plaintext is not HTTP (no longer shipped).
+    pub const TLS_NON_HTTP_CONNS: u32 = 18;
+    /// SSL_peek / SSL_sendfile calls: counted, not shipped (peeked bytes are read again later;
+    /// sendfile plaintext never passes through user memory).
+    pub const TLS_UNCAPTURED_CALLS: u32 = 19;
+    /// Saved SSL arguments found unfinished when their thread entered a new SSL call (the
+    /// previous call never returned: the thread exited or unwound mid-call); overwritten.
+    pub const TLS_STALE_ARGS: u32 = 20;
+    /// TLS ciphertext bytes shipped so user space can read the handshake.
+    pub const TLS_HANDSHAKE_BYTES: u32 = 21;
+    /// Exec and exit records written.
+    pub const PROC_EVENTS: u32 = 22;
+    /// Exec/exit records lost because the ring buffer was full.
+    pub const RING_FULL_PROC: u32 = 23;
+    /// Counters in use.
+    pub const COUNT: u32 = 24;
+    /// Slots of the counters array: a power of two, so an index is bounded by a mask.
+    pub const SLOTS: u32 = 32;
 
     /// Names for export, by index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -122,13 +152,26 @@ pub mod counter {
         "peek_calls",
         "tls_conns",
         "conns_closed",
+        "tls_plaintext_calls",
+        "tls_fd_unknown",
+        "tls_non_http_conns",
+        "tls_uncaptured_calls",
+        "tls_stale_args",
+        "tls_handshake_bytes",
+        "proc_events",
+        "ring_full_proc",
     ];
 
     /// Whether a counter counts lost data (as opposed to activity).
     pub const fn is_drop(index: u32) -> bool {
         matches!(
             index,
-            RING_FULL_DATA | RING_FULL_CONN | READ_USER_FAILED | MAP_FULL
+            RING_FULL_DATA
+                | RING_FULL_CONN
+                | READ_USER_FAILED
+                | MAP_FULL
+                | TLS_FD_UNKNOWN
+                | RING_FULL_PROC
         )
     }
 }
@@ -169,6 +212,16 @@ pub struct OpenEvent {
     pub cgroup_id: u64,
     pub addrs: SockAddrs,
     pub comm: [u8; 16],
+}
+
+/// A process event (exec, exit) for the TLS attachment manager.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcEvent {
+    pub kind: u8,
+    pub _pad0: [u8; 3],
+    pub tgid: u32,
+    pub ts_ns: u64,
 }
 
 /// A connection was closed by its process.
@@ -225,11 +278,18 @@ pub struct PendingCall {
 }
 
 /// What the kernel side knows about an fd of a process.
+///
+/// A TLS connection has two byte streams per direction: the ciphertext the syscalls move
+/// (`offset`, `class`) and the plaintext inside the TLS library (`tls_offset`, `tls_class`).
+/// They are numbered and classified separately; user space tells them apart by the record's
+/// source.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FdState {
     /// Byte offsets, by direction, of the next byte.
     pub offset: [u64; 2],
+    /// Byte offsets, by direction, of the next plaintext byte of a TLS library.
+    pub tls_offset: [u64; 2],
     pub generation: u32,
     /// See [`fd_kind`].
     pub kind: u8,
@@ -240,7 +300,46 @@ pub struct FdState {
     pub probe_calls: u8,
     /// 1 when the port or process filter excludes this connection.
     pub filtered: u8,
-    pub _pad: [u8; 7],
+    /// [`class`] of the plaintext (UNKNOWN until the first SSL call).
+    pub tls_class: u8,
+    /// SSL calls shipped while `tls_class` is unknown.
+    pub tls_probe_calls: u8,
+    /// Bit per direction: the ciphertext handshake of that direction is over (first
+    /// application_data record, or [`TLS_HANDSHAKE_CAP`] bytes); no more ciphertext is shipped.
+    pub handshake_done: u8,
+    /// Ciphertext bytes shipped, by direction (saturating).
+    pub handshake_bytes: [u16; 2],
+}
+
+/// Arguments of an SSL_read/SSL_write call in progress, saved at the uprobe for the uretprobe,
+/// by pid_tgid (a map of their own: SSL_read calls read() inside, which has its own entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslCall {
+    /// The `SSL*`.
+    pub ssl: u64,
+    /// Plaintext buffer.
+    pub buf: u64,
+    /// `size_t *` of the `_ex` variants (bytes done), else 0.
+    pub done_ptr: u64,
+    /// The socket fd of the first read/write syscall made inside the call.
+    pub fd: i32,
+    pub direction: u8,
+    /// 1 between the uprobe and the uretprobe. Entries are overwritten, not deleted, in an LRU
+    /// map that forgets threads that no longer make calls.
+    pub active: u8,
+    /// 1 once `fd` was set by a syscall inside the call.
+    pub fd_seen: u8,
+    pub _pad: u8,
+}
+
+/// Key of the `SSL*` → fd cache: SSL pointers are per process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslKey {
+    pub ssl: u64,
+    pub tgid: u32,
+    pub _pad: u32,
 }
 
 /// Kinds of [`FdState`].
@@ -324,7 +423,11 @@ const _: () = assert!(core::mem::size_of::<OpenEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<CloseEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<SockAddrs>() == 40);
 const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
-const _: () = assert!(core::mem::size_of::<FdState>() == 32);
+const _: () = assert!(core::mem::size_of::<FdState>() == 48);
+const _: () = assert!(core::mem::size_of::<SslCall>() == 32);
+const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);
+const _: () = assert!(counter::SLOTS.is_power_of_two() && counter::COUNT <= counter::SLOTS);
 const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 72);
 const _: () = assert!(CHUNK_SIZE.is_power_of_two() && CHUNK_SIZE <= 8192);
@@ -337,5 +440,7 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for FdState {}
     unsafe impl aya::Pod for PendingCall {}
+    unsafe impl aya::Pod for SslCall {}
+    unsafe impl aya::Pod for SslKey {}
     unsafe impl aya::Pod for SockAddrs {}
 }

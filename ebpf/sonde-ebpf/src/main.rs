@@ -5,6 +5,12 @@
 //! `tcp_sendmsg`/`tcp_recvmsg` where the kernel has them), and copied at `sys_exit_*` once the
 //! byte count is known. Every fd that turns out not to be a TCP socket is remembered until it is
 //! closed, so file and pipe I/O costs one map lookup on entry and nothing on exit.
+//!
+//! TLS: uprobes on the OpenSSL-family `SSL_read`/`SSL_write` (and `_ex`) save their arguments,
+//! the read/write syscall made inside the call names the socket fd, and the uretprobe copies the
+//! plaintext as records of source TLS on that connection, numbered in a byte stream of their
+//! own. The ciphertext of a TLS connection is shipped only until its handshake is over, for the
+//! posture analysis in user space.
 #![no_std]
 #![no_main]
 
@@ -14,14 +20,15 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
-    macros::{kprobe, map, tracepoint},
+    macros::{kprobe, map, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, TracePointContext},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use sonde_common::{
     CHUNK_SIZE, CLASSIFY_PROBE_CALLS, CloseEvent, Config, Counters, DATA_HEADER_SIZE, DataHeader,
-    FdState, MAX_CHUNKS_PER_CALL, MAX_IOVECS, OpenEvent, PendingCall, SockAddrs, class, counter,
-    direction, fd_kind, kind, open_flags, role, source,
+    FdState, MAX_CHUNKS_PER_CALL, MAX_IOVECS, OpenEvent, PendingCall, ProcEvent, SockAddrs,
+    SslCall, SslKey, TLS_HANDSHAKE_CAP, class, counter, direction, fd_kind, kind, open_flags, role,
+    source,
 };
 
 const AF_INET: u16 = 2;
@@ -30,6 +37,8 @@ const IPPROTO_TCP: u16 = 6;
 const MSG_PEEK: u64 = 2;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_CLOSE: i32 = 7;
+/// TLS record content type of application data: the handshake of a direction is over.
+const TLS_APPLICATION_DATA: u8 = 23;
 /// Bytes of the BPF_RB_AVAIL_DATA query flag (linux/bpf.h).
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
@@ -55,6 +64,15 @@ static FDS: LruHashMap<u64, FdState> = LruHashMap::with_max_entries(65536, 0);
 /// Addresses of established TCP sockets, by `struct sock *`.
 #[map]
 static SOCK_ADDRS: LruHashMap<u64, SockAddrs> = LruHashMap::with_max_entries(65536, 0);
+
+/// SSL calls in progress, by pid_tgid (separate from PENDING: SSL_read calls read() inside).
+#[map]
+static SSL_ARGS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// The socket fd of each `SSL*` last seen, for SSL calls served from the library's buffer
+/// without a syscall inside (filled by SSL_set_fd and by the syscalls inside SSL calls).
+#[map]
+static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
@@ -82,7 +100,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 fn count(index: u32, by: u64) {
     if let Some(c) = COUNTERS.get_ptr_mut(0) {
         // Per-CPU value: no other CPU writes it.
-        unsafe { (*c).values[(index & (counter::COUNT - 1)) as usize] += by };
+        unsafe { (*c).values[(index & (counter::SLOTS - 1)) as usize] += by };
     }
 }
 
@@ -147,7 +165,14 @@ fn try_enter(
         if st.kind == fd_kind::NOT_TCP {
             return Err(());
         }
-        if st.kind == fd_kind::CONN && (st.class == class::OTHER || st.class == class::TLS) {
+        if st.kind == fd_kind::CONN && st.class == class::TLS {
+            note_ssl_fd(id, fd);
+            if st.handshake_done & (1 << (dir & 1)) != 0 {
+                count(counter::NON_HTTP_CALLS, 1);
+                return Err(());
+            }
+        }
+        if st.kind == fd_kind::CONN && st.class == class::OTHER {
             count(counter::NON_HTTP_CALLS, 1);
             return Err(());
         }
@@ -558,14 +583,12 @@ fn open_conn(cfg: &Config, tgid: u32, fd: i32, sk: u64, hinted: Option<u8>) -> R
         && ev.flags & open_flags::ADDRS_KNOWN != 0
         && !port_allowed(&ev.addrs);
     let st = FdState {
-        offset: [0; 2],
         generation,
         kind: fd_kind::CONN,
         role: ev.role,
         class: class::UNKNOWN,
-        probe_calls: 0,
         filtered: filtered as u8,
-        _pad: [0; 7],
+        ..FdState::default()
     };
     if FDS.insert(&key, &st, 0).is_err() {
         count(counter::MAP_FULL, 1);
@@ -695,6 +718,12 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         }
         return Ok(());
     }
+    // A TLS library call in progress on this thread learns its socket here (also when the
+    // syscall returns EAGAIN). Connections known to be cleartext HTTP skip the lookup.
+    let found_class = found.map(|p| unsafe { (*p).class });
+    if !matches!(found_class, Some(class::HTTP1) | Some(class::HTTP2)) {
+        note_ssl_fd(id, call.fd);
+    }
     if ret <= 0 {
         return Ok(());
     }
@@ -717,13 +746,13 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         return Ok(());
     }
     let dir = (call.direction & 1) as usize;
+    let base = if VECTORED {
+        unsafe { bpf_probe_read_user(call.buf as *const u64) }.unwrap_or(0)
+    } else {
+        call.buf
+    };
 
     if st.class == class::UNKNOWN && !SENDFILE {
-        let base = if VECTORED {
-            unsafe { bpf_probe_read_user(call.buf as *const u64) }.unwrap_or(0)
-        } else {
-            call.buf
-        };
         if len >= 4 {
             let c = classify_user(base, st.role == role::UNKNOWN, len >= 9);
             if c != class::UNKNOWN {
@@ -739,20 +768,43 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
                 st.class = class::OTHER;
             }
         }
-        if st.class == class::OTHER || st.class == class::TLS {
-            count(
-                if st.class == class::TLS {
-                    counter::TLS_CONNS
-                } else {
-                    counter::NON_HTTP_CONNS
-                },
-                1,
-            );
+        if st.class == class::OTHER {
+            count(counter::NON_HTTP_CONNS, 1);
             count(counter::NON_HTTP_CALLS, 1);
             // User space can forget the connection now.
             emit_close(tgid, call.fd, st.generation);
             return Ok(());
         }
+        if st.class == class::TLS {
+            // Kept open: its plaintext may come from a TLS library, and its handshake is
+            // shipped below.
+            count(counter::TLS_CONNS, 1);
+        }
+    }
+
+    // TLS ciphertext: shipped until the direction's first application_data record (the
+    // handshake, for posture analysis in user space), at most TLS_HANDSHAKE_CAP bytes.
+    let mut copy_len = len;
+    if st.class == class::TLS {
+        let bit = 1u8 << dir;
+        let sent = st.handshake_bytes[dir] as u64;
+        if SENDFILE
+            || st.handshake_done & bit != 0
+            || sent >= TLS_HANDSHAKE_CAP as u64
+            || first_byte(base) == TLS_APPLICATION_DATA
+        {
+            st.handshake_done |= bit;
+            count(counter::NON_HTTP_CALLS, 1);
+            return Ok(());
+        }
+        copy_len = min_u64(len, TLS_HANDSHAKE_CAP as u64 - sent);
+        let total = sent + len;
+        st.handshake_bytes[dir] = if total > u16::MAX as u64 {
+            u16::MAX
+        } else {
+            total as u16
+        };
+        count(counter::TLS_HANDSHAKE_BYTES, copy_len);
     }
 
     // Calls on one fd from several threads at once could interleave here; HTTP clients and
@@ -796,21 +848,30 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
     let tally = COUNTERS.get_ptr_mut(0).ok_or(())?;
     let done = if VECTORED {
         emit_iovecs(
-            &hdr, call.buf, call.count, len, chunk, max_chunks, flags, tally,
+            &hdr, call.buf, call.count, copy_len, chunk, max_chunks, flags, tally,
         )
     } else {
-        emit_buffer(&hdr, call.buf, len, chunk, max_chunks, flags, tally)
+        emit_buffer(&hdr, call.buf, copy_len, chunk, max_chunks, flags, tally)
     };
     if done < len {
-        unsafe {
-            let t = &mut (*tally).values;
-            t[counter::CAP_EXCEEDED_CALLS as usize] += 1;
-            t[counter::CAP_EXCEEDED_BYTES as usize] += len - done;
+        if done < copy_len {
+            unsafe {
+                let t = &mut (*tally).values;
+                t[counter::CAP_EXCEEDED_CALLS as usize] += 1;
+                t[counter::CAP_EXCEEDED_BYTES as usize] += copy_len - done;
+            }
         }
         hdr.offset = offset + done;
         emit_length_only(cfg, &mut hdr, len - done);
     }
     Ok(())
+}
+
+/// The first byte at `buf` (0 when unreadable). A BPF function of its own, like
+/// [`classify_user`], so what the comparison learns ends at the return.
+#[inline(never)]
+fn first_byte(buf: u64) -> u8 {
+    unsafe { bpf_probe_read_user(buf as *const u8) }.unwrap_or(0)
 }
 
 /// A record that covers `len` bytes at `hdr.offset`, none of which were copied.
@@ -1059,6 +1120,312 @@ pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
     exit::<false, true>(&ctx)
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS libraries: plaintext of SSL_read / SSL_write (OpenSSL, BoringSSL, LibreSSL).
+
+/// Remembers the socket a thread's SSL call in progress reads or writes: the first TCP
+/// syscall made inside the call (the library's BIO does it on the same thread).
+#[inline(always)]
+fn note_ssl_fd(id: u64, fd: i32) {
+    if let Some(a) = SSL_ARGS.get_ptr_mut(&id) {
+        let a = unsafe { &mut *a };
+        if a.active != 0 && a.fd_seen == 0 {
+            a.fd = fd;
+            a.fd_seen = 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn ssl_enter(ctx: &ProbeContext, dir: u8, ex: bool) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    if excluded(cfg, (id >> 32) as u32) {
+        return 0;
+    }
+    let call = SslCall {
+        ssl: ctx.arg::<u64>(0).unwrap_or(0),
+        buf: ctx.arg::<u64>(1).unwrap_or(0),
+        done_ptr: if ex {
+            ctx.arg::<u64>(3).unwrap_or(0)
+        } else {
+            0
+        },
+        fd: -1,
+        direction: dir,
+        active: 1,
+        fd_seen: 0,
+        _pad: 0,
+    };
+    if let Some(slot) = SSL_ARGS.get_ptr_mut(&id) {
+        if unsafe { (*slot).active } != 0 {
+            count(counter::TLS_STALE_ARGS, 1);
+        }
+        unsafe { *slot = call };
+    } else if SSL_ARGS.insert(&id, &call, 0).is_err() {
+        count(counter::MAP_FULL, 1);
+    }
+    0
+}
+
+/// `int SSL_read(SSL *ssl, void *buf, int num)`
+#[uprobe]
+pub fn ssl_read_entry(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, direction::INGRESS, false)
+}
+
+/// `int SSL_write(SSL *ssl, const void *buf, int num)`
+#[uprobe]
+pub fn ssl_write_entry(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, direction::EGRESS, false)
+}
+
+/// `int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)`
+#[uprobe]
+pub fn ssl_read_ex_entry(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, direction::INGRESS, true)
+}
+
+/// `int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written)`
+#[uprobe]
+pub fn ssl_write_ex_entry(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, direction::EGRESS, true)
+}
+
+/// Return of SSL_read / SSL_write: the byte count is the return value.
+#[uretprobe]
+pub fn ssl_return(ctx: RetProbeContext) -> u32 {
+    ssl_exit(&ctx, false)
+}
+
+/// Return of SSL_read_ex / SSL_write_ex: 1 on success, the byte count behind the saved pointer.
+#[uretprobe]
+pub fn ssl_ex_return(ctx: RetProbeContext) -> u32 {
+    ssl_exit(&ctx, true)
+}
+
+/// `int SSL_set_fd(SSL *ssl, int fd)`: fills the `SSL*` → fd cache before the first call.
+#[uprobe]
+pub fn ssl_set_fd_entry(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = SslKey {
+        ssl: ctx.arg::<u64>(0).unwrap_or(0),
+        tgid,
+        _pad: 0,
+    };
+    let fd = ctx.arg::<u64>(1).unwrap_or(u64::MAX) as i32;
+    if fd >= 0 && SSL_FDS.insert(&key, &fd, 0).is_err() {
+        count(counter::MAP_FULL, 1);
+    }
+    0
+}
+
+/// SSL_peek / SSL_peek_ex / SSL_sendfile: counted only (peeked bytes are read again by
+/// SSL_read; sendfile plaintext never passes through user memory).
+#[uprobe]
+pub fn ssl_uncaptured_entry(_ctx: ProbeContext) -> u32 {
+    count(counter::TLS_UNCAPTURED_CALLS, 1);
+    0
+}
+
+#[inline(always)]
+fn ssl_exit(ctx: &RetProbeContext, ex: bool) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(slot) = SSL_ARGS.get_ptr_mut(&id) else {
+        return 0;
+    };
+    let call = unsafe { *slot };
+    if call.active == 0 {
+        return 0;
+    }
+    unsafe { (*slot).active = 0 };
+    let ret: i64 = ctx.ret();
+    let ret = ret as i32;
+    let len = if ex {
+        if ret != 1 {
+            return 0;
+        }
+        unsafe { bpf_probe_read_user(call.done_ptr as *const u64) }.unwrap_or(0)
+    } else {
+        if ret <= 0 {
+            return 0;
+        }
+        ret as u64
+    };
+    if len == 0 {
+        return 0;
+    }
+    let _ = try_ssl_exit(id, &call, len);
+    0
+}
+
+#[inline(always)]
+fn try_ssl_exit(id: u64, call: &SslCall, len: u64) -> Result<(), ()> {
+    let cfg = config().ok_or(())?;
+    let tgid = (id >> 32) as u32;
+    let ssl_key = SslKey {
+        ssl: call.ssl,
+        tgid,
+        _pad: 0,
+    };
+    let fd = if call.fd_seen != 0 {
+        let cached = unsafe { SSL_FDS.get(&ssl_key) }.copied();
+        if cached != Some(call.fd) && SSL_FDS.insert(&ssl_key, &call.fd, 0).is_err() {
+            count(counter::MAP_FULL, 1);
+        }
+        call.fd
+    } else if let Some(fd) = unsafe { SSL_FDS.get(&ssl_key) } {
+        *fd
+    } else {
+        count(counter::TLS_FD_UNKNOWN, 1);
+        return Err(());
+    };
+    let key = fd_key(tgid, fd);
+    let st = match FDS.get_ptr_mut(&key) {
+        Some(p) if unsafe { (*p).kind } == fd_kind::CONN => p,
+        Some(p) if unsafe { (*p).kind } == fd_kind::HINT => {
+            open_conn(cfg, tgid, fd, 0, Some(unsafe { (*p).role }))?;
+            FDS.get_ptr_mut(&key).ok_or(())?
+        }
+        Some(_) => {
+            // Not a TCP socket (TLS over a unix socket or a pipe): not captured.
+            count(counter::FILTERED_CALLS, 1);
+            return Err(());
+        }
+        None => {
+            open_conn(cfg, tgid, fd, 0, None)?;
+            FDS.get_ptr_mut(&key).ok_or(())?
+        }
+    };
+    let st = unsafe { &mut *st };
+    if st.filtered != 0 {
+        count(counter::FILTERED_CALLS, 1);
+        return Ok(());
+    }
+    let dir = (call.direction & 1) as usize;
+    if st.tls_class == class::UNKNOWN {
+        if len >= 4 {
+            let c = classify_user(call.buf, st.role == role::UNKNOWN, len >= 9);
+            if c == class::HTTP1 || c == class::HTTP2 {
+                st.tls_class = c;
+            }
+        }
+        if st.tls_class == class::UNKNOWN {
+            st.tls_probe_calls = st.tls_probe_calls.saturating_add(1);
+            let from_start =
+                st.role != role::UNKNOWN && st.tls_offset[0] == 0 && st.tls_offset[1] == 0;
+            if from_start || st.tls_probe_calls > CLASSIFY_PROBE_CALLS {
+                st.tls_class = class::OTHER;
+                count(counter::TLS_NON_HTTP_CONNS, 1);
+            }
+        }
+    }
+    if st.tls_class == class::OTHER {
+        count(counter::NON_HTTP_CALLS, 1);
+        return Ok(());
+    }
+    let offset = st.tls_offset[dir];
+    st.tls_offset[dir] = offset + len;
+    let mut hdr = DataHeader {
+        kind: kind::DATA,
+        source: source::TLS,
+        direction: call.direction,
+        _pad0: 0,
+        tgid,
+        tid: id as u32,
+        fd,
+        generation: st.generation,
+        len: 0,
+        captured: 0,
+        _pad1: 0,
+        offset,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    let max_chunks = if cfg.max_chunks_per_call < MAX_CHUNKS_PER_CALL {
+        cfg.max_chunks_per_call
+    } else {
+        MAX_CHUNKS_PER_CALL
+    };
+    let chunk = if cfg.chunk_size > 0 && (cfg.chunk_size as u64) < CHUNK_SIZE as u64 {
+        cfg.chunk_size as u64
+    } else {
+        CHUNK_SIZE as u64
+    };
+    let flags = wakeup_flags(cfg);
+    let tally = COUNTERS.get_ptr_mut(0).ok_or(())?;
+    let done = emit_buffer(&hdr, call.buf, len, chunk, max_chunks, flags, tally);
+    unsafe { (*tally).values[counter::TLS_PLAINTEXT_CALLS as usize] += 1 };
+    if done < len {
+        unsafe {
+            let t = &mut (*tally).values;
+            t[counter::CAP_EXCEEDED_CALLS as usize] += 1;
+            t[counter::CAP_EXCEEDED_BYTES as usize] += len - done;
+        }
+        hdr.offset = offset + done;
+        emit_length_only(cfg, &mut hdr, len - done);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: exec and exit tell user space where TLS libraries may appear and disappear.
+
+#[inline(always)]
+fn emit_proc(k: u8, tgid: u32) {
+    let Some(cfg) = config() else {
+        return;
+    };
+    if tgid == cfg.self_tgid {
+        return;
+    }
+    let ev = ProcEvent {
+        kind: k,
+        _pad0: [0; 3],
+        tgid,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    // Forces a wake-up: the attachment delay of a new process counts from here.
+    if EVENTS
+        .output::<ProcEvent>(&ev, BPF_RB_FORCE_WAKEUP as u64)
+        .is_err()
+    {
+        count(counter::RING_FULL_PROC, 1);
+    } else {
+        count(counter::PROC_EVENTS, 1);
+    }
+}
+
+/// `sched/sched_process_exec`: the process has its new executable mapped.
+#[tracepoint]
+pub fn proc_exec(_ctx: TracePointContext) -> u32 {
+    emit_proc(kind::EXEC, (bpf_get_current_pid_tgid() >> 32) as u32);
+    0
+}
+
+/// `sched/sched_process_exit`: fires per thread; only the thread-group leader's exit counts.
+#[tracepoint]
+pub fn proc_exit(_ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if id as u32 == (id >> 32) as u32 {
+        emit_proc(kind::EXIT, (id >> 32) as u32);
+    }
+    0
+}
+
+/// Do nothing: attached at the TLS uprobe points in place of the real programs, they measure
+/// the floor of the uprobe set (`sonde-agent capture --empty-programs`).
+#[uprobe]
+pub fn empty_uprobe(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[uretprobe]
+pub fn empty_uretprobe(_ctx: RetProbeContext) -> u32 {
+    0
 }
 
 /// Does nothing: attached to the same hooks in place of the real programs, it measures the cost

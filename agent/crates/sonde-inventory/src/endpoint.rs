@@ -161,6 +161,9 @@ pub struct EndpointRecord {
     /// The TLS parameters last seen for this endpoint.
     #[serde(default)]
     pub tls: Option<EndpointTls>,
+    /// Some call was read from TLS plaintext: the endpoint is served over TLS.
+    #[serde(default)]
+    pub served_over_tls: bool,
     /// Final status code → calls.
     pub status_counts: BTreeMap<u16, u64>,
     /// Calls without a response.
@@ -209,6 +212,7 @@ impl EndpointRecord {
             http2_calls: 0,
             tls_calls: 0,
             tls: None,
+            served_over_tls: false,
             status_counts: BTreeMap::new(),
             no_response: 0,
             request_content_types: CappedCounts::default(),

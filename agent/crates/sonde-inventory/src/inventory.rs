@@ -1312,6 +1312,9 @@ impl Inventory {
         if ex.version == sonde_model::HttpVersion::Http2 {
             rec.http2_calls = rec.http2_calls.saturating_add(1);
         }
+        if ex.flags.contains(sonde_model::ExchangeFlags::TLS) {
+            rec.served_over_tls = true;
+        }
         rec.first_seen_ns = rec.first_seen_ns.min(now_ns);
         rec.last_seen_ns = rec.last_seen_ns.max(now_ns);
         rec.request_bytes.record(ex.request.body.wire_len);

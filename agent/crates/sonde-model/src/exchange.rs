@@ -127,6 +127,8 @@ impl ExchangeFlags {
     pub const RESET: u32 = 1 << 7;
     /// Header limits were exceeded; some fields were dropped.
     pub const HEADERS_CUT: u32 = 1 << 8;
+    /// Read from TLS plaintext (inside a TLS library): the call travelled encrypted.
+    pub const TLS: u32 = 1 << 9;
 
     pub fn contains(self, flag: u32) -> bool {
         self.0 & flag == flag
@@ -137,7 +139,7 @@ impl ExchangeFlags {
     }
 
     pub fn names(self) -> Vec<&'static str> {
-        const NAMES: [(u32, &str); 9] = [
+        const NAMES: [(u32, &str); 10] = [
             (ExchangeFlags::TRUNCATED, "truncated"),
             (ExchangeFlags::GAP, "gap"),
             (ExchangeFlags::RESYNCED, "resynced"),
@@ -147,6 +149,7 @@ impl ExchangeFlags {
             (ExchangeFlags::CONTINUED, "continued"),
             (ExchangeFlags::RESET, "reset"),
             (ExchangeFlags::HEADERS_CUT, "headers-cut"),
+            (ExchangeFlags::TLS, "tls"),
         ];
         NAMES
             .iter()
