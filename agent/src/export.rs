@@ -299,6 +299,7 @@ mod tests {
                 pid: 10,
                 comm: comm.into(),
                 cgroup_id: 0,
+                workload: None,
             },
             local: Some(addr(local)),
             remote: Some(addr(remote)),
