@@ -26,6 +26,9 @@ pub struct AgentConfig {
     /// its state directory; the other commands start fresh.
     pub baseline_file: Option<std::path::PathBuf>,
     pub export: ExportConfig,
+    /// Workload identity of live processes: containers, Kubernetes pods and workloads, systemd
+    /// units, executables (sonde-identity's defaults: on; Kubernetes when in a pod).
+    pub identity: sonde_identity::IdentityConfig,
 }
 
 /// Where inventory and anomalies go.

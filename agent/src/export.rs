@@ -92,6 +92,42 @@ pub fn service_key(service: &ServiceKey) -> v1::ServiceKey {
         server_port: u32::from(addr_port.or_else(|| service.port()).unwrap_or(0)),
         authority: service.authority.clone().unwrap_or_default(),
         process: service.process.clone().unwrap_or_default(),
+        workload: service.workload.as_deref().map(workload),
+        kubernetes_service: service
+            .kubernetes_service
+            .as_deref()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+/// The wire form of a workload identity (labels are the pod's, already bounded in number and
+/// length by the identity stage).
+pub fn workload(w: &sonde_model::Workload) -> v1::Workload {
+    let pod = w.pod.as_ref();
+    let text =
+        |f: fn(&sonde_model::PodIdentity) -> &String| pod.map(f).cloned().unwrap_or_default();
+    v1::Workload {
+        name: w.name.clone(),
+        container_runtime: w.runtime.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+        container_id: w.container_id.clone().unwrap_or_default(),
+        container_name: w.container_name.clone().unwrap_or_default(),
+        pod_name: text(|p| &p.name),
+        pod_uid: text(|p| &p.uid),
+        namespace: text(|p| &p.namespace),
+        owner_kind: text(|p| &p.workload_kind),
+        owner_name: text(|p| &p.workload_name),
+        node: text(|p| &p.node),
+        labels: pod
+            .map(|p| {
+                p.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        systemd_unit: w.systemd_unit.clone().unwrap_or_default(),
+        executable: w.executable.clone().unwrap_or_default(),
     }
 }
 

@@ -1,14 +1,16 @@
 //! The analysis pipeline behind `observe` and `run`: capture events → protocol → inventory,
 //! driven from one thread that owns the per-connection state (no lock per event).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sonde_detect::Detectors;
+use sonde_identity::{IdentityConfig, KubeIndex, Resolver};
 use sonde_inventory::{CallInfo, Inventory, SpecScope};
-use sonde_model::{Anomaly, CaptureEvent, Exchange, Role};
+use sonde_model::{Anomaly, CaptureEvent, ConnId, ConnMeta, Exchange, Role, Workload};
 use sonde_protocol::Tracker;
 
 use crate::capture::procfs;
@@ -42,6 +44,31 @@ pub struct Analyzer {
     dedupe: bool,
     exchanges: Vec<Exchange>,
     stats: PipelineStats,
+    /// Workload identity of the processes (live capture only: a recording's pids are not this
+    /// host's).
+    identity: Option<Identity>,
+}
+
+/// The identity resolver and, per connection, its metadata with the workload filled in.
+struct Identity {
+    resolver: Resolver,
+    /// Bounded: cleared when full (connections are re-enriched on their next exchange).
+    conns: HashMap<ConnId, (Arc<ConnMeta>, Arc<Workload>)>,
+}
+
+/// Connections whose enriched metadata is kept.
+const MAX_IDENTIFIED_CONNS: usize = 16_384;
+
+/// The Kubernetes index seen as the inventory's address names.
+struct KubeNames(Arc<KubeIndex>);
+
+impl sonde_inventory::AddressNames for KubeNames {
+    fn service_at(&self, addr: SocketAddr) -> Option<Arc<str>> {
+        self.0.service_at(addr)
+    }
+    fn workload_at(&self, ip: IpAddr) -> Option<String> {
+        self.0.workload_at(ip)
+    }
 }
 
 impl Analyzer {
@@ -79,7 +106,53 @@ impl Analyzer {
             dedupe: cfg.capture.pids.is_empty(),
             exchanges: Vec::with_capacity(256),
             stats: PipelineStats::default(),
+            identity: None,
         })
+    }
+
+    /// Attributes the exchanges of live processes to their workloads, and (when configured, or
+    /// when running in a pod) starts the Kubernetes watch on the current tokio runtime. Call
+    /// only for a live capture of this host.
+    pub fn enable_identity(&mut self, cfg: &IdentityConfig) {
+        if !cfg.enabled {
+            return;
+        }
+        let kube = if cfg.kubernetes_enabled() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let index = Arc::new(KubeIndex::new());
+                    rt.spawn(sonde_identity::kube::connect_and_watch(
+                        index.clone(),
+                        cfg.node_name(),
+                    ));
+                    self.inventory
+                        .set_address_names(Arc::new(KubeNames(index.clone())));
+                    Some(index)
+                }
+                Err(_) => {
+                    tracing::warn!("no async runtime: Kubernetes metadata disabled");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        self.identity = Some(Identity {
+            resolver: Resolver::new(cfg, kube),
+            conns: HashMap::new(),
+        });
+    }
+
+    /// Counters of the identity stage (resolver and Kubernetes watch), when enabled.
+    pub fn identity_stats(&self) -> Option<serde_json::Value> {
+        let id = self.identity.as_ref()?;
+        let mut v = serde_json::json!({ "resolver": id.resolver.stats() });
+        if let Some(k) = id.resolver.kube() {
+            v["kubernetes"] = serde_json::to_value(k.stats()).unwrap_or_default();
+            v["kubernetes"]["synced"] =
+                serde_json::json!(u64::from(k.state() == sonde_identity::KubeState::Synced));
+        }
+        Some(v)
     }
 
     pub fn inventory(&self) -> &Inventory {
@@ -134,7 +207,10 @@ impl Analyzer {
 
     fn drain(&mut self, sink: &mut dyn Sink) {
         let mut exchanges = std::mem::take(&mut self.exchanges);
-        for ex in exchanges.drain(..) {
+        for mut ex in exchanges.drain(..) {
+            if let Some(id) = &mut self.identity {
+                id.identify(&mut ex);
+            }
             if self.dedupe && self.is_duplicate_client_view(&ex) {
                 self.stats.duplicate_client_views += 1;
                 continue;
@@ -184,6 +260,32 @@ impl Analyzer {
             return false;
         };
         self.local.serves(server)
+    }
+}
+
+impl Identity {
+    /// Sets the exchange's process workload: one cache lookup per exchange, one metadata copy
+    /// per connection (and again when the workload changes, e.g. pod labels arriving late).
+    fn identify(&mut self, ex: &mut Exchange) {
+        let p = &ex.conn.process;
+        let Some(w) = self.resolver.resolve(p.pid, p.cgroup_id) else {
+            return;
+        };
+        if let Some((meta, known)) = self.conns.get(&ex.conn.id)
+            && Arc::ptr_eq(known, &w)
+            && meta.role == ex.conn.role
+        {
+            ex.conn = meta.clone();
+            return;
+        }
+        let mut meta = (*ex.conn).clone();
+        meta.process.workload = Some(w.clone());
+        let meta = Arc::new(meta);
+        if self.conns.len() >= MAX_IDENTIFIED_CONNS {
+            self.conns.clear();
+        }
+        self.conns.insert(ex.conn.id, (meta.clone(), w));
+        ex.conn = meta;
     }
 }
 

@@ -222,6 +222,7 @@ fn exchange_json(ex: &Exchange, call: &CallInfo) -> serde_json::Value {
         "latency_ns": ex.latency_ns(),
         "pid": ex.conn.process.pid,
         "process": ex.conn.process.comm,
+        "workload": ex.conn.process.workload,
         "role": ex.conn.role,
         "local": ex.conn.local.map(|a| a.to_string()),
         "remote": ex.conn.remote.map(|a| a.to_string()),
@@ -243,6 +244,9 @@ pub async fn observe(
 ) -> anyhow::Result<()> {
     let mut analyzer = Analyzer::new(&config)?;
     let source = start_source(&config, &args)?;
+    if source.live.is_some() {
+        analyzer.enable_identity(&config.identity);
+    }
     let mut sink = PrintSink {
         json,
         quiet,
@@ -272,6 +276,9 @@ impl Sink for CollectSink {
 pub async fn inventory(config: AgentConfig, args: SourceArgs, json: bool) -> anyhow::Result<()> {
     let mut analyzer = Analyzer::new(&config)?;
     let source = start_source(&config, &args)?;
+    if source.live.is_some() {
+        analyzer.enable_identity(&config.identity);
+    }
     let mut sink = CollectSink {
         anomalies: Vec::new(),
     };
@@ -390,6 +397,9 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
 
     let mut analyzer = Analyzer::new(&config)?;
     let source = start_source(&config, &args)?;
+    if source.live.is_some() {
+        analyzer.enable_identity(&config.identity);
+    }
     let strategy = source
         .live
         .as_ref()
@@ -464,6 +474,9 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
                 &serde_json::to_value(analyzer.inventory().counters()).unwrap_or_default(),
                 &mut counters,
             );
+            if let Some(identity) = analyzer.identity_stats() {
+                flatten_counters("identity", &identity, &mut counters);
+            }
             if let Some((kernel, reader)) = &live_counters {
                 for (name, v) in kernel().values {
                     counters.insert(format!("kernel.{name}"), v);

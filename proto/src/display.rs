@@ -3,9 +3,29 @@
 use crate::v1::{Classification, EndpointKey, OwaspCategory, Protocol, ServiceKey, Severity};
 
 impl ServiceKey {
-    /// Display name of a service: the authority when known, else `addr:port`, else `unknown`.
+    /// Display name of a service: the serving workload and port (`deployment/shop/api:8080`,
+    /// `nginx.service:80`, behind `authority@` when the Host header is part of the key), else the
+    /// Kubernetes Service and port (`service/shop/api:80`), else the authority, else
+    /// `addr:port`, else `unknown`. One token without spaces.
     pub fn display_name(&self) -> String {
-        if !self.authority.is_empty() {
+        let at = |name: &str| {
+            let mut s = String::new();
+            if !self.authority.is_empty() {
+                s.push_str(&self.authority);
+                s.push('@');
+            }
+            // Executable names may hold spaces; the endpoint key splits on them.
+            s.push_str(&name.replace(char::is_whitespace, "_"));
+            if self.server_port != 0 {
+                s.push_str(&format!(":{}", self.server_port));
+            }
+            s
+        };
+        if let Some(w) = self.workload.as_ref().filter(|w| !w.name.is_empty()) {
+            at(&w.name)
+        } else if !self.kubernetes_service.is_empty() {
+            at(&format!("service/{}", self.kubernetes_service))
+        } else if !self.authority.is_empty() {
             self.authority.clone()
         } else if !self.server_addr.is_empty() {
             if self.server_addr.contains(':') {

@@ -192,6 +192,11 @@ pub trait AddressNames: Send + Sync {
     fn workload_at(&self, ip: IpAddr) -> Option<String>;
 }
 
+/// `10.0.0.1`, `10.0.0.1:8080`, `[::1]:8080`, `::1`.
+fn is_address(authority: &str) -> bool {
+    authority.parse::<IpAddr>().is_ok() || authority.parse::<SocketAddr>().is_ok()
+}
+
 /// The serving workload, when the observed process is the server and has a name.
 fn server_workload(conn: &sonde_model::ConnMeta) -> Option<&Arc<sonde_model::Workload>> {
     match conn.role {
@@ -557,12 +562,11 @@ impl Inventory {
             && let Some(svc) = self.services.get(*sid as usize)
             && svc.addr == service_addr(&ex.conn)
             && svc.workload_name.as_deref() == server_workload(&ex.conn).map(|w| w.name.as_str())
-            && svc.key.authority.as_deref()
-                == ex
-                    .request
-                    .authority
-                    .as_deref()
-                    .filter(|_| svc.keeps_authority)
+            && (!svc.keeps_authority
+                || svc.key.authority.as_deref() == ex.request.authority.as_deref()
+                || (svc.key.authority.is_none()
+                    && svc.workload_name.is_some()
+                    && ex.request.authority.as_deref().is_some_and(is_address)))
         {
             return *sid;
         }
@@ -594,6 +598,11 @@ impl Inventory {
         // would split one API into several services (and is the caller's to choose).
         let keeps_authority = !(workload.is_some_and(|w| w.is_kubernetes())
             || (workload.is_none() && kubernetes_service.is_some()));
+        // An address in the Host header names no virtual host: a known workload's service is
+        // keyed without it.
+        let names_authority = keeps_authority;
+        let keeps_authority = keeps_authority
+            && !(workload.is_some() && ex.request.authority.as_deref().is_some_and(is_address));
         let authority = ex
             .request
             .authority
@@ -656,7 +665,7 @@ impl Inventory {
         {
             *c += 1;
         }
-        let id = self.push_service(key, key_addr, keeps_authority);
+        let id = self.push_service(key, key_addr, names_authority);
         self.service_index.entry(h2).or_default().push(id);
         id
     }
