@@ -117,3 +117,45 @@ impl OwaspCategory {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::v1::{ServiceKey, Workload};
+
+    fn key(authority: &str, workload: &str, kubernetes_service: &str) -> ServiceKey {
+        ServiceKey {
+            server_addr: "10.244.1.17".into(),
+            server_port: 8080,
+            authority: authority.into(),
+            process: "python3".into(),
+            workload: (!workload.is_empty()).then(|| Workload {
+                name: workload.into(),
+                ..Workload::default()
+            }),
+            kubernetes_service: kubernetes_service.into(),
+        }
+    }
+
+    #[test]
+    fn services_are_named_by_workload_then_kubernetes_service_then_authority_then_address() {
+        assert_eq!(
+            key("", "deployment/shop/api", "shop/api").display_name(),
+            "deployment/shop/api:8080"
+        );
+        assert_eq!(
+            key("a.example", "nginx.service", "").display_name(),
+            "a.example@nginx.service:8080"
+        );
+        assert_eq!(
+            key("", "", "shop/api").display_name(),
+            "service/shop/api:8080"
+        );
+        assert_eq!(key("a.example", "", "").display_name(), "a.example");
+        assert_eq!(key("", "", "").display_name(), "10.244.1.17:8080");
+        assert_eq!(
+            key("", "my server", "").display_name(),
+            "my_server:8080",
+            "one token"
+        );
+    }
+}

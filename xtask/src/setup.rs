@@ -15,6 +15,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("curl", "/usr/bin/curl"),
     ("nghttp2-client", "/usr/bin/nghttp"),
     ("iproute2", "/usr/sbin/ip"),
+    // Container identity e2e test: podman with runc (crun refuses hybrid cgroup hosts).
+    ("podman", "/usr/bin/podman"),
+    ("runc", "/usr/sbin/runc"),
 ];
 
 /// Python packages the end-to-end tests drive servers and clients with.

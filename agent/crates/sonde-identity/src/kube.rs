@@ -79,6 +79,9 @@ struct PodEntry {
     ips: Vec<IpAddr>,
 }
 
+/// (kind, namespace, name) of an object.
+type ObjectKey = (&'static str, String, String);
+
 #[derive(Default)]
 /// The maps behind a [`KubeIndex`] (opaque).
 pub struct Indexes {
@@ -87,11 +90,11 @@ pub struct Indexes {
     containers: HashMap<String, (String, String)>,
     pod_ips: HashMap<IpAddr, String>,
     /// (kind, namespace, name) of a ReplicaSet or Job → its controller owner (kind, name).
-    owners: HashMap<(&'static str, String, String), Option<(String, String)>>,
+    owners: HashMap<ObjectKey, Option<(String, String)>>,
     /// ClusterIP:port and endpoint address:port → `namespace/service`.
     service_addrs: HashMap<SocketAddr, Arc<str>>,
     /// What each Service / EndpointSlice put in `service_addrs`, to take it out again.
-    contributions: HashMap<(&'static str, String, String), Vec<SocketAddr>>,
+    contributions: HashMap<ObjectKey, Vec<SocketAddr>>,
 }
 
 /// What this node's pods, their owners and the cluster's Services say, indexed for the lookups
@@ -260,7 +263,7 @@ impl Indexes {
         }
     }
 
-    fn remove_contribution(&mut self, key: &(&'static str, String, String)) {
+    fn remove_contribution(&mut self, key: &ObjectKey) {
         if let Some(addrs) = self.contributions.remove(key) {
             for a in addrs {
                 self.service_addrs.remove(&a);
@@ -268,12 +271,7 @@ impl Indexes {
         }
     }
 
-    fn add_contribution(
-        &mut self,
-        key: (&'static str, String, String),
-        addrs: Vec<SocketAddr>,
-        name: Arc<str>,
-    ) {
+    fn add_contribution(&mut self, key: ObjectKey, addrs: Vec<SocketAddr>, name: Arc<str>) {
         self.remove_contribution(&key);
         for a in &addrs {
             self.service_addrs.insert(*a, name.clone());
