@@ -41,8 +41,14 @@ impl Sink for Collect {
 }
 
 /// Live capture of `port` through the agent's pipeline with identity on; returns the server-side
-/// exchanges of `pid` once `n` of them are there.
-fn server_exchanges(cap: &Capture, port: u16, pid: u32, n: usize) -> Vec<(Arc<Workload>, String)> {
+/// exchanges of `pid` once `n` of them are there, and the names the collector lists the
+/// inventory's services under (their wire form's display names).
+fn server_exchanges(
+    cap: &Capture,
+    port: u16,
+    pid: u32,
+    n: usize,
+) -> (Vec<(Arc<Workload>, String)>, Vec<String>) {
     let cfg = AgentConfig {
         capture: CaptureConfig {
             ports: vec![port],
@@ -62,7 +68,17 @@ fn server_exchanges(cap: &Capture, port: u16, pid: u32, n: usize) -> Vec<(Arc<Wo
             .filter(|(e, _)| e.conn.role == Role::Server && e.conn.process.pid == pid)
             .filter_map(|(e, s)| Some((e.conn.process.workload.clone()?, s)))
             .collect();
-        (mine.len() >= n).then_some(mine)
+        let listed = analyzer
+            .inventory()
+            .endpoints()
+            .map(|r| {
+                sonde_agent::export::endpoint_key(r)
+                    .service
+                    .unwrap_or_default()
+                    .display_name()
+            })
+            .collect();
+        (mine.len() >= n).then_some((mine, listed))
     })
 }
 
@@ -181,7 +197,12 @@ fn podman_container_server_is_attributed_to_its_container_id_and_name() {
     for i in 0..3 {
         curl_ok(&format!("http://127.0.0.1:{port}/?i={i}"));
     }
-    let seen = server_exchanges(&cap, port, pid, 3);
+    let (seen, listed) = server_exchanges(&cap, port, pid, 3);
+    assert_eq!(
+        listed,
+        vec![format!("podman/{name}:{port}")],
+        "as `sonde endpoints` lists it"
+    );
     let _ = cap.stop();
     drop(container);
 
@@ -256,7 +277,12 @@ fn process_in_a_systemd_service_cgroup_is_attributed_to_its_unit() {
     for _ in 0..2 {
         curl_ok(&format!("http://127.0.0.1:{port}/hello.txt"));
     }
-    let seen = server_exchanges(&cap, port, pid, 2);
+    let (seen, listed) = server_exchanges(&cap, port, pid, 2);
+    assert_eq!(
+        listed,
+        vec![format!("{unit}:{port}")],
+        "as `sonde endpoints` lists it"
+    );
     let _ = cap.stop();
     let _ = server.kill();
     let _ = server.wait();
