@@ -156,4 +156,20 @@ mod tests {
         assert_eq!(c.capture.tcp_strategy, TcpStrategyChoice::FdTracking);
         assert!(toml::from_str::<AgentConfig>("[capture]\nchunk = 1\n").is_err());
     }
+
+    #[test]
+    fn identity_section_parses_and_defaults_to_on_with_kubernetes_auto() {
+        let c: AgentConfig = toml::from_str("").expect("empty");
+        assert!(c.identity.enabled);
+        assert_eq!(c.identity.kubernetes, sonde_identity::KubernetesMode::Auto);
+        let c: AgentConfig = toml::from_str(
+            "[identity]\nkubernetes = \"off\"\nhost_root = \"/host\"\nnode_name = \"node-a\"\n",
+        )
+        .expect("parses");
+        assert_eq!(c.identity.kubernetes, sonde_identity::KubernetesMode::Off);
+        assert!(!c.identity.kubernetes_enabled());
+        assert_eq!(c.identity.host_root, std::path::PathBuf::from("/host"));
+        assert_eq!(c.identity.node_name().as_deref(), Some("node-a"));
+        assert!(toml::from_str::<AgentConfig>("[identity]\nkube = true\n").is_err());
+    }
 }

@@ -137,6 +137,11 @@ impl Analyzer {
         } else {
             None
         };
+        tracing::info!(
+            kubernetes = kube.is_some(),
+            host_root = %cfg.host_root.display(),
+            "workload identity on"
+        );
         self.identity = Some(Identity {
             resolver: Resolver::new(cfg, kube),
             conns: HashMap::new(),

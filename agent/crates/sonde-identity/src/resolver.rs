@@ -150,7 +150,16 @@ impl Resolver {
             _ => self.executable(pid),
         };
         let cg = self.cgroup(pid, cgroup_id);
-        let workload = self.build(&cg, executable.clone());
+        let mut workload = self.build(&cg, executable.clone());
+        // Unchanged by the new metadata (another pod churned): keep the same Arc, so the
+        // pipeline's per-connection copies stay valid.
+        if let (Some(new), Some(old)) = (
+            &workload,
+            self.processes.get(&pid).and_then(|p| p.workload.as_ref()),
+        ) && new == old
+        {
+            workload = Some(old.clone());
+        }
         self.stats.processes_resolved += 1;
         self.stats.evictions += self.processes.insert(
             pid,

@@ -90,6 +90,12 @@ fn kubernetes_container_without_api_server_is_named_by_its_pod_then_by_its_workl
     assert_eq!(pod.node, "node-a");
     assert_eq!(pod.labels.get("app").map(String::as_str), Some("api"));
     assert_eq!(r.stats().cgroups_resolved, 1, "the cgroup was read once");
+    // Another pod's event changes nothing for this process: the same identity comes back.
+    let mut other: Pod = serde_json::from_str(&text).expect("pod fixture");
+    other.metadata.uid = Some("11111111-2222-4333-8444-555555555555".into());
+    other.status = None;
+    Reflector::<Pod>::default().apply(&index, Event::Apply(other));
+    assert!(Arc::ptr_eq(&late, &r.resolve(PID, 77).expect("resolved")));
 }
 
 #[test]
