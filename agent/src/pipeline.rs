@@ -148,6 +148,25 @@ impl Analyzer {
         });
     }
 
+    /// What the identity stage cannot see now, as (kind, detail): the Kubernetes API not
+    /// answering (pods are then named from cgroups and runtime files only).
+    pub fn identity_blind_spots(&self) -> Vec<(String, String)> {
+        let Some(k) = self.identity.as_ref().and_then(|i| i.resolver.kube()) else {
+            return Vec::new();
+        };
+        match k.state() {
+            sonde_identity::KubeState::Connecting | sonde_identity::KubeState::Degraded => vec![(
+                "identity.kubernetes_unreachable".into(),
+                format!(
+                    "Kubernetes API {:?} ({} errors): workloads, labels and Services fill in when it answers",
+                    k.state(),
+                    k.stats().errors
+                ),
+            )],
+            _ => Vec::new(),
+        }
+    }
+
     /// Counters of the identity stage (resolver and Kubernetes watch), when enabled.
     pub fn identity_stats(&self) -> Option<serde_json::Value> {
         let id = self.identity.as_ref()?;
@@ -356,4 +375,127 @@ pub fn now_unix_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use bytes::Bytes;
+    use sonde_inventory::CallInfo;
+    use sonde_model::{ConnOpen, DataChunk, Direction, ProcessInfo, Source};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Vec<(Exchange, String)>);
+
+    impl Sink for Collect {
+        fn exchange(&mut self, ex: &Exchange, call: &CallInfo) {
+            self.0.push((ex.clone(), call.service.to_string()));
+        }
+        fn anomalies(&mut self, _: Vec<Anomaly>) {}
+    }
+
+    /// One served call, as the kernel would report it for this very process (its pid and its
+    /// real cgroup id), so the resolver reads the real /proc and cgroupfs.
+    fn served_call(fd: i32) -> Vec<CaptureEvent> {
+        let root =
+            sonde_identity::resolver::cgroup2_mount(std::path::Path::new("/proc/self/mountinfo"))
+                .expect("cgroup2");
+        let text = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup");
+        let path = sonde_identity::cgroup::proc_cgroup_path(&text).expect("path");
+        let cgroup_id = std::fs::metadata(root.join(path.trim_start_matches('/')))
+            .expect("dir")
+            .ino();
+        let conn = ConnId {
+            tgid: std::process::id(),
+            fd,
+            generation: 1,
+        };
+        let req = Bytes::from_static(b"GET /users/7 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n");
+        let resp = Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let chunk = |direction, data: Bytes, ts_ns| {
+            CaptureEvent::Data(DataChunk {
+                conn,
+                direction,
+                source: Source::Syscall,
+                offset: 0,
+                len: data.len() as u64,
+                data,
+                ts_ns,
+                tid: conn.tgid,
+            })
+        };
+        vec![
+            CaptureEvent::Open(ConnOpen {
+                conn,
+                ts_ns: 1,
+                role: Role::Server,
+                process: ProcessInfo {
+                    pid: conn.tgid,
+                    comm: "api".into(),
+                    cgroup_id,
+                    workload: None,
+                },
+                local: Some("127.0.0.1:8080".parse().expect("addr")),
+                remote: Some("127.0.0.1:50000".parse().expect("addr")),
+            }),
+            chunk(Direction::Ingress, req, 2),
+            chunk(Direction::Egress, resp, 3),
+        ]
+    }
+
+    /// Kubernetes asked for, and no API server anywhere (no in-cluster environment, no
+    /// kubeconfig): the pipeline goes on attributing by cgroup and executable, and says what it
+    /// cannot see.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_an_api_server_exchanges_are_still_identified_and_the_blind_spot_is_reported() {
+        let mut cfg = AgentConfig::default();
+        cfg.identity.kubernetes = sonde_identity::KubernetesMode::On;
+        let mut analyzer = Analyzer::new(&cfg).expect("analyzer");
+        analyzer.enable_identity(&cfg.identity);
+        let mut sink = Collect::default();
+        analyzer.on_events(served_call(5), &mut sink);
+        analyzer.flush(&mut sink);
+        assert_eq!(sink.0.len(), 1);
+        let (ex, service) = &sink.0[0];
+        let w = ex.conn.process.workload.as_ref().expect("identified");
+        let exe = std::env::current_exe().expect("exe");
+        assert_eq!(w.executable.as_deref(), exe.to_str());
+        let exe_name = exe.file_name().and_then(|n| n.to_str()).expect("name");
+        // Keyed by the executable and port: the address in the Host header is dropped.
+        assert_eq!(service, &format!("-@127.0.0.1:8080{{{exe_name}}}"));
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while analyzer
+            .identity_stats()
+            .and_then(|v| v["kubernetes"]["errors"].as_u64())
+            .unwrap_or(0)
+            == 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the failed connection is counted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let spots = analyzer.identity_blind_spots();
+        assert_eq!(spots.len(), 1);
+        assert_eq!(spots[0].0, "identity.kubernetes_unreachable");
+    }
+
+    /// Recordings and pcaps never get identities: their pids are another host's (or another
+    /// time's).
+    #[test]
+    fn without_enable_identity_nothing_is_resolved() {
+        let cfg = AgentConfig::default();
+        let mut analyzer = Analyzer::new(&cfg).expect("analyzer");
+        let mut sink = Collect::default();
+        analyzer.on_events(served_call(6), &mut sink);
+        analyzer.flush(&mut sink);
+        assert_eq!(sink.0.len(), 1);
+        assert!(sink.0[0].0.conn.process.workload.is_none());
+        assert!(analyzer.identity_stats().is_none());
+    }
 }

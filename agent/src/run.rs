@@ -485,8 +485,14 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
                     counters.insert(format!("reader.{name}"), v);
                 }
             }
-            let _ =
-                tokio::task::block_in_place(|| rt.block_on(handle.heartbeat(counters, Vec::new())));
+            let blind_spots = analyzer
+                .identity_blind_spots()
+                .into_iter()
+                .map(|(kind, detail)| sonde_proto::v1::BlindSpot { kind, detail })
+                .collect();
+            let _ = tokio::task::block_in_place(|| {
+                rt.block_on(handle.heartbeat(counters, blind_spots))
+            });
         },
     )
     .await?;
