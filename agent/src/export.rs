@@ -693,4 +693,53 @@ mod tests {
         let bytes = summary(&h, 1).expect("summary");
         assert_eq!(bytes.max, 1_000_000);
     }
+
+    #[test]
+    fn a_pod_served_endpoint_carries_its_workload_and_is_named_by_it() {
+        let mut w = sonde_model::Workload {
+            runtime: Some(sonde_model::ContainerRuntime::CriO),
+            container_id: Some("ab".repeat(32)),
+            container_name: Some("api".into()),
+            pod: Some(sonde_model::PodIdentity {
+                uid: "0b7c5a2e-1d3f-4e5a-9b8c-7d6e5f4a3b2c".into(),
+                name: "api-0".into(),
+                namespace: "shop".into(),
+                node: "node-a".into(),
+                workload_kind: "StatefulSet".into(),
+                workload_name: "api".into(),
+                labels: [("app".to_string(), "api".to_string())]
+                    .into_iter()
+                    .collect(),
+            }),
+            executable: Some("/usr/bin/api".into()),
+            ..Default::default()
+        };
+        w.name = w.derive_name();
+        let mut ex = exchange("GET", "/users/42");
+        let mut meta = (*ex.conn).clone();
+        meta.process.workload = Some(Arc::new(w));
+        ex.conn = Arc::new(meta);
+        let mut inv = Inventory::new(InventoryConfig::default());
+        inv.observe(&ex, NOW_NS);
+        let rec = inv.endpoints().next().expect("endpoint");
+        let key = endpoint_key(rec);
+        let service = key.service.clone().expect("service");
+        let wire = service.workload.clone().expect("workload on the wire");
+        assert_eq!(wire.name, "statefulset/shop/api");
+        assert_eq!(wire.container_runtime, "cri-o");
+        assert_eq!(wire.owner_kind, "StatefulSet");
+        assert_eq!(wire.pod_name, "api-0");
+        assert_eq!(wire.node, "node-a");
+        assert_eq!(wire.labels.get("app").map(String::as_str), Some("api"));
+        assert_eq!(wire.executable, "/usr/bin/api");
+        assert_eq!(
+            service.authority, "",
+            "Host headers do not split a pod's service"
+        );
+        assert_eq!(service.display_name(), "statefulset/shop/api:8080");
+        assert_eq!(
+            key.display_name(),
+            "statefulset/shop/api:8080 GET /users/{int}"
+        );
+    }
 }
