@@ -102,6 +102,10 @@ pub struct Resolver {
     cgroup_root: Option<PathBuf>,
     host_root: PathBuf,
     kube: Option<Arc<KubeIndex>>,
+    /// The id of the v2 hierarchy's root cgroup. Processes there share it, and on a hybrid host
+    /// their real placement is in the v1 `name=systemd` tree: such ids are resolved per process,
+    /// never cached per cgroup.
+    root_id: Option<u64>,
     cgroups: Bounded<u64, CgroupEntry>,
     processes: Bounded<u32, ProcessEntry>,
     stats: ResolverStats,
@@ -113,7 +117,12 @@ impl Resolver {
             .cgroup_root
             .clone()
             .or_else(|| cgroup2_mount(Path::new("/proc/self/mountinfo")));
+        let root_id = cgroup_root
+            .as_ref()
+            .and_then(|r| std::fs::metadata(r).ok())
+            .map(|m| m.ino());
         Resolver {
+            root_id,
             proc_root: cfg.proc_root.clone(),
             cgroup_root,
             host_root: cfg.host_root.clone(),
@@ -181,7 +190,9 @@ impl Resolver {
     }
 
     fn cgroup(&mut self, pid: u32, cgroup_id: u64) -> CgroupEntry {
-        if let Some(e) = self.cgroups.get(&cgroup_id)
+        let shared_root = Some(cgroup_id) == self.root_id;
+        if !shared_root
+            && let Some(e) = self.cgroups.get(&cgroup_id)
             && e.retry_at.is_none_or(|t| Instant::now() < t)
         {
             return e.clone();
@@ -214,7 +225,9 @@ impl Resolver {
                 }
             }
         };
-        self.stats.evictions += self.cgroups.insert(cgroup_id, entry.clone());
+        if !shared_root {
+            self.stats.evictions += self.cgroups.insert(cgroup_id, entry.clone());
+        }
         entry
     }
 

@@ -141,3 +141,43 @@ fn the_cache_is_bounded() {
     );
     assert!(r.stats().evictions >= 2 * 42);
 }
+
+/// A hybrid host where the runtime placed its containers in the v1 hierarchies only: every
+/// process shares the v2 root cgroup id, so that id must not carry one process's identity to
+/// the others.
+#[test]
+fn processes_sharing_the_v2_root_on_a_hybrid_host_are_told_apart_by_their_v1_paths() {
+    use std::os::unix::fs::MetadataExt;
+    let tree = tempfile::tempdir().expect("tempdir");
+    let cgroupfs = tree.path().join("cgroupfs");
+    std::fs::create_dir_all(&cgroupfs).expect("mkdir");
+    let root_id = std::fs::metadata(&cgroupfs).expect("root").ino();
+    write(
+        tree.path(),
+        "proc/10/cgroup",
+        &format!("5:memory:/docker/{ID}\n1:name=systemd:/docker/{ID}\n0::/\n"),
+    );
+    write(
+        tree.path(),
+        "proc/11/cgroup",
+        "1:name=systemd:/system.slice/nginx.service\n0::/\n",
+    );
+    write(tree.path(), "proc/12/cgroup", "1:name=systemd:/\n0::/\n");
+    let cfg = IdentityConfig {
+        cgroup_root: Some(cgroupfs),
+        ..config(tree.path())
+    };
+    let mut r = Resolver::new(&cfg, None);
+    let docker = r.resolve(10, root_id).expect("docker");
+    assert_eq!(docker.runtime, Some(ContainerRuntime::Docker));
+    assert_eq!(docker.container_id.as_deref(), Some(ID));
+    let nginx = r.resolve(11, root_id).expect("nginx");
+    assert_eq!(nginx.systemd_unit.as_deref(), Some("nginx.service"));
+    assert_eq!(nginx.container_id, None);
+    // A process in no unit and no container at all: only its executable could name it, and
+    // this one has none.
+    assert!(
+        r.resolve(12, root_id)
+            .is_none_or(|w| w.container_id.is_none() && w.systemd_unit.is_none())
+    );
+}
