@@ -197,9 +197,14 @@ impl Resolver {
         {
             return e.clone();
         }
-        let path = self
-            .path_from_proc(pid, cgroup_id)
-            .or_else(|| self.path_by_walk(cgroup_id));
+        let path = self.path_from_proc(pid, cgroup_id).or_else(|| {
+            if shared_root {
+                // The process is gone; the root is all its id says.
+                Some("/".to_owned())
+            } else {
+                self.path_by_walk(cgroup_id)
+            }
+        });
         let entry = match path {
             Some(path) => {
                 self.stats.cgroups_resolved += 1;
