@@ -216,3 +216,31 @@ impl ConnMeta {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Recordings made before workloads existed hold a three-field process.
+    #[test]
+    fn a_process_recorded_without_workload_still_reads() {
+        let old = rmp_serde::to_vec(&(7u32, "nginx", 42u64)).expect("encode");
+        let p: ProcessInfo = rmp_serde::from_slice(&old).expect("decode");
+        assert_eq!((p.pid, p.comm.as_str(), p.cgroup_id), (7, "nginx", 42));
+        assert_eq!(p.workload, None);
+        let mut w = Workload {
+            runtime: Some(ContainerRuntime::Docker),
+            container_id: Some("f".repeat(64)),
+            ..Workload::default()
+        };
+        w.name = w.derive_name();
+        assert_eq!(w.name, "docker/ffffffffffff", "short id without a name");
+        let p = ProcessInfo {
+            workload: Some(Arc::new(w)),
+            ..p
+        };
+        let back: ProcessInfo =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&p).expect("encode")).expect("decode");
+        assert_eq!(back, p);
+    }
+}
