@@ -2,7 +2,7 @@
 //! defaults are documented where they are defined), loaded from a TOML file and overridden by
 //! command-line flags.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,11 @@ pub struct AgentConfig {
     /// Where the behavioural baseline survives restarts (rmp-serde). Default: `run` keeps it in
     /// its state directory; the other commands start fresh.
     pub baseline_file: Option<std::path::PathBuf>,
+    /// TLS posture rules: minimum version, scope of the plaintext-HTTP rule (sonde-tls's
+    /// defaults: TLS 1.2, servers not on loopback).
+    pub posture: sonde_tls::PostureConfig,
+    /// When a TLS connection without plaintext counts as blind (default after 5 s).
+    pub blind_spots: crate::blind::BlindSpotConfig,
     pub export: ExportConfig,
     /// Workload identity of live processes: containers, Kubernetes pods and workloads, systemd
     /// units, executables (sonde-identity's defaults: on; Kubernetes when in a pod).
@@ -48,6 +53,43 @@ pub struct ExportConfig {
     pub max_spool_bytes: u64,
     /// How often changed endpoints are sent. Default 2 s.
     pub interval_ms: u64,
+    /// TLS towards an `https://` collector (`[export.tls]`). Default: none (plaintext `http://`).
+    pub tls: Option<ExportTlsConfig>,
+}
+
+/// PEM files for TLS towards the collector, e.g. mounted from a Kubernetes Secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportTlsConfig {
+    /// CA that signed the collector's certificate.
+    pub ca_cert: PathBuf,
+    /// Client certificate and key, for a collector that requires mTLS on ingest. Both or none.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Name to verify in the collector's certificate when it differs from the URL's host.
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+impl ExportTlsConfig {
+    /// Reads the PEM files the exporter needs.
+    pub fn load(&self) -> anyhow::Result<sonde_export::ExportTls> {
+        let read = |p: &Path| {
+            std::fs::read(p).with_context(|| format!("reading TLS file {}", p.display()))
+        };
+        let client_identity_pem = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            (None, None) => None,
+            _ => anyhow::bail!("[export.tls] needs both client_cert and client_key, or neither"),
+        };
+        Ok(sonde_export::ExportTls {
+            ca_cert_pem: read(&self.ca_cert)?,
+            client_identity_pem,
+            domain: self.domain.clone(),
+        })
+    }
 }
 
 impl Default for ExportConfig {
@@ -59,6 +101,7 @@ impl Default for ExportConfig {
             spool_dir: "/var/lib/sonde/spool".into(),
             max_spool_bytes: 64 * 1024 * 1024,
             interval_ms: 2000,
+            tls: None,
         }
     }
 }
@@ -72,6 +115,52 @@ impl AgentConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+
+    /// Everything `run` would refuse or skip, checked without touching the kernel: every declared
+    /// spec loads, the TLS files read, the collector URL names a scheme the exporter speaks.
+    /// Returns a one-line summary for the operator.
+    pub fn check(&self) -> anyhow::Result<String> {
+        sonde_protocol::Tracker::new(self.protocol.clone())
+            .map_err(|e| anyhow::anyhow!("[protocol]: {e}"))?;
+        let mut inventory = sonde_inventory::Inventory::new(self.inventory.clone());
+        let errors = inventory.load_specs(self.specs.iter().map(|s| {
+            (
+                s.path.clone(),
+                sonde_inventory::SpecScope {
+                    authority: s.authority.clone(),
+                    port: s.port,
+                    process: s.process.clone(),
+                },
+            )
+        }));
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            anyhow::bail!("declared specs not loaded: {}", list.join("; "));
+        }
+        let url = &self.export.collector_url;
+        let https = url.starts_with("https://");
+        anyhow::ensure!(
+            https || url.starts_with("http://"),
+            "[export] collector_url {url:?} is neither http:// nor https://"
+        );
+        if let Some(tls) = &self.export.tls {
+            anyhow::ensure!(
+                https,
+                "[export.tls] is set but collector_url {url:?} is not https://"
+            );
+            tls.load()?;
+        }
+        Ok(format!(
+            "config OK: {} declared spec(s), collector {url}{}, spool {}",
+            self.specs.len(),
+            match &self.export.tls {
+                Some(t) if t.client_cert.is_some() => " (mTLS)",
+                Some(_) => " (TLS)",
+                None => "",
+            },
+            self.export.spool_dir.display()
+        ))
     }
 }
 
@@ -171,5 +260,58 @@ mod tests {
         assert_eq!(c.identity.host_root, std::path::PathBuf::from("/host"));
         assert_eq!(c.identity.node_name().as_deref(), Some("node-a"));
         assert!(toml::from_str::<AgentConfig>("[identity]\nkube = true\n").is_err());
+    }
+
+    #[test]
+    fn posture_and_blind_spot_sections_parse_as_the_readme_shows() {
+        let c: AgentConfig = toml::from_str(
+            "[posture]\nmin_version = 0x0304\nplaintext_http = \"all\"\nplaintext_allowed_ports = [9100]\n[blind_spots]\ngrace_ms = 1000\n",
+        )
+        .expect("parses");
+        assert_eq!(c.posture.min_version, 0x0304);
+        assert_eq!(c.posture.plaintext_http, sonde_tls::PlaintextScope::All);
+        assert_eq!(c.posture.plaintext_allowed_ports, vec![9100]);
+        assert_eq!(c.blind_spots.grace_ms, 1000);
+        let d = AgentConfig::default();
+        assert_eq!(d.posture.min_version, 0x0303);
+        assert_eq!(
+            d.posture.plaintext_http,
+            sonde_tls::PlaintextScope::NonLoopback
+        );
+        assert!(toml::from_str::<AgentConfig>("[posture]\nscope = 1\n").is_err());
+    }
+
+    #[test]
+    fn check_refuses_tls_over_http_and_half_a_client_identity() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("sonde-config-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let ca = dir.join("ca.crt");
+        std::fs::write(&ca, "not checked here: tonic parses it at connect")?;
+        let parse = |text: String| toml::from_str::<AgentConfig>(&text);
+        let tls = format!("[export.tls]\nca_cert = {:?}\n", ca.display().to_string());
+        let over_http = parse(format!(
+            "[export]\ncollector_url = \"http://c:7419\"\n{tls}"
+        ))?;
+        assert!(over_http.check().is_err());
+        let ok = parse(format!(
+            "[export]\ncollector_url = \"https://c:7419\"\n{tls}"
+        ))?;
+        assert!(ok.check()?.contains("(TLS)"));
+        let half = parse(format!(
+            "[export]\ncollector_url = \"https://c:7419\"\n{tls}client_cert = {:?}\n",
+            ca.display().to_string()
+        ))?;
+        let err = half.check().expect_err("client_cert without client_key");
+        assert!(format!("{err:#}").contains("both client_cert and client_key"));
+        let missing = parse(
+            "[export]\ncollector_url = \"https://c:7419\"\n[export.tls]\nca_cert = \"/nonexistent/ca.crt\"\n"
+                .to_string(),
+        )?;
+        assert!(
+            format!("{:#}", missing.check().expect_err("missing CA"))
+                .contains("/nonexistent/ca.crt")
+        );
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
     }
 }

@@ -54,9 +54,19 @@ pub fn endpoint_update(rec: &EndpointRecord) -> v1::EndpointUpdate {
         request_bytes: summary(&rec.request_bytes, 1),
         response_bytes: summary(&rec.response_bytes, 1),
         callers: callers(&rec.callers),
-        // The record does not know whether the connection was TLS.
-        served_over_tls: false,
+        served_over_tls: rec.tls_calls > 0,
+        tls_version: tls_field(rec, |t| t.version.as_deref()),
+        tls_cipher: tls_field(rec, |t| t.cipher.as_deref()),
+        alpn: tls_field(rec, |t| t.alpn.as_deref()),
+        sni: tls_field(rec, |t| t.sni.as_deref()),
     }
+}
+
+fn tls_field(
+    rec: &EndpointRecord,
+    f: impl Fn(&sonde_inventory::EndpointTls) -> Option<&str>,
+) -> String {
+    rec.tls.as_ref().and_then(f).unwrap_or_default().to_string()
 }
 
 /// Service, method, path template and protocol of a record.

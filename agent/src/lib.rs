@@ -5,9 +5,11 @@
 //! stages (crates `sonde-stream`, `sonde-protocol`, `sonde-inventory`, `sonde-export`) consume
 //! them.
 
+pub mod blind;
 pub mod capture;
 pub mod config;
 pub mod display;
 pub mod export;
 pub mod pipeline;
 pub mod record;
+pub mod tls;

@@ -104,6 +104,10 @@ struct RunArgs {
     /// Directory for the spool and the embedded collector's database.
     #[arg(long, env = "SONDE_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Check the configuration (specs load, TLS files read) and exit, without loading eBPF:
+    /// for deployment pipelines and `ExecStartPre=`.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[derive(clap::Args)]
@@ -190,6 +194,10 @@ async fn main() -> anyhow::Result<()> {
                     .spool_dir
                     .parent()
                     .map(|d| d.join("baseline.sonde"));
+            }
+            if args.check_config {
+                println!("{}", config.check()?);
+                return Ok(());
             }
             run::run(config, args.source).await
         }

@@ -15,6 +15,7 @@ use sonde_protocol::Tracker;
 
 use crate::capture::procfs;
 use crate::config::AgentConfig;
+use crate::tls::TlsStage;
 
 /// What the pipeline produced from one batch of events.
 pub trait Sink {
@@ -36,6 +37,10 @@ pub struct PipelineStats {
 /// Protocol tracking and inventory for one stream of capture events.
 pub struct Analyzer {
     tracker: Tracker,
+    /// Ciphertext away from the HTTP parsers; handshake posture; blind spots.
+    tls: TlsStage,
+    /// Posture findings waiting for the next drain.
+    tls_findings: Vec<Anomaly>,
     inventory: Inventory,
     detectors: Detectors,
     /// Where the behavioural baseline is saved (and was restored from).
@@ -98,6 +103,8 @@ impl Analyzer {
         };
         Ok(Analyzer {
             tracker,
+            tls: TlsStage::new(cfg.posture.clone(), cfg.blind_spots.clone()),
+            tls_findings: Vec::new(),
             inventory,
             detectors,
             baseline_file,
@@ -191,6 +198,14 @@ impl Analyzer {
         &self.tracker
     }
 
+    pub fn tls(&self) -> &TlsStage {
+        &self.tls
+    }
+
+    pub fn tls_mut(&mut self) -> &mut TlsStage {
+        &mut self.tls
+    }
+
     pub fn stats(&self) -> &PipelineStats {
         &self.stats
     }
@@ -212,25 +227,32 @@ impl Analyzer {
     pub fn on_events(&mut self, batch: Vec<CaptureEvent>, sink: &mut dyn Sink) {
         self.stats.events += batch.len() as u64;
         for ev in batch {
-            self.tracker.on_event(ev, &mut self.exchanges);
+            if self.tls.route(&ev, &mut self.tls_findings) {
+                self.tracker.on_event(ev, &mut self.exchanges);
+            }
         }
         self.drain(sink);
+        self.tls.end_batch();
     }
 
     /// Timeouts (requests whose response never came, idle connections).
     pub fn tick(&mut self, now_unix_ns: u64, sink: &mut dyn Sink) {
         self.tracker.tick(now_unix_ns, &mut self.exchanges);
         self.drain(sink);
+        self.tls.tick(now_unix_ns);
     }
 
     /// End of input: every pending request is emitted.
     pub fn flush(&mut self, sink: &mut dyn Sink) {
         self.tracker.flush(&mut self.exchanges);
         self.drain(sink);
+        self.tls.flush();
+        self.tls.end_batch();
     }
 
     fn drain(&mut self, sink: &mut dyn Sink) {
         let mut exchanges = std::mem::take(&mut self.exchanges);
+        let mut events = std::mem::take(&mut self.tls_findings);
         for mut ex in exchanges.drain(..) {
             if let Some(id) = &mut self.identity {
                 id.identify(&mut ex);
@@ -246,11 +268,17 @@ impl Analyzer {
                 .map(|r| r.ts_end_ns)
                 .unwrap_or(ex.request.ts_end_ns);
             let call = self.inventory.observe(&ex, now);
+            match self.tls.exchange_tls(&ex) {
+                (true, facts) => self.inventory.note_tls(call.endpoint_id, facts.as_ref()),
+                (false, _) => self
+                    .tls
+                    .plaintext_exchange(&ex, &call.endpoint, &mut events),
+            }
             self.detectors.observe(&ex, &call, now);
             sink.exchange(&ex, &call);
         }
         self.exchanges = exchanges;
-        let mut events = self.inventory.drain_events();
+        events.extend(self.inventory.drain_events());
         events.extend(self.detectors.drain());
         if !events.is_empty() {
             self.name_endpoints_as_on_the_wire(&mut events);

@@ -259,7 +259,19 @@ pub async fn observe(
         "{} events, {} exchanges ({} duplicate client-side views of local calls folded)",
         s.events, s.exchanges, s.duplicate_client_views
     );
+    print_tls_status(&mut analyzer);
     Ok(())
+}
+
+/// The TLS status: how much TLS was seen, what the agent cannot read and why.
+fn print_tls_status(analyzer: &mut Analyzer) {
+    let c = analyzer.tls().counters();
+    if c.tls_connections == 0 {
+        return;
+    }
+    for line in analyzer.tls_mut().blind_spots().lines() {
+        eprintln!("{line}");
+    }
 }
 
 struct CollectSink {
@@ -283,6 +295,7 @@ pub async fn inventory(config: AgentConfig, args: SourceArgs, json: bool) -> any
         anomalies: Vec::new(),
     };
     drive(source, &mut analyzer, &mut sink, args.duration, |_| {}).await?;
+    print_tls_status(&mut analyzer);
     let inv = analyzer.inventory();
     let mut out = std::io::BufWriter::new(std::io::stdout());
     if json {
@@ -420,6 +433,12 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
         export.spool_dir.clone(),
     );
     ecfg.max_spool_bytes = export.max_spool_bytes;
+    ecfg.tls = export
+        .tls
+        .as_ref()
+        .map(|t| t.load())
+        .transpose()
+        .context("[export.tls]")?;
     let exporter = sonde_export::Exporter::start(ecfg).context("starting the exporter")?;
     let handle = exporter.handle();
     let rt = tokio::runtime::Handle::current();
@@ -431,6 +450,7 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
     let interval = Duration::from_millis(export.interval_ms.max(100));
     let mut last_export = std::time::Instant::now();
     let mut last_save = std::time::Instant::now();
+    let mut last_blind_spots = 0usize;
     let live_counters = source.live.as_ref().map(|l| {
         let counters = l.counters_reader();
         (move || counters.read(), l.reader_stats())
@@ -477,6 +497,31 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
             if let Some(identity) = analyzer.identity_stats() {
                 flatten_counters("identity", &identity, &mut counters);
             }
+            flatten_counters(
+                "tls_stage",
+                &serde_json::to_value(analyzer.tls().counters()).unwrap_or_default(),
+                &mut counters,
+            );
+            flatten_counters(
+                "posture",
+                &serde_json::to_value(analyzer.tls().posture_counters()).unwrap_or_default(),
+                &mut counters,
+            );
+            let identity_spots = analyzer.identity_blind_spots();
+            let report = analyzer.tls_mut().blind_spots();
+            report.counters(&mut counters);
+            let mut blind_spots = report.blind_spots();
+            blind_spots.extend(
+                identity_spots
+                    .into_iter()
+                    .map(|(kind, detail)| sonde_proto::v1::BlindSpot { kind, detail }),
+            );
+            if blind_spots.len() != last_blind_spots {
+                last_blind_spots = blind_spots.len();
+                for line in report.lines() {
+                    tracing::info!("{line}");
+                }
+            }
             if let Some((kernel, reader)) = &live_counters {
                 for (name, v) in kernel().values {
                     counters.insert(format!("kernel.{name}"), v);
@@ -485,17 +530,13 @@ pub async fn run(config: AgentConfig, args: SourceArgs) -> anyhow::Result<()> {
                     counters.insert(format!("reader.{name}"), v);
                 }
             }
-            let blind_spots = analyzer
-                .identity_blind_spots()
-                .into_iter()
-                .map(|(kind, detail)| sonde_proto::v1::BlindSpot { kind, detail })
-                .collect();
             let _ = tokio::task::block_in_place(|| {
                 rt.block_on(handle.heartbeat(counters, blind_spots))
             });
         },
     )
     .await?;
+    print_tls_status(&mut analyzer);
     analyzer.save_baseline();
     let _ = handle.flush().await;
     exporter.shutdown(Duration::from_secs(5)).await;

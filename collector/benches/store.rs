@@ -1,8 +1,13 @@
-//! Collector benchmark: ingest throughput over gRPC, then query latency over gRPC on a store
-//! holding 100,000 endpoints and 1,000,000 anomalies (bulk-loaded through the same commit path).
+//! Collector benchmark, SQLite and PostgreSQL in one run: 50 simulated agents ingest 100,000
+//! endpoints and 1,000,000 anomalies over gRPC (the real commit path, durable settings), then
+//! query latency over gRPC and the database's size on disk.
 //!
-//! `cargo bench -p sonde-collector --bench store`; `SONDE_BENCH_SCALE=0.1` shrinks the store.
+//! `cargo bench -p sonde-collector --bench store`; `SONDE_BENCH_SCALE=0.1` shrinks the store;
+//! `SONDE_BENCH_STORES=postgres` runs one store only; `SONDE_BENCH_REPLICAS=2` adds a run with
+//! the agents spread over that many collectors sharing the database. PostgreSQL is a private server started
+//! for the run with the distribution's default settings (fsync on), as the tests do.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -111,6 +116,13 @@ fn anomaly(i: u64, endpoints: u64) -> Anomaly {
     }
 }
 
+#[path = "../tests/support/postgres.rs"]
+#[allow(dead_code)]
+mod postgres_server;
+
+/// Simulated agents; each owns an equal share of the endpoints and anomalies.
+const AGENTS: u64 = 50;
+
 struct Session {
     tx: mpsc::Sender<AgentMessage>,
     rx: tonic::Streaming<CollectorMessage>,
@@ -118,7 +130,9 @@ struct Session {
 
 impl Session {
     async fn open(url: &str, agent: &str) -> anyhow::Result<Session> {
-        let mut client = IngestClient::connect(url.to_string()).await?;
+        let mut client = IngestClient::connect(url.to_string())
+            .await?
+            .max_encoding_message_size(64 << 20);
         let (tx, out) = mpsc::channel(64);
         let hello = Hello {
             agent_id: agent.into(),
@@ -134,7 +148,7 @@ impl Session {
         Ok(Session { tx, rx })
     }
 
-    /// Sends every batch with up to 8 in flight, waits for the last ack.
+    /// Sends every batch with up to 4 in flight, waits for the last ack.
     async fn ingest(&mut self, batches: Vec<Batch>) -> anyhow::Result<()> {
         let last = batches.last().map(|b| b.seq).unwrap_or(0);
         let mut in_flight = 0;
@@ -145,12 +159,14 @@ impl Session {
                 })
                 .await?;
             in_flight += 1;
-            if in_flight >= 8 {
+            if in_flight >= 4 {
                 self.next_ack().await?;
                 in_flight -= 1;
             }
         }
-        while self.next_ack().await? < last {}
+        while in_flight > 0 && self.next_ack().await? < last {
+            in_flight -= 1;
+        }
         Ok(())
     }
 
@@ -167,7 +183,18 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted.get(index).copied().unwrap_or_default()
 }
 
-async fn latency<F, Fut>(name: &str, iterations: usize, mut call: F) -> anyhow::Result<()>
+/// One line of the summary table.
+struct Measure {
+    name: String,
+    value: String,
+}
+
+async fn latency<F, Fut>(
+    results: &mut Vec<Measure>,
+    name: &str,
+    iterations: usize,
+    mut call: F,
+) -> anyhow::Result<()>
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<usize>>,
@@ -180,128 +207,150 @@ where
         samples.push(start.elapsed());
     }
     samples.sort();
-    println!(
-        "query {name:<40} p50 {:>8.2} ms  p99 {:>8.2} ms  ({rows} rows)",
+    let (p50, p99) = (
         percentile(&samples, 0.5).as_secs_f64() * 1e3,
-        percentile(&samples, 0.99).as_secs_f64() * 1e3
+        percentile(&samples, 0.99).as_secs_f64() * 1e3,
     );
+    println!("  query {name:<40} p50 {p50:>8.2} ms  p99 {p99:>8.2} ms  ({rows} rows)");
+    results.push(Measure {
+        name: format!("{name} p50 / p99 (ms)"),
+        value: format!("{p50:.2} / {p99:.2}"),
+    });
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    if std::env::args().any(|a| a == "--list") {
-        return Ok(());
+/// Runs `batches_of(agent)` for every agent concurrently, one session each, agents spread over
+/// the collectors at `urls`; returns seconds.
+async fn ingest_all(
+    urls: &[String],
+    batches_of: impl Fn(u64) -> Vec<Batch>,
+) -> anyhow::Result<f64> {
+    let mut sessions = Vec::new();
+    for agent in 0..AGENTS {
+        let url = &urls[agent as usize % urls.len()];
+        sessions.push((
+            Session::open(url, &format!("agent-{agent}")).await?,
+            batches_of(agent),
+        ));
     }
-    let scale: f64 = std::env::var("SONDE_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    let endpoints = (100_000.0 * scale) as u64;
-    let anomalies = (1_000_000.0 * scale) as u64;
-    let dir = tempfile::tempdir()?;
-    let collector = sonde_collector::spawn(CollectorConfig {
-        listen: "127.0.0.1:0".parse()?,
-        database: dir.path().join("bench.db"),
-        ..CollectorConfig::default()
+    let start = Instant::now();
+    let tasks: Vec<_> = sessions
+        .into_iter()
+        .map(|(mut session, batches)| tokio::spawn(async move { session.ingest(batches).await }))
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Agent `agent`'s items among `0..total` (every AGENTS-th), in batches of `size`, numbered
+/// from `first_seq`.
+fn shares(agent: u64, total: u64, size: u64) -> Vec<Vec<u64>> {
+    let mine: Vec<u64> = (agent..total).step_by(AGENTS as usize).collect();
+    mine.chunks(size as usize).map(<[u64]>::to_vec).collect()
+}
+
+async fn run_store(
+    label: &str,
+    database: PathBuf,
+    replicas: usize,
+    endpoints: u64,
+    anomalies: u64,
+) -> anyhow::Result<Vec<Measure>> {
+    let mut results = Vec::new();
+    let mut collectors = Vec::new();
+    for _ in 0..replicas {
+        collectors.push(
+            sonde_collector::spawn(CollectorConfig {
+                listen: "127.0.0.1:0".parse()?,
+                database: database.clone(),
+                max_message_bytes: 64 << 20,
+                ..CollectorConfig::default()
+            })
+            .await?,
+        );
+    }
+    let urls: Vec<String> = collectors.iter().map(|c| c.url(false)).collect();
+    let collector = &collectors[0];
+    let url = collector.url(false);
+    println!(
+        "{label}: {endpoints} endpoints, {anomalies} anomalies from {AGENTS} agents over {replicas} collector(s); durable commits"
+    );
+
+    // 1. Ingest over gRPC, all agents at once.
+    let secs = ingest_all(&urls, |agent| {
+        shares(agent, endpoints, 500)
+            .into_iter()
+            .enumerate()
+            .map(|(n, ids)| Batch {
+                seq: n as u64 + 1,
+                endpoint_updates: ids.into_iter().map(endpoint).collect(),
+                ..Batch::default()
+            })
+            .collect()
     })
     .await?;
-    let url = collector.url(false);
-    println!("store: {endpoints} endpoints, {anomalies} anomalies; synchronous=FULL; 2-core VM");
-
-    // 1. Ingest over gRPC.
-    let mut session = Session::open(&url, "bench-agent").await?;
-    let grpc_endpoints = 20_000u64.min(endpoints);
-    let batches: Vec<Batch> = (0..grpc_endpoints / 500)
-        .map(|b| Batch {
-            seq: b + 1,
-            endpoint_updates: (b * 500..(b + 1) * 500).map(endpoint).collect(),
-            ..Batch::default()
-        })
-        .collect();
-    let start = Instant::now();
-    session.ingest(batches).await?;
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "ingest gRPC endpoint updates (new, batches of 500): {:>9.0} /s",
-        grpc_endpoints as f64 / secs
-    );
-    let batches: Vec<Batch> = (0..grpc_endpoints / 500)
-        .map(|b| Batch {
-            seq: 1_000 + b,
-            endpoint_updates: (b * 500..(b + 1) * 500).map(endpoint).collect(),
-            ..Batch::default()
-        })
-        .collect();
-    let start = Instant::now();
-    session.ingest(batches).await?;
-    println!(
-        "ingest gRPC endpoint updates (existing, batches of 500): {:>9.0} /s",
-        grpc_endpoints as f64 / start.elapsed().as_secs_f64()
-    );
-    let grpc_anomalies = 100_000u64.min(anomalies);
-    let batches: Vec<Batch> = (0..grpc_anomalies / 1000)
-        .map(|b| Batch {
-            seq: 2_000 + b,
-            anomalies: (b * 1000..(b + 1) * 1000)
-                .map(|i| anomaly(i, endpoints))
-                .collect(),
-            ..Batch::default()
-        })
-        .collect();
-    let start = Instant::now();
-    session.ingest(batches).await?;
-    println!(
-        "ingest gRPC anomalies (new keys, batches of 1000): {:>9.0} /s",
-        grpc_anomalies as f64 / start.elapsed().as_secs_f64()
-    );
-
-    // 2. Bulk-load the rest through the store's commit path, 5,000 items per transaction.
-    let store = collector.store.clone();
-    let start = Instant::now();
-    let load = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut seq = 10_000;
-        let mut next = grpc_endpoints;
-        while next < endpoints {
-            let end = (next + 5_000).min(endpoints);
-            seq += 1;
-            store.ingest_batch(
-                "bench-agent",
-                &Batch {
-                    seq,
-                    endpoint_updates: (next..end).map(endpoint).collect(),
-                    ..Batch::default()
-                },
-            )?;
-            next = end;
-        }
-        let mut next = grpc_anomalies;
-        while next < anomalies {
-            let end = (next + 5_000).min(anomalies);
-            seq += 1;
-            store.ingest_batch(
-                "bench-agent",
-                &Batch {
-                    seq,
-                    anomalies: (next..end).map(|i| anomaly(i, endpoints)).collect(),
-                    ..Batch::default()
-                },
-            )?;
-            next = end;
-        }
-        Ok(())
+    let rate = endpoints as f64 / secs;
+    println!("  ingest endpoint updates (new, batches of 500): {rate:>9.0} /s ({secs:.1} s)");
+    results.push(Measure {
+        name: "ingest endpoint updates, new (/s)".into(),
+        value: format!("{rate:.0}"),
     });
-    load.await??;
-    let loaded = (endpoints - grpc_endpoints) + (anomalies - grpc_anomalies);
-    println!(
-        "bulk load via store (5000/txn): {loaded} items in {:.1} s = {:.0} items/s",
-        start.elapsed().as_secs_f64(),
-        loaded as f64 / start.elapsed().as_secs_f64()
+    let secs = ingest_all(&urls, |agent| {
+        shares(agent, endpoints, 500)
+            .into_iter()
+            .enumerate()
+            .map(|(n, ids)| Batch {
+                seq: 1_000 + n as u64,
+                endpoint_updates: ids.into_iter().map(endpoint).collect(),
+                ..Batch::default()
+            })
+            .collect()
+    })
+    .await?;
+    let rate = endpoints as f64 / secs;
+    println!("  ingest endpoint updates (existing, batches of 500): {rate:>9.0} /s ({secs:.1} s)");
+    results.push(Measure {
+        name: "ingest endpoint updates, existing (/s)".into(),
+        value: format!("{rate:.0}"),
+    });
+    let secs = ingest_all(&urls, |agent| {
+        shares(agent, anomalies, 1000)
+            .into_iter()
+            .enumerate()
+            .map(|(n, ids)| Batch {
+                seq: 10_000 + n as u64,
+                anomalies: ids.into_iter().map(|i| anomaly(i, endpoints)).collect(),
+                ..Batch::default()
+            })
+            .collect()
+    })
+    .await?;
+    let rate = anomalies as f64 / secs;
+    println!("  ingest anomalies (new keys, batches of 1000): {rate:>9.0} /s ({secs:.1} s)");
+    results.push(Measure {
+        name: "ingest anomalies, new keys (/s)".into(),
+        value: format!("{rate:.0}"),
+    });
+    let store = collector.store.clone();
+    let (e, a, bytes) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let (e, a) = store.counts()?;
+        Ok((e, a, store.size_on_disk()?))
+    })
+    .await??;
+    anyhow::ensure!(
+        (e, a) == (endpoints, anomalies),
+        "store holds {e} endpoints, {a} anomalies"
     );
-    let (e, a) = collector.store.counts()?;
-    println!("store now holds {e} endpoints, {a} anomalies");
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    println!("  database size on disk: {mib:.0} MiB");
+    results.push(Measure {
+        name: "database size on disk (MiB)".into(),
+        value: format!("{mib:.0}"),
+    });
 
-    // 3. Query latency over gRPC.
+    // 2. Query latency over gRPC.
     let query = QueryClient::connect(url.clone())
         .await?
         .max_decoding_message_size(64 << 20);
@@ -318,7 +367,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|e| e.id)
         .collect();
     let q = || query.clone();
-    latency("ListEndpoints page 100", 200, |_| {
+    latency(&mut results, "ListEndpoints page 100", 200, |_| {
         let mut c = q();
         async move {
             Ok(c.list_endpoints(ListEndpointsRequest::default())
@@ -329,7 +378,7 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await?;
-    latency("ListEndpoints service filter", 200, |i| {
+    latency(&mut results, "ListEndpoints service filter", 200, |i| {
         let mut c = q();
         async move {
             Ok(c.list_endpoints(ListEndpointsRequest {
@@ -343,22 +392,27 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await?;
-    latency("ListEndpoints shadow+unauthenticated", 100, |_| {
-        let mut c = q();
-        async move {
-            Ok(c.list_endpoints(ListEndpointsRequest {
-                classification: Some(2),
-                unauthenticated: true,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .endpoints
-            .len())
-        }
-    })
+    latency(
+        &mut results,
+        "ListEndpoints shadow+unauthenticated",
+        100,
+        |_| {
+            let mut c = q();
+            async move {
+                Ok(c.list_endpoints(ListEndpointsRequest {
+                    classification: Some(2),
+                    unauthenticated: true,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .endpoints
+                .len())
+            }
+        },
+    )
     .await?;
-    latency("ListEndpoints sensitive=email", 100, |_| {
+    latency(&mut results, "ListEndpoints sensitive=email", 100, |_| {
         let mut c = q();
         async move {
             Ok(c.list_endpoints(ListEndpointsRequest {
@@ -372,11 +426,11 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await?;
-    latency("ListEndpoints host filter", 100, |_| {
+    latency(&mut results, "ListEndpoints host filter", 100, |_| {
         let mut c = q();
         async move {
             Ok(c.list_endpoints(ListEndpointsRequest {
-                host: "bench-agent-host".into(),
+                host: "agent-7-host".into(),
                 ..Default::default()
             })
             .await?
@@ -386,19 +440,24 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await?;
-    latency("GetEndpoint (with recent anomalies)", 200, |i| {
-        let mut c = q();
-        let id = ids.get(i % ids.len().max(1)).cloned().unwrap_or_default();
-        async move {
-            Ok(c.get_endpoint(GetEndpointRequest { id })
-                .await?
-                .into_inner()
-                .recent_anomalies
-                .len())
-        }
-    })
+    latency(
+        &mut results,
+        "GetEndpoint (with recent anomalies)",
+        200,
+        |i| {
+            let mut c = q();
+            let id = ids.get(i % ids.len().max(1)).cloned().unwrap_or_default();
+            async move {
+                Ok(c.get_endpoint(GetEndpointRequest { id })
+                    .await?
+                    .into_inner()
+                    .recent_anomalies
+                    .len())
+            }
+        },
+    )
     .await?;
-    latency("ListAnomalies page 100", 200, |_| {
+    latency(&mut results, "ListAnomalies page 100", 200, |_| {
         let mut c = q();
         async move {
             Ok(c.list_anomalies(ListAnomaliesRequest::default())
@@ -409,7 +468,7 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await?;
-    latency("ListAnomalies kind filter", 100, |_| {
+    latency(&mut results, "ListAnomalies kind filter", 100, |_| {
         let mut c = q();
         async move {
             Ok(c.list_anomalies(ListAnomaliesRequest {
@@ -423,12 +482,13 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await?;
-    latency("ListAnomalies time range", 100, |_| {
+    let (since, until) = (1_000_000 + anomalies * 4 / 10, 1_000_000 + anomalies / 2);
+    latency(&mut results, "ListAnomalies time range", 100, |_| {
         let mut c = q();
         async move {
             Ok(c.list_anomalies(ListAnomaliesRequest {
-                since_unix_ns: 1_000_000 + 400_000,
-                until_unix_ns: 1_000_000 + 500_000,
+                since_unix_ns: since,
+                until_unix_ns: until,
                 ..Default::default()
             })
             .await?
@@ -438,20 +498,117 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await?;
-    latency("ListAnomalies page 50 deep (token)", 100, |_| {
-        let mut c = q();
-        async move {
-            Ok(c.list_anomalies(ListAnomaliesRequest {
-                page_token: "1500000:500000".into(),
-                page_size: 50,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .anomalies
-            .len())
-        }
-    })
+    // A page token half way down (last_seen:anomaly_id), as `--follow`-less paging reaches it.
+    let token = format!("{}:{}", 1_000_000 + anomalies / 2, anomalies / 2);
+    latency(
+        &mut results,
+        "ListAnomalies page 50 deep (token)",
+        100,
+        |_| {
+            let mut c = q();
+            let token = token.clone();
+            async move {
+                Ok(c.list_anomalies(ListAnomaliesRequest {
+                    page_token: token,
+                    page_size: 50,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .anomalies
+                .len())
+            }
+        },
+    )
     .await?;
-    collector.stop().await
+    for collector in collectors {
+        collector.stop().await?;
+    }
+    Ok(results)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let scale: f64 = std::env::var("SONDE_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let stores = std::env::var("SONDE_BENCH_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
+    let endpoints = (100_000.0 * scale) as u64;
+    let anomalies = (1_000_000.0 * scale) as u64;
+    println!("collector store benchmark, scale {scale}; 2-core VM shared with other work");
+    let mut columns: Vec<(String, Vec<Measure>)> = Vec::new();
+    if stores.contains("sqlite") {
+        let dir = tempfile::tempdir()?;
+        let results = run_store(
+            "SQLite",
+            dir.path().join("bench.db"),
+            1,
+            endpoints,
+            anomalies,
+        )
+        .await?;
+        columns.push(("SQLite".into(), results));
+    }
+    if stores.contains("postgres") {
+        let server =
+            tokio::task::spawn_blocking(|| postgres_server::PgServer::start(true)).await??;
+        let server = std::sync::Arc::new(server);
+        let replicas: usize = std::env::var("SONDE_BENCH_REPLICAS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
+        let mut outcome = Ok(());
+        let mut counts = vec![1];
+        if replicas > 1 {
+            counts.push(replicas);
+        }
+        for count in counts {
+            let on = server.clone();
+            let url = tokio::task::spawn_blocking(move || {
+                on.create_database(&format!("sonde_bench_{count}"))
+            })
+            .await?;
+            let label = if count == 1 {
+                "PostgreSQL".to_string()
+            } else {
+                format!("PostgreSQL, {count} collectors")
+            };
+            match url {
+                Ok(url) => match run_store(&label, url.into(), count, endpoints, anomalies).await {
+                    Ok(results) => columns.push((label, results)),
+                    Err(error) => outcome = Err(error),
+                },
+                Err(error) => outcome = Err(error),
+            }
+            if outcome.is_err() {
+                break;
+            }
+        }
+        tokio::task::spawn_blocking(move || server.stop()).await?;
+        outcome?;
+    }
+    // A markdown table of both runs, for the README.
+    println!(
+        "\n| {endpoints} endpoints, {anomalies} anomalies, {AGENTS} agents | {} |",
+        columns
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---|{}", "---|".repeat(columns.len()));
+    if let Some((_, first)) = columns.first() {
+        for (row, measure) in first.iter().enumerate() {
+            let values: Vec<&str> = columns
+                .iter()
+                .map(|(_, m)| m.get(row).map_or("", |m| m.value.as_str()))
+                .collect();
+            println!("| {} | {} |", measure.name, values.join(" | "));
+        }
+    }
+    Ok(())
 }

@@ -3,7 +3,8 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:7419"          # default; port 0 picks a free port
-//! database = "sonde-collector.db"    # default, relative to the working directory
+//! database = "sonde-collector.db"    # default, relative to the working directory; or a
+//!                                    # PostgreSQL URL: "postgres://sonde@db.internal/sonde"
 //! max_message_bytes = 4194304        # default 4 MiB, per gRPC message, both directions
 //! max_batch_items = 20000            # default; larger batches are refused with an Error
 //! shutdown_grace_secs = 10           # default; open streams get this long to finish
@@ -35,7 +36,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7419";
 pub struct CollectorConfig {
     /// Address of the gRPC server (ingest, query, health, reflection). Default 127.0.0.1:7419.
     pub listen: SocketAddr,
-    /// SQLite database file. Default `sonde-collector.db`.
+    /// The store: a SQLite database file, or a PostgreSQL URL (a value starting with
+    /// `postgres://` or `postgresql://`, see `store::Location`), which several collectors can
+    /// share. Default `sonde-collector.db`.
     pub database: PathBuf,
     /// Largest gRPC message accepted or sent. Default 4 MiB.
     pub max_message_bytes: usize,
@@ -43,7 +46,8 @@ pub struct CollectorConfig {
     pub max_batch_items: usize,
     /// Time open streams get to finish on shutdown before they are cut. Default 10 s.
     pub shutdown_grace_secs: u64,
-    /// `PRAGMA synchronous = FULL` (true, default) or `NORMAL`.
+    /// `PRAGMA synchronous = FULL` (true, default) or `NORMAL`; with PostgreSQL,
+    /// `synchronous_commit` on (true) or off.
     pub synchronous_full: bool,
     /// Row caps bounding the database against floods of unique endpoints or anomaly keys; past
     /// them existing rows still update, new ones are refused and counted per agent
@@ -133,6 +137,22 @@ mod tests {
         assert_eq!(config.database, PathBuf::from("sonde-collector.db"));
         assert_eq!(config.max_message_bytes, 4 * 1024 * 1024);
         assert!(config.tls.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgres() -> anyhow::Result<()> {
+        use crate::store::Location;
+        let config: CollectorConfig =
+            toml::from_str("database = \"postgresql://sonde@db.internal/sonde\"\n")?;
+        assert_eq!(
+            Location::parse(&config.database),
+            Location::Postgres("postgresql://sonde@db.internal/sonde".into())
+        );
+        assert_eq!(
+            Location::parse(&CollectorConfig::default().database),
+            Location::Sqlite("sonde-collector.db".into())
+        );
         Ok(())
     }
 

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use crate::auth::BearerAuth;
 use crate::config::CollectorConfig;
 use crate::openapi;
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{Location, Store, StoreError, StoreOptions};
 
 /// An agent that sends nothing this long after opening its stream is cut off.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -86,6 +86,10 @@ async fn blocking<T: Send + 'static>(
         Ok(Err(StoreError::UnknownAgent(agent))) => Err(Status::failed_precondition(format!(
             "agent {agent:?} has not said hello"
         ))),
+        Ok(Err(error)) if error.is_unavailable() => {
+            tracing::error!(%error, "store unavailable");
+            Err(Status::unavailable(format!("store unavailable: {error}")))
+        }
         Ok(Err(error)) => {
             tracing::error!(%error, "store operation failed");
             Err(Status::internal(format!("store error: {error}")))
@@ -483,7 +487,12 @@ pub async fn bind(config: CollectorConfig) -> anyhow::Result<BoundCollector> {
     let store = tokio::task::spawn_blocking(move || Store::open(&path, &options))
         .await
         .context("store open task failed")?
-        .with_context(|| format!("opening the store at {}", config.database.display()))?;
+        .with_context(|| {
+            format!(
+                "opening the store at {}",
+                Location::parse(&config.database).redacted()
+            )
+        })?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the collector listener on {}", config.listen))?;
@@ -518,6 +527,13 @@ impl BoundCollector {
         let token = config.query.resolve_token()?;
         let require_client_cert = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         let (anomalies, _) = broadcast::channel(WATCH_BUFFER);
+        // Anomalies other collectors commit to a shared database reach this one's watchers too.
+        let relay = anomalies.clone();
+        let _feed = store
+            .follow_other_collectors(move |anomaly| {
+                let _ = relay.send(anomaly);
+            })
+            .context("starting the anomaly feed")?;
         let shared = Arc::new(Shared {
             store,
             connected: Mutex::new(HashMap::new()),
@@ -576,7 +592,7 @@ impl BoundCollector {
             tls = config.tls.is_some(),
             mtls = require_client_cert,
             query_token = token.is_some(),
-            database = %config.database.display(),
+            database = %Location::parse(&config.database).redacted(),
             "collector serving"
         );
         // Without TCP_NODELAY small replies wait on delayed ACKs (~40 ms per query on loopback).

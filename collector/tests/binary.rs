@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+mod support;
+
 use anyhow::Context;
 use sonde_proto::v1::ListAgentsRequest;
 use sonde_proto::v1::query_client::QueryClient;
@@ -29,17 +31,23 @@ async fn wait_until_serving(url: &str) -> anyhow::Result<tonic::transport::Chann
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn config_file_env_and_flags_then_graceful_sigterm() -> anyhow::Result<()> {
+/// With PostgreSQL the file's `database` is a `postgres://` URL.
+async fn config_file_env_and_flags_then_graceful_sigterm(
+    backend: support::Backend,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let file_port = free_port()?;
     let env_port = free_port()?;
     let config = dir.path().join("collector.toml");
+    let database = match backend {
+        support::Backend::Sqlite => dir.path().join("file.db"),
+        support::Backend::Postgres => support::database(backend, &dir).await?,
+    };
     std::fs::write(
         &config,
         format!(
             "listen = \"127.0.0.1:{file_port}\"\ndatabase = \"{}\"\n[query]\ntoken = \"from-file\"\n",
-            dir.path().join("file.db").display()
+            database.display()
         ),
     )?;
     // The environment overrides the file's listen address; the flag overrides its token.
@@ -63,9 +71,14 @@ async fn config_file_env_and_flags_then_graceful_sigterm() -> anyhow::Result<()>
         .list_agents(ListAgentsRequest {})
         .await
         .context("the flag's token must be accepted")?;
-    assert!(
-        dir.path().join("file.db").exists(),
-        "the file's database path must be used"
+    // The file's database was used: the collector created its schema there.
+    let migrated = support::blocking(move || {
+        support::count(&database, "SELECT COUNT(*) FROM schema_migrations", &[])
+    })
+    .await?;
+    assert_eq!(
+        migrated,
+        i64::from(sonde_collector::store::migrations::latest_version())
     );
 
     let pid = child.id().context("child pid")?;
@@ -120,4 +133,9 @@ async fn an_unknown_config_key_is_refused() -> anyhow::Result<()> {
         "{stderr}"
     );
     Ok(())
+}
+
+for_each_store! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    config_file_env_and_flags_then_graceful_sigterm,
 }

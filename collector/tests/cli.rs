@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use sonde_proto::v1::{Batch, Classification, SchemaField};
-use support::{Fixture, Session, anomaly, endpoint, hello};
+use support::{Backend, Fixture, Session, anomaly, endpoint, hello};
 use tokio::io::AsyncBufReadExt;
 
 async fn sonde(args: &[&str]) -> anyhow::Result<Output> {
@@ -36,8 +36,8 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-async fn populated() -> anyhow::Result<(Fixture, Session)> {
-    let fx = Fixture::start().await?;
+async fn populated(backend: Backend) -> anyhow::Result<(Fixture, Session)> {
+    let fx = Fixture::start(backend).await?;
     let mut session = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
     let mut users = endpoint("api.local", "GET", "/users/{id}", 7);
     users.response_schema = vec![SchemaField {
@@ -53,14 +53,14 @@ async fn populated() -> anyhow::Result<(Fixture, Session)> {
         endpoint_updates: vec![users, managed],
         anomalies: vec![recent, old],
         sealed_at_unix_ns: 0,
+        agent_run: 0,
     };
     session.batch_acked(batch).await?;
     Ok((fx, session))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tables_json_and_filters() -> anyhow::Result<()> {
-    let (fx, _session) = populated().await?;
+async fn tables_json_and_filters(backend: Backend) -> anyhow::Result<()> {
+    let (fx, _session) = populated(backend).await?;
     let url = fx.url();
 
     let all = sonde(&["--collector", &url, "endpoints"]).await?;
@@ -148,9 +148,8 @@ async fn tables_json_and_filters() -> anyhow::Result<()> {
     fx.collector.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_prints_new_anomalies() -> anyhow::Result<()> {
-    let (fx, mut session) = populated().await?;
+async fn follow_prints_new_anomalies(backend: Backend) -> anyhow::Result<()> {
+    let (fx, mut session) = populated(backend).await?;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sonde"))
         .args([
             "--collector",
@@ -187,8 +186,7 @@ async fn follow_prints_new_anomalies() -> anyhow::Result<()> {
     fx.collector.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exit_codes_say_what_is_wrong() -> anyhow::Result<()> {
+async fn exit_codes_say_what_is_wrong(backend: Backend) -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -201,7 +199,7 @@ async fn exit_codes_say_what_is_wrong() -> anyhow::Result<()> {
         stderr(&unreachable)
     );
 
-    let fx = Fixture::start_with(|c| c.query.token = Some("t0ken".into())).await?;
+    let fx = Fixture::start_with(backend, |c| c.query.token = Some("t0ken".into())).await?;
     let url = fx.url();
     let no_token = sonde(&["--collector", &url, "agents"]).await?;
     assert_eq!(no_token.status.code(), Some(4));
@@ -235,13 +233,62 @@ async fn exit_codes_say_what_is_wrong() -> anyhow::Result<()> {
     fx.collector.stop().await
 }
 
+async fn agents_show_blind_spots_and_the_unreadable_tls_share(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let (fx, session) = populated(backend).await?;
+    let counters = [
+        ("tls.connections", 8),
+        ("tls.blind_connections", 2),
+        ("tls.blind_connections_permille", 250),
+        ("tls.bytes", 40_000),
+        ("tls.blind_bytes", 10_000),
+        ("tls.blind_bytes_permille", 250),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    session
+        .send(sonde_proto::v1::agent_message::Body::Heartbeat(
+            sonde_proto::v1::Heartbeat {
+                counters,
+                blind_spots: vec![sonde_proto::v1::BlindSpot {
+                    kind: "tls.java_jsse".into(),
+                    detail: "pid 42 java (/usr/bin/java): 2 TLS connection(s)".into(),
+                }],
+                sent_at_unix_ns: now_ns(),
+            },
+        ))
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = sonde(&["--collector", &fx.url(), "agents"]).await?;
+        let text = stdout(&out);
+        if text.contains("blind spot tls.java_jsse: pid 42 java") {
+            assert!(
+                text.contains(
+                    "TLS unreadable: 2 of 8 connections (25.0%), 10000 of 40000 bytes (25.0%)"
+                ),
+                "{text}"
+            );
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "heartbeat never shown: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fx.collector.stop().await
+}
+
 /// An endpoint served by a Kubernetes workload is listed under the workload's name, merged across
 /// agents (two pods, two nodes), and `sonde endpoint` prints the workload's identity.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpoints_of_a_workload_are_listed_under_its_name_with_its_identity() -> anyhow::Result<()>
-{
+async fn endpoints_of_a_workload_are_listed_under_its_name_with_its_identity(
+    backend: Backend,
+) -> anyhow::Result<()> {
     use sonde_proto::v1::Workload;
-    let fx = Fixture::start().await?;
+    let fx = Fixture::start(backend).await?;
     let url = fx.url();
     for (agent, host, pod, ip) in [
         ("agent-a", "node-a", "api-7d9c5b6f4-x2k8p", "10.244.1.17"),
@@ -278,6 +325,7 @@ async fn endpoints_of_a_workload_are_listed_under_its_name_with_its_identity() -
                 endpoint_updates: vec![update],
                 anomalies: vec![],
                 sealed_at_unix_ns: 0,
+                ..Batch::default()
             })
             .await?;
     }
@@ -308,5 +356,14 @@ async fn endpoints_of_a_workload_are_listed_under_its_name_with_its_identity() -
         assert!(line.contains(part), "{part} in {line}");
     }
     assert!(text.contains("labels: app=api"), "{text}");
-    Ok(())
+    fx.collector.stop().await
+}
+
+for_each_store! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    tables_json_and_filters,
+    follow_prints_new_anomalies,
+    exit_codes_say_what_is_wrong,
+    agents_show_blind_spots_and_the_unreadable_tls_share,
+    endpoints_of_a_workload_are_listed_under_its_name_with_its_identity,
 }

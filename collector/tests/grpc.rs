@@ -14,7 +14,7 @@ use sonde_proto::v1::{
     ListAnomaliesRequest, ListEndpointsRequest, SensitiveField, Severity, WatchAnomaliesRequest,
     agent_message, collector_message,
 };
-use support::{Fixture, Session, anomaly, endpoint, hello};
+use support::{Backend, Fixture, Session, anomaly, endpoint, hello};
 use tonic::Code;
 
 fn batch(
@@ -27,12 +27,12 @@ fn batch(
         endpoint_updates: updates,
         anomalies,
         sealed_at_unix_ns: 0,
+        agent_run: 0,
     }
 }
 
-#[tokio::test]
-async fn ingest_then_query_round_trip() -> anyhow::Result<()> {
-    let fx = Fixture::start().await?;
+async fn ingest_then_query_round_trip(backend: Backend) -> anyhow::Result<()> {
+    let fx = Fixture::start(backend).await?;
     let mut session = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
     assert_eq!(session.committed, 0);
     let mut users = endpoint("api.local", "GET", "/users/{id}", 7);
@@ -195,9 +195,8 @@ async fn ingest_then_query_round_trip() -> anyhow::Result<()> {
     fx.collector.stop().await
 }
 
-#[tokio::test]
-async fn filters_and_paging() -> anyhow::Result<()> {
-    let fx = Fixture::start().await?;
+async fn filters_and_paging(backend: Backend) -> anyhow::Result<()> {
+    let fx = Fixture::start(backend).await?;
     let mut session = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
     let mut updates = Vec::new();
     for i in 0..250u64 {
@@ -392,9 +391,8 @@ async fn filters_and_paging() -> anyhow::Result<()> {
     fx.collector.stop().await
 }
 
-#[tokio::test]
-async fn reingested_batches_change_nothing() -> anyhow::Result<()> {
-    let fx = Fixture::start().await?;
+async fn reingested_batches_change_nothing(backend: Backend) -> anyhow::Result<()> {
+    let fx = Fixture::start(backend).await?;
     let mut session = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
     assert_eq!(
         session
@@ -464,9 +462,8 @@ async fn reingested_batches_change_nothing() -> anyhow::Result<()> {
     fx.collector.stop().await
 }
 
-#[tokio::test]
-async fn the_same_endpoint_from_two_agents_is_merged() -> anyhow::Result<()> {
-    let fx = Fixture::start().await?;
+async fn the_same_endpoint_from_two_agents_is_merged(backend: Backend) -> anyhow::Result<()> {
+    let fx = Fixture::start(backend).await?;
     let mut a = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
     let mut b = Session::open(&fx.url(), hello("agent-b", "host-b")).await?;
     let mut from_a = endpoint("shop", "GET", "/cart", 5);
@@ -582,9 +579,8 @@ async fn the_same_endpoint_from_two_agents_is_merged() -> anyhow::Result<()> {
     fx.collector.stop().await
 }
 
-#[tokio::test]
-async fn watchers_see_committed_anomalies() -> anyhow::Result<()> {
-    let fx = Fixture::start().await?;
+async fn watchers_see_committed_anomalies(backend: Backend) -> anyhow::Result<()> {
+    let fx = Fixture::start(backend).await?;
     let mut query = fx.query().await?;
     let mut watch = query
         .watch_anomalies(WatchAnomaliesRequest {
@@ -610,9 +606,8 @@ async fn watchers_see_committed_anomalies() -> anyhow::Result<()> {
     fx.collector.stop().await
 }
 
-#[tokio::test]
-async fn query_token_is_enforced() -> anyhow::Result<()> {
-    let fx = Fixture::start_with(|c| c.query.token = Some("letmein".into())).await?;
+async fn query_token_is_enforced(backend: Backend) -> anyhow::Result<()> {
+    let fx = Fixture::start_with(backend, |c| c.query.token = Some("letmein".into())).await?;
     let mut open = fx.query().await?;
     let refused = open.list_endpoints(ListEndpointsRequest::default()).await;
     assert_eq!(
@@ -671,8 +666,7 @@ fn pki() -> anyhow::Result<Pki> {
     })
 }
 
-#[tokio::test]
-async fn mtls_ingest_refuses_clients_without_a_certificate() -> anyhow::Result<()> {
+async fn mtls_ingest_refuses_clients_without_a_certificate(backend: Backend) -> anyhow::Result<()> {
     let pki = pki()?;
     let dir = tempfile::tempdir()?;
     let write = |name: &str, text: &str| -> anyhow::Result<std::path::PathBuf> {
@@ -685,7 +679,7 @@ async fn mtls_ingest_refuses_clients_without_a_certificate() -> anyhow::Result<(
         key: write("server.key", &pki.server_key)?,
         client_ca: Some(write("ca.pem", &pki.ca)?),
     };
-    let fx = Fixture::start_with(|c| c.tls = Some(tls)).await?;
+    let fx = Fixture::start_with(backend, |c| c.tls = Some(tls)).await?;
     let url = format!("https://localhost:{}", fx.collector.local_addr.port());
     let tls_base = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&pki.ca))
@@ -746,9 +740,10 @@ async fn mtls_ingest_refuses_clients_without_a_certificate() -> anyhow::Result<(
     fx.collector.stop().await
 }
 
-#[tokio::test]
-async fn malformed_and_oversized_messages_get_errors_not_crashes() -> anyhow::Result<()> {
-    let fx = Fixture::start_with(|c| {
+async fn malformed_and_oversized_messages_get_errors_not_crashes(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let fx = Fixture::start_with(backend, |c| {
         c.max_message_bytes = 64 * 1024;
         c.max_batch_items = 100;
     })
@@ -855,13 +850,12 @@ async fn malformed_and_oversized_messages_get_errors_not_crashes() -> anyhow::Re
     fx.collector.stop().await
 }
 
-#[tokio::test]
-async fn reflection_lists_the_services() -> anyhow::Result<()> {
+async fn reflection_lists_the_services(backend: Backend) -> anyhow::Result<()> {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_request, server_reflection_response,
     };
-    let fx = Fixture::start().await?;
+    let fx = Fixture::start(backend).await?;
     let mut client = ServerReflectionClient::new(
         tonic::transport::Endpoint::from_shared(fx.url())?
             .connect()
@@ -896,31 +890,33 @@ async fn reflection_lists_the_services() -> anyhow::Result<()> {
     fx.collector.stop().await
 }
 
-#[tokio::test]
-async fn an_existing_v1_database_is_migrated() -> anyhow::Result<()> {
+async fn an_existing_v1_database_is_migrated(backend: Backend) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("collector.db");
-    {
-        let store = Store::open_at_version(&path, &Default::default(), 1)?;
+    let path = support::database(backend, &dir).await?;
+    let old = path.clone();
+    support::blocking(move || {
+        let store = Store::open_at_version(&old, &Default::default(), 1)?;
         assert_eq!(store.schema_version()?, 1);
-    }
-    {
+        drop(store);
         // Data written by a v1 collector.
-        let conn = rusqlite::Connection::open(&path)?;
-        conn.execute(
+        support::execute(
+            &old,
             "INSERT INTO agents (agent_id, host, agent_version, kernel, capture_strategy, started_at, first_seen, last_seq, batches_committed)
              VALUES ('old-agent', 'old-host', '0.0.1', '5.15', 'syscalls', 1, 1, 41, 41)",
-            [],
+            &[],
         )?;
-    }
+        Ok(())
+    })
+    .await?;
     let collector = sonde_collector::spawn(sonde_collector::CollectorConfig {
         database: path.clone(),
         listen: "127.0.0.1:0".parse()?,
         ..Default::default()
     })
     .await?;
+    let store = collector.store.clone();
     assert_eq!(
-        collector.store.schema_version()?,
+        support::blocking(move || Ok(store.schema_version()?)).await?,
         sonde_collector::store::migrations::latest_version()
     );
     let url = collector.url(false);
@@ -950,49 +946,71 @@ async fn an_existing_v1_database_is_migrated() -> anyhow::Result<()> {
     );
     collector.stop().await?;
     // Opening again applies nothing new.
-    assert_eq!(
-        Store::open(&path, &Default::default())?.schema_version()?,
-        sonde_collector::store::migrations::latest_version()
-    );
+    let version = support::blocking(move || {
+        let store = Store::open(&path, &Default::default())?;
+        let applied = support::count(&path, "SELECT COUNT(*) FROM schema_migrations", &[])?;
+        Ok((store.schema_version()?, applied))
+    })
+    .await?;
+    let latest = sonde_collector::store::migrations::latest_version();
+    assert_eq!(version, (latest, i64::from(latest)));
     Ok(())
 }
 
-#[tokio::test]
-async fn a_corrupted_database_file_is_a_clear_error() -> anyhow::Result<()> {
+async fn a_corrupted_database_file_is_a_clear_error(backend: Backend) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("collector.db");
-    std::fs::write(&path, vec![0x5a; 8192])?;
+    let (database, expected) = match backend {
+        Backend::Sqlite => {
+            let path = dir.path().join("collector.db");
+            std::fs::write(&path, vec![0x5a; 8192])?;
+            (path, "not a SQLite database or is corrupted")
+        }
+        // Nothing listens there; the password must not appear in the message.
+        Backend::Postgres => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            (
+                format!("postgres://sonde:hunter2@127.0.0.1:{port}/collector").into(),
+                "cannot connect to PostgreSQL at postgres://sonde:***@127.0.0.1",
+            )
+        }
+    };
     let result = sonde_collector::bind(sonde_collector::CollectorConfig {
-        database: path.clone(),
+        database,
         listen: "127.0.0.1:0".parse()?,
         ..Default::default()
     })
     .await;
     let error = format!(
         "{:#}",
-        result.err().context("a garbage file must not open")?
+        result.err().context("a bad database must not open")?
     );
+    assert!(error.contains(expected), "{error}");
     assert!(
-        error.contains("not a SQLite database or is corrupted"),
+        error.contains("collector.db") || error.contains("/collector"),
         "{error}"
     );
-    assert!(error.contains("collector.db"), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
     Ok(())
 }
 
-#[tokio::test]
-async fn a_database_from_a_newer_collector_is_refused() -> anyhow::Result<()> {
+async fn a_database_from_a_newer_collector_is_refused(backend: Backend) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("collector.db");
-    drop(Store::open(&path, &Default::default())?);
-    rusqlite::Connection::open(&path)?.execute(
-        "INSERT INTO schema_migrations (version, description, applied_at) VALUES (99, 'future', 0)",
-        [],
-    )?;
-    let error = Store::open(&path, &Default::default())
-        .err()
-        .context("must refuse")?
-        .to_string();
+    let path = support::database(backend, &dir).await?;
+    let error = support::blocking(move || {
+        drop(Store::open(&path, &Default::default())?);
+        support::execute(
+            &path,
+            "INSERT INTO schema_migrations (version, description, applied_at) VALUES (99, 'future', 0)",
+            &[],
+        )?;
+        Ok(Store::open(&path, &Default::default())
+            .err()
+            .context("must refuse")?
+            .to_string())
+    })
+    .await?;
     assert!(error.contains("newer than this collector"), "{error}");
     Ok(())
 }
@@ -1041,9 +1059,8 @@ impl tonic::codec::Decoder for RawCodec {
     }
 }
 
-#[tokio::test]
-async fn undecodable_bytes_are_answered_with_errors() -> anyhow::Result<()> {
-    let fx = Fixture::start().await?;
+async fn undecodable_bytes_are_answered_with_errors(backend: Backend) -> anyhow::Result<()> {
+    let fx = Fixture::start(backend).await?;
     let channel = tonic::transport::Endpoint::from_shared(fx.url())?
         .connect()
         .await?;
@@ -1085,9 +1102,8 @@ async fn undecodable_bytes_are_answered_with_errors() -> anyhow::Result<()> {
     fx.collector.stop().await
 }
 
-#[tokio::test]
-async fn row_caps_refuse_new_rows_and_count_them() -> anyhow::Result<()> {
-    let fx = Fixture::start_with(|c| {
+async fn row_caps_refuse_new_rows_and_count_them(backend: Backend) -> anyhow::Result<()> {
+    let fx = Fixture::start_with(backend, |c| {
         c.max_endpoints = 5;
         c.max_anomalies = 2;
     })
@@ -1136,18 +1152,295 @@ async fn row_caps_refuse_new_rows_and_count_them() -> anyhow::Result<()> {
     assert_eq!(agents[0].items_refused, 4);
     let db = fx.db_path();
     fx.collector.stop().await?;
-    // The caps hold across a restart (row counts are reloaded from the file).
-    let store = Store::open(
-        &db,
-        &sonde_collector::store::StoreOptions {
-            max_endpoints: 5,
-            ..Default::default()
-        },
-    )?;
-    let outcome = store.ingest_batch(
-        "agent-a",
-        &batch(3, vec![endpoint("s", "GET", "/new", 1)], vec![]),
-    )?;
-    assert_eq!(outcome.refused, 1);
+    // The caps hold across a restart (row counts are kept in the database).
+    let refused = support::blocking(move || {
+        let store = Store::open(
+            &db,
+            &sonde_collector::store::StoreOptions {
+                max_endpoints: 5,
+                ..Default::default()
+            },
+        )?;
+        let outcome = store.ingest_batch(
+            "agent-a",
+            &batch(3, vec![endpoint("s", "GET", "/new", 1)], vec![]),
+        )?;
+        Ok(outcome.refused)
+    })
+    .await?;
+    assert_eq!(refused, 1);
     Ok(())
+}
+
+fn run_batch(
+    seq: u64,
+    agent_run: u64,
+    updates: Vec<sonde_proto::v1::EndpointUpdate>,
+    anomalies: Vec<sonde_proto::v1::Anomaly>,
+) -> Batch {
+    Batch {
+        agent_run,
+        ..batch(seq, updates, anomalies)
+    }
+}
+
+fn hello_run(agent_id: &str, host: &str, started_at: u64) -> sonde_proto::v1::Hello {
+    sonde_proto::v1::Hello {
+        started_at_unix_ns: started_at,
+        ..hello(agent_id, host)
+    }
+}
+
+async fn call_count(query: &mut QueryClient<tonic::transport::Channel>) -> anyhow::Result<u64> {
+    let listed = query
+        .list_endpoints(ListEndpointsRequest::default())
+        .await?
+        .into_inner()
+        .endpoints;
+    anyhow::ensure!(listed.len() == 1, "expected one endpoint, got {listed:?}");
+    Ok(listed[0].call_count)
+}
+
+async fn anomaly_count(query: &mut QueryClient<tonic::transport::Channel>) -> anyhow::Result<u64> {
+    let anomalies = query
+        .list_anomalies(ListAnomaliesRequest::default())
+        .await?
+        .into_inner()
+        .anomalies;
+    anyhow::ensure!(
+        anomalies.len() == 1,
+        "expected one anomaly, got {anomalies:?}"
+    );
+    Ok(anomalies[0].anomaly.as_ref().map_or(0, |a| a.count))
+}
+
+async fn report_rows(db: &std::path::Path, agent_id: &str) -> anyhow::Result<(i64, i64)> {
+    let db = db.to_path_buf();
+    let agent_id = agent_id.to_string();
+    support::blocking(move || {
+        let endpoints = support::count(
+            &db,
+            "SELECT COUNT(*) FROM endpoint_reports WHERE agent_id = ?1",
+            &[agent_id.as_str().into()],
+        )?;
+        let anomalies = support::count(
+            &db,
+            "SELECT COUNT(*) FROM anomaly_reports WHERE agent_id = ?1",
+            &[agent_id.as_str().into()],
+        )?;
+        Ok((endpoints, anomalies))
+    })
+    .await
+}
+
+async fn an_agent_restart_adds_to_its_totals_instead_of_resetting_them(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let fx = Fixture::start(backend).await?;
+    let mut query = fx.query().await?;
+    let ep = |calls| endpoint("s", "GET", "/a", calls);
+    let an = |count, last| anomaly("k", "s GET /a", count, last);
+
+    // First run of the agent: running totals 10 then 15 calls, 2 then 3 anomalies.
+    let mut run1 = Session::open(&fx.url(), hello_run("agent-a", "host-a", 100)).await?;
+    run1.batch_acked(run_batch(10, 100, vec![ep(10)], vec![an(2, 50)]))
+        .await?;
+    run1.batch_acked(run_batch(11, 100, vec![ep(15)], vec![an(3, 60)]))
+        .await?;
+    assert_eq!(
+        (
+            call_count(&mut query).await?,
+            anomaly_count(&mut query).await?
+        ),
+        (15, 3)
+    );
+    drop(run1);
+
+    // The agent restarts: its counts start again from zero and add to its history.
+    let mut run2 = Session::open(&fx.url(), hello_run("agent-a", "host-a", 200)).await?;
+    assert_eq!(run2.committed, 11);
+    run2.batch_acked(run_batch(12, 200, vec![ep(4)], vec![an(1, 70)]))
+        .await?;
+    assert_eq!(
+        (
+            call_count(&mut query).await?,
+            anomaly_count(&mut query).await?
+        ),
+        (19, 4)
+    );
+    run2.batch_acked(run_batch(13, 200, vec![ep(6)], vec![an(2, 80)]))
+        .await?;
+    assert_eq!(
+        (
+            call_count(&mut query).await?,
+            anomaly_count(&mut query).await?
+        ),
+        (21, 5)
+    );
+    // A late report of the first run (already folded into the history) changes nothing.
+    run2.batch_acked(run_batch(14, 100, vec![ep(99)], vec![an(99, 90)]))
+        .await?;
+    assert_eq!(
+        (
+            call_count(&mut query).await?,
+            anomaly_count(&mut query).await?
+        ),
+        (21, 5)
+    );
+    drop(run2);
+
+    // A third run; a second agent merges beside it.
+    let mut run3 = Session::open(&fx.url(), hello_run("agent-a", "host-a", 300)).await?;
+    run3.batch_acked(run_batch(15, 300, vec![ep(1)], vec![an(1, 95)]))
+        .await?;
+    let mut other = Session::open(&fx.url(), hello_run("agent-b", "host-b", 100)).await?;
+    other
+        .batch_acked(run_batch(1, 100, vec![ep(7)], vec![an(2, 96)]))
+        .await?;
+    assert_eq!(
+        (
+            call_count(&mut query).await?,
+            anomaly_count(&mut query).await?
+        ),
+        (29, 8)
+    );
+    // Rows per (endpoint or anomaly, agent) stay bounded: the folded history and the current run.
+    assert_eq!(report_rows(&fx.db_path(), "agent-a").await?, (2, 2));
+
+    // One report per agent in the endpoint view, with that agent's whole history.
+    let id = query
+        .list_endpoints(ListEndpointsRequest::default())
+        .await?
+        .into_inner()
+        .endpoints[0]
+        .id
+        .clone();
+    let detail = query
+        .get_endpoint(GetEndpointRequest { id })
+        .await?
+        .into_inner();
+    let per_agent: Vec<(String, u64)> = detail
+        .reports
+        .iter()
+        .map(|r| {
+            (
+                r.agent_id.clone(),
+                r.update.as_ref().map_or(0, |u| u.call_count),
+            )
+        })
+        .collect();
+    assert_eq!(
+        per_agent,
+        vec![("agent-a".to_string(), 22), ("agent-b".to_string(), 7)]
+    );
+    fx.collector.stop().await
+}
+
+async fn reports_of_a_v3_database_become_the_agents_history(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = support::database(backend, &dir).await?;
+    let update = endpoint("s", "GET", "/a", 10);
+    let old = path.clone();
+    support::blocking(move || {
+        drop(Store::open_at_version(&old, &Default::default(), 3)?);
+        support::execute(
+            &old,
+            "INSERT INTO agents (agent_id, host, agent_version, kernel, capture_strategy, started_at, first_seen, last_seq)
+             VALUES ('agent-a', 'host-a', '0.1.0', '6.12', 'sock-tracepoints', 1, 1, 5)",
+            &[],
+        )?;
+        let key = update.key.clone().unwrap_or_default();
+        let service = key
+            .service
+            .as_ref()
+            .map(|s| s.display_name())
+            .unwrap_or_default();
+        let id = sonde_collector::store::endpoint_id(&service, &key);
+        support::execute(
+            &old,
+            "INSERT INTO endpoint_reports (endpoint_id, agent_id, last_seen, report) VALUES (?1, 'agent-a', 1, ?2)",
+            &[id.into(), prost::Message::encode_to_vec(&update).into()],
+        )?;
+        Ok(())
+    })
+    .await?;
+    let collector = sonde_collector::spawn(sonde_collector::CollectorConfig {
+        database: path.clone(),
+        listen: "127.0.0.1:0".parse()?,
+        ..Default::default()
+    })
+    .await?;
+    let url = collector.url(false);
+    let mut session = Session::open(&url, hello_run("agent-a", "host-a", 500)).await?;
+    assert_eq!(session.committed, 5);
+    session
+        .batch_acked(run_batch(
+            6,
+            500,
+            vec![endpoint("s", "GET", "/a", 4)],
+            vec![],
+        ))
+        .await?;
+    let mut query = QueryClient::connect(url).await?;
+    assert_eq!(call_count(&mut query).await?, 14);
+    collector.stop().await
+}
+
+/// A key twice in one batch (a stale, smaller running total after a larger one) counts the
+/// agent's largest total once, added to what another agent reported.
+async fn a_key_repeated_within_a_batch_counts_once(backend: Backend) -> anyhow::Result<()> {
+    let fx = Fixture::start(backend).await?;
+    let mut other = Session::open(&fx.url(), hello("agent-b", "host-b")).await?;
+    other
+        .batch_acked(batch(1, vec![], vec![anomaly("k", "s GET /", 4, 10)]))
+        .await?;
+    let mut session = Session::open(&fx.url(), hello("agent-a", "host-a")).await?;
+    session
+        .batch_acked(batch(
+            1,
+            vec![],
+            vec![
+                anomaly("k", "s GET /", 5, 30),
+                anomaly("k", "s GET /", 2, 20),
+            ],
+        ))
+        .await?;
+    let stored = fx
+        .query()
+        .await?
+        .list_anomalies(ListAnomaliesRequest::default())
+        .await?
+        .into_inner()
+        .anomalies;
+    assert_eq!(stored.len(), 1);
+    let found = stored[0].anomaly.clone().context("anomaly")?;
+    assert_eq!((found.count, found.last_seen_unix_ns), (9, 30));
+    assert_eq!(
+        stored[0].hosts,
+        vec!["host-a".to_string(), "host-b".to_string()]
+    );
+    fx.collector.stop().await
+}
+
+for_each_store! {
+    #[tokio::test]
+    ingest_then_query_round_trip,
+    filters_and_paging,
+    reingested_batches_change_nothing,
+    the_same_endpoint_from_two_agents_is_merged,
+    watchers_see_committed_anomalies,
+    query_token_is_enforced,
+    mtls_ingest_refuses_clients_without_a_certificate,
+    malformed_and_oversized_messages_get_errors_not_crashes,
+    reflection_lists_the_services,
+    an_existing_v1_database_is_migrated,
+    a_corrupted_database_file_is_a_clear_error,
+    a_database_from_a_newer_collector_is_refused,
+    undecodable_bytes_are_answered_with_errors,
+    row_caps_refuse_new_rows_and_count_them,
+    an_agent_restart_adds_to_its_totals_instead_of_resetting_them,
+    reports_of_a_v3_database_become_the_agents_history,
+    a_key_repeated_within_a_batch_counts_once,
 }

@@ -62,7 +62,7 @@ pub fn collector(port: u16, db: &Path) -> Proc {
 /// processes of this host may use the same port numbers) with the API's declared spec.
 pub struct DemoStack {
     // Dropped in this order: agent first, so it delivers to a collector still up.
-    _agent: Proc,
+    agent: Option<Proc>,
     collector: Option<Proc>,
     _api: Proc,
     pub api_port: u16,
@@ -70,6 +70,31 @@ pub struct DemoStack {
     pub url: String,
     coll_port: u16,
     db: PathBuf,
+    dir: PathBuf,
+}
+
+/// `sonde-agent run` with the stack's config and state directory in `dir`, once it has attached.
+fn start_agent(dir: &Path, url: &str) -> Proc {
+    let log_path = dir.join("agent.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let agent = Proc(
+        Command::new(bin("sonde-agent"))
+            .arg("--config")
+            .arg(dir.join("agent.toml"))
+            .args(["run", "--collector", url, "--state-dir"])
+            .arg(dir.join("state"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sonde-agent starts"),
+    );
+    eventually(Duration::from_secs(20), "the agent to attach", || {
+        std::fs::read_to_string(&log_path)
+            .ok()
+            .filter(|l| l.contains("capture attached"))
+            .map(|_| ())
+    });
+    agent
 }
 
 impl DemoStack {
@@ -100,27 +125,10 @@ impl DemoStack {
             ),
         )
         .expect("config");
-        let log_path = dir.join("agent.log");
-        let log = std::fs::File::create(&log_path).expect("log");
-        let agent = Proc(
-            Command::new(bin("sonde-agent"))
-                .arg("--config")
-                .arg(&config)
-                .args(["run", "--collector", &url, "--state-dir"])
-                .arg(dir.join("state"))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("sonde-agent starts"),
-        );
-        eventually(Duration::from_secs(20), "the agent to attach", || {
-            std::fs::read_to_string(&log_path)
-                .ok()
-                .filter(|l| l.contains("capture attached"))
-                .map(|_| ())
-        });
+        let agent = start_agent(dir, &url);
         DemoStack {
-            _agent: agent,
+            agent: Some(agent),
+            dir: dir.to_path_buf(),
             collector: Some(collector),
             _api: api,
             api_port,
@@ -129,6 +137,13 @@ impl DemoStack {
             coll_port,
             db,
         }
+    }
+
+    /// Stops the agent (it delivers what it holds) and starts a new one on the same config and
+    /// state directory, as a restart or an upgrade would.
+    pub fn restart_agent(&mut self) {
+        drop(self.agent.take());
+        self.agent = Some(start_agent(&self.dir, &self.url));
     }
 
     pub fn stop_collector(&mut self) {

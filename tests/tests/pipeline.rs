@@ -268,7 +268,7 @@ fn demo_endpoints(url: &str, port: u16) -> EndpointTable {
 }
 
 #[test]
-fn main_job_lists_endpoints_with_classifications_and_survives_a_collector_restart() {
+fn main_job_lists_endpoints_with_classifications_and_survives_collector_and_agent_restarts() {
     let dir = scratch_dir("mainjob");
     let mut stack = DemoStack::start(&dir, "");
     let (api_port, url) = (stack.api_port, stack.url.clone());
@@ -419,6 +419,23 @@ fn main_job_lists_endpoints_with_classifications_and_survives_a_collector_restar
         },
     );
     assert_eq!(eps.len(), expect_after.len(), "{eps:?}");
+
+    // The agent restarts (its counts start from zero): the collector's totals keep counting.
+    stack.restart_agent();
+    get("/api/v2/users/11", true);
+    get("/api/v2/health", false);
+    let mut expect_restart = expect_after.clone();
+    expect_restart[0].1.1 = 8;
+    expect_restart[2].1.1 = 2;
+    let eps = eventually(
+        Duration::from_secs(40),
+        "totals that add the restarted agent's calls",
+        || {
+            let eps = demo_endpoints(&url, api_port);
+            matches(&eps, &expect_restart).then_some(eps)
+        },
+    );
+    assert_eq!(eps.len(), expect_restart.len(), "{eps:?}");
     drop(stack);
 }
 

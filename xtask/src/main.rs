@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: everything a fresh machine needs, and the project's entry points.
 
 mod bench;
+mod deploy;
 mod run;
 mod setup;
 mod test;
@@ -25,6 +26,12 @@ enum Task {
     Test(test::TestArgs),
     /// Benchmarks (`capture`: whole-system overhead with nginx + wrk; others: criterion).
     Bench(bench::BenchArgs),
+    /// Container images of the agent and the collector (podman, or docker), built offline.
+    Image(deploy::ImageArgs),
+    /// Render deploy/kubernetes from the Helm chart (`--check`: fail when it is out of date).
+    Manifests(deploy::ManifestsArgs),
+    /// Install the binaries, default configuration and (`--systemd`) the units on this host.
+    Install(deploy::InstallArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +40,8 @@ fn main() -> anyhow::Result<()> {
         Task::Run(args) => run::run(args),
         Task::Test(args) => test::test(args),
         Task::Bench(args) => bench::bench(args),
+        Task::Image(args) => deploy::image(args),
+        Task::Manifests(args) => deploy::manifests(args),
+        Task::Install(args) => deploy::install(args),
     }
 }

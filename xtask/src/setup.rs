@@ -18,10 +18,44 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // Container identity e2e test: podman with runc (crun refuses hybrid cgroup hosts).
     ("podman", "/usr/bin/podman"),
     ("runc", "/usr/sbin/runc"),
+    // TLS posture tests: real s_server/s_client handshakes.
+    ("openssl", "/usr/bin/openssl"),
+    // Blind-spots tests: a JVM (JSSE) client, and a static executable built with gcc.
+    ("openjdk-17-jdk-headless", "/usr/bin/javac"),
+    ("gcc", "/usr/bin/gcc"),
+    ("libc6-dev", "/usr/lib/x86_64-linux-gnu/libc.a"),
+    // Blind-spots tests: a Go executable (crypto/tls compiled in).
+    ("golang-go", "/usr/bin/go"),
+    // The collector's PostgreSQL tests and benchmark start private servers from its binaries.
+    ("postgresql", "/usr/bin/pg_ctlcluster"),
 ];
 
 /// Python packages the end-to-end tests drive servers and clients with.
 const PIP_PACKAGES: &[(&str, &str)] = &[("requests", "requests")];
+
+/// Debian packages only the deployment commands and tests use (images, manifests): installed by
+/// [`deploy_tools`], not by every `setup`. runc beside podman because crun refuses a host whose
+/// cgroup v1 and v2 hierarchies are both mounted (hybrid), as on this kind of machine.
+const DEPLOY_APT_PACKAGES: &[(&str, &str)] = &[
+    ("podman", "/usr/bin/podman"),
+    ("runc", "/usr/sbin/runc"),
+    ("systemd", "/usr/bin/systemd-analyze"),
+    // Debian's kubectl; hosts with a newer one (e.g. from the Kubernetes packages) keep theirs.
+    ("kubernetes-client", "/usr/bin/kubectl"),
+];
+
+/// Python packages of the deployment tests: Helm's Go SDK (libhelm_c) to render the chart, the
+/// Kubernetes OpenAPI schemas to validate what it renders.
+const DEPLOY_PIP_PACKAGES: &[(&str, &str)] = &[
+    ("helm-python-sdk==0.2.2", "helm_python"),
+    ("kubernetes-validate", "kubernetes_validate"),
+];
+
+/// What `cargo xtask image`, `manifests` and the deployment tests need beyond [`setup`].
+pub fn deploy_tools() -> anyhow::Result<()> {
+    apt_install(DEPLOY_APT_PACKAGES)?;
+    pip_install(DEPLOY_PIP_PACKAGES)
+}
 
 pub fn setup() -> anyhow::Result<()> {
     apt_packages()?;
@@ -33,7 +67,15 @@ pub fn setup() -> anyhow::Result<()> {
 }
 
 fn apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(APT_PACKAGES)?;
+    // Debian starts nginx on install; the tests start their own instances.
+    let _ = succeeds(Command::new("nginx").args(["-s", "stop"]));
+    Ok(())
+}
+
+/// Installs the packages whose probe path is missing.
+fn apt_install(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, probe)| !std::path::Path::new(probe).exists())
         .map(|(pkg, _)| *pkg)
@@ -47,13 +89,20 @@ fn apt_packages() -> anyhow::Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    // Debian starts nginx on install; the tests start their own instances.
-    let _ = succeeds(Command::new("nginx").args(["-s", "stop"]));
+    // Debian starts a PostgreSQL cluster on install; the tests start their own.
+    if missing.contains(&"postgresql") {
+        let _ = succeeds(Command::new("service").args(["postgresql", "stop"]));
+    }
     Ok(())
 }
 
 fn pip_packages() -> anyhow::Result<()> {
-    for (pkg, module) in PIP_PACKAGES {
+    pip_install(PIP_PACKAGES)
+}
+
+/// Installs the packages whose module does not import.
+fn pip_install(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    for (pkg, module) in packages {
         if !succeeds(Command::new("python3").args(["-c", &format!("import {module}")])) {
             run(Command::new("python3").args(["-m", "pip", "install", "-q", pkg]))?;
         }

@@ -21,6 +21,8 @@ pub struct TestArgs {
 
 pub fn test(args: TestArgs) -> anyhow::Result<()> {
     crate::setup::setup()?;
+    // The deployment tests (tests/tests/deploy.rs) build images and render the chart.
+    crate::setup::deploy_tools()?;
     let root = root();
     let corpora = root.join("..").join("shared").join("corpora");
     let corpora = corpora

@@ -56,8 +56,24 @@ pub fn describe(cmd: &Command) -> String {
     s
 }
 
+/// Cargo for a nested build, without the variables `cargo run` set for xtask itself: build
+/// scripts (ring's) watch CARGO_MANIFEST_DIR, so inheriting xtask's would rebuild half the
+/// release tree each time a build alternates between xtask and a terminal.
 pub fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        if let Some(key) = key.to_str()
+            && (key == "CARGO_MANIFEST_DIR"
+                || key == "CARGO_MANIFEST_PATH"
+                || key == "CARGO_CRATE_NAME"
+                || key == "CARGO_BIN_NAME"
+                || key == "CARGO_PRIMARY_PACKAGE"
+                || key.starts_with("CARGO_PKG_"))
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
 }
 
 /// Where cargo puts build outputs (`CARGO_TARGET_DIR`, else `target/` under the root).

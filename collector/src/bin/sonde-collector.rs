@@ -24,7 +24,8 @@ struct Args {
     /// Listen address [default: 127.0.0.1:7419].
     #[arg(long, env = "SONDE_LISTEN")]
     listen: Option<SocketAddr>,
-    /// SQLite database file [default: sonde-collector.db].
+    /// SQLite database file, or a PostgreSQL URL (postgres://user@host/db) [default:
+    /// sonde-collector.db].
     #[arg(long, env = "SONDE_DATABASE")]
     database: Option<PathBuf>,
     /// PEM certificate chain; with --tls-key enables TLS.

@@ -450,6 +450,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     statuses.iter().map(|(s, c)| format!("{s}:{c}")).collect();
                 println!("statuses: {}", list(&statuses));
                 println!("query params: {}", list(&merged.query_params));
+                if merged.served_over_tls {
+                    let or_dash = |s: &str| {
+                        if s.is_empty() {
+                            "-".to_string()
+                        } else {
+                            s.to_string()
+                        }
+                    };
+                    println!(
+                        "tls: {} {} alpn {} sni {}",
+                        or_dash(&merged.tls_version),
+                        or_dash(&merged.tls_cipher),
+                        or_dash(&merged.alpn),
+                        or_dash(&merged.sni)
+                    );
+                } else {
+                    println!("tls: no (plaintext)");
+                }
                 if let Some(l) = &merged.latency_us {
                     println!(
                         "latency µs: p50 {} p90 {} p99 {} max {}",
@@ -595,6 +613,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ],
                 &rows,
             );
+            // What each agent cannot read, and how much of its TLS that is.
+            for a in &agents {
+                for line in blind_spot_lines(a) {
+                    println!("{line}");
+                }
+            }
         }
         Command::Openapi { service } => {
             let document = client
@@ -635,6 +659,31 @@ fn agent_row(a: &AgentStatus) -> Vec<String> {
         a.items_refused.to_string(),
         list(&blind),
     ]
+}
+
+/// The blind spots of one agent with their details, and the unreadable share of its TLS.
+fn blind_spot_lines(a: &AgentStatus) -> Vec<String> {
+    let mut out = Vec::new();
+    let counter = |k: &str| a.counters.get(k).copied().unwrap_or(0);
+    if counter("tls.connections") > 0 {
+        out.push(format!(
+            "{}: TLS unreadable: {} of {} connections ({:.1}%), {} of {} bytes ({:.1}%)",
+            a.agent_id,
+            counter("tls.blind_connections"),
+            counter("tls.connections"),
+            counter("tls.blind_connections_permille") as f64 / 10.0,
+            counter("tls.blind_bytes"),
+            counter("tls.bytes"),
+            counter("tls.blind_bytes_permille") as f64 / 10.0,
+        ));
+    }
+    for b in &a.blind_spots {
+        out.push(format!(
+            "{}: blind spot {}: {}",
+            a.agent_id, b.kind, b.detail
+        ));
+    }
+    out
 }
 
 #[tokio::main(flavor = "current_thread")]

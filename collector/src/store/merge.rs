@@ -27,6 +27,21 @@ pub fn merge_reports(reports: &[EndpointUpdate]) -> EndpointUpdate {
         last_seen_unix_ns: latest.last_seen_unix_ns,
         ..EndpointUpdate::default()
     };
+    // TLS parameters: the latest report that knows them.
+    let mut by_recency: Vec<&EndpointUpdate> = reports.iter().collect();
+    by_recency.sort_by_key(|r| std::cmp::Reverse(r.last_seen_unix_ns));
+    let latest_known = |f: fn(&EndpointUpdate) -> &String| {
+        by_recency
+            .iter()
+            .map(|r| f(r))
+            .find(|v| !v.is_empty())
+            .cloned()
+            .unwrap_or_default()
+    };
+    merged.tls_version = latest_known(|r| &r.tls_version);
+    merged.tls_cipher = latest_known(|r| &r.tls_cipher);
+    merged.alpn = latest_known(|r| &r.alpn);
+    merged.sni = latest_known(|r| &r.sni);
     let mut sensitive: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut query_params = BTreeSet::new();
     let mut request_schema: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -170,6 +185,26 @@ mod tests {
         assert!(!is_unauthenticated(&report(3, 10, &[("bearer", 3)])));
         assert!(is_unauthenticated(&report(3, 10, &[])));
         assert!(!is_unauthenticated(&report(0, 10, &[])));
+    }
+
+    #[test]
+    fn tls_parameters_come_from_the_latest_report_that_knows_them() {
+        let mut old = report(1, 10, &[]);
+        old.served_over_tls = true;
+        old.tls_version = "TLS 1.2".into();
+        old.tls_cipher = "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into();
+        old.sni = "api.example".into();
+        let mut new = report(1, 20, &[]);
+        new.served_over_tls = true;
+        new.tls_version = "TLS 1.3".into();
+        new.alpn = "h2".into();
+        let merged = merge_reports(&[old, new, report(1, 5, &[])]);
+        assert!(merged.served_over_tls);
+        assert_eq!(merged.tls_version, "TLS 1.3");
+        assert_eq!(merged.alpn, "h2");
+        // Unknown in the latest report: the older one's value stands.
+        assert_eq!(merged.tls_cipher, "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256");
+        assert_eq!(merged.sni, "api.example");
     }
 
     #[test]

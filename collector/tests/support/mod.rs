@@ -1,10 +1,13 @@
-//! Test fixtures: a real collector on a loopback port with a temporary database, and a raw
-//! ingest session.
+//! Test fixtures: a real collector on a loopback port over either store (a temporary SQLite
+//! file, or a fresh database on a private PostgreSQL server), and a raw ingest session.
 #![allow(dead_code)]
+
+pub mod postgres;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
+use sonde_collector::store::db::{Conn, PgConn, Value};
 use sonde_collector::{CollectorConfig, RunningCollector};
 use sonde_proto::v1::ingest_client::IngestClient;
 use sonde_proto::v1::query_client::QueryClient;
@@ -17,17 +20,89 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+/// The store a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates, for each named `async fn name(backend: Backend) -> anyhow::Result<()>`, a module
+/// `name` with the tests `sqlite` and `postgres` running it on each store.
+#[macro_export]
+macro_rules! for_each_store {
+    (#[$test:meta] $($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[$test]
+                async fn sqlite() -> anyhow::Result<()> {
+                    super::$name($crate::support::Backend::Sqlite).await
+                }
+                #[$test]
+                async fn postgres() -> anyhow::Result<()> {
+                    super::$name($crate::support::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+/// A database for one test: a file in `dir`, or a fresh PostgreSQL database (as a URL).
+pub async fn database(backend: Backend, dir: &tempfile::TempDir) -> anyhow::Result<PathBuf> {
+    Ok(match backend {
+        Backend::Sqlite => dir.path().join("collector.db"),
+        Backend::Postgres => PathBuf::from(
+            tokio::task::spawn_blocking(postgres::fresh_database)
+                .await
+                .context("database task")??,
+        ),
+    })
+}
+
+/// Runs blocking store or database work off the async threads (the sync PostgreSQL client must
+/// not run on them).
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .context("blocking task panicked")?
+}
+
+/// A raw connection to a test database of either kind, for inspecting or seeding it.
+pub fn raw_connection(database: &std::path::Path) -> anyhow::Result<Conn> {
+    let text = database.to_string_lossy();
+    Ok(if text.starts_with("postgres") {
+        Conn::Postgres(Box::new(PgConn::connect(&text)?))
+    } else {
+        Conn::Sqlite(rusqlite::Connection::open(database)?)
+    })
+}
+
+/// `SELECT COUNT(*) ...` (or any single integer) on a test database. Blocking.
+pub fn count(database: &std::path::Path, sql: &str, args: &[Value]) -> anyhow::Result<i64> {
+    let mut conn = raw_connection(database)?;
+    Ok(conn.query_one(sql, args)?.int(0)?)
+}
+
+/// One statement on a test database. Blocking.
+pub fn execute(database: &std::path::Path, sql: &str, args: &[Value]) -> anyhow::Result<u64> {
+    let mut conn = raw_connection(database)?;
+    Ok(conn.execute(sql, args)?)
+}
+
 pub struct Fixture {
     pub dir: tempfile::TempDir,
+    pub database: PathBuf,
     pub collector: RunningCollector,
 }
 
-pub fn config(dir: &tempfile::TempDir) -> CollectorConfig {
+pub fn config(database: PathBuf) -> CollectorConfig {
     CollectorConfig {
         listen: "127.0.0.1:0"
             .parse()
             .unwrap_or_else(|_| CollectorConfig::default().listen),
-        database: dir.path().join("collector.db"),
+        database,
         synchronous_full: false,
         shutdown_grace_secs: 5,
         ..CollectorConfig::default()
@@ -35,26 +110,33 @@ pub fn config(dir: &tempfile::TempDir) -> CollectorConfig {
 }
 
 impl Fixture {
-    pub async fn start() -> anyhow::Result<Fixture> {
-        let dir = tempfile::tempdir()?;
-        let collector = sonde_collector::spawn(config(&dir)).await?;
-        Ok(Fixture { dir, collector })
+    pub async fn start(backend: Backend) -> anyhow::Result<Fixture> {
+        Fixture::start_with(backend, |_| {}).await
     }
 
-    pub async fn start_with(edit: impl FnOnce(&mut CollectorConfig)) -> anyhow::Result<Fixture> {
+    pub async fn start_with(
+        backend: Backend,
+        edit: impl FnOnce(&mut CollectorConfig),
+    ) -> anyhow::Result<Fixture> {
         let dir = tempfile::tempdir()?;
-        let mut config = config(&dir);
+        let database = database(backend, &dir).await?;
+        let mut config = config(database.clone());
         edit(&mut config);
         let collector = sonde_collector::spawn(config).await?;
-        Ok(Fixture { dir, collector })
+        Ok(Fixture {
+            dir,
+            database,
+            collector,
+        })
     }
 
     pub fn url(&self) -> String {
         self.collector.url(false)
     }
 
+    /// The database: a SQLite file path or a PostgreSQL URL.
     pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("collector.db")
+        self.database.clone()
     }
 
     pub async fn query(&self) -> anyhow::Result<QueryClient<Channel>> {

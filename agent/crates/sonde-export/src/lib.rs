@@ -531,6 +531,7 @@ impl Worker {
         let mut batch = std::mem::take(&mut self.current);
         batch.seq = self.next_seq;
         batch.sealed_at_unix_ns = now_ns();
+        batch.agent_run = self.config.hello.started_at_unix_ns;
         self.next_seq += 1;
         self.spool.push(batch, &self.counters);
         self.pump();

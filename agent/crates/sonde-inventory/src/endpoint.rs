@@ -137,6 +137,20 @@ pub struct SensitiveField {
     pub count: u64,
 }
 
+/// TLS parameters of the connections an endpoint was served on (the latest seen).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct EndpointTls {
+    /// Negotiated version (`TLS 1.3`), when the handshake was seen.
+    pub version: Option<String>,
+    /// Negotiated cipher suite (IANA name).
+    pub cipher: Option<String>,
+    /// ALPN protocol selected (or, when TLS 1.3 hides the selection, the one the HTTP stage
+    /// recognised).
+    pub alpn: Option<String>,
+    /// Server name the client asked for.
+    pub sni: Option<String>,
+}
+
 /// One endpoint: service + method + path template, with its bounded statistics.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EndpointRecord {
@@ -156,6 +170,12 @@ pub struct EndpointRecord {
     /// Of `calls`, those carried over HTTP/2 (gRPC included).
     #[serde(default)]
     pub http2_calls: u64,
+    /// Of `calls`, those that travelled inside TLS.
+    #[serde(default)]
+    pub tls_calls: u64,
+    /// The TLS parameters last seen for this endpoint.
+    #[serde(default)]
+    pub tls: Option<EndpointTls>,
     /// Final status code → calls.
     pub status_counts: BTreeMap<u16, u64>,
     /// Calls without a response.
@@ -202,6 +222,8 @@ impl EndpointRecord {
             last_seen_ns: now_ns,
             calls: 0,
             http2_calls: 0,
+            tls_calls: 0,
+            tls: None,
             status_counts: BTreeMap::new(),
             no_response: 0,
             request_content_types: CappedCounts::default(),
@@ -232,6 +254,10 @@ impl EndpointRecord {
         self.first_seen_ns = self.first_seen_ns.min(other.first_seen_ns);
         self.last_seen_ns = self.last_seen_ns.max(other.last_seen_ns);
         self.calls = self.calls.saturating_add(other.calls);
+        self.tls_calls = self.tls_calls.saturating_add(other.tls_calls);
+        if self.tls.is_none() {
+            self.tls.clone_from(&other.tls);
+        }
         for (s, c) in &other.status_counts {
             *self.status_counts.entry(*s).or_insert(0) += c;
         }

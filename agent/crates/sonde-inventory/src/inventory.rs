@@ -14,7 +14,9 @@ use sonde_model::{
 
 use crate::auth::{self, AuthInfo, AuthScheme};
 use crate::config::InventoryConfig;
-use crate::endpoint::{Classification, EndpointRecord, Location, RetiredEndpoint, ServiceKey};
+use crate::endpoint::{
+    Classification, EndpointRecord, EndpointTls, Location, RetiredEndpoint, ServiceKey,
+};
 use crate::error::SpecError;
 use crate::hash::SaltedHasher;
 use crate::schema::{self, BodyFacts, FieldSchema, JsonTypes, WalkOutcome};
@@ -475,6 +477,24 @@ impl Inventory {
                 .iter()
                 .map(|s| s.trie.heap_bytes() + std::mem::size_of::<Service>())
                 .sum::<usize>()
+    }
+
+    /// Records that a call of endpoint `id` (as [`CallInfo::endpoint_id`] named it) travelled
+    /// inside TLS, with the connection's parameters when its handshake was seen.
+    pub fn note_tls(&mut self, id: u32, tls: Option<&EndpointTls>) {
+        let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        slot.rec.tls_calls = slot.rec.tls_calls.saturating_add(1);
+        if let Some(t) = tls
+            && slot.rec.tls.as_ref() != Some(t)
+        {
+            slot.rec.tls = Some(t.clone());
+        }
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(id);
+        }
     }
 
     /// Analyses one exchange and updates its endpoint. `now_ns`: Unix time of the call, in ns.

@@ -23,8 +23,8 @@ pub mod template;
 pub use auth::{AuthInfo, AuthScheme, JwtSummary};
 pub use config::InventoryConfig;
 pub use endpoint::{
-    Classification, DeclaredRef, EndpointRecord, Location, RetiredEndpoint, SensitiveField,
-    ServiceKey,
+    Classification, DeclaredRef, EndpointRecord, EndpointTls, Location, RetiredEndpoint,
+    SensitiveField, ServiceKey,
 };
 pub use error::SpecError;
 pub use inventory::{
