@@ -31,6 +31,9 @@ pub struct AgentConfig {
     /// When a TLS connection without plaintext counts as blind (default after 5 s).
     pub blind_spots: crate::blind::BlindSpotConfig,
     pub export: ExportConfig,
+    /// Workload identity of live processes: containers, Kubernetes pods and workloads, systemd
+    /// units, executables (sonde-identity's defaults: on; Kubernetes when in a pod).
+    pub identity: sonde_identity::IdentityConfig,
 }
 
 /// Where inventory and anomalies go.
@@ -270,6 +273,22 @@ mod tests {
         assert_eq!(c.capture.ports, vec![80, 8080]);
         assert_eq!(c.capture.tcp_strategy, TcpStrategyChoice::FdTracking);
         assert!(toml::from_str::<AgentConfig>("[capture]\nchunk = 1\n").is_err());
+    }
+
+    #[test]
+    fn identity_section_parses_and_defaults_to_on_with_kubernetes_auto() {
+        let c: AgentConfig = toml::from_str("").expect("empty");
+        assert!(c.identity.enabled);
+        assert_eq!(c.identity.kubernetes, sonde_identity::KubernetesMode::Auto);
+        let c: AgentConfig = toml::from_str(
+            "[identity]\nkubernetes = \"off\"\nhost_root = \"/host\"\nnode_name = \"node-a\"\n",
+        )
+        .expect("parses");
+        assert_eq!(c.identity.kubernetes, sonde_identity::KubernetesMode::Off);
+        assert!(!c.identity.kubernetes_enabled());
+        assert_eq!(c.identity.host_root, std::path::PathBuf::from("/host"));
+        assert_eq!(c.identity.node_name().as_deref(), Some("node-a"));
+        assert!(toml::from_str::<AgentConfig>("[identity]\nkube = true\n").is_err());
     }
 
     #[test]

@@ -102,6 +102,42 @@ pub fn service_key(service: &ServiceKey) -> v1::ServiceKey {
         server_port: u32::from(addr_port.or_else(|| service.port()).unwrap_or(0)),
         authority: service.authority.clone().unwrap_or_default(),
         process: service.process.clone().unwrap_or_default(),
+        workload: service.workload.as_deref().map(workload),
+        kubernetes_service: service
+            .kubernetes_service
+            .as_deref()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+/// The wire form of a workload identity (labels are the pod's, already bounded in number and
+/// length by the identity stage).
+pub fn workload(w: &sonde_model::Workload) -> v1::Workload {
+    let pod = w.pod.as_ref();
+    let text =
+        |f: fn(&sonde_model::PodIdentity) -> &String| pod.map(f).cloned().unwrap_or_default();
+    v1::Workload {
+        name: w.name.clone(),
+        container_runtime: w.runtime.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+        container_id: w.container_id.clone().unwrap_or_default(),
+        container_name: w.container_name.clone().unwrap_or_default(),
+        pod_name: text(|p| &p.name),
+        pod_uid: text(|p| &p.uid),
+        namespace: text(|p| &p.namespace),
+        owner_kind: text(|p| &p.workload_kind),
+        owner_name: text(|p| &p.workload_name),
+        node: text(|p| &p.node),
+        labels: pod
+            .map(|p| {
+                p.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        systemd_unit: w.systemd_unit.clone().unwrap_or_default(),
+        executable: w.executable.clone().unwrap_or_default(),
     }
 }
 
@@ -309,6 +345,7 @@ mod tests {
                 pid: 10,
                 comm: comm.into(),
                 cgroup_id: 0,
+                workload: None,
             },
             local: Some(addr(local)),
             remote: Some(addr(remote)),
@@ -679,5 +716,54 @@ mod tests {
         assert!(s.p99 >= s.p90 && s.p99 <= s.max, "{s:?}");
         let bytes = summary(&h, 1).expect("summary");
         assert_eq!(bytes.max, 1_000_000);
+    }
+
+    #[test]
+    fn a_pod_served_endpoint_carries_its_workload_and_is_named_by_it() {
+        let mut w = sonde_model::Workload {
+            runtime: Some(sonde_model::ContainerRuntime::CriO),
+            container_id: Some("ab".repeat(32)),
+            container_name: Some("api".into()),
+            pod: Some(sonde_model::PodIdentity {
+                uid: "0b7c5a2e-1d3f-4e5a-9b8c-7d6e5f4a3b2c".into(),
+                name: "api-0".into(),
+                namespace: "shop".into(),
+                node: "node-a".into(),
+                workload_kind: "StatefulSet".into(),
+                workload_name: "api".into(),
+                labels: [("app".to_string(), "api".to_string())]
+                    .into_iter()
+                    .collect(),
+            }),
+            executable: Some("/usr/bin/api".into()),
+            ..Default::default()
+        };
+        w.name = w.derive_name();
+        let mut ex = exchange("GET", "/users/42");
+        let mut meta = (*ex.conn).clone();
+        meta.process.workload = Some(Arc::new(w));
+        ex.conn = Arc::new(meta);
+        let mut inv = Inventory::new(InventoryConfig::default());
+        inv.observe(&ex, NOW_NS);
+        let rec = inv.endpoints().next().expect("endpoint");
+        let key = endpoint_key(rec);
+        let service = key.service.clone().expect("service");
+        let wire = service.workload.clone().expect("workload on the wire");
+        assert_eq!(wire.name, "statefulset/shop/api");
+        assert_eq!(wire.container_runtime, "cri-o");
+        assert_eq!(wire.owner_kind, "StatefulSet");
+        assert_eq!(wire.pod_name, "api-0");
+        assert_eq!(wire.node, "node-a");
+        assert_eq!(wire.labels.get("app").map(String::as_str), Some("api"));
+        assert_eq!(wire.executable, "/usr/bin/api");
+        assert_eq!(
+            service.authority, "",
+            "Host headers do not split a pod's service"
+        );
+        assert_eq!(service.display_name(), "statefulset/shop/api:8080");
+        assert_eq!(
+            key.display_name(),
+            "statefulset/shop/api:8080 GET /users/{int}"
+        );
     }
 }

@@ -61,6 +61,13 @@ struct SourceArgs {
     /// Stop after this many seconds (live source; default: until Ctrl-C).
     #[arg(long)]
     duration: Option<u64>,
+    /// Kubernetes pod metadata: `auto` (when running in a pod), `on`, `off` (default: the
+    /// config's `[identity] kubernetes`).
+    #[arg(long, value_parser = ["auto", "on", "off"])]
+    kubernetes: Option<String>,
+    /// No workload identity (containers, pods, units) for live processes.
+    #[arg(long)]
+    no_identity: bool,
 }
 
 #[derive(clap::Args)]
@@ -249,6 +256,16 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn apply_source(config: &mut AgentConfig, source: &SourceArgs) {
+    use sonde_identity::KubernetesMode;
+    if source.no_identity {
+        config.identity.enabled = false;
+    }
+    match source.kubernetes.as_deref() {
+        Some("on") => config.identity.kubernetes = KubernetesMode::On,
+        Some("off") => config.identity.kubernetes = KubernetesMode::Off,
+        Some("auto") => config.identity.kubernetes = KubernetesMode::Auto,
+        _ => {}
+    }
     config.capture.pids.extend(&source.pids);
     config.capture.ports.extend(&source.ports);
     config.specs.extend(

@@ -4,12 +4,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sonde_detect::Detectors;
+use sonde_identity::{IdentityConfig, KubeIndex, Resolver};
 use sonde_inventory::{CallInfo, Inventory, SpecScope};
 use sonde_model::{
-    Anomaly, CaptureEvent, ConnId, Exchange, ExchangeFlags, HttpVersion, Role, Source,
+    Anomaly, CaptureEvent, ConnId, ConnMeta, Exchange, ExchangeFlags, HttpVersion, Role, Source,
+    Workload,
 };
 use sonde_protocol::Tracker;
 
@@ -81,6 +84,31 @@ pub struct Analyzer {
     stats: PipelineStats,
     /// Anomalies emitted, by (kind, severity).
     anomaly_counts: BTreeMap<(String, &'static str), u64>,
+    /// Workload identity of the processes (live capture only: a recording's pids are not this
+    /// host's).
+    identity: Option<Identity>,
+}
+
+/// The identity resolver and, per connection, its metadata with the workload filled in.
+struct Identity {
+    resolver: Resolver,
+    /// Bounded: cleared when full (connections are re-enriched on their next exchange).
+    conns: HashMap<ConnId, (Arc<ConnMeta>, Arc<Workload>)>,
+}
+
+/// Connections whose enriched metadata is kept.
+const MAX_IDENTIFIED_CONNS: usize = 16_384;
+
+/// The Kubernetes index seen as the inventory's address names.
+struct KubeNames(Arc<KubeIndex>);
+
+impl sonde_inventory::AddressNames for KubeNames {
+    fn service_at(&self, addr: SocketAddr) -> Option<Arc<str>> {
+        self.0.service_at(addr)
+    }
+    fn workload_at(&self, ip: IpAddr) -> Option<String> {
+        self.0.workload_at(ip)
+    }
 }
 
 impl Analyzer {
@@ -122,7 +150,77 @@ impl Analyzer {
             exchanges: Vec::with_capacity(256),
             stats: PipelineStats::default(),
             anomaly_counts: BTreeMap::new(),
+            identity: None,
         })
+    }
+
+    /// Attributes the exchanges of live processes to their workloads, and (when configured, or
+    /// when running in a pod) starts the Kubernetes watch on the current tokio runtime. Call
+    /// only for a live capture of this host.
+    pub fn enable_identity(&mut self, cfg: &IdentityConfig) {
+        if !cfg.enabled {
+            return;
+        }
+        let kube = if cfg.kubernetes_enabled() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let index = Arc::new(KubeIndex::new());
+                    rt.spawn(sonde_identity::kube::connect_and_watch(
+                        index.clone(),
+                        cfg.node_name(),
+                    ));
+                    self.inventory
+                        .set_address_names(Arc::new(KubeNames(index.clone())));
+                    Some(index)
+                }
+                Err(_) => {
+                    tracing::warn!("no async runtime: Kubernetes metadata disabled");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        tracing::info!(
+            kubernetes = kube.is_some(),
+            host_root = %cfg.host_root.display(),
+            "workload identity on"
+        );
+        self.identity = Some(Identity {
+            resolver: Resolver::new(cfg, kube),
+            conns: HashMap::new(),
+        });
+    }
+
+    /// What the identity stage cannot see now, as (kind, detail): the Kubernetes API not
+    /// answering (pods are then named from cgroups and runtime files only).
+    pub fn identity_blind_spots(&self) -> Vec<(String, String)> {
+        let Some(k) = self.identity.as_ref().and_then(|i| i.resolver.kube()) else {
+            return Vec::new();
+        };
+        match k.state() {
+            sonde_identity::KubeState::Connecting | sonde_identity::KubeState::Degraded => vec![(
+                "identity.kubernetes_unreachable".into(),
+                format!(
+                    "Kubernetes API {:?} ({} errors): workloads, labels and Services fill in when it answers",
+                    k.state(),
+                    k.stats().errors
+                ),
+            )],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Counters of the identity stage (resolver and Kubernetes watch), when enabled.
+    pub fn identity_stats(&self) -> Option<serde_json::Value> {
+        let id = self.identity.as_ref()?;
+        let mut v = serde_json::json!({ "resolver": id.resolver.stats() });
+        if let Some(k) = id.resolver.kube() {
+            v["kubernetes"] = serde_json::to_value(k.stats()).unwrap_or_default();
+            v["kubernetes"]["synced"] =
+                serde_json::json!(u64::from(k.state() == sonde_identity::KubeState::Synced));
+        }
+        Some(v)
     }
 
     pub fn inventory(&self) -> &Inventory {
@@ -222,6 +320,9 @@ impl Analyzer {
         for mut ex in exchanges.drain(..) {
             if self.tls_streams.has_plaintext(ex.conn.id) {
                 ex.flags.insert(ExchangeFlags::TLS);
+            }
+            if let Some(id) = &mut self.identity {
+                id.identify(&mut ex);
             }
             if self.dedupe && self.is_duplicate_client_view(&ex) {
                 self.stats.duplicate_client_views += 1;
@@ -420,6 +521,32 @@ pub fn starts_with_tls_record(data: &[u8]) -> bool {
     matches!(data, [20..=23, 3, minor, ..] if *minor <= 4)
 }
 
+impl Identity {
+    /// Sets the exchange's process workload: one cache lookup per exchange, one metadata copy
+    /// per connection (and again when the workload changes, e.g. pod labels arriving late).
+    fn identify(&mut self, ex: &mut Exchange) {
+        let p = &ex.conn.process;
+        let Some(w) = self.resolver.resolve(p.pid, p.cgroup_id) else {
+            return;
+        };
+        if let Some((meta, known)) = self.conns.get(&ex.conn.id)
+            && Arc::ptr_eq(known, &w)
+            && meta.role == ex.conn.role
+        {
+            ex.conn = meta.clone();
+            return;
+        }
+        let mut meta = (*ex.conn).clone();
+        meta.process.workload = Some(w.clone());
+        let meta = Arc::new(meta);
+        if self.conns.len() >= MAX_IDENTIFIED_CONNS {
+            self.conns.clear();
+        }
+        self.conns.insert(ex.conn.id, (meta.clone(), w));
+        ex.conn = meta;
+    }
+}
+
 /// Ports this host listens on, from /proc/net/tcp{,6}, refreshed at most once a second.
 #[derive(Default)]
 struct LocalServers {
@@ -604,5 +731,128 @@ mod tests {
         }));
         t.expire(u64::MAX);
         assert!(t.plaintext.is_empty(), "idle connections expire");
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use bytes::Bytes;
+    use sonde_inventory::CallInfo;
+    use sonde_model::{ConnOpen, DataChunk, Direction, ProcessInfo, Source};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Vec<(Exchange, String)>);
+
+    impl Sink for Collect {
+        fn exchange(&mut self, ex: &Exchange, call: &CallInfo) {
+            self.0.push((ex.clone(), call.service.to_string()));
+        }
+        fn anomalies(&mut self, _: Vec<Anomaly>) {}
+    }
+
+    /// One served call, as the kernel would report it for this very process (its pid and its
+    /// real cgroup id), so the resolver reads the real /proc and cgroupfs.
+    fn served_call(fd: i32) -> Vec<CaptureEvent> {
+        let root =
+            sonde_identity::resolver::cgroup2_mount(std::path::Path::new("/proc/self/mountinfo"))
+                .expect("cgroup2");
+        let text = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup");
+        let path = sonde_identity::cgroup::proc_cgroup_path(&text).expect("path");
+        let cgroup_id = std::fs::metadata(root.join(path.trim_start_matches('/')))
+            .expect("dir")
+            .ino();
+        let conn = ConnId {
+            tgid: std::process::id(),
+            fd,
+            generation: 1,
+        };
+        let req = Bytes::from_static(b"GET /users/7 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n");
+        let resp = Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let chunk = |direction, data: Bytes, ts_ns| {
+            CaptureEvent::Data(DataChunk {
+                conn,
+                direction,
+                source: Source::Syscall,
+                offset: 0,
+                len: data.len() as u64,
+                data,
+                ts_ns,
+                tid: conn.tgid,
+            })
+        };
+        vec![
+            CaptureEvent::Open(ConnOpen {
+                conn,
+                ts_ns: 1,
+                role: Role::Server,
+                process: ProcessInfo {
+                    pid: conn.tgid,
+                    comm: "api".into(),
+                    cgroup_id,
+                    workload: None,
+                },
+                local: Some("127.0.0.1:8080".parse().expect("addr")),
+                remote: Some("127.0.0.1:50000".parse().expect("addr")),
+            }),
+            chunk(Direction::Ingress, req, 2),
+            chunk(Direction::Egress, resp, 3),
+        ]
+    }
+
+    /// Kubernetes asked for, and no API server anywhere (no in-cluster environment, no
+    /// kubeconfig): the pipeline goes on attributing by cgroup and executable, and says what it
+    /// cannot see.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_an_api_server_exchanges_are_still_identified_and_the_blind_spot_is_reported() {
+        let mut cfg = AgentConfig::default();
+        cfg.identity.kubernetes = sonde_identity::KubernetesMode::On;
+        let mut analyzer = Analyzer::new(&cfg).expect("analyzer");
+        analyzer.enable_identity(&cfg.identity);
+        let mut sink = Collect::default();
+        analyzer.on_events(served_call(5), &mut sink);
+        analyzer.flush(&mut sink);
+        assert_eq!(sink.0.len(), 1);
+        let (ex, service) = &sink.0[0];
+        let w = ex.conn.process.workload.as_ref().expect("identified");
+        let exe = std::env::current_exe().expect("exe");
+        assert_eq!(w.executable.as_deref(), exe.to_str());
+        let exe_name = exe.file_name().and_then(|n| n.to_str()).expect("name");
+        // Keyed by the executable and port: the address in the Host header is dropped.
+        assert_eq!(service, &format!("-@127.0.0.1:8080{{{exe_name}}}"));
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while analyzer
+            .identity_stats()
+            .and_then(|v| v["kubernetes"]["errors"].as_u64())
+            .unwrap_or(0)
+            == 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the failed connection is counted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let spots = analyzer.identity_blind_spots();
+        assert_eq!(spots.len(), 1);
+        assert_eq!(spots[0].0, "identity.kubernetes_unreachable");
+    }
+
+    /// Recordings and pcaps never get identities: their pids are another host's (or another
+    /// time's).
+    #[test]
+    fn without_enable_identity_nothing_is_resolved() {
+        let cfg = AgentConfig::default();
+        let mut analyzer = Analyzer::new(&cfg).expect("analyzer");
+        let mut sink = Collect::default();
+        analyzer.on_events(served_call(6), &mut sink);
+        analyzer.flush(&mut sink);
+        assert_eq!(sink.0.len(), 1);
+        assert!(sink.0[0].0.conn.process.workload.is_none());
+        assert!(analyzer.identity_stats().is_none());
     }
 }

@@ -215,6 +215,7 @@ mod tests {
                     pid: 1,
                     comm: "nginx".into(),
                     cgroup_id: 9,
+                    workload: None,
                 },
                 local: Some("127.0.0.1:80".parse().expect("addr")),
                 remote: Some("127.0.0.1:5000".parse().expect("addr")),

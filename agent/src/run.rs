@@ -256,6 +256,7 @@ fn exchange_json(ex: &Exchange, call: &CallInfo) -> serde_json::Value {
         "latency_ns": ex.latency_ns(),
         "pid": ex.conn.process.pid,
         "process": ex.conn.process.comm,
+        "workload": ex.conn.process.workload,
         "role": ex.conn.role,
         "local": ex.conn.local.map(|a| a.to_string()),
         "remote": ex.conn.remote.map(|a| a.to_string()),
@@ -278,6 +279,9 @@ pub async fn observe(
 ) -> anyhow::Result<()> {
     let mut analyzer = Analyzer::new(&config)?;
     let source = start_source(&config, &args)?;
+    if source.live.is_some() {
+        analyzer.enable_identity(&config.identity);
+    }
     let agent_metrics = AgentMetrics::new(source.live.as_ref(), None, &strategy_of(&source));
     let mut publisher = agent_metrics.publisher();
     let server = start_metrics(&metrics, agent_metrics).await?;
@@ -328,6 +332,9 @@ impl Sink for CollectSink {
 pub async fn inventory(config: AgentConfig, args: SourceArgs, json: bool) -> anyhow::Result<()> {
     let mut analyzer = Analyzer::new(&config)?;
     let source = start_source(&config, &args)?;
+    if source.live.is_some() {
+        analyzer.enable_identity(&config.identity);
+    }
     let mut sink = CollectSink {
         anomalies: Vec::new(),
     };
@@ -461,6 +468,9 @@ pub async fn run(
 
     let mut analyzer = Analyzer::new(&config)?;
     let source = start_source(&config, &args)?;
+    if source.live.is_some() {
+        analyzer.enable_identity(&config.identity);
+    }
     let strategy = strategy_of(&source);
     let hello = sonde_export::Hello {
         agent_id: agent_id(&export.spool_dir),
@@ -545,6 +555,9 @@ pub async fn run(
                 &serde_json::to_value(analyzer.inventory().counters()).unwrap_or_default(),
                 &mut counters,
             );
+            if let Some(identity) = analyzer.identity_stats() {
+                flatten_counters("identity", &identity, &mut counters);
+            }
             flatten_counters(
                 "tls_stage",
                 &serde_json::to_value(analyzer.tls().counters()).unwrap_or_default(),
@@ -555,9 +568,15 @@ pub async fn run(
                 &serde_json::to_value(analyzer.tls().posture_counters()).unwrap_or_default(),
                 &mut counters,
             );
+            let identity_spots = analyzer.identity_blind_spots();
             let report = analyzer.tls_mut().blind_spots();
             report.counters(&mut counters);
-            let blind_spots = report.blind_spots();
+            let mut blind_spots = report.blind_spots();
+            blind_spots.extend(
+                identity_spots
+                    .into_iter()
+                    .map(|(kind, detail)| sonde_proto::v1::BlindSpot { kind, detail }),
+            );
             if blind_spots.len() != last_blind_spots {
                 last_blind_spots = blind_spots.len();
                 for line in report.lines() {

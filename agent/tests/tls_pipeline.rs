@@ -56,6 +56,7 @@ impl ConnBuilder {
                     pid: tgid,
                     comm: comm.into(),
                     cgroup_id: 0,
+                    workload: None,
                 },
                 local: Some(local),
                 remote: Some(SocketAddr::from(([10, 9, 9, 9], 50_000 + fd as u16))),

@@ -30,6 +30,7 @@ fn endpoint(i: u64) -> EndpointUpdate {
                 server_port: 8080,
                 authority: format!("svc-{}.internal", i % 100),
                 process: "api".into(),
+                ..ServiceKey::default()
             }),
             method: if i.is_multiple_of(3) {
                 "POST".into()

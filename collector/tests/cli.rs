@@ -282,10 +282,88 @@ async fn agents_show_blind_spots_and_the_unreadable_tls_share(
     fx.collector.stop().await
 }
 
+/// An endpoint served by a Kubernetes workload is listed under the workload's name, merged across
+/// agents (two pods, two nodes), and `sonde endpoint` prints the workload's identity.
+async fn endpoints_of_a_workload_are_listed_under_its_name_with_its_identity(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    use sonde_proto::v1::Workload;
+    let fx = Fixture::start(backend).await?;
+    let url = fx.url();
+    for (agent, host, pod, ip) in [
+        ("agent-a", "node-a", "api-7d9c5b6f4-x2k8p", "10.244.1.17"),
+        ("agent-b", "node-b", "api-7d9c5b6f4-zz9qq", "10.244.2.9"),
+    ] {
+        let mut session = Session::open(&url, hello(agent, host)).await?;
+        let mut update = endpoint("", "GET", "/users/{id}", 5);
+        let service = update
+            .key
+            .as_mut()
+            .and_then(|k| k.service.as_mut())
+            .context("service key")?;
+        service.server_addr = ip.into();
+        service.process = String::new();
+        service.kubernetes_service = "shop/api".into();
+        service.workload = Some(Workload {
+            name: "deployment/shop/api".into(),
+            container_runtime: "containerd".into(),
+            container_id: "3f4b1c9e0d2a4b6c8e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d".into(),
+            container_name: "api".into(),
+            pod_name: pod.into(),
+            namespace: "shop".into(),
+            owner_kind: "Deployment".into(),
+            owner_name: "api".into(),
+            node: host.into(),
+            labels: [("app".to_string(), "api".to_string())]
+                .into_iter()
+                .collect(),
+            ..Workload::default()
+        });
+        session
+            .batch_acked(Batch {
+                seq: 1,
+                endpoint_updates: vec![update],
+                anomalies: vec![],
+                sealed_at_unix_ns: 0,
+                ..Batch::default()
+            })
+            .await?;
+    }
+    let listed = sonde(&["--collector", &url, "--json", "endpoints"]).await?;
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let eps: serde_json::Value = serde_json::from_str(&stdout(&listed))?;
+    let eps = eps.as_array().context("array")?;
+    assert_eq!(eps.len(), 1, "one endpoint for both pods: {eps:?}");
+    assert_eq!(eps[0]["service"], "deployment/shop/api:8080");
+    assert_eq!(eps[0]["call_count"], 10);
+    let id = eps[0]["id"].as_str().context("id")?.to_owned();
+    let shown = sonde(&["--collector", &url, "endpoint", &id]).await?;
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let text = stdout(&shown);
+    assert!(text.contains("kubernetes service: shop/api"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("workload: "))
+        .context("workload line")?;
+    assert!(line.starts_with("workload: deployment/shop/api "), "{line}");
+    for part in [
+        "owner=Deployment/api",
+        "namespace=shop",
+        "runtime=containerd",
+        "container=api",
+        "container_id=3f4b1c9e0d2a",
+    ] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+    assert!(text.contains("labels: app=api"), "{text}");
+    fx.collector.stop().await
+}
+
 for_each_store! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     tables_json_and_filters,
     follow_prints_new_anomalies,
     exit_codes_say_what_is_wrong,
     agents_show_blind_spots_and_the_unreadable_tls_share,
+    endpoints_of_a_workload_are_listed_under_its_name_with_its_identity,
 }

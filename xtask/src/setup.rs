@@ -15,6 +15,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("curl", "/usr/bin/curl"),
     ("nghttp2-client", "/usr/bin/nghttp"),
     ("iproute2", "/usr/sbin/ip"),
+    // Container identity e2e test: podman with runc (crun refuses hybrid cgroup hosts).
+    ("podman", "/usr/bin/podman"),
+    ("runc", "/usr/sbin/runc"),
     // TLS tests: `openssl` (certificates, s_client, s_server handshakes), a client linked
     // statically against libssl.a (gcc + libssl-dev + libc6-dev), and `nm` for the ELF tests.
     ("openssl", "/usr/bin/openssl"),

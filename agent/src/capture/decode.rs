@@ -189,6 +189,7 @@ impl Decoder {
                 pid: o.tgid,
                 comm: String::from_utf8_lossy(&o.comm[..comm_len]).into_owned(),
                 cgroup_id: o.cgroup_id,
+                workload: None,
             },
             local,
             remote,

@@ -260,6 +260,49 @@ fn list(values: &[String]) -> String {
     }
 }
 
+/// The serving workload and Kubernetes Service of an endpoint, the parts that are known.
+fn print_service_identity(service: &sonde_proto::v1::ServiceKey) {
+    if !service.kubernetes_service.is_empty() {
+        println!("kubernetes service: {}", service.kubernetes_service);
+    }
+    let Some(w) = &service.workload else { return };
+    let mut parts = Vec::new();
+    let mut add = |label: &str, value: &str| {
+        if !value.is_empty() {
+            parts.push(format!("{label}={value}"));
+        }
+    };
+    add(
+        "owner",
+        &format!(
+            "{}{}",
+            w.owner_kind,
+            if w.owner_name.is_empty() {
+                String::new()
+            } else {
+                format!("/{}", w.owner_name)
+            }
+        ),
+    );
+    add("namespace", &w.namespace);
+    add("pod", &w.pod_name);
+    add("node", &w.node);
+    add("runtime", &w.container_runtime);
+    add("container", &w.container_name);
+    add(
+        "container_id",
+        w.container_id.get(..12).unwrap_or(&w.container_id),
+    );
+    add("unit", &w.systemd_unit);
+    add("executable", &w.executable);
+    println!("workload: {} {}", w.name, parts.join(" "));
+    if !w.labels.is_empty() {
+        let mut labels: Vec<_> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        println!("labels: {}", labels.join(","));
+    }
+}
+
 fn classification(value: i32) -> &'static str {
     Classification::try_from(value)
         .unwrap_or(Classification::Unknown)
@@ -394,6 +437,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(summary) = &found.summary {
                 print_table(&ENDPOINT_HEADERS, &[endpoint_row(summary)]);
                 println!("hosts: {}", list(&summary.hosts));
+            }
+            if let Some(key) = found.merged.as_ref().and_then(|m| m.key.as_ref())
+                && let Some(service) = &key.service
+            {
+                print_service_identity(service);
             }
             if let Some(merged) = &found.merged {
                 let mut statuses: Vec<_> = merged.status_counts.iter().collect();

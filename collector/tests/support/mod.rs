@@ -224,6 +224,7 @@ pub fn endpoint(authority: &str, method: &str, path: &str, calls: u64) -> Endpoi
                 server_port: 8080,
                 authority: authority.into(),
                 process: "api-server".into(),
+                ..ServiceKey::default()
             }),
             method: method.into(),
             path_template: path.into(),

@@ -59,6 +59,7 @@ fn conn() -> Arc<ConnMeta> {
             pid: 1,
             comm: "api".into(),
             cgroup_id: 0,
+            workload: None,
         },
         local: Some(local),
         remote: Some(remote),

@@ -16,8 +16,18 @@ pub struct ServiceKey {
     pub address: Option<String>,
     /// Server process name, when the server process is the one observed.
     pub process: Option<String>,
-    /// Host header / `:authority`, lower case.
+    /// Host header / `:authority`, lower case. Left out for Kubernetes workloads and Services,
+    /// which callers reach under many names (short and long DNS names, ClusterIP, pod IP).
     pub authority: Option<String>,
+    /// The serving workload (container, pod and owner, systemd unit, executable), when the
+    /// server process is the one observed and its identity is known. Services of one workload
+    /// are keyed by its name and port, not by address: its pods and containers share them.
+    #[serde(default)]
+    pub workload: Option<Arc<sonde_model::Workload>>,
+    /// `namespace/name` of the Kubernetes Service whose ClusterIP (or endpoint) is the server
+    /// address.
+    #[serde(default)]
+    pub kubernetes_service: Option<Arc<str>>,
 }
 
 impl ServiceKey {
@@ -32,7 +42,7 @@ impl ServiceKey {
 }
 
 impl std::fmt::Display for ServiceKey {
-    /// `authority@address[process]`, `-` for unknown parts: one token without spaces, so endpoint
+    /// `authority@address{workload}[process]`, `-` for unknown parts: one token without spaces, so endpoint
     /// keys (`service METHOD /template`) split on spaces.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -41,6 +51,11 @@ impl std::fmt::Display for ServiceKey {
             self.authority.as_deref().unwrap_or("-"),
             self.address.as_deref().unwrap_or("-")
         )?;
+        if let Some(w) = self.workload.as_deref().filter(|w| !w.name.is_empty()) {
+            write!(f, "{{{}}}", w.name)?;
+        } else if let Some(s) = &self.kubernetes_service {
+            write!(f, "{{service/{s}}}")?;
+        }
         if let Some(p) = &self.process {
             write!(f, "[{p}]")?;
         }

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -107,8 +107,13 @@ const RAISED_OVERFLOW: u8 = 16;
 
 struct Service {
     key: Arc<ServiceKey>,
-    /// The key's address, unformatted: compared on every call.
+    /// The key's address, unformatted: compared on every call (port only, unspecified IP, for a
+    /// workload's service).
     addr: Option<SocketAddr>,
+    /// The key's workload name, if any.
+    workload_name: Option<String>,
+    /// Whether the Host header is part of the key (not for Kubernetes workloads and Services).
+    keeps_authority: bool,
     trie: PathTrie,
     custom_methods: Vec<Arc<str>>,
     endpoint_count: usize,
@@ -148,6 +153,8 @@ pub struct Inventory {
     text_buf: String,
     caller_cache: (Option<(ConnId, Role, Option<SocketAddr>)>, String),
     service_cache: Option<(ConnId, u32)>,
+    /// Kubernetes names of addresses (Services, pods), when the identity stage has them.
+    address_names: Option<Arc<dyn AddressNames>>,
     jwt_cache: auth::JwtCache,
     /// Endpoints (not overflow buckets) and trie nodes over all services, for the global caps.
     live_endpoints: usize,
@@ -176,6 +183,43 @@ fn cut(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// Names of addresses from cluster metadata (implemented by the identity stage over its
+/// Kubernetes index). Asked once per connection, not per call.
+pub trait AddressNames: Send + Sync {
+    /// `namespace/name` of the Kubernetes Service at this ClusterIP:port or endpoint address.
+    fn service_at(&self, addr: SocketAddr) -> Option<Arc<str>>;
+    /// The workload name of the pod with this IP.
+    fn workload_at(&self, ip: IpAddr) -> Option<String>;
+}
+
+/// `10.0.0.1`, `10.0.0.1:8080`, `[::1]:8080`, `::1`.
+fn is_address(authority: &str) -> bool {
+    authority.parse::<IpAddr>().is_ok() || authority.parse::<SocketAddr>().is_ok()
+}
+
+/// The serving workload, when the observed process is the server and has a name.
+fn server_workload(conn: &sonde_model::ConnMeta) -> Option<&Arc<sonde_model::Workload>> {
+    match conn.role {
+        Role::Server => conn
+            .process
+            .workload
+            .as_ref()
+            .filter(|w| !w.name.is_empty()),
+        _ => None,
+    }
+}
+
+/// The address a service is keyed by: the port alone (unspecified IP) for a named workload.
+fn service_addr(conn: &sonde_model::ConnMeta) -> Option<SocketAddr> {
+    let addr = conn.server_addr();
+    match server_workload(conn) {
+        Some(_) => {
+            addr.map(|a| SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), a.port()))
+        }
+        None => addr,
+    }
 }
 
 /// Lower-cased authority, or a marker when it is not a plausible host[:port].
@@ -282,10 +326,18 @@ impl Inventory {
             text_buf: String::new(),
             caller_cache: (None, String::new()),
             service_cache: None,
+            address_names: None,
             jwt_cache: auth::JwtCache::default(),
             live_endpoints: 0,
             total_nodes: 0,
         }
+    }
+
+    /// Names server addresses that are Kubernetes Services, and callers that are pods.
+    pub fn set_address_names(&mut self, names: Arc<dyn AddressNames>) {
+        self.address_names = Some(names);
+        self.service_cache = None;
+        self.caller_cache.0 = None;
     }
 
     pub fn config(&self) -> &InventoryConfig {
@@ -527,12 +579,14 @@ impl Inventory {
         // hashing and comparisons.
         if let Some((id, sid)) = &self.service_cache
             && *id == ex.conn.id
-            && self
-                .services
-                .get(*sid as usize)
-                .is_some_and(|s| s.addr == ex.conn.server_addr())
-            && self.services[*sid as usize].key.authority.as_deref()
-                == ex.request.authority.as_deref()
+            && let Some(svc) = self.services.get(*sid as usize)
+            && svc.addr == service_addr(&ex.conn)
+            && svc.workload_name.as_deref() == server_workload(&ex.conn).map(|w| w.name.as_str())
+            && (!svc.keeps_authority
+                || svc.key.authority.as_deref() == ex.request.authority.as_deref()
+                || (svc.key.authority.is_none()
+                    && svc.workload_name.is_some()
+                    && ex.request.authority.as_deref().is_some_and(is_address)))
         {
             return *sid;
         }
@@ -544,20 +598,47 @@ impl Inventory {
     fn service_lookup(&mut self, ex: &Exchange) -> u32 {
         let conn = &ex.conn;
         let addr = conn.server_addr();
-        let process = match conn.role {
-            Role::Server if !conn.process.comm.is_empty() => Some(cut(&conn.process.comm, 64)),
+        // The key's address: the port alone for a known workload (its pods and containers share
+        // its services), else the server address.
+        let key_addr = service_addr(conn);
+        let workload = server_workload(conn);
+        let workload_name = workload.map(|w| w.name.as_str());
+        let kubernetes_service = match (&self.address_names, addr) {
+            (Some(names), Some(a)) => names.service_at(a),
             _ => None,
         };
-        let authority = ex.request.authority.as_deref().map(normalise_authority);
+        // The process name keys a service only where no workload names it.
+        let process = match conn.role {
+            Role::Server if workload.is_none() && !conn.process.comm.is_empty() => {
+                Some(cut(&conn.process.comm, 64))
+            }
+            _ => None,
+        };
+        // Kubernetes workloads and Services are reached under many names: the Host header
+        // would split one API into several services (and is the caller's to choose).
+        let keeps_authority = !(workload.is_some_and(|w| w.is_kubernetes())
+            || (workload.is_none() && kubernetes_service.is_some()));
+        // An address in the Host header names no virtual host: a known workload's service is
+        // keyed without it.
+        let names_authority = keeps_authority;
+        let keeps_authority = keeps_authority
+            && !(workload.is_some() && ex.request.authority.as_deref().is_some_and(is_address));
+        let authority = ex
+            .request
+            .authority
+            .as_deref()
+            .filter(|_| keeps_authority)
+            .map(normalise_authority);
         let h = self
             .hash_state
-            .hash_one((addr, process, authority.as_deref()));
+            .hash_one((key_addr, process, workload_name, authority.as_deref()));
         if let Some(ids) = self.service_index.get(&h) {
             for &id in ids {
                 let svc = &self.services[id as usize];
                 let k = &svc.key;
-                if svc.addr == addr
+                if svc.addr == key_addr
                     && k.process.as_deref() == process
+                    && svc.workload_name.as_deref() == workload_name
                     && k.authority.as_deref() == authority.as_deref()
                 {
                     return id;
@@ -565,7 +646,7 @@ impl Inventory {
             }
         }
         // New (address, process, authority): apply the per-server authority cap, then the service cap.
-        let server_h = self.hash_state.hash_one((addr, process));
+        let server_h = self.hash_state.hash_one((key_addr, process, workload_name));
         let count = self.authorities_per_server.entry(server_h).or_insert(0);
         let authority = if authority.is_some() && *count >= self.cfg.max_authorities_per_server {
             self.counters.authorities_merged += 1;
@@ -577,15 +658,21 @@ impl Inventory {
             address: addr.map(|a| a.to_string()),
             process: process.map(str::to_owned),
             authority: authority.map(Cow::into_owned),
+            workload: workload.cloned(),
+            kubernetes_service,
         };
-        let h2 = self
-            .hash_state
-            .hash_one((addr, process, key.authority.as_deref()));
+        let h2 =
+            self.hash_state
+                .hash_one((key_addr, process, workload_name, key.authority.as_deref()));
         if h2 != h
             && let Some(ids) = self.service_index.get(&h2)
-            && let Some(&id) = ids
-                .iter()
-                .find(|id| *self.services[**id as usize].key == key)
+            && let Some(&id) = ids.iter().find(|id| {
+                let svc = &self.services[**id as usize];
+                svc.addr == key_addr
+                    && svc.key.process == key.process
+                    && svc.workload_name.as_deref() == workload_name
+                    && svc.key.authority == key.authority
+            })
         {
             return id;
         }
@@ -598,15 +685,27 @@ impl Inventory {
         {
             *c += 1;
         }
-        let id = self.push_service(key, addr);
+        let id = self.push_service(key, key_addr, names_authority);
         self.service_index.entry(h2).or_default().push(id);
         id
     }
 
-    fn push_service(&mut self, key: ServiceKey, addr: Option<SocketAddr>) -> u32 {
+    fn push_service(
+        &mut self,
+        key: ServiceKey,
+        addr: Option<SocketAddr>,
+        keeps_authority: bool,
+    ) -> u32 {
+        let workload_name = key
+            .workload
+            .as_ref()
+            .map(|w| w.name.clone())
+            .filter(|n| !n.is_empty());
         self.services.push(Service {
             key: Arc::new(key),
             addr,
+            workload_name,
+            keeps_authority,
             trie: PathTrie::new(self.cfg.max_nodes_per_service, self.cfg.param_min_distinct),
             custom_methods: Vec::new(),
             endpoint_count: 0,
@@ -624,8 +723,11 @@ impl Inventory {
                 address: None,
                 process: None,
                 authority: Some("{overflow}".into()),
+                workload: None,
+                kubernetes_service: None,
             },
             None,
+            true,
         );
         self.overflow_service = Some(id);
         id
@@ -1356,8 +1458,28 @@ impl Inventory {
             if let Some(a) = conn_key.2 {
                 let _ = write!(text, "{}", a.ip());
             }
-            if ex.conn.role == Role::Client && !ex.conn.process.comm.is_empty() {
-                let _ = write!(text, "[{}]", cut(&ex.conn.process.comm, 64));
+            if ex.conn.role == Role::Client {
+                // The calling process is the observed one: its workload, else its name.
+                match ex
+                    .conn
+                    .process
+                    .workload
+                    .as_deref()
+                    .filter(|w| !w.name.is_empty())
+                {
+                    Some(w) => {
+                        let _ = write!(text, "[{}]", cut(&w.name, 128));
+                    }
+                    None if !ex.conn.process.comm.is_empty() => {
+                        let _ = write!(text, "[{}]", cut(&ex.conn.process.comm, 64));
+                    }
+                    None => {}
+                }
+            } else if let (Some(names), Some(a)) = (&self.address_names, conn_key.2)
+                && let Some(w) = names.workload_at(a.ip())
+            {
+                // A remote caller that is a pod of this node.
+                let _ = write!(text, "[{}]", cut(&w, 128));
             }
             self.caller_cache.0 = Some(conn_key);
         }

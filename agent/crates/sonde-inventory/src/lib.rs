@@ -27,7 +27,9 @@ pub use endpoint::{
     SensitiveField, ServiceKey,
 };
 pub use error::SpecError;
-pub use inventory::{CallInfo, Inventory, InventoryCounters, SensitiveHit, UnusedOperation};
+pub use inventory::{
+    AddressNames, CallInfo, Inventory, InventoryCounters, SensitiveHit, UnusedOperation,
+};
 pub use sensitive::{KindSet, SensitiveKind};
 pub use spec::{DeclaredOperation, DeclaredSpec, SpecScope};
 pub use template::ParamKind;

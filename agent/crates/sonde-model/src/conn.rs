@@ -1,6 +1,8 @@
 //! Connection identity.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +78,113 @@ pub struct ProcessInfo {
     pub comm: String,
     /// cgroup v2 id of the task; the workload-identity stage maps it to a container.
     pub cgroup_id: u64,
+    /// Container, Kubernetes pod and workload, systemd unit or executable of the process, when
+    /// the identity stage resolved them (`None` for recordings, pcaps and unresolved processes).
+    #[serde(default)]
+    pub workload: Option<Arc<Workload>>,
+}
+
+/// Container runtime whose cgroup layout a container id was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContainerRuntime {
+    Containerd,
+    CriO,
+    Docker,
+    Podman,
+}
+
+impl ContainerRuntime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerRuntime::Containerd => "containerd",
+            ContainerRuntime::CriO => "cri-o",
+            ContainerRuntime::Docker => "docker",
+            ContainerRuntime::Podman => "podman",
+        }
+    }
+}
+
+/// The Kubernetes pod a container belongs to, and the workload that owns the pod.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct PodIdentity {
+    pub uid: String,
+    /// Empty until the pod is known from the Kubernetes API or the runtime's metadata.
+    pub name: String,
+    pub namespace: String,
+    pub node: String,
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, `Job`, `CronJob`, `ReplicaSet`, ... or `Pod`
+    /// for a pod no controller owns; empty when unknown.
+    pub workload_kind: String,
+    pub workload_name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Who a process is beyond its pid. Every part is optional: a bare-metal process has a systemd
+/// unit (or none) and an executable; a container has a runtime and id; a Kubernetes container
+/// also a pod.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct Workload {
+    /// The name services and callers are keyed by (see [`Workload::derive_name`]).
+    pub name: String,
+    pub runtime: Option<ContainerRuntime>,
+    /// Full container id (64 hex digits for every runtime here).
+    pub container_id: Option<String>,
+    pub container_name: Option<String>,
+    pub pod: Option<PodIdentity>,
+    /// systemd unit of a process outside containers (`nginx.service`).
+    pub systemd_unit: Option<String>,
+    /// Path of the executable (`/usr/sbin/nginx`).
+    pub executable: Option<String>,
+}
+
+impl Workload {
+    /// The most specific stable name: `deployment/shop/api` (kind in lower case, namespace,
+    /// name) for a Kubernetes workload, `pod/shop/api-0` for a pod no controller owns,
+    /// `podman/web` (runtime and container name, or the 12-digit short id) for other containers,
+    /// the systemd unit (`nginx.service`), else the executable's file name; empty when nothing
+    /// is known. Pods and containers of one workload share the name, so their endpoints merge.
+    pub fn derive_name(&self) -> String {
+        if let Some(pod) = &self.pod
+            && !pod.name.is_empty()
+        {
+            return if pod.workload_name.is_empty() {
+                format!("pod/{}/{}", pod.namespace, pod.name)
+            } else {
+                format!(
+                    "{}/{}/{}",
+                    pod.workload_kind.to_ascii_lowercase(),
+                    pod.namespace,
+                    pod.workload_name
+                )
+            };
+        }
+        if let Some(id) = &self.container_id {
+            let runtime = self
+                .runtime
+                .map(ContainerRuntime::as_str)
+                .unwrap_or("container");
+            let name = match &self.container_name {
+                Some(n) if !n.is_empty() => n.as_str(),
+                _ => id.get(..12).unwrap_or(id),
+            };
+            return format!("{runtime}/{name}");
+        }
+        if let Some(unit) = &self.systemd_unit {
+            return unit.clone();
+        }
+        self.executable
+            .as_deref()
+            .and_then(|e| e.rsplit('/').next())
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// Whether the workload is a Kubernetes pod's (its services are named by the workload alone,
+    /// not by the Host header callers used).
+    pub fn is_kubernetes(&self) -> bool {
+        self.pod.as_ref().is_some_and(|p| !p.name.is_empty())
+    }
 }
 
 /// What is known about a connection: identity, owner and addresses.
@@ -105,5 +214,33 @@ impl ConnMeta {
             Role::Client => self.local,
             Role::Unknown => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Recordings made before workloads existed hold a three-field process.
+    #[test]
+    fn a_process_recorded_without_workload_still_reads() {
+        let old = rmp_serde::to_vec(&(7u32, "nginx", 42u64)).expect("encode");
+        let p: ProcessInfo = rmp_serde::from_slice(&old).expect("decode");
+        assert_eq!((p.pid, p.comm.as_str(), p.cgroup_id), (7, "nginx", 42));
+        assert_eq!(p.workload, None);
+        let mut w = Workload {
+            runtime: Some(ContainerRuntime::Docker),
+            container_id: Some("f".repeat(64)),
+            ..Workload::default()
+        };
+        w.name = w.derive_name();
+        assert_eq!(w.name, "docker/ffffffffffff", "short id without a name");
+        let p = ProcessInfo {
+            workload: Some(Arc::new(w)),
+            ..p
+        };
+        let back: ProcessInfo =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&p).expect("encode")).expect("decode");
+        assert_eq!(back, p);
     }
 }

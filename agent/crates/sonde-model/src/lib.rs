@@ -11,7 +11,9 @@ pub mod exchange;
 
 pub use anomaly::{Anomaly, Evidence, OwaspCategory, Severity};
 pub use capture::{CaptureEvent, ConnClose, ConnOpen, DataChunk, Source};
-pub use conn::{ConnId, ConnMeta, Direction, ProcessInfo, Role};
+pub use conn::{
+    ConnId, ConnMeta, ContainerRuntime, Direction, PodIdentity, ProcessInfo, Role, Workload,
+};
 pub use exchange::{
     Body, Exchange, ExchangeFlags, GrpcInfo, Header, HttpVersion, Request, Response,
 };

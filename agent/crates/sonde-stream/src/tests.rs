@@ -374,6 +374,7 @@ fn open_after_data_upgrades_metadata() {
             pid: 9,
             comm: "curl".into(),
             cgroup_id: 1,
+            workload: None,
         },
         local: None,
         remote: None,

@@ -89,6 +89,7 @@ impl Ex {
                     pid: 10,
                     comm: "shop-api".into(),
                     cgroup_id: 0,
+                    workload: None,
                 },
                 local: Some(local),
                 remote: Some(remote),

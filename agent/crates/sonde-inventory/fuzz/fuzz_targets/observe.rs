@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let conn = Arc::new(ConnMeta {
         id: ConnId { tgid: 1, fd: 3, generation: 0 },
         role: Role::Server,
-        process: ProcessInfo { pid: 1, comm: "f".into(), cgroup_id: 0 },
+        process: ProcessInfo { pid: 1, comm: "f".into(), cgroup_id: 0, workload: None },
         local: "127.0.0.1:80".parse().ok(),
         remote: "127.0.0.2:9".parse().ok(),
     });

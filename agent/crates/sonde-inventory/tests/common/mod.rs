@@ -54,6 +54,7 @@ pub fn conn(server: &str, client: &str, comm: &str) -> Arc<ConnMeta> {
             pid: 10,
             comm: comm.into(),
             cgroup_id: 0,
+            workload: None,
         },
         local: Some(local),
         remote: Some(remote),
