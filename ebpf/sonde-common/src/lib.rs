@@ -59,6 +59,9 @@ pub mod open_flags {
     pub const ADDRS_KNOWN: u16 = 1;
     /// First seen on a data call, not at connect/accept: it may predate capture.
     pub const MID_STREAM: u16 = 2;
+    /// A client whose server is a listening socket of this host that is captured too: its
+    /// payload is not shipped (the server's view carries the same bytes).
+    pub const LOCAL_PEER: u16 = 4;
 }
 
 /// Per-CPU counters: the single value of the `COUNTERS` map (one lookup per program run).
@@ -102,10 +105,18 @@ pub mod counter {
     pub const TLS_CONNS: u32 = 14;
     /// Connections closed (close records written).
     pub const CONNS_CLOSED: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// Client connections to a captured listening socket of this host (payload not shipped).
+    pub const LOCAL_PEER_CONNS: u32 = 16;
+    /// Calls on such connections skipped without copying.
+    pub const LOCAL_PEER_SKIPPED: u32 = 17;
+    /// Counters in use (names below).
+    pub const USED: u32 = 18;
+    /// Slots of [`Counters`]: a power of two, so an index masked with `COUNT - 1` stays in
+    /// bounds for the verifier.
+    pub const COUNT: u32 = 32;
 
     /// Names for export, by index.
-    pub const NAMES: [&str; COUNT as usize] = [
+    pub const NAMES: [&str; USED as usize] = [
         "ring_full_data",
         "ring_full_conn",
         "cap_exceeded_calls",
@@ -122,6 +133,8 @@ pub mod counter {
         "peek_calls",
         "tls_conns",
         "conns_closed",
+        "local_peer_conns",
+        "local_peer_skipped",
     ];
 
     /// Whether a counter counts lost data (as opposed to activity).
@@ -240,7 +253,10 @@ pub struct FdState {
     pub probe_calls: u8,
     /// 1 when the port or process filter excludes this connection.
     pub filtered: u8,
-    pub _pad: [u8; 7],
+    /// 1 for a client whose server side is captured on this host (see
+    /// [`open_flags::LOCAL_PEER`]): calls stop at `sys_enter`.
+    pub local_peer: u8,
+    pub _pad: [u8; 6],
 }
 
 /// Kinds of [`FdState`].
@@ -251,6 +267,19 @@ pub mod fd_kind {
     pub const CONN: u8 = 1;
     /// Not a TCP socket (file, pipe, UDP, unix): calls on it are ignored until it is closed.
     pub const NOT_TCP: u8 = 2;
+}
+
+/// A listening TCP socket of this host: the key of the `LISTENERS` map. A wildcard listener
+/// (0.0.0.0 or ::) has an all-zero `addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    pub port: u16,
+    pub _pad: u32,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
 }
 
 /// Tracepoint field offsets read from tracefs by user space (formats may move between kernels).
@@ -273,7 +302,8 @@ pub struct TracepointOffsets {
     pub state_daddr: u16,
     pub state_saddr_v6: u16,
     pub state_daddr_v6: u16,
-    pub _pad: [u16; 3],
+    pub state_oldstate: u16,
+    pub _pad: [u16; 2],
 }
 
 /// Runtime configuration written by user space into the `CONFIG` array (index 0).
@@ -294,7 +324,9 @@ pub struct Config {
     pub sock_tracepoints: u32,
     /// 1: `TGID_EXCLUDE` holds processes to skip besides the agent.
     pub exclude_enabled: u32,
-    pub _pad: u32,
+    /// 1: clients of listening sockets in `LISTENERS` are not shipped (see
+    /// [`open_flags::LOCAL_PEER`]).
+    pub local_peer_skip: u32,
     /// Ring bytes pending after which a record forces a wake-up of user space.
     pub wakeup_threshold: u64,
     pub tp: TracepointOffsets,
@@ -310,7 +342,7 @@ impl Default for Config {
             port_filter_enabled: 0,
             sock_tracepoints: 1,
             exclude_enabled: 0,
-            _pad: 0,
+            local_peer_skip: 0,
             wakeup_threshold: 256 * 1024,
             tp: TracepointOffsets::default(),
         }
@@ -326,6 +358,8 @@ const _: () = assert!(core::mem::size_of::<SockAddrs>() == 40);
 const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
 const _: () = assert!(core::mem::size_of::<FdState>() == 32);
 const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
+const _: () = assert!(counter::COUNT.is_power_of_two() && counter::USED <= counter::COUNT);
 const _: () = assert!(core::mem::size_of::<Config>() == 72);
 const _: () = assert!(CHUNK_SIZE.is_power_of_two() && CHUNK_SIZE <= 8192);
 
@@ -336,6 +370,7 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for FdState {}
+    unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for PendingCall {}
     unsafe impl aya::Pod for SockAddrs {}
 }

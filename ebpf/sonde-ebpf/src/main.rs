@@ -20,8 +20,8 @@ use aya_ebpf::{
 };
 use sonde_common::{
     CHUNK_SIZE, CLASSIFY_PROBE_CALLS, CloseEvent, Config, Counters, DATA_HEADER_SIZE, DataHeader,
-    FdState, MAX_CHUNKS_PER_CALL, MAX_IOVECS, OpenEvent, PendingCall, SockAddrs, class, counter,
-    direction, fd_kind, kind, open_flags, role, source,
+    FdState, ListenerKey, MAX_CHUNKS_PER_CALL, MAX_IOVECS, OpenEvent, PendingCall, SockAddrs,
+    class, counter, direction, fd_kind, kind, open_flags, role, source,
 };
 
 const AF_INET: u16 = 2;
@@ -30,6 +30,7 @@ const IPPROTO_TCP: u16 = 6;
 const MSG_PEEK: u64 = 2;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
 /// Bytes of the BPF_RB_AVAIL_DATA query flag (linux/bpf.h).
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
@@ -55,6 +56,11 @@ static FDS: LruHashMap<u64, FdState> = LruHashMap::with_max_entries(65536, 0);
 /// Addresses of established TCP sockets, by `struct sock *`.
 #[map]
 static SOCK_ADDRS: LruHashMap<u64, SockAddrs> = LruHashMap::with_max_entries(65536, 0);
+
+/// Listening TCP sockets of this host whose process is captured (value: the listening tgid),
+/// from LISTEN transitions here and from procfs when the agent starts.
+#[map]
+static LISTENERS: HashMap<ListenerKey, u32> = HashMap::with_max_entries(4096, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
@@ -153,6 +159,10 @@ fn try_enter(
         }
         if st.filtered != 0 {
             count(counter::FILTERED_CALLS, 1);
+            return Err(());
+        }
+        if st.local_peer != 0 {
+            count(counter::LOCAL_PEER_SKIPPED, 1);
             return Err(());
         }
     }
@@ -330,6 +340,13 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let newstate: i32 = unsafe { ctx.read_at(tp.state_newstate as usize) }.unwrap_or(0);
+    if newstate == TCP_LISTEN
+        || (newstate == TCP_CLOSE
+            && unsafe { ctx.read_at::<i32>(tp.state_oldstate as usize) } == Ok(TCP_LISTEN))
+    {
+        listener_changed(&ctx, cfg, newstate == TCP_LISTEN);
+        return 0;
+    }
     if newstate == TCP_CLOSE {
         let _ = SOCK_ADDRS.remove(&skaddr);
         return 0;
@@ -359,6 +376,65 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         count(counter::MAP_FULL, 1);
     }
     0
+}
+
+/// A socket started or stopped listening. `listen()` and the last `close()` of a listening
+/// socket run in its process, so the current tgid is the listener's owner; a listener of an
+/// excluded process is left out, so its local clients keep their own view.
+#[inline(never)]
+fn listener_changed(ctx: &TracePointContext, cfg: &Config, listening: bool) {
+    let tp = &cfg.tp;
+    let family: u16 = unsafe { ctx.read_at(tp.state_family as usize) }.unwrap_or(0);
+    let mut key = ListenerKey {
+        family,
+        port: unsafe { ctx.read_at(tp.state_sport as usize) }.unwrap_or(0),
+        _pad: 0,
+        addr: [0; 16],
+    };
+    if family == AF_INET6 {
+        key.addr = unsafe { ctx.read_at(tp.state_saddr_v6 as usize) }.unwrap_or([0; 16]);
+    } else {
+        let a: [u8; 4] = unsafe { ctx.read_at(tp.state_saddr as usize) }.unwrap_or([0; 4]);
+        key.addr[..4].copy_from_slice(&a);
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !listening || excluded(cfg, tgid) {
+        let _ = LISTENERS.remove(&key);
+    } else if LISTENERS.insert(&key, &tgid, 0).is_err() {
+        count(counter::MAP_FULL, 1);
+    }
+}
+
+/// Whether a client socket's peer is a captured listening socket of this host: the exact
+/// address, or a wildcard listener (also a dual-stack `::` one for IPv4) when the destination is
+/// loopback or the client's own address (a wildcard listener does not make a remote host's
+/// port local).
+#[inline(never)]
+fn peer_is_local_listener(addrs: &SockAddrs) -> bool {
+    let mut key = ListenerKey {
+        family: addrs.family,
+        port: addrs.remote_port,
+        _pad: 0,
+        addr: addrs.remote_addr,
+    };
+    if unsafe { LISTENERS.get(&key) }.is_some() {
+        return true;
+    }
+    let r = &addrs.remote_addr;
+    let loopback = if addrs.family == AF_INET6 {
+        r[..15] == [0; 15] && r[15] == 1
+    } else {
+        r[0] == 127
+    };
+    if !loopback && addrs.remote_addr != addrs.local_addr {
+        return false;
+    }
+    key.addr = [0; 16];
+    if unsafe { LISTENERS.get(&key) }.is_some() {
+        return true;
+    }
+    key.family = AF_INET6;
+    addrs.family == AF_INET && unsafe { LISTENERS.get(&key) }.is_some()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -557,6 +633,15 @@ fn open_conn(cfg: &Config, tgid: u32, fd: i32, sk: u64, hinted: Option<u8>) -> R
     let filtered = cfg.port_filter_enabled != 0
         && ev.flags & open_flags::ADDRS_KNOWN != 0
         && !port_allowed(&ev.addrs);
+    let local_peer = !filtered
+        && cfg.local_peer_skip != 0
+        && ev.role == role::CLIENT
+        && ev.flags & open_flags::ADDRS_KNOWN != 0
+        && peer_is_local_listener(&ev.addrs);
+    if local_peer {
+        ev.flags |= open_flags::LOCAL_PEER;
+        count(counter::LOCAL_PEER_CONNS, 1);
+    }
     let st = FdState {
         offset: [0; 2],
         generation,
@@ -565,7 +650,8 @@ fn open_conn(cfg: &Config, tgid: u32, fd: i32, sk: u64, hinted: Option<u8>) -> R
         class: class::UNKNOWN,
         probe_calls: 0,
         filtered: filtered as u8,
-        _pad: [0; 7],
+        local_peer: local_peer as u8,
+        _pad: [0; 6],
     };
     if FDS.insert(&key, &st, 0).is_err() {
         count(counter::MAP_FULL, 1);
@@ -714,6 +800,10 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
     let st = unsafe { &mut *st };
     if st.filtered != 0 {
         count(counter::FILTERED_CALLS, 1);
+        return Ok(());
+    }
+    if st.local_peer != 0 {
+        count(counter::LOCAL_PEER_SKIPPED, 1);
         return Ok(());
     }
     let dir = (call.direction & 1) as usize;
