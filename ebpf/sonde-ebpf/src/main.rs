@@ -68,8 +68,8 @@ static FDS: LruHashMap<u64, FdState> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static SOCK_ADDRS: LruHashMap<u64, SockAddrs> = LruHashMap::with_max_entries(65536, 0);
 
-/// Listening TCP sockets of this host whose process is captured (value: the listening tgid),
-/// from LISTEN transitions here and from procfs when the agent starts.
+/// Listening TCP sockets of this host whose process is captured, from LISTEN transitions here
+/// (value: the listening tgid) and from procfs when the agent starts (value 0).
 #[map]
 static LISTENERS: HashMap<ListenerKey, u32> = HashMap::with_max_entries(4096, 0);
 
@@ -301,8 +301,8 @@ fn sock_length(ctx: &TracePointContext) -> u32 {
         return 0;
     };
     let tp = &cfg.tp;
-    // The layout of every kernel since the tracepoints exist (6.4): direct loads; any other
-    // layout tracefs reported is read through the helper.
+    // The fields right after the common header, as the tracepoints define them: direct loads;
+    // any other layout tracefs reports is read through the helper.
     let (sk, family, protocol) =
         if tp.sock_len_sk == 8 && tp.sock_len_family == 16 && tp.sock_len_protocol == 18 {
             (
