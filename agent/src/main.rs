@@ -246,6 +246,11 @@ async fn capture(config: AgentConfig, args: CaptureArgs) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(deadline);
+    // One Ctrl-C future for the whole loop: tokio hands a signal only to listeners that exist
+    // when it arrives, so a future made anew per iteration loses a SIGINT that lands while a
+    // batch is being handled (seen under load: the agent never stopped).
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     use std::io::Write as _;
     loop {
@@ -268,7 +273,7 @@ async fn capture(config: AgentConfig, args: CaptureArgs) -> anyhow::Result<()> {
                 }
                 out.flush()?;
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut ctrl_c => break,
             _ = &mut deadline => break,
         }
     }
