@@ -189,6 +189,11 @@ pub struct CaptureConfig {
     pub tcp_strategy: TcpStrategyChoice,
     /// Batches of events buffered between the ring reader and the pipeline. Default 256.
     pub channel_batches: usize,
+    /// Do not ship the payload of a client connection whose server is a listening socket of
+    /// this host that is captured too: a local call is then analysed once, from the server's
+    /// socket, at half the cost. Its open and close events still travel. Off whenever a process
+    /// filter (`pids`) is set, since the server may then be outside it. Default true.
+    pub skip_local_client_views: bool,
     /// TLS plaintext capture with uprobes on the TLS libraries processes map. Default true.
     pub tls: TlsCaptureConfig,
 }
@@ -233,6 +238,7 @@ impl Default for CaptureConfig {
             tcp_strategy: TcpStrategyChoice::Auto,
             channel_batches: 256,
             tls: TlsCaptureConfig::default(),
+            skip_local_client_views: true,
         }
     }
 }

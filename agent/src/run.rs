@@ -144,6 +144,10 @@ async fn drive(
         }
     };
     tokio::pin!(deadline);
+    // Made once: a Ctrl-C future made anew per iteration misses a SIGINT that arrives while a
+    // batch is being analysed.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -157,7 +161,7 @@ async fn drive(
                 }
                 every(analyzer);
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut ctrl_c => break,
             _ = &mut deadline => break,
         }
     }

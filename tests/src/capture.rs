@@ -16,10 +16,12 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Starts capturing connections with one of `ports` as local or remote port.
+    /// Starts capturing connections with one of `ports` as local or remote port, both ends of
+    /// a local call included (these tests compare the client's bytes with the server's).
     pub fn start(ports: &[u16]) -> Capture {
         Capture::start_with(CaptureConfig {
             ports: ports.to_vec(),
+            skip_local_client_views: false,
             ..CaptureConfig::default()
         })
     }

@@ -510,3 +510,103 @@ fn the_port_filter_also_holds_for_connections_that_predate_capture() {
         let _ = c.wait();
     }
 }
+
+#[test]
+fn local_clients_of_captured_servers_keep_only_open_and_close() {
+    let dir = scratch_dir("localpeer");
+    // nginx listens before the capture starts (known from procfs), python after it (known from
+    // its LISTEN transition); a third server, excluded from capture, must not hide its client.
+    let nginx_port = free_port();
+    let nginx = Nginx::start(&dir, nginx_port);
+    std::fs::write(nginx.www().join("n"), "from nginx\n").expect("write");
+    let excluded_port = free_port();
+    let excluded = PythonServer::start(&dir, excluded_port);
+    let python_port = free_port();
+    let cap = Capture::start_with(sonde_agent::config::CaptureConfig {
+        ports: vec![nginx_port, python_port, excluded_port],
+        exclude_pids: vec![excluded.pid()],
+        ..Default::default()
+    });
+    let python = PythonServer::start(&dir, python_port);
+    std::fs::write(dir.join("p"), "from python\n").expect("write");
+    std::fs::write(dir.join("x"), "from an excluded server\n").expect("write");
+
+    let mut clients = Vec::new();
+    for (port, path, body) in [
+        (nginx_port, "n", "from nginx\n"),
+        (python_port, "p", "from python\n"),
+        (excluded_port, "x", "from an excluded server\n"),
+    ] {
+        let (pid, out) = curl(&[&format!("http://127.0.0.1:{port}/{path}")]);
+        assert_eq!(out, body.as_bytes());
+        clients.push(pid);
+    }
+    let server_pids = [nginx.worker_pid(), python.pid()];
+    let conns = eventually(WAIT, "servers' views and closed clients", || {
+        let conns = cap.connections();
+        let served = server_pids.iter().all(|pid| {
+            conns.values().any(|c| {
+                c.open.as_ref().is_some_and(|o| o.process.pid == *pid)
+                    && c.text(Direction::Egress).contains("200")
+                    && c.closed
+            })
+        });
+        let clients_closed = clients.iter().all(|pid| {
+            conns
+                .values()
+                .any(|c| c.open.as_ref().is_some_and(|o| o.process.pid == *pid) && c.closed)
+        });
+        (served && clients_closed).then_some(conns)
+    });
+    let (_, counters) = cap.stop();
+
+    let client_of = |pid: u32| {
+        conns
+            .values()
+            .find(|c| c.open.as_ref().is_some_and(|o| o.process.pid == pid))
+            .expect("client connection")
+    };
+    for (pid, port) in [(clients[0], nginx_port), (clients[1], python_port)] {
+        let c = client_of(pid);
+        let open = c.open.as_ref().expect("open");
+        assert_eq!(open.role, Role::Client);
+        assert_eq!(open.remote.map(|a| a.port()), Some(port));
+        assert!(
+            c.chunks(Direction::Egress).is_empty() && c.chunks(Direction::Ingress).is_empty(),
+            "the client of a captured local server ships no payload: {c:?}"
+        );
+    }
+    let nginx_side = conns
+        .values()
+        .find(|c| {
+            c.open
+                .as_ref()
+                .is_some_and(|o| o.process.pid == nginx.worker_pid())
+        })
+        .expect("nginx's view");
+    assert!(
+        nginx_side
+            .text(Direction::Ingress)
+            .starts_with("GET /n HTTP/1.1")
+    );
+    // The excluded server is not captured, so its client keeps the whole exchange.
+    let to_excluded = client_of(clients[2]);
+    assert!(
+        to_excluded
+            .text(Direction::Ingress)
+            .contains("from an excluded server"),
+        "{to_excluded:?}"
+    );
+    assert!(
+        !conns.values().any(|c| c
+            .open
+            .as_ref()
+            .is_some_and(|o| o.process.pid == excluded.pid())),
+        "the excluded server is not captured"
+    );
+    assert_eq!(counters.get("local_peer_conns"), 2);
+    assert!(counters.get("local_peer_skipped") >= 2, "{counters:?}");
+    for (name, v) in counters.drops() {
+        assert_eq!(v, 0, "drop counter {name}");
+    }
+}

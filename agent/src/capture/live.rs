@@ -10,7 +10,7 @@ use std::time::Duration;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{KProbe, TracePoint};
 use aya::{Ebpf, EbpfLoader};
-use sonde_common::{Config, Counters, counter};
+use sonde_common::{Config, Counters, ListenerKey, counter};
 use sonde_model::CaptureEvent;
 use tokio::sync::mpsc;
 
@@ -295,6 +295,17 @@ impl LiveCapture {
             ));
         };
 
+        // Without addresses from the kernel no client can be matched to a listener.
+        let skip_local_peers =
+            cfg.skip_local_client_views && cfg.pids.is_empty() && addresses_from_kernel && !empty;
+        if skip_local_peers {
+            let mut excluded = cfg.exclude_pids.clone();
+            excluded.push(std::process::id());
+            seed_listeners(
+                &mut ebpf,
+                &procfs::listeners(std::path::Path::new("/proc"), &excluded),
+            )?;
+        }
         let config = Config {
             self_tgid: std::process::id(),
             chunk_size: cfg.chunk_size.clamp(64, sonde_common::CHUNK_SIZE as u32),
@@ -305,7 +316,7 @@ impl LiveCapture {
             port_filter_enabled: u32::from(!cfg.ports.is_empty()),
             sock_tracepoints: u32::from(chosen.marks_in_syscall()),
             exclude_enabled: u32::from(!cfg.exclude_pids.is_empty()),
-            _pad: 0,
+            local_peer_skip: u32::from(skip_local_peers),
             wakeup_threshold: cfg.wakeup_threshold_bytes,
             tp,
         };
@@ -660,6 +671,42 @@ fn attach_kprobe(ebpf: &mut Ebpf, prog: &str, function: &str) -> Result<(), Capt
     p.attach(function, 0)
         .map_err(|e| CaptureError::Attach(format!("kprobe {function}: {e}")))?;
     Ok(())
+}
+
+/// Listening sockets that predate the agent (later ones are learnt from LISTEN transitions).
+fn seed_listeners(ebpf: &mut Ebpf, listeners: &[procfs::Listener]) -> Result<(), CaptureError> {
+    let mut map: HashMap<_, ListenerKey, u32> = HashMap::try_from(
+        ebpf.map_mut("LISTENERS")
+            .ok_or_else(|| CaptureError::Load("map LISTENERS missing".into()))?,
+    )
+    .map_err(|e| CaptureError::Load(format!("LISTENERS: {e}")))?;
+    for l in listeners {
+        if let Err(e) = map.insert(listener_key(l), 0, 0) {
+            tracing::warn!(error = %e, listener = %l.local, "listener not recorded");
+        }
+    }
+    tracing::debug!(listeners = listeners.len(), "listening sockets recorded");
+    Ok(())
+}
+
+/// The kernel side's key for a listener: the socket's family, with the address as the
+/// `inet_sock_set_state` tracepoint reports it (an IPv4 address of an IPv6 socket is mapped).
+fn listener_key(l: &procfs::Listener) -> ListenerKey {
+    let mut key = ListenerKey {
+        family: if l.ipv6_socket { 10 } else { 2 },
+        port: l.local.port(),
+        _pad: 0,
+        addr: [0; 16],
+    };
+    match (l.local.ip(), l.ipv6_socket) {
+        (std::net::IpAddr::V4(v4), false) => key.addr[..4].copy_from_slice(&v4.octets()),
+        (std::net::IpAddr::V4(v4), true) if !v4.is_unspecified() => {
+            key.addr = v4.to_ipv6_mapped().octets()
+        }
+        (std::net::IpAddr::V4(_), true) => {}
+        (std::net::IpAddr::V6(v6), _) => key.addr = v6.octets(),
+    }
+    key
 }
 
 fn fill_set<K: aya::Pod + Copy>(

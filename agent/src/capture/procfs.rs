@@ -64,6 +64,55 @@ pub fn resolve(proc_root: &Path, tgid: u32, fd: i32) -> Option<Resolved> {
     })
 }
 
+/// A listening socket of this host's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// From `/proc/net/tcp6` (an AF_INET6 socket, possibly dual-stack).
+    pub ipv6_socket: bool,
+    pub local: SocketAddr,
+}
+
+/// The listening sockets under `proc_root` (normally `/proc`), except those held by one of the
+/// `excluded` processes (their clients must keep their own view, the server side is not
+/// captured).
+pub fn listeners(proc_root: &Path, excluded: &[u32]) -> Vec<Listener> {
+    let mut held = std::collections::HashSet::new();
+    for pid in excluded {
+        let Ok(dir) = std::fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else {
+            continue;
+        };
+        for entry in dir.flatten() {
+            let Ok(link) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            if let Some(inode) = link
+                .to_str()
+                .and_then(|l| l.strip_prefix("socket:["))
+                .and_then(|l| l.strip_suffix(']'))
+                .and_then(|l| l.parse::<u64>().ok())
+            {
+                held.insert(inode);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (table, ipv6_socket) in [("tcp", false), ("tcp6", true)] {
+        let Ok(text) = std::fs::read_to_string(proc_root.join("net").join(table)) else {
+            continue;
+        };
+        out.extend(
+            parse_table(&text)
+                .into_iter()
+                .filter(|r| r.state == TCP_LISTEN && !held.contains(&r.inode))
+                .map(|r| Listener {
+                    ipv6_socket,
+                    local: r.local,
+                }),
+        );
+    }
+    out
+}
+
 /// Parses the text of `/proc/net/tcp` or `/proc/net/tcp6`; malformed rows are skipped.
 pub fn parse_table(text: &str) -> Vec<TcpRow> {
     text.lines()
@@ -140,6 +189,41 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].local, "[::1]:80".parse().expect("addr"));
         assert_eq!(rows[0].remote, "[::1]:54321".parse().expect("addr"));
+    }
+
+    #[test]
+    fn listeners_are_listed_except_those_of_excluded_processes() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let v6 = std::net::TcpListener::bind("[::1]:0").expect("bind v6");
+        let addr6 = v6.local_addr().expect("addr v6");
+        // A connected socket on the same port is not a listener.
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        let all = listeners(Path::new("/proc"), &[]);
+        let ours: Vec<_> = all
+            .iter()
+            .filter(|l| l.local == addr || l.local == addr6)
+            .collect();
+        assert_eq!(
+            ours,
+            [
+                &Listener {
+                    ipv6_socket: false,
+                    local: addr
+                },
+                &Listener {
+                    ipv6_socket: true,
+                    local: addr6
+                }
+            ]
+        );
+        let without_ours = listeners(Path::new("/proc"), &[std::process::id()]);
+        assert!(
+            !without_ours
+                .iter()
+                .any(|l| l.local == addr || l.local == addr6),
+            "{without_ours:?}"
+        );
     }
 
     #[test]

@@ -169,6 +169,7 @@ pub fn tracepoint_offsets(
     tp.state_daddr = f.offset("daddr")?;
     tp.state_saddr_v6 = f.offset("saddr_v6")?;
     tp.state_daddr_v6 = f.offset("daddr_v6")?;
+    tp.state_oldstate = f.offset("oldstate")?;
     Ok(tp)
 }
 

@@ -67,6 +67,9 @@ pub mod open_flags {
     pub const ADDRS_KNOWN: u16 = 1;
     /// First seen on a data call, not at connect/accept: it may predate capture.
     pub const MID_STREAM: u16 = 2;
+    /// A client whose server is a listening socket of this host that is captured too: its
+    /// payload is not shipped (the server's view carries the same bytes).
+    pub const LOCAL_PEER: u16 = 4;
 }
 
 /// Per-CPU counters: the single value of the `COUNTERS` map (one lookup per program run).
@@ -129,8 +132,12 @@ pub mod counter {
     pub const PROC_EVENTS: u32 = 22;
     /// Exec/exit records lost because the ring buffer was full.
     pub const RING_FULL_PROC: u32 = 23;
+    /// Client connections to a captured listening socket of this host (payload not shipped).
+    pub const LOCAL_PEER_CONNS: u32 = 24;
+    /// Calls on such connections skipped without copying.
+    pub const LOCAL_PEER_SKIPPED: u32 = 25;
     /// Counters in use.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 26;
     /// Slots of the counters array: a power of two, so an index is bounded by a mask.
     pub const SLOTS: u32 = 32;
 
@@ -160,6 +167,8 @@ pub mod counter {
         "tls_handshake_bytes",
         "proc_events",
         "ring_full_proc",
+        "local_peer_conns",
+        "local_peer_skipped",
     ];
 
     /// Whether a counter counts lost data (as opposed to activity).
@@ -309,6 +318,10 @@ pub struct FdState {
     pub handshake_done: u8,
     /// Ciphertext bytes shipped, by direction (saturating).
     pub handshake_bytes: [u16; 2],
+    /// 1 for a client whose server side is captured on this host (see
+    /// [`open_flags::LOCAL_PEER`]): calls stop at `sys_enter`.
+    pub local_peer: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Arguments of an SSL_read/SSL_write call in progress, saved at the uprobe for the uretprobe,
@@ -352,6 +365,19 @@ pub mod fd_kind {
     pub const NOT_TCP: u8 = 2;
 }
 
+/// A listening TCP socket of this host: the key of the `LISTENERS` map. A wildcard listener
+/// (0.0.0.0 or ::) has an all-zero `addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    pub port: u16,
+    pub _pad: u32,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+}
+
 /// Tracepoint field offsets read from tracefs by user space (formats may move between kernels).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -372,7 +398,8 @@ pub struct TracepointOffsets {
     pub state_daddr: u16,
     pub state_saddr_v6: u16,
     pub state_daddr_v6: u16,
-    pub _pad: [u16; 3],
+    pub state_oldstate: u16,
+    pub _pad: [u16; 2],
 }
 
 /// Runtime configuration written by user space into the `CONFIG` array (index 0).
@@ -393,7 +420,9 @@ pub struct Config {
     pub sock_tracepoints: u32,
     /// 1: `TGID_EXCLUDE` holds processes to skip besides the agent.
     pub exclude_enabled: u32,
-    pub _pad: u32,
+    /// 1: clients of listening sockets in `LISTENERS` are not shipped (see
+    /// [`open_flags::LOCAL_PEER`]).
+    pub local_peer_skip: u32,
     /// Ring bytes pending after which a record forces a wake-up of user space.
     pub wakeup_threshold: u64,
     pub tp: TracepointOffsets,
@@ -409,7 +438,7 @@ impl Default for Config {
             port_filter_enabled: 0,
             sock_tracepoints: 1,
             exclude_enabled: 0,
-            _pad: 0,
+            local_peer_skip: 0,
             wakeup_threshold: 256 * 1024,
             tp: TracepointOffsets::default(),
         }
@@ -423,12 +452,14 @@ const _: () = assert!(core::mem::size_of::<OpenEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<CloseEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<SockAddrs>() == 40);
 const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
-const _: () = assert!(core::mem::size_of::<FdState>() == 48);
+const _: () = assert!(core::mem::size_of::<FdState>() == 56);
 const _: () = assert!(core::mem::size_of::<SslCall>() == 32);
 const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);
 const _: () = assert!(counter::SLOTS.is_power_of_two() && counter::COUNT <= counter::SLOTS);
 const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
+
 const _: () = assert!(core::mem::size_of::<Config>() == 72);
 const _: () = assert!(CHUNK_SIZE.is_power_of_two() && CHUNK_SIZE <= 8192);
 
@@ -439,6 +470,7 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for FdState {}
+    unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for PendingCall {}
     unsafe impl aya::Pod for SslCall {}
     unsafe impl aya::Pod for SslKey {}

@@ -15,6 +15,7 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -26,9 +27,9 @@ use aya_ebpf::{
 };
 use sonde_common::{
     CHUNK_SIZE, CLASSIFY_PROBE_CALLS, CloseEvent, Config, Counters, DATA_HEADER_SIZE, DataHeader,
-    FdState, MAX_CHUNKS_PER_CALL, MAX_IOVECS, OpenEvent, PendingCall, ProcEvent, SockAddrs,
-    SslCall, SslKey, TLS_HANDSHAKE_CAP, class, counter, direction, fd_kind, kind, open_flags, role,
-    source,
+    FdState, ListenerKey, MAX_CHUNKS_PER_CALL, MAX_IOVECS, OpenEvent, PendingCall, ProcEvent,
+    SockAddrs, SslCall, SslKey, TLS_HANDSHAKE_CAP, class, counter, direction, fd_kind, kind,
+    open_flags, role, source,
 };
 
 const AF_INET: u16 = 2;
@@ -39,6 +40,7 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_CLOSE: i32 = 7;
 /// TLS record content type of application data: the handshake of a direction is over.
 const TLS_APPLICATION_DATA: u8 = 23;
+const TCP_LISTEN: i32 = 10;
 /// Bytes of the BPF_RB_AVAIL_DATA query flag (linux/bpf.h).
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
@@ -49,6 +51,16 @@ const ARG1: usize = 24;
 const ARG2: usize = 32;
 const ARG3: usize = 40;
 const RET: usize = 16;
+
+/// A field of a tracepoint's record at a constant offset. Tracepoint programs may load their
+/// context directly (the verifier checks constant, aligned offsets), which costs one load where
+/// `read_at` costs a probe-read helper call; the syscall paths read 4-6 fields per call.
+#[inline(always)]
+fn ctx_field<T: Copy, const OFFSET: usize>(ctx: &TracePointContext) -> T {
+    // SAFETY: OFFSET is within the record of every tracepoint this is used on (syscall
+    // arguments and return values, the sock_*_length fields checked against tracefs).
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(OFFSET).cast::<T>()) }
+}
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -73,6 +85,11 @@ static SSL_ARGS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 
 /// without a syscall inside (filled by SSL_set_fd and by the syscalls inside SSL calls).
 #[map]
 static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
+
+/// Listening TCP sockets of this host whose process is captured, from LISTEN transitions here
+/// (value: the listening tgid) and from procfs when the agent starts (value 0).
+#[map]
+static LISTENERS: HashMap<ListenerKey, u32> = HashMap::with_max_entries(4096, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
@@ -159,8 +176,7 @@ fn try_enter(
     if excluded(cfg, tgid) {
         return Err(());
     }
-    let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(|_| ())?;
-    let fd = fd as i32;
+    let fd = ctx_field::<u64, ARG0>(ctx) as i32;
     if let Some(st) = unsafe { FDS.get(&fd_key(tgid, fd)) } {
         if st.kind == fd_kind::NOT_TCP {
             return Err(());
@@ -180,10 +196,14 @@ fn try_enter(
             count(counter::FILTERED_CALLS, 1);
             return Err(());
         }
+        if st.local_peer != 0 {
+            count(counter::LOCAL_PEER_SKIPPED, 1);
+            return Err(());
+        }
     }
     let (buf, count_arg) = if msghdr {
         // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
-        let msg: u64 = unsafe { ctx.read_at(ARG1) }.map_err(|_| ())?;
+        let msg = ctx_field::<u64, ARG1>(ctx);
         let iov: u64 = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.map_err(|_| ())?;
         let iovlen: u64 =
             unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.map_err(|_| ())?;
@@ -191,9 +211,7 @@ fn try_enter(
     } else if sendfile != 0 {
         (0, 0)
     } else {
-        let buf: u64 = unsafe { ctx.read_at(ARG1) }.map_err(|_| ())?;
-        let len: u64 = unsafe { ctx.read_at(ARG2) }.map_err(|_| ())?;
-        (buf, len)
+        (ctx_field::<u64, ARG1>(ctx), ctx_field::<u64, ARG2>(ctx))
     };
     let call = PendingCall {
         buf,
@@ -220,8 +238,8 @@ fn try_enter(
 
 /// recvfrom and recvmsg with MSG_PEEK leave the bytes in the socket: they are read again later.
 #[inline(always)]
-fn peeking(ctx: &TracePointContext, flags_at: usize) -> bool {
-    let flags: u64 = unsafe { ctx.read_at(flags_at) }.unwrap_or(0);
+fn peeking<const FLAGS_AT: usize>(ctx: &TracePointContext) -> bool {
+    let flags = ctx_field::<u64, FLAGS_AT>(ctx);
     if flags & MSG_PEEK != 0 {
         count(counter::PEEK_CALLS, 1);
         return true;
@@ -251,7 +269,7 @@ pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    if peeking(&ctx, ARG3) {
+    if peeking::<ARG3>(&ctx) {
         return 0;
     }
     enter(&ctx, direction::INGRESS, 0, 0, false)
@@ -264,7 +282,7 @@ pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    if peeking(&ctx, ARG2) {
+    if peeking::<ARG2>(&ctx) {
         return 0;
     }
     enter(&ctx, direction::INGRESS, 1, 0, true)
@@ -308,9 +326,22 @@ fn sock_length(ctx: &TracePointContext) -> u32 {
         return 0;
     };
     let tp = &cfg.tp;
-    let sk: u64 = unsafe { ctx.read_at(tp.sock_len_sk as usize) }.unwrap_or(0);
-    let family: u16 = unsafe { ctx.read_at(tp.sock_len_family as usize) }.unwrap_or(0);
-    let protocol: u16 = unsafe { ctx.read_at(tp.sock_len_protocol as usize) }.unwrap_or(0);
+    // The fields right after the common header, as the tracepoints define them: direct loads;
+    // any other layout tracefs reports is read through the helper.
+    let (sk, family, protocol) =
+        if tp.sock_len_sk == 8 && tp.sock_len_family == 16 && tp.sock_len_protocol == 18 {
+            (
+                ctx_field::<u64, 8>(ctx),
+                ctx_field::<u16, 16>(ctx),
+                ctx_field::<u16, 18>(ctx),
+            )
+        } else {
+            (
+                unsafe { ctx.read_at(tp.sock_len_sk as usize) }.unwrap_or(0),
+                unsafe { ctx.read_at(tp.sock_len_family as usize) }.unwrap_or(0),
+                unsafe { ctx.read_at(tp.sock_len_protocol as usize) }.unwrap_or(0),
+            )
+        };
     mark_socket(sk, family, protocol);
     0
 }
@@ -355,6 +386,13 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let newstate: i32 = unsafe { ctx.read_at(tp.state_newstate as usize) }.unwrap_or(0);
+    if newstate == TCP_LISTEN
+        || (newstate == TCP_CLOSE
+            && unsafe { ctx.read_at::<i32>(tp.state_oldstate as usize) } == Ok(TCP_LISTEN))
+    {
+        listener_changed(&ctx, cfg, newstate == TCP_LISTEN);
+        return 0;
+    }
     if newstate == TCP_CLOSE {
         let _ = SOCK_ADDRS.remove(&skaddr);
         return 0;
@@ -384,6 +422,65 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         count(counter::MAP_FULL, 1);
     }
     0
+}
+
+/// A socket started or stopped listening. `listen()` and the last `close()` of a listening
+/// socket run in its process, so the current tgid is the listener's owner; a listener of an
+/// excluded process is left out, so its local clients keep their own view.
+#[inline(never)]
+fn listener_changed(ctx: &TracePointContext, cfg: &Config, listening: bool) {
+    let tp = &cfg.tp;
+    let family: u16 = unsafe { ctx.read_at(tp.state_family as usize) }.unwrap_or(0);
+    let mut key = ListenerKey {
+        family,
+        port: unsafe { ctx.read_at(tp.state_sport as usize) }.unwrap_or(0),
+        _pad: 0,
+        addr: [0; 16],
+    };
+    if family == AF_INET6 {
+        key.addr = unsafe { ctx.read_at(tp.state_saddr_v6 as usize) }.unwrap_or([0; 16]);
+    } else {
+        let a: [u8; 4] = unsafe { ctx.read_at(tp.state_saddr as usize) }.unwrap_or([0; 4]);
+        key.addr[..4].copy_from_slice(&a);
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !listening || excluded(cfg, tgid) {
+        let _ = LISTENERS.remove(&key);
+    } else if LISTENERS.insert(&key, &tgid, 0).is_err() {
+        count(counter::MAP_FULL, 1);
+    }
+}
+
+/// Whether a client socket's peer is a captured listening socket of this host: the exact
+/// address, or a wildcard listener (also a dual-stack `::` one for IPv4) when the destination is
+/// loopback or the client's own address (a wildcard listener does not make a remote host's
+/// port local).
+#[inline(never)]
+fn peer_is_local_listener(addrs: &SockAddrs) -> bool {
+    let mut key = ListenerKey {
+        family: addrs.family,
+        port: addrs.remote_port,
+        _pad: 0,
+        addr: addrs.remote_addr,
+    };
+    if unsafe { LISTENERS.get(&key) }.is_some() {
+        return true;
+    }
+    let r = &addrs.remote_addr;
+    let loopback = if addrs.family == AF_INET6 {
+        r[..15] == [0; 15] && r[15] == 1
+    } else {
+        r[0] == 127
+    };
+    if !loopback && addrs.remote_addr != addrs.local_addr {
+        return false;
+    }
+    key.addr = [0; 16];
+    if unsafe { LISTENERS.get(&key) }.is_some() {
+        return true;
+    }
+    key.family = AF_INET6;
+    addrs.family == AF_INET && unsafe { LISTENERS.get(&key) }.is_some()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -418,9 +515,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     if excluded(cfg, tgid) {
         return 0;
     }
-    let Ok(fd) = (unsafe { ctx.read_at::<u64>(ARG0) }) else {
-        return 0;
-    };
+    let fd = ctx_field::<u64, ARG0>(&ctx);
     hint(tgid, fd as i32, role::CLIENT);
     0
 }
@@ -435,7 +530,7 @@ fn accept_exit(ctx: &TracePointContext) -> u32 {
     if excluded(cfg, tgid) {
         return 0;
     }
-    let ret: i64 = unsafe { ctx.read_at(RET) }.unwrap_or(-1);
+    let ret = ctx_field::<i64, RET>(ctx);
     if ret < 0 {
         return 0;
     }
@@ -470,9 +565,7 @@ fn forget_fd(tgid: u32, fd: i32) {
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Ok(fd) = unsafe { ctx.read_at::<u64>(ARG0) } {
-        forget_fd(tgid, fd as i32);
-    }
+    forget_fd(tgid, ctx_field::<u64, ARG0>(&ctx) as i32);
     0
 }
 
@@ -480,9 +573,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn dup_enter(ctx: &TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Ok(fd) = unsafe { ctx.read_at::<u64>(ARG1) } {
-        forget_fd(tgid, fd as i32);
-    }
+    forget_fd(tgid, ctx_field::<u64, ARG1>(ctx) as i32);
     0
 }
 
@@ -529,7 +620,7 @@ fn exit<const VECTORED: bool, const SENDFILE: bool>(ctx: &TracePointContext) -> 
         return 0;
     }
     unsafe { (*slot).done = 1 };
-    let ret: i64 = unsafe { ctx.read_at(RET) }.unwrap_or(-1);
+    let ret = ctx_field::<i64, RET>(ctx);
     let _ = try_exit::<VECTORED, SENDFILE>(id, &call, ret);
     0
 }
@@ -582,12 +673,22 @@ fn open_conn(cfg: &Config, tgid: u32, fd: i32, sk: u64, hinted: Option<u8>) -> R
     let filtered = cfg.port_filter_enabled != 0
         && ev.flags & open_flags::ADDRS_KNOWN != 0
         && !port_allowed(&ev.addrs);
+    let local_peer = !filtered
+        && cfg.local_peer_skip != 0
+        && ev.role == role::CLIENT
+        && ev.flags & open_flags::ADDRS_KNOWN != 0
+        && peer_is_local_listener(&ev.addrs);
+    if local_peer {
+        ev.flags |= open_flags::LOCAL_PEER;
+        count(counter::LOCAL_PEER_CONNS, 1);
+    }
     let st = FdState {
         generation,
         kind: fd_kind::CONN,
         role: ev.role,
         class: class::UNKNOWN,
         filtered: filtered as u8,
+        local_peer: local_peer as u8,
         ..FdState::default()
     };
     if FDS.insert(&key, &st, 0).is_err() {
@@ -743,6 +844,10 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
     let st = unsafe { &mut *st };
     if st.filtered != 0 {
         count(counter::FILTERED_CALLS, 1);
+        return Ok(());
+    }
+    if st.local_peer != 0 {
+        count(counter::LOCAL_PEER_SKIPPED, 1);
         return Ok(());
     }
     let dir = (call.direction & 1) as usize;
