@@ -216,23 +216,56 @@ fn helm_chart_renders_lints_and_validates_with_every_values_switch() {
                     "{path} not mounted: {mounts:?}"
                 );
             }
-            assert!(
-                mounts.contains(&("/host/proc".to_string(), true)),
-                "{mounts:?}"
-            );
-            // RBAC: read-only, exactly the kinds the workload identity watches.
-            let rules = &must(docs, "ClusterRole")["rules"];
-            assert_eq!(
-                strings(&rules[0]["resources"]),
-                ["pods", "namespaces", "nodes"]
-            );
-            assert_eq!(
-                strings(&rules[1]["resources"]),
-                ["replicasets", "deployments"]
-            );
-            for r in rules.as_sequence().expect("rules") {
-                assert_eq!(strings(&r["verbs"]), ["get", "list", "watch"]);
+            // Workload identity: the host's cgroup tree and every runtime's state directory,
+            // read-only under the prefix the agent.toml names as host_root.
+            for path in [
+                "/host/sys/fs/cgroup",
+                "/host/run/containerd",
+                "/host/run/containers",
+                "/host/var/lib/containers",
+                "/host/var/lib/docker",
+            ] {
+                assert!(
+                    mounts.contains(&(path.to_string(), true)),
+                    "{path} not mounted read-only: {mounts:?}"
+                );
             }
+            assert!(
+                !mounts.iter().any(|(p, _)| p == "/host/proc"),
+                "hostPID gives /proc: no host /proc mount"
+            );
+            assert!(pod["automountServiceAccountToken"].is_null());
+            // RBAC: read-only, exactly the kinds sonde-identity's kube.rs watches (list + watch,
+            // it makes no get).
+            let rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> =
+                must(docs, "ClusterRole")["rules"]
+                    .as_sequence()
+                    .expect("rules")
+                    .iter()
+                    .map(|r| {
+                        (
+                            strings(&r["apiGroups"]),
+                            strings(&r["resources"]),
+                            strings(&r["verbs"]),
+                        )
+                    })
+                    .collect();
+            let rule = |group: &str, resources: &[&str]| {
+                (
+                    vec![group.to_string()],
+                    resources.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                    vec!["list".to_string(), "watch".to_string()],
+                )
+            };
+            assert_eq!(
+                rules,
+                [
+                    rule("", &["pods", "services"]),
+                    rule("apps", &["replicasets"]),
+                    rule("batch", &["jobs"]),
+                    rule("discovery.k8s.io", &["endpointslices"]),
+                ]
+            );
             assert!(kind(docs, "PersistentVolumeClaim").is_some());
             assert!(kind(docs, "Namespace").is_none());
             let coll_pod = &must(docs, "Deployment")["spec"]["template"]["spec"];
@@ -257,6 +290,16 @@ fn helm_chart_renders_lints_and_validates_with_every_values_switch() {
                 "http://sonde-collector.sonde.svc:7419"
             );
             assert!(config.export.tls.is_none());
+            assert!(config.identity.enabled);
+            assert_eq!(
+                config.identity.kubernetes,
+                sonde_identity::KubernetesMode::Auto
+            );
+            assert_eq!(config.identity.host_root, Path::new("/host"));
+            assert_eq!(
+                config.identity.cgroup_root.as_deref(),
+                Some(Path::new("/host/sys/fs/cgroup"))
+            );
             config
                 .check()
                 .expect("the default agent.toml passes --check-config");
@@ -483,6 +526,63 @@ fn helm_chart_renders_lints_and_validates_with_every_values_switch() {
             },
         ),
         (
+            "identity without the Kubernetes API",
+            r#"{"agent": {"identity": {"kubernetes": "off"}}}"#,
+            |docs, dir| {
+                assert!(kind(docs, "ClusterRole").is_none());
+                assert!(kind(docs, "ClusterRoleBinding").is_none());
+                let sa = must(docs, "ServiceAccount");
+                assert_eq!(sa["automountServiceAccountToken"].as_bool(), Some(false));
+                let pod = &must(docs, "DaemonSet")["spec"]["template"]["spec"];
+                assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(false));
+                let (_, config) = agent_toml(docs, dir);
+                assert!(config.identity.enabled);
+                assert!(!config.identity.kubernetes_enabled());
+                assert_eq!(config.identity.host_root, Path::new("/host"));
+            },
+        ),
+        (
+            "identity off",
+            r#"{"agent": {"identity": {"enabled": false}}}"#,
+            |docs, dir| {
+                assert!(kind(docs, "ClusterRole").is_none());
+                let agent = container(docs, "DaemonSet");
+                let mounts = agent["volumeMounts"].as_sequence().expect("mounts");
+                assert!(
+                    !mounts.iter().any(|m| m["mountPath"]
+                        .as_str()
+                        .is_some_and(|p| p.starts_with("/host"))),
+                    "no host mounts without identity: {mounts:?}"
+                );
+                let (_, config) = agent_toml(docs, dir);
+                assert!(!config.identity.enabled);
+                assert!(!config.identity.kubernetes_enabled());
+            },
+        ),
+        (
+            "identity on a hybrid cgroup host, Kubernetes watch forced on",
+            r#"{"agent": {"identity": {"kubernetes": "on", "hostCgroupPath": "/sys/fs/cgroup/unified"}}}"#,
+            |docs, dir| {
+                assert!(kind(docs, "ClusterRole").is_some());
+                let volumes = must(docs, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+                    .as_sequence()
+                    .expect("volumes");
+                let cgroup = volumes
+                    .iter()
+                    .find(|v| v["name"].as_str() == Some("host-cgroup"))
+                    .expect("host-cgroup volume");
+                assert_eq!(
+                    cgroup["hostPath"]["path"].as_str(),
+                    Some("/sys/fs/cgroup/unified")
+                );
+                let (_, config) = agent_toml(docs, dir);
+                assert_eq!(
+                    config.identity.kubernetes,
+                    sonde_identity::KubernetesMode::On
+                );
+            },
+        ),
+        (
             "host network",
             r#"{"agent": {"hostNetwork": true}}"#,
             |docs, _| {
@@ -541,6 +641,9 @@ fn helm_chart_renders_lints_and_validates_with_every_values_switch() {
     // Refusals: SQLite cannot be shared by replicas; a broken values type is a lint error.
     let err = render(&[], &[r#"{"collector": {"replicas": 2}}"#]).expect_err("2 SQLite replicas");
     assert!(err.contains("needs a shared PostgreSQL database"), "{err}");
+    let err = render(&[], &[r#"{"agent": {"identity": {"kubernetes": "yes"}}}"#])
+        .expect_err("an unknown kubernetes mode");
+    assert!(err.contains("must be auto, on or off"), "{err}");
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: x}\nspec:\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec:\n      containers: [{name: c, image: i, privilegd: true}]\n").expect("write");
     let status = Command::new("kubernetes-validate")
@@ -1091,8 +1194,9 @@ impl Drop for Container {
 /// Both images build offline (`cargo xtask image`, FROM scratch); the collector container runs
 /// as the unprivileged uid 65532 and answers `sonde agents` from the host and from inside; the
 /// agent container, with the DaemonSet's security context (only its capabilities, hostPID, the
-/// host's tracefs and bpffs, read-only root), attaches its programs, registers with the
-/// collector container and stops cleanly on the image's STOPSIGNAL. The runtime's default
+/// host's tracefs and bpffs, the identity mounts under /host, read-only root), attaches its
+/// programs, registers with the collector container and stops cleanly on the image's
+/// STOPSIGNAL. The runtime's default
 /// seccomp profile refuses the ring buffer map to CAP_BPF without CAP_SYS_ADMIN: the reason
 /// the chart's agent runs seccomp-unconfined.
 #[test]
@@ -1136,7 +1240,10 @@ fn images_build_offline_and_run_under_podman_with_runc_collector_answers_agent_r
     let unused_port = free_port();
     std::fs::write(
         etc.join("agent.toml"),
-        format!("[capture]\nports = [{unused_port}]\n\n[export]\ncollector_url = \"{url}\"\n"),
+        format!(
+            "[capture]\nports = [{unused_port}]\n\n[export]\ncollector_url = \"{url}\"\n\n\
+             [identity]\nkubernetes = \"off\"\nhost_root = \"/host\"\n"
+        ),
     )
     .expect("agent.toml");
     let daemonset_like = |c: &mut Command| {
@@ -1157,12 +1264,23 @@ fn images_build_offline_and_run_under_podman_with_runc_collector_answers_agent_r
             "-v",
             "/sys/fs/bpf:/sys/fs/bpf",
             "-v",
-            "/proc:/host/proc:ro",
-        ])
-        .arg("-v")
-        .arg(format!("{}:/etc/sonde:ro", etc.display()))
-        .arg("-v")
-        .arg(format!("{}:/var/lib/sonde", state.display()));
+            "/sys/fs/cgroup:/host/sys/fs/cgroup:ro",
+        ]);
+        // The identity mounts of the runtimes this host has.
+        for dir in [
+            "/run/containerd",
+            "/run/containers",
+            "/var/lib/containers",
+            "/var/lib/docker",
+        ] {
+            if Path::new(dir).is_dir() {
+                c.arg("-v").arg(format!("{dir}:/host{dir}:ro"));
+            }
+        }
+        c.arg("-v")
+            .arg(format!("{}:/etc/sonde:ro", etc.display()))
+            .arg("-v")
+            .arg(format!("{}:/var/lib/sonde", state.display()));
     };
     let mut refused = podman_run();
     refused.arg("--rm");

@@ -44,3 +44,8 @@ prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: /metrics
 {{- end }}
 {{- end -}}
+
+{{/* Whether the agent may watch the Kubernetes API (and so needs its RBAC and token). */}}
+{{- define "sonde.agentWatchesKubernetes" -}}
+{{- if and .Values.agent.identity.enabled (ne .Values.agent.identity.kubernetes "off") }}true{{ end }}
+{{- end }}
