@@ -3,7 +3,7 @@
 //! A connection whose syscall bytes are TLS records is readable when plaintext for it arrives
 //! from the TLS-library probes (`Source::Tls`). One without plaintext past a grace period (or at
 //! its close) is blind, and the process that owns it is inspected once through /proc to say why:
-//! a Go binary (its own `crypto/tls`), a JVM (JSSE), rustls, a TLS library the probes do not
+//! a Go binary that is stripped, too old or not attached, a JVM (JSSE), rustls, a TLS library the probes do not
 //! cover (GnuTLS, NSS, wolfSSL, mbed TLS), OpenSSL linked into the executable, a stripped static
 //! executable, or dynamically linked OpenSSL whose probes did not deliver.
 
@@ -21,8 +21,13 @@ const MAX_SYMBOLS: usize = 2_000_000;
 /// Why a process's TLS is unreadable.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum BlindReason {
-    /// A Go executable: TLS is Go's own `crypto/tls`, not a shared library.
+    /// A Go executable whose `crypto/tls` probes did not deliver (not attached: the bound, a
+    /// refusal, or functions that could not be decoded).
     GoCryptoTls,
+    /// A Go executable without a symbol table (`-ldflags=-s`): `crypto/tls` cannot be located.
+    GoStripped,
+    /// Go older than 1.17: arguments on the stack, which the Go probes do not read.
+    GoStackAbi,
     /// A JVM (libjvm mapped): TLS is JSSE, in Java.
     JavaJsse,
     /// rustls symbols or sources in the executable.
@@ -45,6 +50,8 @@ impl BlindReason {
     pub fn kind(&self) -> &'static str {
         match self {
             BlindReason::GoCryptoTls => "tls.go_crypto_tls",
+            BlindReason::GoStripped => "tls.go_stripped",
+            BlindReason::GoStackAbi => "tls.go_stack_abi",
             BlindReason::JavaJsse => "tls.java_jsse",
             BlindReason::Rustls => "tls.rustls",
             BlindReason::UnsupportedLibrary(_) => "tls.unsupported_library",
@@ -59,8 +66,12 @@ impl BlindReason {
     /// One line for people.
     pub fn explain(&self) -> String {
         match self {
-            BlindReason::GoCryptoTls => {
-                "Go binary: crypto/tls is compiled in (no Go TLS probes)".into()
+            BlindReason::GoCryptoTls => "Go binary whose crypto/tls probes are not attached".into(),
+            BlindReason::GoStripped => {
+                "stripped Go binary: no symbol table to locate crypto/tls in".into()
+            }
+            BlindReason::GoStackAbi => {
+                "Go older than 1.17 (stack-based calling convention): not readable".into()
             }
             BlindReason::JavaJsse => "Java process: TLS is JSSE inside the JVM".into(),
             BlindReason::Rustls => "rustls compiled into the executable".into(),
@@ -86,6 +97,10 @@ impl BlindReason {
 #[derive(Clone, Copy, Debug, Default)]
 struct ExeFacts {
     go: bool,
+    /// Go older than 1.17, by its build info (arguments on the stack).
+    go_stack_abi: bool,
+    /// A `.symtab` section (Go keeps its function names there).
+    symtab_section: bool,
     rustls: bool,
     ssl_symbols: bool,
     static_linked: bool,
@@ -97,6 +112,9 @@ fn exe_facts(data: &[u8]) -> Option<ExeFacts> {
     let mut f = ExeFacts {
         go: file.section_by_name(".go.buildinfo").is_some(),
         static_linked: file.section_by_name(".interp").is_none(),
+        symtab_section: file.section_by_name(".symtab").is_some(),
+        go_stack_abi: crate::capture::tls::go::build_version(&file)
+            .is_some_and(|v| !crate::capture::tls::go::register_abi(&v)),
         ..ExeFacts::default()
     };
     for sym in file
@@ -176,7 +194,11 @@ fn inspect(
         Err(_) => None,
     };
     let f = facts.unwrap_or_default();
-    let reason = if f.go {
+    let reason = if f.go && f.go_stack_abi {
+        BlindReason::GoStackAbi
+    } else if f.go && !f.symtab_section {
+        BlindReason::GoStripped
+    } else if f.go {
         BlindReason::GoCryptoTls
     } else if f.rustls {
         BlindReason::Rustls

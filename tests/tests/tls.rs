@@ -1,6 +1,7 @@
 //! TLS plaintext on the real kernel: nginx over TLS (HTTP/1.1 and HTTP/2 by ALPN) with a
 //! certificate made by openssl in the test, driven by curl, python `requests`, nghttp,
-//! `openssl s_client` and a client linked statically against libssl.a; the uprobes' plaintext
+//! `openssl s_client` and a client linked statically against libssl.a; a Go HTTPS server and
+//! client (crypto/tls, HTTP/1.1 and HTTP/2) built in the test; the uprobes' plaintext
 //! goes through the agent's pipeline and comes out as the exchanges the clients made, on the
 //! connection the syscall hooks saw.
 
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sonde_agent::blind::BlindReason;
 use sonde_agent::config::AgentConfig;
 use sonde_agent::pipeline::{Analyzer, PipelineStats, Sink};
 use sonde_e2e::capture::{Capture, Conn};
@@ -710,4 +712,223 @@ fn many_short_lived_tls_processes_share_one_attachment() {
     eventually(WAIT, "the executable detached", || {
         (stat(&cap, "objects_detached") >= 1).then_some(())
     });
+}
+
+/// Builds tests/clients/go_tls.go (Go's own crypto/tls) with `ldflags` into `out`. The Go build
+/// cache is shared by the tests of one target dir: the standard library is compiled once.
+fn go_tls_program(out: &Path, ldflags: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/go_tls.go");
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache");
+    let built = Command::new("go")
+        .args(["build", &format!("-ldflags={ldflags}"), "-o"])
+        .arg(out)
+        .arg(&src)
+        .env("GOCACHE", &cache)
+        .env("GOPATH", cache.join("gopath"))
+        .env("GO111MODULE", "off")
+        .env("CGO_ENABLED", "0")
+        .output()
+        .expect("go runs (cargo xtask setup installs golang-go)");
+    assert!(
+        built.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    out.to_path_buf()
+}
+
+/// The Go server of tests/clients/go_tls.go on `port`, with nginx's certificate from `dir`.
+struct GoTlsServer(Child);
+
+impl GoTlsServer {
+    fn start(exe: &Path, dir: &Path, port: u16) -> GoTlsServer {
+        let child = Command::new(exe)
+            .arg("serve")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(dir.join("cert.pem"))
+            .arg(dir.join("key.pem"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the Go server starts");
+        wait_for_port(port);
+        GoTlsServer(child)
+    }
+}
+
+impl Drop for GoTlsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the Go client: `proto` h1 or h2, waiting `wait_ms` before the first call.
+fn go_get(exe: &Path, proto: &str, wait_ms: u32, requests: &[String]) -> (u32, String) {
+    run(Command::new(exe)
+        .args(["get", proto, &wait_ms.to_string(), "0"])
+        .args(requests))
+}
+
+#[test]
+fn go_crypto_tls_servers_and_clients_over_http1_and_h2_are_read_from_plaintext() {
+    let dir = scratch_dir("tls-go");
+    let nginx_port = free_port();
+    let nginx = TlsNginx::start(&dir, nginx_port);
+    let worker = nginx.worker_pid();
+    let server_exe = go_tls_program(&dir.join("go_tls_server"), "");
+    let go_port = free_port();
+    let go_server = GoTlsServer::start(&server_exe, &dir, go_port);
+    // The client is another file (inode): attached after its exec, not at the agent's start.
+    let client_exe = go_tls_program(&dir.join("go_tls_client"), "");
+    let cap = Capture::start(&[nginx_port, go_port]);
+    let go_url = |p: &str| format!("GET https://127.0.0.1:{go_port}{p}");
+    let nginx_url = |p: &str| format!("GET {}", nginx.url(p));
+
+    // The client waits 300 ms after its exec: its probes must be attached by then.
+    let (h1, out) = go_get(
+        &client_exe,
+        "h1",
+        300,
+        &[
+            go_url("/a"),
+            go_url("/missing"),
+            go_url("/big"),
+            format!("POST https://127.0.0.1:{go_port}/echo"),
+        ],
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "HTTP/1.1 200 10",
+            "HTTP/1.1 404 8",
+            &format!("HTTP/1.1 200 {BIG}"),
+            "HTTP/1.1 200 7"
+        ]
+    );
+    let delay_ns = stat(&cap, "last_attach_delay_ns");
+    let (h2, out) = go_get(
+        &client_exe,
+        "h2",
+        0,
+        &[
+            go_url("/a"),
+            format!("POST https://127.0.0.1:{go_port}/echo"),
+        ],
+    );
+    assert_eq!(out, "HTTP/2.0 200 10\nHTTP/2.0 200 7\n");
+    let (to_nginx, out) = go_get(
+        &client_exe,
+        "h2",
+        0,
+        &[nginx_url("/b"), nginx_url("/missing")],
+    );
+    assert_eq!(out, "HTTP/2.0 200 14\nHTTP/2.0 404 8\n");
+
+    let go_pid = go_server.0.id();
+    exchanges_of(&cap, h1, 4);
+    exchanges_of(&cap, h2, 2);
+    exchanges_of(&cap, to_nginx, 2);
+    exchanges_of(&cap, go_pid, 6);
+    exchanges_of(&cap, worker, 2);
+    let (xs, tracker, pipeline) = analyse(cap.events());
+    let h1_calls = vec![
+        call("GET", "/a", 200, 10),
+        call("GET", "/big", 200, BIG as u64),
+        call("GET", "/missing", 404, 8),
+        call("POST", "/echo", 200, 7),
+    ];
+    assert_eq!(calls_of(&xs, h1), h1_calls);
+    let h2_calls = vec![call("GET", "/a", 200, 10), call("POST", "/echo", 200, 7)];
+    assert_eq!(calls_of(&xs, h2), h2_calls);
+    let nginx_calls = vec![call("GET", "/b", 200, 14), call("GET", "/missing", 404, 8)];
+    assert_eq!(calls_of(&xs, to_nginx), nginx_calls);
+    assert_eq!(calls_of(&xs, worker), nginx_calls, "nginx's view");
+    let mut go_server_calls = h1_calls.clone();
+    go_server_calls.extend(h2_calls);
+    go_server_calls.sort();
+    assert_eq!(
+        calls_of(&xs, go_pid),
+        go_server_calls,
+        "the Go server's view of the same calls"
+    );
+    for x in &xs {
+        let pid = x.conn.process.pid;
+        let want = if pid == h1
+            || (pid == go_pid
+                && x.conn.remote.is_some_and(|r| {
+                    xs.iter()
+                        .any(|c| c.conn.process.pid == h1 && c.conn.local == Some(r))
+                })) {
+            HttpVersion::Http11
+        } else {
+            HttpVersion::Http2
+        };
+        assert_eq!(x.version, want, "{} {:?}", x.request.path, x.conn);
+        assert!(x.flags.contains(ExchangeFlags::TLS), "{:?}", x.flags);
+    }
+    let post = xs
+        .iter()
+        .find(|x| x.conn.process.pid == go_pid && x.request.method.as_str() == "POST")
+        .expect("the Go server's POST");
+    assert_eq!(post.request.body.wire_len, 3000);
+    let conns = cap.connections();
+    for x in &xs {
+        assert_joined_to_syscall_side(&conns, x.conn.id);
+    }
+    eprintln!(
+        "Go client attach delay after exec: {:.2} ms (max seen {:.2} ms)",
+        delay_ns as f64 / 1e6,
+        stat(&cap, "max_attach_delay_ns") as f64 / 1e6
+    );
+    assert!(delay_ns > 0 && delay_ns < 300_000_000, "{delay_ns} ns");
+    assert_clean(&tracker, &pipeline, &cap);
+}
+
+#[test]
+fn a_stripped_go_client_is_a_blind_spot_named_go_stripped() {
+    let dir = scratch_dir("tls-go-stripped");
+    let port = free_port();
+    let nginx = TlsNginx::start(&dir, port);
+    let stripped = go_tls_program(&dir.join("go_tls_stripped"), "-s -w");
+    let cap = Capture::start(&[port]);
+    // It stays alive 3 s after its call, so the report can inspect it.
+    let child = Command::new(&stripped)
+        .args(["get", "h1", "0", "3000"])
+        .arg(format!("GET {}", nginx.url("/a")))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the stripped Go client runs");
+    let pid = child.id();
+    let _reaper = GoTlsServer(child);
+    eventually(WAIT, "the stripped client's handshake", || {
+        cap.connections()
+            .values()
+            .any(|c| {
+                c.open.as_ref().is_some_and(|o| o.process.pid == pid)
+                    && !c.chunks(Direction::Ingress).is_empty()
+            })
+            .then_some(())
+    });
+    let mut cfg = AgentConfig::default();
+    cfg.capture.pids = vec![1];
+    cfg.blind_spots.grace_ms = 0;
+    let mut analyzer = Analyzer::new(&cfg).expect("pipeline");
+    let mut sink = Collect(Vec::new());
+    analyzer.on_events(cap.events(), &mut sink);
+    analyzer.flush(&mut sink);
+    assert!(calls_of(&sink.0, pid).is_empty(), "nothing readable");
+    let report = analyzer.tls_mut().blind_spots().clone();
+    let mine = report
+        .processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .unwrap_or_else(|| panic!("pid {pid} in the blind-spots report: {report:?}"));
+    assert_eq!(mine.reason, BlindReason::GoStripped, "{report:?}");
+    assert!(
+        report
+            .by_reason
+            .get("tls.go_stripped")
+            .is_some_and(|n| *n >= 1),
+        "{report:?}"
+    );
 }

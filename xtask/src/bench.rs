@@ -2,7 +2,8 @@
 //! and without the agent, in one session); `cargo xtask bench tls`: the same over TLS (nginx
 //! with a self-signed certificate, wrk over https; the agent reads the plaintext with uprobes,
 //! the floor attaches empty programs at the same uprobe points and syscall hooks);
-//! `cargo xtask bench <crate>`: that crate's criterion benchmarks.
+//! `cargo xtask bench go-tls`: the same against the Go HTTPS server of the TLS tests (Go's own
+//! crypto/tls, read by the Go probes); `cargo xtask bench <crate>`: that crate's criterion benchmarks.
 //!
 //! Modes are alternated round by round because this machine is noisy (DESIGN.md: ±10% between
 //! identical runs): `none` (no agent), `floor` (the same hooks with programs that return at once)
@@ -22,7 +23,7 @@ use crate::util::{cargo, root, run};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// `capture` or `tls` (whole-system runs), or the name of a crate whose criterion benches
+    /// `capture`, `tls` or `go-tls` (whole-system runs), or the name of a crate whose criterion benches
     /// to run.
     which: String,
     /// Rounds per mode.
@@ -40,9 +41,10 @@ pub struct BenchArgs {
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let tls = match args.which.as_str() {
-        "capture" => false,
-        "tls" => true,
+    let (tls, go) = match args.which.as_str() {
+        "capture" => (false, false),
+        "tls" => (true, false),
+        "go-tls" => (true, true),
         krate => {
             return run(cargo()
                 .current_dir(root())
@@ -53,7 +55,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     run(cargo()
         .current_dir(root())
         .args(["build", "--release", "--locked", "-p", "sonde-agent"]))?;
-    capture_bench(&args, tls)
+    capture_bench(&args, tls, go)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,12 +90,36 @@ struct Sample {
     tls_plaintext_calls: u64,
 }
 
-fn capture_bench(args: &BenchArgs, tls: bool) -> anyhow::Result<()> {
+/// The server under load: nginx (OpenSSL when `tls`), or the Go HTTPS server of the TLS tests
+/// (Go's own crypto/tls) when `go`.
+enum Server {
+    Nginx(#[allow(dead_code)] Nginx),
+    Go(Child),
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Server::Go(child) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn capture_bench(args: &BenchArgs, tls: bool, go: bool) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("sonde-bench-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("www"))?;
     std::fs::write(dir.join("www").join("index.html"), "x".repeat(612))?;
-    let port = if tls { 18_192 } else { 18_191 };
-    let nginx = Nginx::start(&dir, port, tls)?;
+    let port = match (tls, go) {
+        (_, true) => 18_193,
+        (true, false) => 18_192,
+        (false, false) => 18_191,
+    };
+    let (server, path) = if go {
+        (Server::Go(go_server(&dir, port)?), "/a")
+    } else {
+        (Server::Nginx(Nginx::start(&dir, port, tls)?), "/index.html")
+    };
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
     let lua = dir.join("paced.lua");
     // wrk's delay() is per connection: 10 connections each waiting 10/rate s between requests.
@@ -101,7 +127,7 @@ fn capture_bench(args: &BenchArgs, tls: bool) -> anyhow::Result<()> {
     let delay_ms = 1000.0 * f64::from(conns) / f64::from(args.rate);
     std::fs::write(&lua, format!("function delay() return {delay_ms:.3} end\n"))?;
     let scheme = if tls { "https" } else { "http" };
-    let url = format!("{scheme}://127.0.0.1:{port}/index.html");
+    let url = format!("{scheme}://127.0.0.1:{port}{path}");
     let agent_bin = crate::util::target_dir()
         .join("release")
         .join("sonde-agent");
@@ -138,7 +164,7 @@ fn capture_bench(args: &BenchArgs, tls: bool) -> anyhow::Result<()> {
             }
         }
     }
-    drop(nginx);
+    drop(server);
     report(&peak, &paced, args, tls);
     Ok(())
 }
@@ -428,6 +454,51 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
+/// Builds and starts tests/clients/go_tls.go's server on `port` with a fresh certificate.
+fn go_server(dir: &Path, port: u16) -> anyhow::Result<Child> {
+    let (cert, key) = self_signed(dir)?;
+    let exe = dir.join("go_tls_server");
+    let cache = crate::util::target_dir().join("go-cache");
+    run(Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(root().join("tests/clients/go_tls.go"))
+        .env("GOCACHE", &cache)
+        .env("GOPATH", cache.join("gopath"))
+        .env("GO111MODULE", "off")
+        .env("CGO_ENABLED", "0"))?;
+    let child = Command::new(&exe)
+        .arg("serve")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(&cert)
+        .arg(&key)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the Go server")?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(child);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the Go server did not listen on {port}")
+}
+
+/// A self-signed certificate and key in `dir`.
+fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null()))?;
+    Ok((cert, key))
+}
+
 struct Nginx {
     child: Child,
 }
@@ -435,16 +506,7 @@ struct Nginx {
 impl Nginx {
     fn start(dir: &Path, port: u16, tls: bool) -> anyhow::Result<Nginx> {
         let listen = if tls {
-            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-            run(Command::new("openssl")
-                .args([
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                ])
-                .args(["-subj", "/CN=localhost", "-keyout"])
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .stderr(Stdio::null()))?;
+            let (cert, key) = self_signed(dir)?;
             format!(
                 "listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {};",
                 cert.display(),

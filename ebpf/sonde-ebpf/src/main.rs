@@ -9,7 +9,8 @@
 //! TLS: uprobes on the OpenSSL-family `SSL_read`/`SSL_write` (and `_ex`) save their arguments,
 //! the read/write syscall made inside the call names the socket fd, and the uretprobe copies the
 //! plaintext as records of source TLS on that connection, numbered in a byte stream of their
-//! own. The ciphertext of a TLS connection is shipped only until its handshake is over, for the
+//! own. Go's `crypto/tls` is read from uprobes at the entry of `(*Conn).Write` and at the entry
+//! and every RET of `(*Conn).Read` (keyed by goroutine). The ciphertext of a TLS connection is shipped only until its handshake is over, for the
 //! posture analysis in user space.
 #![no_std]
 #![no_main]
@@ -1389,6 +1390,22 @@ fn try_ssl_exit(id: u64, call: &SslCall, len: u64) -> Result<(), ()> {
         count(counter::TLS_FD_UNKNOWN, 1);
         return Err(());
     };
+    tls_plaintext(cfg, id, fd, call, len, true)
+}
+
+/// Ships `len` plaintext bytes of a TLS library call on socket `fd` as records of source TLS.
+/// `open_unknown`: an fd the syscall hooks have not seen yet is opened as a connection (the fd
+/// came from the library's own syscall); otherwise it is counted as unknown and dropped.
+#[inline(always)]
+fn tls_plaintext(
+    cfg: &Config,
+    id: u64,
+    fd: i32,
+    call: &SslCall,
+    len: u64,
+    open_unknown: bool,
+) -> Result<(), ()> {
+    let tgid = (id >> 32) as u32;
     let key = fd_key(tgid, fd);
     let st = match FDS.get_ptr_mut(&key) {
         Some(p) if unsafe { (*p).kind } == fd_kind::CONN => p,
@@ -1401,9 +1418,13 @@ fn try_ssl_exit(id: u64, call: &SslCall, len: u64) -> Result<(), ()> {
             count(counter::FILTERED_CALLS, 1);
             return Err(());
         }
-        None => {
+        None if open_unknown => {
             open_conn(cfg, tgid, fd, 0, None)?;
             FDS.get_ptr_mut(&key).ok_or(())?
+        }
+        None => {
+            count(counter::TLS_FD_UNKNOWN, 1);
+            return Err(());
         }
     };
     let st = unsafe { &mut *st };
@@ -1474,6 +1495,159 @@ fn try_ssl_exit(id: u64, call: &SslCall, len: u64) -> Result<(), ()> {
         emit_length_only(cfg, &mut hdr, len - done);
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Go crypto/tls: `(*Conn).Read` and `(*Conn).Write` (Go >= 1.17, amd64 register ABI).
+//
+// Go stacks move and goroutines migrate between threads, so there are no uretprobes: user space
+// attaches `go_tls_return` at every RET instruction of the two functions, and a call in progress
+// is keyed by its goroutine (the `g` pointer Go keeps in R14), not by thread. Arguments and
+// results travel in registers: receiver RAX, buffer RBX (length RCX); byte count back in RAX.
+
+/// Calls in progress, by (goroutine, process).
+#[map]
+static GO_TLS_ARGS: LruHashMap<SslKey, SslCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// Offsets along `tls.Conn.conn` (a `net.Conn` interface: type word, data word) → `*net.TCPConn`
+/// (whose first word is `*netFD`) → `netFD.pfd.Sysfd` (after the 16-byte `fdMutex`). These Go
+/// runtime layouts have not changed since Go 1.9; a wrong fd is caught by the FDS lookup, which
+/// must know it as a TCP connection.
+const GO_CONN_IFACE_DATA: u64 = 8;
+const GO_NETFD_SYSFD: u64 = 16;
+
+#[inline(always)]
+fn go_regs(ctx: &ProbeContext) -> &aya_ebpf::bindings::pt_regs {
+    // SAFETY: a uprobe's context is the user registers; the verifier checks every field load.
+    unsafe { &*ctx.regs }
+}
+
+#[inline(always)]
+fn go_tls_enter(ctx: &ProbeContext, dir: u8) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    let tgid = (id >> 32) as u32;
+    if excluded(cfg, tgid) {
+        return 0;
+    }
+    let regs = go_regs(ctx);
+    let key = SslKey {
+        ssl: regs.r14,
+        tgid,
+        _pad: 0,
+    };
+    let call = SslCall {
+        ssl: regs.rax,
+        buf: regs.rbx,
+        done_ptr: 0,
+        fd: -1,
+        direction: dir,
+        active: 1,
+        fd_seen: 0,
+        _pad: 0,
+    };
+    // Re-entry after a stack growth (the prologue calls morestack and starts over) overwrites
+    // the same values.
+    if GO_TLS_ARGS.insert(&key, &call, 0).is_err() {
+        count(counter::MAP_FULL, 1);
+    }
+    0
+}
+
+/// `func (c *Conn) Read(b []byte) (int, error)`
+#[uprobe]
+pub fn go_tls_read_entry(ctx: ProbeContext) -> u32 {
+    go_tls_enter(&ctx, direction::INGRESS)
+}
+
+/// `func (c *Conn) Write(b []byte) (int, error)`: the plaintext is shipped here, before it is
+/// encrypted and sent. Shipped at the return, it could follow the peer's answer, which another
+/// goroutine reads meanwhile, and the response would come before its request. Write returns
+/// less than `len(b)` only with an error that ends the connection.
+#[uprobe]
+pub fn go_tls_write_entry(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    if excluded(cfg, (id >> 32) as u32) {
+        return 0;
+    }
+    let regs = go_regs(&ctx);
+    let len = regs.rcx;
+    if len == 0 || len > i64::MAX as u64 {
+        return 0;
+    }
+    let fd = go_conn_fd(regs.rax);
+    if fd < 0 {
+        count(counter::TLS_FD_UNKNOWN, 1);
+        return 0;
+    }
+    let call = SslCall {
+        ssl: regs.rax,
+        buf: regs.rbx,
+        done_ptr: 0,
+        fd,
+        direction: direction::EGRESS,
+        active: 1,
+        fd_seen: 1,
+        _pad: 0,
+    };
+    let _ = tls_plaintext(cfg, id, fd, &call, len, false);
+    0
+}
+
+/// At each RET of Read: RAX holds the byte count.
+#[uprobe]
+pub fn go_tls_return(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let regs = go_regs(&ctx);
+    let key = SslKey {
+        ssl: regs.r14,
+        tgid: (id >> 32) as u32,
+        _pad: 0,
+    };
+    let n = regs.rax as i64;
+    let Some(call) = (unsafe { GO_TLS_ARGS.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = GO_TLS_ARGS.remove(&key);
+    if n <= 0 {
+        return 0;
+    }
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    let fd = go_conn_fd(call.ssl);
+    if fd < 0 {
+        count(counter::TLS_FD_UNKNOWN, 1);
+        return 0;
+    }
+    let _ = tls_plaintext(cfg, id, fd, &call, n as u64, false);
+    0
+}
+
+/// The socket fd under a `*tls.Conn`, or -1.
+#[inline(always)]
+fn go_conn_fd(conn: u64) -> i32 {
+    let Ok(tcp_conn) = (unsafe { bpf_probe_read_user((conn + GO_CONN_IFACE_DATA) as *const u64) })
+    else {
+        return -1;
+    };
+    let Ok(net_fd) = (unsafe { bpf_probe_read_user(tcp_conn as *const u64) }) else {
+        return -1;
+    };
+    let Ok(sysfd) = (unsafe { bpf_probe_read_user((net_fd + GO_NETFD_SYSFD) as *const i64) })
+    else {
+        return -1;
+    };
+    if (0..1 << 24).contains(&sysfd) {
+        sysfd as i32
+    } else {
+        -1
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

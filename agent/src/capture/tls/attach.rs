@@ -20,7 +20,8 @@ use aya::Ebpf;
 use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 
-use super::elf::{SslSymbols, find_ssl_symbols};
+use super::elf::{EntryPoints, find_entry_points};
+use super::go::{GO_TLS_READ, GO_TLS_WRITE, GoTls};
 use super::maps::{Mapping, ObjectKey, executable_files, pids};
 use crate::config::TlsCaptureConfig;
 
@@ -35,6 +36,14 @@ const PROBES: &[(&str, &str, Option<&str>)] = &[
     ("SSL_peek_ex", "ssl_uncaptured_entry", None),
     ("SSL_sendfile", "ssl_uncaptured_entry", None),
 ];
+
+/// Go crypto/tls: (function, entry program, whether `GO_RETURN` goes on each of its RETs).
+/// Writes are shipped at entry, reads at return.
+const GO_PROBES: &[(&str, &str, bool)] = &[
+    (GO_TLS_READ, "go_tls_read_entry", true),
+    (GO_TLS_WRITE, "go_tls_write_entry", false),
+];
+const GO_RETURN: &str = "go_tls_return";
 
 /// Programs that do nothing, attached at the same points for the cost floor.
 const EMPTY_ENTRY: &str = "empty_uprobe";
@@ -145,6 +154,8 @@ pub fn load_programs(ebpf: &mut Ebpf, empty: bool) -> Result<(), String> {
         PROBES
             .iter()
             .flat_map(|(_, e, r)| std::iter::once(*e).chain(*r))
+            .chain(GO_PROBES.iter().map(|(_, e, _)| *e))
+            .chain([GO_RETURN])
             .collect()
     };
     names.sort_unstable();
@@ -289,9 +300,24 @@ impl TlsAttacher {
                 continue; // gone already: not cached
             };
             let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-            let state = match find_ssl_symbols(&path) {
-                Ok(syms) if syms.is_usable() => self.attach(&path, &syms, &m, pid, exec_ts),
-                Ok(_) => ObjectState::NotTls,
+            let state = match find_entry_points(&path) {
+                Ok(found) => {
+                    match &found.go {
+                        GoTls::Stripped | GoTls::StackAbi(_) | GoTls::UnsupportedArch => {
+                            tracing::info!(path = %m.path, pid, go = ?found.go, "Go executable: crypto/tls cannot be read");
+                        }
+                        GoTls::Undecodable(e) => {
+                            tracing::warn!(path = %m.path, pid, error = %e, "Go crypto/tls not attached");
+                        }
+                        _ => {}
+                    }
+                    let points = probe_points(&found, self.empty);
+                    if points.is_empty() {
+                        ObjectState::NotTls
+                    } else {
+                        self.attach(&path, &points, &m, pid, exec_ts)
+                    }
+                }
                 Err(super::elf::ElfError::Open { .. }) => continue,
                 Err(e) => {
                     self.stats.elf_errors.fetch_add(1, Ordering::Relaxed);
@@ -311,7 +337,7 @@ impl TlsAttacher {
     fn attach(
         &mut self,
         path: &Path,
-        syms: &SslSymbols,
+        points: &[ProbePoint],
         m: &Mapping,
         pid: u32,
         exec_ts: Option<u64>,
@@ -328,26 +354,13 @@ impl TlsAttacher {
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
         let mut links = Vec::new();
         let mut failure = None;
-        for (function, offset) in syms.found() {
-            let Some((_, entry, ret)) = PROBES.iter().find(|(f, _, _)| *f == function) else {
-                continue;
-            };
-            let (entry, ret) = if self.empty {
-                (EMPTY_ENTRY, ret.map(|_| EMPTY_RETURN))
-            } else {
-                (*entry, *ret)
-            };
-            for prog in std::iter::once(entry).chain(ret) {
-                match attach_one(&mut ebpf, prog, path, offset) {
-                    Ok(link) => links.push((prog, link)),
-                    Err(e) => failure = Some(format!("{function} ({prog}): {e}")),
-                }
-                if failure.is_some() {
+        for p in points {
+            match attach_one(&mut ebpf, p.program, path, p.offset) {
+                Ok(link) => links.push((p.program, link)),
+                Err(e) => {
+                    failure = Some(format!("{} ({}): {e}", p.function, p.program));
                     break;
                 }
-            }
-            if failure.is_some() {
-                break;
             }
         }
         if let Some(err) = failure {
@@ -436,6 +449,61 @@ impl TlsAttacher {
             tracing::info!(path = %a.path.display(), "TLS library detached: no process maps it");
         }
     }
+}
+
+/// One uprobe to attach: a program at a file offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ProbePoint {
+    function: &'static str,
+    program: &'static str,
+    offset: u64,
+}
+
+/// The uprobes of a file's TLS entry points (the do-nothing programs when `empty`): OpenSSL's
+/// when it has SSL_read and SSL_write, Go's when its crypto/tls was located.
+fn probe_points(found: &EntryPoints, empty: bool) -> Vec<ProbePoint> {
+    let mut points = Vec::new();
+    if found.ssl.is_usable() {
+        for (function, offset) in found.ssl.found() {
+            let Some((_, entry, ret)) = PROBES.iter().find(|(f, _, _)| *f == function) else {
+                continue;
+            };
+            let (entry, ret) = if empty {
+                (EMPTY_ENTRY, ret.map(|_| EMPTY_RETURN))
+            } else {
+                (*entry, *ret)
+            };
+            for program in std::iter::once(entry).chain(ret) {
+                points.push(ProbePoint {
+                    function,
+                    program,
+                    offset,
+                });
+            }
+        }
+    }
+    if let GoTls::Found(go) = &found.go {
+        for ((function, entry, at_returns), f) in GO_PROBES.iter().zip([&go.read, &go.write]) {
+            let (entry, ret) = if empty {
+                (EMPTY_ENTRY, EMPTY_ENTRY)
+            } else {
+                (*entry, GO_RETURN)
+            };
+            points.push(ProbePoint {
+                function,
+                program: entry,
+                offset: f.entry,
+            });
+            if *at_returns {
+                points.extend(f.returns.iter().map(|&offset| ProbePoint {
+                    function,
+                    program: ret,
+                    offset,
+                }));
+            }
+        }
+    }
+    points
 }
 
 fn attach_one(

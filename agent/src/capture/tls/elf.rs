@@ -1,12 +1,14 @@
-//! TLS library entry points in an ELF file: the OpenSSL-family functions Sonde hooks, as file
-//! offsets (what a uprobe attaches to), from the dynamic symbol table or, for static builds that
-//! keep it, the full symbol table.
+//! TLS library entry points in an ELF file, as file offsets (what a uprobe attaches to): the
+//! OpenSSL-family functions from the dynamic symbol table or, for static builds that keep it,
+//! the full symbol table; Go's crypto/tls from [`super::go`].
 
 use std::path::Path;
 
 use std::os::fd::AsRawFd as _;
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
+
+use super::go::{GoTls, find_go_tls};
 
 /// Functions looked up, in the order of [`SslSymbols::offsets`].
 pub const SSL_FUNCTIONS: [&str; 8] = [
@@ -108,8 +110,27 @@ impl Drop for MappedFile {
     }
 }
 
-/// Looks the functions up in `path`, from its headers and symbol tables.
+/// Every TLS entry point of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryPoints {
+    pub ssl: SslSymbols,
+    pub go: GoTls,
+}
+
+/// Looks the OpenSSL-family functions up in `path`, from its headers and symbol tables.
 pub fn find_ssl_symbols(path: &Path) -> Result<SslSymbols, ElfError> {
+    with_elf(path, ssl_symbols)
+}
+
+/// Looks up every TLS entry point of `path`: OpenSSL-family functions and Go's crypto/tls.
+pub fn find_entry_points(path: &Path) -> Result<EntryPoints, ElfError> {
+    with_elf(path, |elf| EntryPoints {
+        ssl: ssl_symbols(elf),
+        go: find_go_tls(elf),
+    })
+}
+
+fn with_elf<T>(path: &Path, f: impl FnOnce(&object::File<'_>) -> T) -> Result<T, ElfError> {
     let file = MappedFile::open(path).map_err(|source| ElfError::Open {
         path: path.display().to_string(),
         source,
@@ -118,6 +139,10 @@ pub fn find_ssl_symbols(path: &Path) -> Result<SslSymbols, ElfError> {
         path: path.display().to_string(),
         source,
     })?;
+    Ok(f(&elf))
+}
+
+fn ssl_symbols(elf: &object::File<'_>) -> SslSymbols {
     let mut found = SslSymbols::default();
     // Exported functions first (shared libraries, node); a static build that was not stripped
     // has them in .symtab only. A table whose strings lack "SSL_read" is not walked at all:
@@ -166,7 +191,7 @@ pub fn find_ssl_symbols(path: &Path) -> Result<SslSymbols, ElfError> {
             break;
         }
     }
-    Ok(found)
+    found
 }
 
 #[cfg(test)]
