@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt as _;
 
 use object::{Object as _, ObjectSymbol as _};
+
+use crate::capture::tls::go::GoTls;
 use serde::Serialize;
 
 /// Executables read for inspection up to this size (larger ones are judged by their maps only).
@@ -24,8 +26,11 @@ pub enum BlindReason {
     /// A Go executable whose `crypto/tls` probes did not deliver (not attached: the bound, a
     /// refusal, or functions that could not be decoded).
     GoCryptoTls,
-    /// A Go executable without a symbol table (`-ldflags=-s`): `crypto/tls` cannot be located.
+    /// A Go executable with neither a symbol table nor a readable `.gopclntab` (packed or
+    /// mangled): `crypto/tls` cannot be located.
     GoStripped,
+    /// Go on an architecture other than x86-64 (the Go probes read amd64 registers).
+    GoUnsupportedArch,
     /// Go older than 1.17: arguments on the stack, which the Go probes do not read.
     GoStackAbi,
     /// A JVM (libjvm mapped): TLS is JSSE, in Java.
@@ -52,6 +57,7 @@ impl BlindReason {
             BlindReason::GoCryptoTls => "tls.go_crypto_tls",
             BlindReason::GoStripped => "tls.go_stripped",
             BlindReason::GoStackAbi => "tls.go_stack_abi",
+            BlindReason::GoUnsupportedArch => "tls.go_unsupported_arch",
             BlindReason::JavaJsse => "tls.java_jsse",
             BlindReason::Rustls => "tls.rustls",
             BlindReason::UnsupportedLibrary(_) => "tls.unsupported_library",
@@ -68,7 +74,10 @@ impl BlindReason {
         match self {
             BlindReason::GoCryptoTls => "Go binary whose crypto/tls probes are not attached".into(),
             BlindReason::GoStripped => {
-                "stripped Go binary: no symbol table to locate crypto/tls in".into()
+                "Go binary without symbols or function table: crypto/tls cannot be located".into()
+            }
+            BlindReason::GoUnsupportedArch => {
+                "Go binary on an architecture the Go TLS probes do not read (x86-64 only)".into()
             }
             BlindReason::GoStackAbi => {
                 "Go older than 1.17 (stack-based calling convention): not readable".into()
@@ -93,14 +102,22 @@ impl BlindReason {
     }
 }
 
+/// What the Go probes can do with a Go executable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GoVerdict {
+    /// crypto/tls can be located (or is absent): blind only if the probes did not deliver.
+    Locatable,
+    Stripped,
+    StackAbi,
+    UnsupportedArch,
+}
+
 /// What one executable's ELF says.
 #[derive(Clone, Copy, Debug, Default)]
 struct ExeFacts {
     go: bool,
-    /// Go older than 1.17, by its build info (arguments on the stack).
-    go_stack_abi: bool,
-    /// A `.symtab` section (Go keeps its function names there).
-    symtab_section: bool,
+    /// What the Go probes can do with it (for Go executables).
+    go_tls: Option<GoVerdict>,
     rustls: bool,
     ssl_symbols: bool,
     static_linked: bool,
@@ -112,9 +129,15 @@ fn exe_facts(data: &[u8]) -> Option<ExeFacts> {
     let mut f = ExeFacts {
         go: file.section_by_name(".go.buildinfo").is_some(),
         static_linked: file.section_by_name(".interp").is_none(),
-        symtab_section: file.section_by_name(".symtab").is_some(),
-        go_stack_abi: crate::capture::tls::go::build_version(&file)
-            .is_some_and(|v| !crate::capture::tls::go::register_abi(&v)),
+        go_tls: match crate::capture::tls::go::find_go_tls(&file) {
+            GoTls::NotGo => None,
+            GoTls::Stripped => Some(GoVerdict::Stripped),
+            GoTls::StackAbi(_) => Some(GoVerdict::StackAbi),
+            GoTls::UnsupportedArch => Some(GoVerdict::UnsupportedArch),
+            GoTls::NoCryptoTls | GoTls::Undecodable(_) | GoTls::Found(_) => {
+                Some(GoVerdict::Locatable)
+            }
+        },
         ..ExeFacts::default()
     };
     for sym in file
@@ -194,10 +217,12 @@ fn inspect(
         Err(_) => None,
     };
     let f = facts.unwrap_or_default();
-    let reason = if f.go && f.go_stack_abi {
+    let reason = if f.go_tls == Some(GoVerdict::StackAbi) {
         BlindReason::GoStackAbi
-    } else if f.go && !f.symtab_section {
+    } else if f.go_tls == Some(GoVerdict::Stripped) {
         BlindReason::GoStripped
+    } else if f.go_tls == Some(GoVerdict::UnsupportedArch) {
+        BlindReason::GoUnsupportedArch
     } else if f.go {
         BlindReason::GoCryptoTls
     } else if f.rustls {

@@ -52,8 +52,10 @@ fn the_agent_binary_is_rustls() {
     assert_eq!(reason_of(child.0.id()), BlindReason::Rustls);
 }
 
-/// Builds a Go program using crypto/tls that sleeps, with `ldflags`.
+/// Builds a Go program using crypto/tls that sleeps, with `ldflags` (position-independent when
+/// `name` says "pie").
 fn go_binary(dir: &std::path::Path, name: &str, ldflags: &str) -> std::path::PathBuf {
+    let buildmode = if name.contains("pie") { "pie" } else { "exe" };
     std::fs::write(
         dir.join("main.go"),
         "package main\n\nimport (\n\t\"crypto/tls\"\n\t\"fmt\"\n\t\"time\"\n)\n\nfunc main() {\n\tfmt.Println(tls.VersionTLS13, tls.Client)\n\ttime.Sleep(30 * time.Second)\n}\n",
@@ -61,7 +63,8 @@ fn go_binary(dir: &std::path::Path, name: &str, ldflags: &str) -> std::path::Pat
     .expect("write");
     let exe = dir.join(name);
     let built = Command::new("go")
-        .args(["build", &format!("-ldflags={ldflags}"), "-o"])
+        .args(["build", &format!("-buildmode={buildmode}")])
+        .args([&format!("-ldflags={ldflags}"), "-o"])
         .arg(&exe)
         .arg("main.go")
         .current_dir(dir)
@@ -79,27 +82,33 @@ fn go_binary(dir: &std::path::Path, name: &str, ldflags: &str) -> std::path::Pat
 }
 
 #[test]
-fn a_stripped_go_binary_cannot_be_located_and_an_unstripped_one_is_probed() {
+fn go_binaries_are_located_from_their_symbols_or_stripped_from_their_function_table() {
+    use sonde_agent::capture::tls::elf::find_entry_points;
+    use sonde_agent::capture::tls::go::GoTls;
     let dir = tempfile::tempdir().expect("tempdir");
-    // Stripped (-s -w): the build info section still says Go, no symbol table says where.
-    let stripped = go_binary(dir.path(), "gostripped", "-s -w");
-    let child = Kill(
-        Command::new(&stripped)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("go binary"),
-    );
-    wait_exec(child.0.id(), "gostripped");
-    assert_eq!(reason_of(child.0.id()), BlindReason::GoStripped);
-
-    // With its symbol table, crypto/tls is located; blind only if its probes did not deliver.
     let full = go_binary(dir.path(), "gofull", "");
-    let found = sonde_agent::capture::tls::elf::find_entry_points(&full).expect("ELF");
-    let sonde_agent::capture::tls::go::GoTls::Found(go) = &found.go else {
-        panic!("crypto/tls located: {:?}", found.go);
+    // Stripped (-s -w): no symbol table, no DWARF; the runtime's .gopclntab stays.
+    let stripped = go_binary(dir.path(), "gostripped", "-s -w");
+    let GoTls::Found(go) = find_entry_points(&full).expect("ELF").go else {
+        panic!("crypto/tls located from the symbol table");
     };
     assert!(go.version.starts_with("go1."), "{}", go.version);
     assert!(!go.read.returns.is_empty() && !go.write.returns.is_empty());
+    // The same code, linked the same way: the function table gives the very same points.
+    let GoTls::Found(from_pclntab) = find_entry_points(&stripped).expect("ELF").go else {
+        panic!("crypto/tls located from .gopclntab");
+    };
+    assert_eq!(from_pclntab, go);
+    // Position-independent builds too (the table moves to .data.rel.ro.gopclntab).
+    let pie = go_binary(dir.path(), "gopie", "");
+    let pie_stripped = go_binary(dir.path(), "gopies", "-s -w");
+    let (GoTls::Found(a), GoTls::Found(b)) = (
+        find_entry_points(&pie).expect("ELF").go,
+        find_entry_points(&pie_stripped).expect("ELF").go,
+    ) else {
+        panic!("crypto/tls located in PIE builds");
+    };
+    assert_eq!(a, b);
     // The probes go past the stack-growth check: the bytes before them are its JBE.
     let bytes = std::fs::read(&full).expect("read the executable");
     for f in [&go.read, &go.write] {
@@ -111,17 +120,30 @@ fn a_stripped_go_binary_cannot_be_located_and_an_unstripped_one_is_probed() {
             assert_eq!(bytes[r as usize], 0xc3, "RET at {r:#x}");
         }
     }
-    let stripped_found = sonde_agent::capture::tls::elf::find_entry_points(&stripped).expect("ELF");
-    assert_eq!(
-        stripped_found.go,
-        sonde_agent::capture::tls::go::GoTls::Stripped
-    );
-    let child = Kill(
-        Command::new(&full)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("go binary"),
-    );
-    wait_exec(child.0.id(), "gofull");
-    assert_eq!(reason_of(child.0.id()), BlindReason::GoCryptoTls);
+    // Readable, so blind only when their probes did not deliver (not attached here).
+    for (exe, name) in [(&full, "gofull"), (&stripped, "gostripped")] {
+        let child = Kill(
+            Command::new(exe)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("go binary"),
+        );
+        wait_exec(child.0.id(), name);
+        assert_eq!(reason_of(child.0.id()), BlindReason::GoCryptoTls, "{name}");
+    }
+    // Without its function table (a packer or obfuscator does this), nothing says where.
+    let mangled = dir.path().join("gomangled");
+    let mut data = std::fs::read(&stripped).expect("read");
+    let elf = object::File::parse(&*data).expect("ELF");
+    use object::{Object as _, ObjectSection as _};
+    let (off, len) = elf
+        .section_by_name(".gopclntab")
+        .and_then(|s| s.file_range())
+        .expect(".gopclntab");
+    data[off as usize..(off + len) as usize].fill(0);
+    std::fs::write(&mangled, &data).expect("write");
+    assert!(matches!(
+        find_entry_points(&mangled).expect("ELF").go,
+        GoTls::Undecodable(_)
+    ));
 }

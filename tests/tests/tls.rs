@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sonde_agent::blind::BlindReason;
 use sonde_agent::config::AgentConfig;
 use sonde_agent::pipeline::{Analyzer, PipelineStats, Sink};
 use sonde_e2e::capture::{Capture, Conn};
@@ -784,11 +783,12 @@ fn go_crypto_tls_servers_and_clients_over_http1_and_h2_are_read_from_plaintext()
     let go_url = |p: &str| format!("GET https://127.0.0.1:{go_port}{p}");
     let nginx_url = |p: &str| format!("GET {}", nginx.url(p));
 
-    // The client waits 300 ms after its exec: its probes must be attached by then.
+    // The client waits 1 s after its exec: its probes must be attached by then (a loaded
+    // 2-core machine has taken more than 300 ms).
     let (h1, out) = go_get(
         &client_exe,
         "h1",
-        300,
+        1000,
         &[
             go_url("/a"),
             go_url("/missing"),
@@ -880,35 +880,44 @@ fn go_crypto_tls_servers_and_clients_over_http1_and_h2_are_read_from_plaintext()
         delay_ns as f64 / 1e6,
         stat(&cap, "max_attach_delay_ns") as f64 / 1e6
     );
-    assert!(delay_ns > 0 && delay_ns < 300_000_000, "{delay_ns} ns");
+    assert!(delay_ns > 0 && delay_ns < 1_000_000_000, "{delay_ns} ns");
     assert_clean(&tracker, &pipeline, &cap);
 }
 
 #[test]
-fn a_stripped_go_client_is_a_blind_spot_named_go_stripped() {
+fn a_stripped_go_client_is_read_through_its_function_table() {
     let dir = scratch_dir("tls-go-stripped");
     let port = free_port();
     let nginx = TlsNginx::start(&dir, port);
+    let worker = nginx.worker_pid();
+    // -s -w: no symbol table and no DWARF, as most Go binaries ship; .gopclntab says where.
     let stripped = go_tls_program(&dir.join("go_tls_stripped"), "-s -w");
     let cap = Capture::start(&[port]);
-    // It stays alive 3 s after its call, so the report can inspect it.
-    let child = Command::new(&stripped)
-        .args(["get", "h1", "0", "3000"])
-        .arg(format!("GET {}", nginx.url("/a")))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the stripped Go client runs");
-    let pid = child.id();
-    let _reaper = GoTlsServer(child);
-    eventually(WAIT, "the stripped client's handshake", || {
-        cap.connections()
-            .values()
-            .any(|c| {
-                c.open.as_ref().is_some_and(|o| o.process.pid == pid)
-                    && !c.chunks(Direction::Ingress).is_empty()
-            })
-            .then_some(())
-    });
+    let (pid, out) = go_get(
+        &stripped,
+        "h1",
+        1000,
+        &[
+            format!("GET {}", nginx.url("/a")),
+            format!("POST {}", nginx.url("/echo")),
+        ],
+    );
+    assert_eq!(out, "HTTP/1.1 200 10\nHTTP/1.1 200 7\n");
+    let xs = exchanges_of(&cap, pid, 2);
+    assert_eq!(
+        calls_of(&xs, pid),
+        vec![call("GET", "/a", 200, 10), call("POST", "/echo", 200, 7)]
+    );
+    assert_eq!(
+        xs.iter()
+            .find(|x| x.request.method.as_str() == "POST")
+            .map(|x| x.request.body.wire_len),
+        Some(3000)
+    );
+    exchanges_of(&cap, worker, 2);
+    let conns = cap.connections();
+    assert_joined_to_syscall_side(&conns, xs[0].conn.id);
+    // Read, so not a blind spot.
     let mut cfg = AgentConfig::default();
     cfg.capture.pids = vec![1];
     cfg.blind_spots.grace_ms = 0;
@@ -916,19 +925,6 @@ fn a_stripped_go_client_is_a_blind_spot_named_go_stripped() {
     let mut sink = Collect(Vec::new());
     analyzer.on_events(cap.events(), &mut sink);
     analyzer.flush(&mut sink);
-    assert!(calls_of(&sink.0, pid).is_empty(), "nothing readable");
     let report = analyzer.tls_mut().blind_spots().clone();
-    let mine = report
-        .processes
-        .iter()
-        .find(|p| p.pid == pid)
-        .unwrap_or_else(|| panic!("pid {pid} in the blind-spots report: {report:?}"));
-    assert_eq!(mine.reason, BlindReason::GoStripped, "{report:?}");
-    assert!(
-        report
-            .by_reason
-            .get("tls.go_stripped")
-            .is_some_and(|n| *n >= 1),
-        "{report:?}"
-    );
+    assert!(report.processes.iter().all(|p| p.pid != pid), "{report:?}");
 }

@@ -4,8 +4,9 @@
 //! Go has no shared TLS library and its stacks move, so uretprobes (which rewrite the return
 //! address on the stack) would crash it: the return probes go on every RET instruction of the
 //! two functions instead, found by decoding their machine code (iced-x86). Function bounds come
-//! from the symbol table, so a stripped binary (`-ldflags=-s`) cannot be read; the Go version
-//! comes from the build info section, since only Go ≥ 1.17 passes arguments in registers.
+//! from the symbol table or, in a stripped binary (`-ldflags=-s`), from Go's own function table
+//! (`.gopclntab`); the Go version comes from the build info section, since only Go ≥ 1.17 passes
+//! arguments in registers.
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
 use object::{Architecture, Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
@@ -44,7 +45,8 @@ pub enum GoTls {
     NotGo,
     /// A Go executable without `crypto/tls` (nothing to read, nothing blind).
     NoCryptoTls,
-    /// Go, but its symbol table was stripped: the functions cannot be located.
+    /// Go with neither a symbol table nor a readable `.gopclntab`: the functions cannot be
+    /// located.
     Stripped,
     /// Go older than 1.17: arguments on the stack (not supported).
     StackAbi(String),
@@ -148,72 +150,184 @@ pub fn find_go_tls(elf: &object::File<'_>) -> GoTls {
     if !register_abi(&version) {
         return GoTls::StackAbi(version);
     }
-    let Some(strtab) = elf.section_by_name(".strtab").and_then(|s| s.data().ok()) else {
-        return GoTls::Stripped;
+    let located = if elf.section_by_name(".symtab").is_some() {
+        symtab_functions(elf)
+    } else {
+        // Position-independent builds move it into the relocated read-only data.
+        let table = [".gopclntab", ".data.rel.ro.gopclntab"]
+            .iter()
+            .find_map(|name| elf.section_by_name(name))
+            .and_then(|s| s.data().ok());
+        match table {
+            Some(table) => match pclntab_functions(table, elf) {
+                Ok(found) => found,
+                Err(e) => return GoTls::Undecodable(format!(".gopclntab: {e}")),
+            },
+            None => return GoTls::Stripped,
+        }
     };
-    if memchr::memmem::find(strtab, b"crypto/tls.(*Conn).Read\0").is_none() {
-        // Go binaries without crypto/tls, and stripped ones: their .strtab (if any) is the
-        // section names' only. Which is which: a stripped one has no .symtab.
-        return if elf.section_by_name(".symtab").is_some() {
-            GoTls::NoCryptoTls
-        } else {
-            GoTls::Stripped
-        };
-    }
-    let mut read = None;
-    let mut write = None;
-    for sym in elf.symbols() {
-        if sym.kind() != SymbolKind::Text || !sym.is_definition() {
-            continue;
-        }
-        let slot = match sym.name() {
-            Ok(GO_TLS_READ) => &mut read,
-            Ok(GO_TLS_WRITE) => &mut write,
-            _ => continue,
-        };
-        *slot = Some(function_points(elf, &sym));
-        if read.is_some() && write.is_some() {
-            break;
-        }
-    }
-    match (read, write) {
-        (Some(Ok(read)), Some(Ok(write))) => GoTls::Found(GoTlsFunctions {
+    let [Some(read), Some(write)] = located else {
+        return GoTls::NoCryptoTls;
+    };
+    match (function_points(elf, read), function_points(elf, write)) {
+        (Ok(read), Ok(write)) => GoTls::Found(GoTlsFunctions {
             version,
             read,
             write,
         }),
-        (Some(Err(e)), _) | (_, Some(Err(e))) => GoTls::Undecodable(e),
-        _ => GoTls::NoCryptoTls,
+        (Err(e), _) | (_, Err(e)) => GoTls::Undecodable(e),
     }
 }
 
-fn function_points(
-    elf: &object::File<'_>,
-    sym: &object::Symbol<'_, '_>,
-) -> Result<GoFunction, String> {
-    let name = sym.name().unwrap_or("?");
-    let section = sym
-        .section_index()
-        .and_then(|i| elf.section_by_index(i).ok())
-        .ok_or_else(|| format!("{name}: no section"))?;
+/// A function's name, address and size in bytes.
+type Located = (&'static str, u64, u64);
+
+/// Read and Write from the symbol table.
+fn symtab_functions(elf: &object::File<'_>) -> [Option<Located>; 2] {
+    let mut found = [None, None];
+    // Most Go binaries are not TLS clients: no walk over 100k symbols without the name.
+    let mentions = elf
+        .section_by_name(".strtab")
+        .and_then(|s| s.data().ok())
+        .is_some_and(|d| memchr::memmem::find(d, b"crypto/tls.(*Conn).Read\0").is_some());
+    if !mentions {
+        return found;
+    }
+    for sym in elf.symbols() {
+        if sym.kind() != SymbolKind::Text || !sym.is_definition() {
+            continue;
+        }
+        let i = match sym.name() {
+            Ok(GO_TLS_READ) => 0,
+            Ok(GO_TLS_WRITE) => 1,
+            _ => continue,
+        };
+        found[i] = Some(([GO_TLS_READ, GO_TLS_WRITE][i], sym.address(), sym.size()));
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    found
+}
+
+/// Read and Write from Go's own function table, `.gopclntab`, which the runtime needs for stack
+/// traces and so survives `-ldflags=-s`. Formats of Go 1.16-1.17 (magic 0xfffffffa) and 1.18+
+/// (0xfffffff0, 0xfffffff1): a header of offsets, a table of (entry, function record) pairs
+/// sorted by entry (a function ends where the next begins), and records naming their function
+/// by an offset into the name table. Written here: no maintained crate reads it.
+fn pclntab_functions(table: &[u8], elf: &object::File<'_>) -> Result<[Option<Located>; 2], String> {
+    let u32_at = |off: usize| -> Result<u32, String> {
+        table
+            .get(off..off + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| format!("truncated at {off}"))
+    };
+    let magic = u32_at(0)?;
+    let go118 = match magic {
+        0xffff_fff0 | 0xffff_fff1 => true,
+        0xffff_fffa => false,
+        m => return Err(format!("magic {m:#x} not known")),
+    };
+    let ptr = *table.get(7).ok_or("truncated header")? as usize;
+    if ptr != 8 {
+        return Err(format!("pointer size {ptr}"));
+    }
+    let word = |off: usize| -> Result<u64, String> {
+        table
+            .get(off..off + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            .ok_or_else(|| format!("truncated at {off}"))
+    };
+    let nfunc = usize::try_from(word(8)?).map_err(|_| "function count")?;
+    // Go 1.18 added textStart after nfiles; the offsets follow.
+    let (text_start, offsets_at) = if go118 {
+        let text = word(24)?;
+        let text = if text != 0 {
+            text
+        } else {
+            elf.section_by_name(".text")
+                .map(|s| s.address())
+                .unwrap_or(0)
+        };
+        (text, 32)
+    } else {
+        (0, 24)
+    };
+    let funcname = usize::try_from(word(offsets_at)?).map_err(|_| "offset")?;
+    let pcln = usize::try_from(word(offsets_at + 32)?).map_err(|_| "offset")?;
+    // functab entries: (entry, funcoff) as u32 pairs (1.18+) or pointer pairs (1.16).
+    let entry_size = if go118 { 8 } else { 16 };
+    if nfunc > table.len() / entry_size {
+        return Err(format!("{nfunc} functions in {} bytes", table.len()));
+    }
+    let entry = |i: usize| -> Result<(u64, usize), String> {
+        let at = pcln + i * entry_size;
+        if go118 {
+            Ok((
+                text_start + u64::from(u32_at(at)?),
+                u32_at(at + 4)? as usize,
+            ))
+        } else {
+            Ok((
+                word(at)?,
+                usize::try_from(word(at + 8)?).map_err(|_| "offset")?,
+            ))
+        }
+    };
+    let mut found = [None, None];
+    for i in 0..nfunc {
+        let (addr, func_off) = entry(i)?;
+        // The record: entry (u32 or pointer), then the name offset (i32).
+        let name_field = pcln + func_off + if go118 { 4 } else { 8 };
+        let name_off = u32_at(name_field)? as usize;
+        let name_at = funcname + name_off;
+        let name = table
+            .get(name_at..)
+            .and_then(|rest| rest.split(|b| *b == 0).next())
+            .ok_or_else(|| format!("name of function {i}"))?;
+        let slot = match name {
+            b"crypto/tls.(*Conn).Read" => 0,
+            b"crypto/tls.(*Conn).Write" => 1,
+            _ => continue,
+        };
+        let (next, _) = entry(i + 1)?;
+        let size = next
+            .checked_sub(addr)
+            .ok_or_else(|| format!("function {i} ends before it starts"))?;
+        found[slot] = Some(([GO_TLS_READ, GO_TLS_WRITE][slot], addr, size));
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+/// The uprobe points of a located function: its body's entry and every RET.
+fn function_points(elf: &object::File<'_>, at: Located) -> Result<GoFunction, String> {
+    let (name, address, size) = at;
+    let section = elf
+        .sections()
+        .find(|s| {
+            s.kind() == object::SectionKind::Text
+                && address >= s.address()
+                && address < s.address() + s.size()
+        })
+        .ok_or_else(|| format!("{name}: {address:#x} in no text section"))?;
     let (section_offset, _) = section
         .file_range()
         .ok_or_else(|| format!("{name}: section not in the file"))?;
     let data = section.data().map_err(|e| format!("{name}: {e}"))?;
-    let start = sym
-        .address()
-        .checked_sub(section.address())
-        .and_then(|d| usize::try_from(d).ok())
-        .ok_or_else(|| format!("{name}: address outside its section"))?;
-    let size = usize::try_from(sym.size()).map_err(|_| format!("{name}: size"))?;
+    let start =
+        usize::try_from(address - section.address()).map_err(|_| format!("{name}: address"))?;
+    let size = usize::try_from(size).map_err(|_| format!("{name}: size"))?;
     let code = data
         .get(start..start.saturating_add(size))
         .filter(|c| !c.is_empty())
         .ok_or_else(|| format!("{name}: {size} bytes past its section"))?;
     let to_file = |addr: u64| addr - section.address() + section_offset;
-    let mut decoder = Decoder::with_ip(64, code, sym.address(), DecoderOptions::NONE);
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut returns = Vec::new();
-    let mut entry = sym.address();
+    let mut entry = address;
     let mut stack_check = false;
     for (i, instr) in decoder.iter().enumerate() {
         // The prologue: at most a LEA, then CMP against g.stackguard0 (R14 + 16), then JBE.
