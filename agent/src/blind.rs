@@ -129,7 +129,8 @@ fn exe_facts(data: &[u8]) -> Option<ExeFacts> {
     let mut f = ExeFacts {
         go: file.section_by_name(".go.buildinfo").is_some(),
         static_linked: file.section_by_name(".interp").is_none(),
-        go_tls: match crate::capture::tls::go::find_go_tls(&file) {
+        // Read with read(2), not mapped: the code bytes are as on disk.
+        go_tls: match crate::capture::tls::go::find_go_tls(&file, None) {
             GoTls::NotGo => None,
             GoTls::Stripped => Some(GoVerdict::Stripped),
             GoTls::StackAbi(_) => Some(GoVerdict::StackAbi),

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// nginx serving `root/www` on 127.0.0.1 and [::1] at `port`, with a `/upload` location that
-/// reads and discards bodies up to 64 MiB.
+/// nginx in the foreground with its pid file, logs and temp files in `dir`, stopped (SIGQUIT)
+/// when dropped.
 pub struct Nginx {
     child: Child,
     pub port: u16,
@@ -13,9 +13,32 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// Serving `dir/www` on 127.0.0.1 and [::1] at `port`, with a `/upload` location that
+    /// reads and discards bodies up to 64 MiB.
     pub fn start(dir: &Path, port: u16) -> Nginx {
         let www = dir.join("www");
         std::fs::create_dir_all(&www).expect("www dir");
+        Nginx::with_config(
+            dir,
+            port,
+            "sendfile on;",
+            &format!(
+                "listen 127.0.0.1:{port};
+        listen [::1]:{port};
+        root {www};
+        location /upload {{
+            client_max_body_size 64m;
+            client_body_buffer_size 64m;
+            return 200 \"ok\\n\";
+        }}",
+                www = www.display()
+            ),
+        )
+    }
+
+    /// One worker, `http` directives `http_extra` and one `server` block of `server_body`;
+    /// returns once `port` accepts connections.
+    pub fn with_config(dir: &Path, port: u16, http_extra: &str, server_body: &str) -> Nginx {
         let conf = format!(
             "daemon off;
 master_process on;
@@ -26,27 +49,19 @@ error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    sendfile on;
     keepalive_requests 1000000;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
+    {http_extra}
     server {{
-        listen 127.0.0.1:{port};
-        listen [::1]:{port};
-        root {www};
-        location /upload {{
-            client_max_body_size 64m;
-            client_body_buffer_size 64m;
-            return 200 \"ok\\n\";
-        }}
+        {server_body}
     }}
 }}
 ",
             dir = dir.display(),
-            www = www.display(),
         );
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("write nginx.conf");

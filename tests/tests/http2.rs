@@ -3,11 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sonde_e2e::capture::Capture;
-use sonde_e2e::servers::wait_for_port;
+use sonde_e2e::servers::Nginx;
 use sonde_e2e::{eventually, free_port, scratch_dir};
 use sonde_model::{CaptureEvent, ConnId, Exchange, HttpVersion, Role};
 use sonde_protocol::{Tracker, TrackerConfig, TrackerStats};
@@ -16,74 +16,30 @@ const WAIT: Duration = Duration::from_secs(15);
 
 /// nginx with an h2c (prior knowledge) listener: `/missing` answers 404, everything else 200
 /// with a short body naming the path.
-struct H2Nginx {
-    child: Child,
-    port: u16,
-}
+struct H2Nginx(Nginx);
 
 impl H2Nginx {
     fn start(dir: &Path, port: u16) -> H2Nginx {
         // nginx 1.22 (Debian bookworm): `listen ... http2` on a plain port is h2c with prior
         // knowledge.
-        let conf = format!(
-            "daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 127.0.0.1:{port} http2;
+        H2Nginx(Nginx::with_config(
+            dir,
+            port,
+            "",
+            &format!(
+                "listen 127.0.0.1:{port} http2;
         location = /missing {{ return 404 \"missing\\n\"; }}
-        location / {{ return 200 \"path $uri\\n\"; }}
-    }}
-}}
-",
-            dir = dir.display(),
-        );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("write nginx.conf");
-        let child = Command::new("nginx")
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("nginx starts");
-        wait_for_port(port);
-        H2Nginx { child, port }
+        location / {{ return 200 \"path $uri\\n\"; }}"
+            ),
+        ))
     }
 
     fn worker_pid(&self) -> u32 {
-        let master = self.child.id();
-        eventually(Duration::from_secs(5), "an nginx worker", || {
-            std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-                .ok()?
-                .split_whitespace()
-                .find_map(|p| p.parse().ok())
-        })
+        self.0.worker_pid()
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for H2Nginx {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
-        let _ = self.child.wait();
+        format!("http://127.0.0.1:{}{path}", self.0.port)
     }
 }
 
@@ -194,7 +150,7 @@ fn curl_and_nghttp_requests_are_http2_exchanges_on_both_sides() {
     let dir = scratch_dir("h2-curl");
     let nginx = H2Nginx::start(&dir, free_port());
     let worker = nginx.worker_pid();
-    let cap = Capture::start(&[nginx.port]);
+    let cap = Capture::start(&[nginx.0.port]);
     let paths = ["/a", "/api/users/7", "/missing", "/b?x=1"];
     // curl 7.88 fails to reuse a prior-knowledge connection: one curl per request (stream 1).
     let mut curls = Vec::new();
@@ -220,13 +176,13 @@ fn curl_and_nghttp_requests_are_http2_exchanges_on_both_sides() {
     let (xs, stats) = track(events);
     for (pid, p) in &curls {
         let want = BTreeMap::from([((*p).to_owned(), 1)]);
-        check_side(&xs, *pid, Role::Client, nginx.port, &want);
+        check_side(&xs, *pid, Role::Client, nginx.0.port, &want);
         assert!(by_pid(&xs, *pid).iter().all(|x| {
             x.request_header("user-agent")
                 .is_some_and(|u| u.starts_with("curl/"))
         }));
     }
-    check_side(&xs, nghttp_pid, Role::Client, nginx.port, &ids);
+    check_side(&xs, nghttp_pid, Role::Client, nginx.0.port, &ids);
     // The server side: the four curl connections and nghttp's.
     let server = by_pid(&xs, worker);
     assert_eq!(server.len(), 2 * paths.len(), "{stats:?}");
@@ -263,7 +219,7 @@ fn h2load_requests_are_all_reported_and_none_invented() {
     let dir = scratch_dir("h2-load");
     let nginx = H2Nginx::start(&dir, free_port());
     let worker = nginx.worker_pid();
-    let cap = Capture::start(&[nginx.port]);
+    let cap = Capture::start(&[nginx.0.port]);
     let paths = ["/load/alpha", "/load/beta?q=1", "/missing"];
     let out = Command::new("h2load")
         .args(["-n", "200", "-c", "4", "-m", "10"])
@@ -337,7 +293,7 @@ fn a_connection_opened_before_capture_reports_later_calls_without_wrong_fields()
         .spawn()
         .expect("h2load runs");
     std::thread::sleep(Duration::from_millis(2500));
-    let cap = Capture::start(&[nginx.port]);
+    let cap = Capture::start(&[nginx.0.port]);
     let status = client.wait().expect("h2load finishes");
     assert!(status.success());
     // New calls after the capture started, on fresh connections.
@@ -361,7 +317,7 @@ fn a_connection_opened_before_capture_reports_later_calls_without_wrong_fields()
             assert_eq!(s, 200, "{u}");
         }
         if let Some(a) = x.request.authority.as_deref() {
-            assert_eq!(a, format!("127.0.0.1:{}", nginx.port));
+            assert_eq!(a, format!("127.0.0.1:{}", nginx.0.port));
         }
         if long.contains(&u) {
             later.insert(u);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use sonde_agent::config::AgentConfig;
 use sonde_agent::pipeline::{Analyzer, PipelineStats, Sink};
 use sonde_e2e::capture::{Capture, Conn};
-use sonde_e2e::servers::wait_for_port;
+use sonde_e2e::servers::{Nginx, wait_for_port};
 use sonde_e2e::{eventually, free_port, scratch_dir};
 use sonde_inventory::CallInfo;
 use sonde_model::{
@@ -27,10 +27,7 @@ const BIG: usize = 150_000;
 
 /// nginx with a self-signed certificate, `listen ... ssl http2` (ALPN offers h2 and
 /// http/1.1): `/a`, `/b` and `/big` are files, `/missing` answers 404 and `/echo` takes a body.
-struct TlsNginx {
-    child: Child,
-    port: u16,
-}
+struct TlsNginx(Nginx);
 
 impl TlsNginx {
     fn start(dir: &Path, port: u16) -> TlsNginx {
@@ -53,72 +50,30 @@ impl TlsNginx {
             .status()
             .expect("openssl runs (cargo xtask setup installs it)");
         assert!(ok.success(), "openssl req failed");
-        let conf = format!(
-            "daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    sendfile off;
-    keepalive_requests 100000;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl http2;
+        TlsNginx(Nginx::with_config(
+            dir,
+            port,
+            "sendfile off;",
+            &format!(
+                "listen 127.0.0.1:{port} ssl http2;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         root {www};
         location = /missing {{ return 404 \"missing\\n\"; }}
-        location = /echo {{ client_max_body_size 1m; return 200 \"echoed\\n\"; }}
-    }}
-}}
-",
-            dir = dir.display(),
-            www = www.display(),
-            cert = cert.display(),
-            key = key.display(),
-        );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("write nginx.conf");
-        let child = Command::new("nginx")
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("nginx starts");
-        wait_for_port(port);
-        TlsNginx { child, port }
+        location = /echo {{ client_max_body_size 1m; return 200 \"echoed\\n\"; }}",
+                www = www.display(),
+                cert = cert.display(),
+                key = key.display(),
+            ),
+        ))
     }
 
     fn worker_pid(&self) -> u32 {
-        let master = self.child.id();
-        eventually(Duration::from_secs(5), "an nginx worker", || {
-            std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-                .ok()?
-                .split_whitespace()
-                .find_map(|p| p.parse().ok())
-        })
+        self.0.worker_pid()
     }
 
     fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for TlsNginx {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
-        let _ = self.child.wait();
+        format!("https://127.0.0.1:{}{path}", self.0.port)
     }
 }
 
@@ -780,6 +735,16 @@ fn go_crypto_tls_servers_and_clients_over_http1_and_h2_are_read_from_plaintext()
     // The client is another file (inode): attached after its exec, not at the agent's start.
     let client_exe = go_tls_program(&dir.join("go_tls_client"), "");
     let cap = Capture::start(&[nginx_port, go_port]);
+    // With the server's probes in place (int3 in every mapping of the file), a second look at
+    // the file, as a second agent would take, still finds the same functions.
+    let sonde_agent::capture::tls::go::GoTls::Found(go) =
+        sonde_agent::capture::tls::elf::find_entry_points(&server_exe)
+            .expect("ELF")
+            .go
+    else {
+        panic!("crypto/tls located while probed");
+    };
+    assert!(!go.read.returns.is_empty());
     let go_url = |p: &str| format!("GET https://127.0.0.1:{go_port}{p}");
     let nginx_url = |p: &str| format!("GET {}", nginx.url(p));
 

@@ -68,6 +68,7 @@ impl SslSymbols {
 struct MappedFile {
     ptr: *mut libc::c_void,
     len: usize,
+    file: std::fs::File,
 }
 
 impl MappedFile {
@@ -94,7 +95,7 @@ impl MappedFile {
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(MappedFile { ptr, len })
+        Ok(MappedFile { ptr, len, file })
     }
 
     fn bytes(&self) -> &[u8] {
@@ -119,18 +120,23 @@ pub struct EntryPoints {
 
 /// Looks the OpenSSL-family functions up in `path`, from its headers and symbol tables.
 pub fn find_ssl_symbols(path: &Path) -> Result<SslSymbols, ElfError> {
-    with_elf(path, ssl_symbols)
+    with_elf(path, |elf, _| ssl_symbols(elf))
 }
 
 /// Looks up every TLS entry point of `path`: OpenSSL-family functions and Go's crypto/tls.
 pub fn find_entry_points(path: &Path) -> Result<EntryPoints, ElfError> {
-    with_elf(path, |elf| EntryPoints {
+    with_elf(path, |elf, file| EntryPoints {
         ssl: ssl_symbols(elf),
-        go: find_go_tls(elf),
+        go: find_go_tls(elf, Some(file)),
     })
 }
 
-fn with_elf<T>(path: &Path, f: impl FnOnce(&object::File<'_>) -> T) -> Result<T, ElfError> {
+/// Parses `path` from a mapping of it; `f` also gets the file, to read code with `pread`: a
+/// mapping of a file that another tool has uprobes on gets their breakpoints (int3) written in.
+fn with_elf<T>(
+    path: &Path,
+    f: impl FnOnce(&object::File<'_>, &std::fs::File) -> T,
+) -> Result<T, ElfError> {
     let file = MappedFile::open(path).map_err(|source| ElfError::Open {
         path: path.display().to_string(),
         source,
@@ -139,7 +145,7 @@ fn with_elf<T>(path: &Path, f: impl FnOnce(&object::File<'_>) -> T) -> Result<T,
         path: path.display().to_string(),
         source,
     })?;
-    Ok(f(&elf))
+    Ok(f(&elf, &file.file))
 }
 
 fn ssl_symbols(elf: &object::File<'_>) -> SslSymbols {

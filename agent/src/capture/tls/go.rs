@@ -139,8 +139,9 @@ fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-/// Looks the two functions up in a parsed executable.
-pub fn find_go_tls(elf: &object::File<'_>) -> GoTls {
+/// Looks the two functions up in a parsed executable. Their code is read from `file` when given
+/// (see [`function_points`]), else from the parsed bytes.
+pub fn find_go_tls(elf: &object::File<'_>, file: Option<&std::fs::File>) -> GoTls {
     let Some(version) = build_version(elf) else {
         return GoTls::NotGo;
     };
@@ -169,7 +170,10 @@ pub fn find_go_tls(elf: &object::File<'_>) -> GoTls {
     let [Some(read), Some(write)] = located else {
         return GoTls::NoCryptoTls;
     };
-    match (function_points(elf, read), function_points(elf, write)) {
+    match (
+        function_points(elf, read, file),
+        function_points(elf, write, file),
+    ) {
         (Ok(read), Ok(write)) => GoTls::Found(GoTlsFunctions {
             version,
             read,
@@ -302,8 +306,14 @@ fn pclntab_functions(table: &[u8], elf: &object::File<'_>) -> Result<[Option<Loc
     Ok(found)
 }
 
-/// The uprobe points of a located function: its body's entry and every RET.
-fn function_points(elf: &object::File<'_>, at: Located) -> Result<GoFunction, String> {
+/// The uprobe points of a located function: its body's entry and every RET. The code is read
+/// from `file` with `pread` when given: in a memory mapping of the file, uprobes already placed
+/// by another tracer (or an earlier agent) show as int3 where the RETs were.
+fn function_points(
+    elf: &object::File<'_>,
+    at: Located,
+    file: Option<&std::fs::File>,
+) -> Result<GoFunction, String> {
     let (name, address, size) = at;
     let section = elf
         .sections()
@@ -320,11 +330,23 @@ fn function_points(elf: &object::File<'_>, at: Located) -> Result<GoFunction, St
     let start =
         usize::try_from(address - section.address()).map_err(|_| format!("{name}: address"))?;
     let size = usize::try_from(size).map_err(|_| format!("{name}: size"))?;
-    let code = data
+    let mapped = data
         .get(start..start.saturating_add(size))
         .filter(|c| !c.is_empty())
         .ok_or_else(|| format!("{name}: {size} bytes past its section"))?;
     let to_file = |addr: u64| addr - section.address() + section_offset;
+    let read;
+    let code = match file {
+        Some(f) => {
+            use std::os::unix::fs::FileExt as _;
+            let mut buf = vec![0u8; size];
+            f.read_exact_at(&mut buf, to_file(address))
+                .map_err(|e| format!("{name}: reading its code: {e}"))?;
+            read = buf;
+            &read[..]
+        }
+        None => mapped,
+    };
     let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut returns = Vec::new();
     let mut entry = address;
