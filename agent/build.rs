@@ -9,6 +9,10 @@ fn main() -> anyhow::Result<()> {
     let root_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {ebpf_dir:?}"))?;
+    // aya-build relays the nested cargo's stderr as `cargo:warning` lines, so its progress
+    // ("Compiling sonde-ebpf ...") would read as warnings; quiet keeps real warnings and errors.
+    // SAFETY: the build script is single-threaded here; the child cargo inherits the variable.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package { name: "sonde-ebpf", root_dir, ..Default::default() }],
         aya_build::Toolchain::default(),

@@ -279,6 +279,18 @@ mod tests {
         assert_eq!(c.capture.ports, vec![80, 8080]);
         assert_eq!(c.capture.tcp_strategy, TcpStrategyChoice::FdTracking);
         assert!(toml::from_str::<AgentConfig>("[capture]\nchunk = 1\n").is_err());
+        // Every section, the stage crates' included: a typo is an error, not a silent default.
+        for typo in [
+            "[detect]\nlearn_min_call = 5\n",
+            "[inventory]\nmax_endpont = 5\n",
+            "[protocol]\nbogus = 1\n",
+            "[protocol.http2]\nbogus = 1\n",
+        ] {
+            let err = toml::from_str::<AgentConfig>(typo).expect_err(typo);
+            assert!(err.to_string().contains("unknown field"), "{typo}: {err}");
+        }
+        let c: AgentConfig = toml::from_str("[detect]\nlearn_min_calls = 5\n").expect("parses");
+        assert_eq!(c.detect.learn_min_calls, 5);
     }
 
     #[test]

@@ -126,8 +126,12 @@ impl Analyzer {
                 },
             )
         });
-        for err in inventory.load_specs(specs) {
-            tracing::warn!(error = %err, "declared spec skipped");
+        // As `run --check-config` does: a declared spec that does not load is an error, not a
+        // silent fallback to "every endpoint is shadow".
+        let errors = inventory.load_specs(specs);
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            anyhow::bail!("declared specs not loaded: {}", list.join("; "));
         }
         let baseline_file = cfg.baseline_file.clone();
         let detectors = match &baseline_file {
@@ -616,6 +620,26 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use sonde_model::{ConnClose, DataChunk, Direction};
+
+    #[test]
+    fn a_declared_spec_that_does_not_load_stops_the_pipeline_without_quoting_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let not_a_spec = dir.path().join("passwd");
+        std::fs::write(&not_a_spec, "root:x:0:0:root:/root:/bin/bash\n".repeat(200))
+            .expect("write");
+        let mut cfg = AgentConfig::default();
+        cfg.specs = vec![SpecSource {
+            path: not_a_spec,
+            authority: None,
+            port: None,
+            process: None,
+        }];
+        let err = Analyzer::new(&cfg).err().expect("refused").to_string();
+        assert!(err.contains("declared specs not loaded"), "{err}");
+        assert!(err.len() < 400, "{} bytes: {err}", err.len());
+        cfg.specs[0].path = dir.path().join("missing.yaml");
+        assert!(Analyzer::new(&cfg).is_err());
+    }
 
     fn chunk(conn: ConnId, source: Source, offset: u64, data: &'static [u8]) -> CaptureEvent {
         CaptureEvent::Data(DataChunk {

@@ -588,7 +588,14 @@ pub async fn run(
                 }
             }
             if let Some((kernel, reader)) = &live_counters {
-                for (name, v) in kernel().values {
+                let kernel = kernel();
+                // The total under a `drops` name: `sonde agents` sums counters named so.
+                let kernel_drops = kernel
+                    .drops()
+                    .map(|(_, v)| v)
+                    .fold(0u64, u64::saturating_add);
+                counters.insert("drops.kernel".to_string(), kernel_drops);
+                for (name, v) in kernel.values {
                     counters.insert(format!("kernel.{name}"), v);
                 }
                 for (name, v) in reader.snapshot() {

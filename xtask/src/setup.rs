@@ -1,5 +1,5 @@
 //! `cargo xtask setup`: installs what a fresh machine of this kind lacks, and does nothing (in a
-//! second or two) when everything is there. DESIGN.md's toolchain section is the recipe.
+//! second or two) when everything is there. The toolchain section of ../shared/DESIGN.md is the recipe.
 
 use std::process::Command;
 

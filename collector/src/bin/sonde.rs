@@ -688,6 +688,10 @@ fn blind_spot_lines(a: &AgentStatus) -> Vec<String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // `sonde endpoints | head`: end quietly when the reader goes away, as other CLIs do, instead
+    // of panicking in println! (Rust ignores SIGPIPE by default).
+    // SAFETY: restoring the default disposition of one signal before any thread is started.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -701,5 +705,29 @@ async fn main() -> ExitCode {
             };
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kernel drops travel as `drops.kernel` beside the per-counter `kernel.*` values: the
+    /// DROPS column counts them once.
+    #[test]
+    fn the_drops_column_sums_every_counter_named_drops() {
+        let a = AgentStatus {
+            counters: [
+                ("drops.kernel".to_string(), 7),
+                ("kernel.ring_full_data".to_string(), 7),
+                ("export.items_dropped".to_string(), 2),
+                ("kernel.data_events".to_string(), 1000),
+            ]
+            .into_iter()
+            .collect(),
+            ..AgentStatus::default()
+        };
+        let header_drops = 8; // AGENT HOST VERSION KERNEL STRATEGY CONNECTED HEARTBEAT BATCHES DROPS
+        assert_eq!(agent_row(&a)[header_drops], "9");
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Thresholds, learning period and memory bounds of the detectors. `{}` is a valid configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DetectConfig {
     /// Calls an endpoint must have seen before its baseline detectors run. Default 200.
     pub learn_min_calls: u64,

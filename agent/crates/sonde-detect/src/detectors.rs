@@ -593,10 +593,18 @@ impl Detectors {
                     "abuse.rate_spike",
                     Severity::Medium,
                     OwaspCategory::Api4ResourceConsumption,
-                    format!(
-                        "{} calls this window, over {}x the usual {:.0}",
-                        p.calls, cfg.rate_factor, base
-                    ),
+                    if base < 1.0 {
+                        format!(
+                            "{} calls this window from a principal with no usual rate yet \
+                             (at least {} trigger)",
+                            p.calls, cfg.rate_min_calls
+                        )
+                    } else {
+                        format!(
+                            "{} calls this window, over {}x the usual {:.0}",
+                            p.calls, cfg.rate_factor, base
+                        )
+                    },
                 )
                 .detail("calls", p.calls)
                 .detail("baseline_calls_per_window", format!("{base:.0}"));

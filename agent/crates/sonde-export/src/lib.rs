@@ -276,6 +276,7 @@ impl Exporter {
         let (stop, stop_rx) = watch::channel(None);
         let worker = Worker {
             backoff: config.backoff_initial,
+            failures_in_row: 0,
             config,
             endpoint,
             rx,
@@ -374,6 +375,8 @@ struct Worker {
     connecting: Option<JoinHandle<Result<(Connection, u64), tonic::Status>>>,
     next_attempt: Instant,
     backoff: Duration,
+    /// Connection attempts failed since the last success (or the start).
+    failures_in_row: u64,
     /// Set to the delivery deadline when shutdown begins.
     stop: watch::Receiver<Option<Instant>>,
 }
@@ -612,6 +615,7 @@ impl Worker {
                 let skipped = self.spool.ack_through(committed, &self.counters);
                 info!(url = %self.config.collector_url, committed, skipped, pending = self.spool.pending().len(), "connected to the collector");
                 self.backoff = self.config.backoff_initial;
+                self.failures_in_row = 0;
                 self.conn = Some(conn);
                 Counters::set(&self.counters.connected, 1);
                 if self.next_seq <= committed {
@@ -622,8 +626,10 @@ impl Worker {
                 self.pump();
             }
             Err(status) => {
-                // Refusals that retrying will not fix deserve a warning; plain unreachability
-                // is expected while the collector is down and stays at debug.
+                self.failures_in_row += 1;
+                // Refusals that retrying will not fix deserve a warning each time; plain
+                // unreachability is said once when it starts and then at growing intervals
+                // (1st, 2nd, 4th, 8th... failure), the rest at debug.
                 if matches!(
                     status.code(),
                     tonic::Code::Unauthenticated
@@ -631,6 +637,14 @@ impl Worker {
                         | tonic::Code::InvalidArgument
                 ) {
                     warn!(code = ?status.code(), message = status.message(), "collector refused this agent");
+                } else if self.failures_in_row.is_power_of_two() {
+                    warn!(
+                        url = %self.config.collector_url,
+                        failures = self.failures_in_row,
+                        pending_batches = self.spool.pending().len(),
+                        message = status.message(),
+                        "collector unreachable; batches wait in the spool"
+                    );
                 } else {
                     debug!(code = ?status.code(), message = status.message(), "collector connection failed");
                 }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Configuration of [`crate::Connection`]. Defaults are documented on each field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Http2Config {
     /// Bytes of body kept as a sample, per message (request and response each). Default 64 KiB.
     pub body_sample_bytes: usize,

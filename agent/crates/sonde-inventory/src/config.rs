@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Settings of the inventory. Every field has a default, so `{}` is a valid configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct InventoryConfig {
     /// Salt of the keyed hashes of principals and secrets. Empty (the default) means a fixed
     /// built-in salt: hashes then correlate across hosts but are guessable for low-entropy values,

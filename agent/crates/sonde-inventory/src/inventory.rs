@@ -530,7 +530,9 @@ impl Inventory {
             let ct = sonde_model::exchange::find_header(&resp.headers, "content-type");
             self.analyse_body(eid, &resp.body, ct, Location::ResponseBody, &mut hits);
         }
-        if new_endpoint {
+        // A shadow or zombie endpoint is reported once it is served (see `classify`): until
+        // then each call looks again.
+        if new_endpoint || self.unreported_shadow_or_zombie(eid) {
             self.classify(eid, Some(ex));
         }
         self.call_events(eid, ex, &auth, &hits);
@@ -1128,6 +1130,17 @@ impl Inventory {
         }
     }
 
+    fn unreported_shadow_or_zombie(&self, id: u32) -> bool {
+        self.slots
+            .get(id as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|slot| match slot.rec.classification {
+                Classification::Shadow => slot.raised & RAISED_SHADOW == 0,
+                Classification::Zombie => slot.raised & RAISED_ZOMBIE == 0,
+                _ => false,
+            })
+    }
+
     fn classify(&mut self, id: u32, ex: Option<&Exchange>) {
         let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
             return;
@@ -1174,6 +1187,16 @@ impl Inventory {
             _ => return,
         };
         if slot.raised & bit != 0 {
+            return;
+        }
+        // Only once the server answered as if the route exists: a scanner's 404s, a router's
+        // 405 for an unknown method, a 410 or a 501 do not make an undeclared endpoint.
+        let served = slot
+            .rec
+            .status_counts
+            .iter()
+            .any(|(status, n)| *n > 0 && !matches!(*status, 404 | 405 | 410 | 501));
+        if !served {
             return;
         }
         slot.raised |= bit;

@@ -208,6 +208,18 @@ pub fn load_spec_file(path: &Path, scope: SpecScope) -> Result<DeclaredSpec, Spe
 }
 
 /// Parses spec text; `file` names it in errors.
+/// A parser's message cut to a line's length: serde quotes the offending value, which for a
+/// file that is not a spec at all (a path typed wrong) can be the whole file.
+fn short_message(message: String) -> String {
+    const MAX: usize = 160;
+    if message.chars().count() <= MAX {
+        return message;
+    }
+    let mut cut: String = message.chars().take(MAX).collect();
+    cut.push('…');
+    cut
+}
+
 pub fn parse_spec(file: &Path, text: &str, scope: SpecScope) -> Result<DeclaredSpec, SpecError> {
     let is_json = text.trim_start().starts_with('{');
     let doc: RawDoc = if is_json {
@@ -215,7 +227,7 @@ pub fn parse_spec(file: &Path, text: &str, scope: SpecScope) -> Result<DeclaredS
             file: file.to_owned(),
             line: e.line(),
             column: e.column(),
-            message: e.to_string(),
+            message: short_message(e.to_string()),
         })?
     } else {
         serde_norway::from_str(text).map_err(|e| {
@@ -224,7 +236,7 @@ pub fn parse_spec(file: &Path, text: &str, scope: SpecScope) -> Result<DeclaredS
                 file: file.to_owned(),
                 line,
                 column,
-                message: e.to_string(),
+                message: short_message(e.to_string()),
             }
         })?
     };

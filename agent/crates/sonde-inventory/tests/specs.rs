@@ -569,3 +569,38 @@ fn openapi_export_is_valid_and_reimports() {
     let info = again.observe(&ex("GET", "/api/v1/users/42/orders/7").build(), NOW_NS);
     assert_eq!(info.classification, Classification::Managed);
 }
+
+#[test]
+fn undeclared_paths_answered_only_404_are_not_shadow_endpoints_until_served() {
+    let spec = temp_file(
+        "declared.yaml",
+        "openapi: 3.0.3\ninfo: {title: t, version: '1'}\npaths:\n  /v1/items:\n    get:\n      responses: {'200': {description: ok}}\n",
+    );
+    let mut inv = Inventory::default();
+    inv.load_spec(&spec, SpecScope::default()).expect("loads");
+    // A scanner's probes: nothing answers them.
+    for (method, path, status) in [
+        ("GET", "/.env", 404),
+        ("GET", "/wp-login.php", 404),
+        ("DELETE", "/v1/items", 405),
+        ("GET", "/old", 410),
+        ("PATCH", "/v1/things", 501),
+    ] {
+        inv.observe(&ex(method, path).status(status).build(), NOW_NS);
+    }
+    let shadow = |events: &[sonde_model::Anomaly]| {
+        events
+            .iter()
+            .filter(|e| e.kind == "inventory.shadow_endpoint")
+            .count()
+    };
+    assert_eq!(shadow(&inv.drain_events()), 0);
+    // The same undeclared route answering for real is reported, once.
+    inv.observe(&ex("GET", "/.env").status(200).build(), NOW_NS);
+    inv.observe(&ex("GET", "/.env").status(200).build(), NOW_NS);
+    let events = inv.drain_events();
+    assert_eq!(shadow(&events), 1, "{events:?}");
+    // Auth-protected counts as served: the route exists.
+    inv.observe(&ex("GET", "/admin").status(401).build(), NOW_NS);
+    assert_eq!(shadow(&inv.drain_events()), 1);
+}

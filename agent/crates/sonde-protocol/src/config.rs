@@ -7,7 +7,7 @@ use sonde_stream::AssemblerConfig;
 /// Limits and timeouts of the protocol stage. Every field has a serde default, documented on the
 /// field; the defaults suit a sensor on a busy API host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrackerConfig {
     /// Reassembly limits (reorder window, byte budgets, connection count, idle timeout).
     pub stream: AssemblerConfig,
