@@ -11,8 +11,12 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("non-UTF-8 path {ebpf_dir:?}"))?;
     // aya-build relays the nested cargo's stderr as `cargo:warning` lines, so its progress
     // ("Compiling sonde-ebpf ...") would read as warnings; quiet keeps real warnings and errors.
-    // SAFETY: the build script is single-threaded here; the child cargo inherits the variable.
-    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
+    // aya-build spawns that cargo itself and takes no environment for it: inheritance is the
+    // only way in. SAFETY: the build script is single-threaded here.
+    #[allow(clippy::disallowed_methods)]
+    unsafe {
+        std::env::set_var("CARGO_TERM_QUIET", "true")
+    };
     aya_build::build_ebpf(
         [aya_build::Package { name: "sonde-ebpf", root_dir, ..Default::default() }],
         aya_build::Toolchain::default(),

@@ -627,13 +627,15 @@ mod tests {
         let not_a_spec = dir.path().join("passwd");
         std::fs::write(&not_a_spec, "root:x:0:0:root:/root:/bin/bash\n".repeat(200))
             .expect("write");
-        let mut cfg = AgentConfig::default();
-        cfg.specs = vec![SpecSource {
-            path: not_a_spec,
-            authority: None,
-            port: None,
-            process: None,
-        }];
+        let mut cfg = AgentConfig {
+            specs: vec![SpecSource {
+                path: not_a_spec,
+                authority: None,
+                port: None,
+                process: None,
+            }],
+            ..AgentConfig::default()
+        };
         let err = Analyzer::new(&cfg).err().expect("refused").to_string();
         assert!(err.contains("declared specs not loaded"), "{err}");
         assert!(err.len() < 400, "{} bytes: {err}", err.len());
