@@ -198,9 +198,12 @@ fn init_tracing() {
     let filter = std::env::var("SONDE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_string());
+    use std::io::IsTerminal as _;
+    // Colours only on a terminal: journald, a log file or a pipe get plain text.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

@@ -163,7 +163,12 @@ async fn main() -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_env("SONDE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    use std::io::IsTerminal as _;
+    // Colours only on a terminal: journald, a log file or a pipe get plain text.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
     let (config, metrics) = effective_config(Args::parse())?;
     let bound = sonde_collector::bind(config).await?;
     let _metrics_server = match metrics.listen {
