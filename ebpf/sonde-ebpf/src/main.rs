@@ -250,8 +250,7 @@ fn prepare_call<const COUNT: bool>(
     }
     let (buf, count_arg) = if msghdr {
         // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
-        let iov: u64 =
-            unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.map_err(|_| ())?;
+        let iov: u64 = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.map_err(|_| ())?;
         let iovlen: u64 =
             unsafe { bpf_probe_read_user((arg1 + 24) as *const u64) }.map_err(|_| ())?;
         (iov, iovlen)
