@@ -319,12 +319,9 @@ pub struct FdState {
     /// Ciphertext bytes shipped, by direction (saturating).
     pub handshake_bytes: [u16; 2],
     /// 1 for a client whose server side is captured on this host (see
-    /// [`open_flags::LOCAL_PEER`]): calls are not copied.
+    /// [`open_flags::LOCAL_PEER`]): calls stop at `sys_enter`.
     pub local_peer: u8,
-    /// 1 once `class` is [`class::OTHER`]: calls are not copied (a flag of its own, tested like
-    /// `filtered`, so the exit path need not branch on `class` before classifying).
-    pub non_http: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 7],
 }
 
 /// Arguments of an SSL_read/SSL_write call in progress, saved at the uprobe for the uretprobe,

@@ -3,8 +3,9 @@
 //! A call is remembered at `sys_enter_*` (fd, user buffer or iovec array), learnt to be TCP inside
 //! the syscall by the `sock_send_length`/`sock_recv_length` tracepoints (or a kprobe on
 //! `tcp_sendmsg`/`tcp_recvmsg` where the kernel has them), and copied at `sys_exit_*` once the
-//! byte count is known. The call travels from entry to exit in a per-CPU slot, and only calls
-//! the sock tracepoints saw look their fd up, so file and pipe I/O touches no hash map.
+//! byte count is known. The call travels from entry to exit in a per-CPU slot. Every fd that
+//! turns out not to be a TCP socket is remembered until it is closed, so file and pipe I/O costs
+//! one map lookup on entry and nothing on exit.
 //!
 //! TLS: uprobes on the OpenSSL-family `SSL_read`/`SSL_write` (and `_ex`) save their arguments,
 //! the read/write syscall made inside the call names the socket fd, and the uretprobe copies the
@@ -221,10 +222,6 @@ fn enter(
 
 /// The call to remember for `sys_exit`, or `Err` when it is not captured. `COUNT`: count the
 /// skipped calls (false when a call is rebuilt at exit, its entry having counted them).
-///
-/// Nothing here looks the fd up: whether the call is TCP, and what is known of the connection,
-/// is decided at exit with one lookup, and only for calls the sock tracepoints saw (files and
-/// pipes, the bulk of read/write calls, never touch a hash map).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn prepare_call<const COUNT: bool>(
@@ -244,9 +241,42 @@ fn prepare_call<const COUNT: bool>(
         }
         return Err(());
     }
+    let tgid = (id >> 32) as u32;
     let cfg = config().ok_or(())?;
-    if excluded(cfg, (id >> 32) as u32) {
+    if excluded(cfg, tgid) {
         return Err(());
+    }
+    if let Some(st) = unsafe { FDS.get(&fd_key(tgid, fd)) } {
+        if st.kind == fd_kind::NOT_TCP {
+            return Err(());
+        }
+        if st.kind == fd_kind::CONN && st.class == class::TLS {
+            note_ssl_fd(id, fd);
+            if st.handshake_done & (1 << (dir & 1)) != 0 {
+                if COUNT {
+                    count(counter::NON_HTTP_CALLS, 1);
+                }
+                return Err(());
+            }
+        }
+        if st.kind == fd_kind::CONN && st.class == class::OTHER {
+            if COUNT {
+                count(counter::NON_HTTP_CALLS, 1);
+            }
+            return Err(());
+        }
+        if st.filtered != 0 {
+            if COUNT {
+                count(counter::FILTERED_CALLS, 1);
+            }
+            return Err(());
+        }
+        if st.local_peer != 0 {
+            if COUNT {
+                count(counter::LOCAL_PEER_SKIPPED, 1);
+            }
+            return Err(());
+        }
     }
     let (buf, count_arg) = if msghdr {
         // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
@@ -688,13 +718,6 @@ fn exit<
     {
         return 0;
     }
-    let (is_tcp, not_tcp) = unsafe { ((*slot).call.is_tcp, (*slot).call.not_tcp) };
-    if is_tcp == 0 && not_tcp == 0 && config().is_some_and(|c| c.sock_tracepoints != 0) {
-        // Files and pipes never reach the sock tracepoints: nothing to look up.
-        return 0;
-    }
-    // Copied after the test above, from map memory the verifier knows nothing of: what the
-    // test learnt would otherwise split every later state in two.
     let call = unsafe { (*slot).call };
     let _ = try_exit::<VECTORED, SENDFILE>(id, &call, ctx_field::<i64, RET>(ctx));
     0
@@ -986,9 +1009,9 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         call.not_tcp == 0 && found.is_some()
     };
     if !is_tcp {
-        // Other sockets (unix, UDP) are remembered, so a TLS library over one is not taken for
-        // a connection. With the sock tracepoints, files and pipes do not get here (see `exit`).
-        if call.not_tcp != 0 && cfg.sock_tracepoints != 0 && found.is_none() {
+        // Remember non-TCP fds so their next calls stop at sys_enter. A failed call tells
+        // nothing (EBADF, or a socket call that failed before the socket layer).
+        if (call.not_tcp != 0 || ret >= 0) && cfg.sock_tracepoints != 0 && found.is_none() {
             let st = FdState {
                 kind: fd_kind::NOT_TCP,
                 ..FdState::default()
@@ -1028,10 +1051,6 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         count(counter::LOCAL_PEER_SKIPPED, 1);
         return Ok(());
     }
-    if st.non_http != 0 {
-        count(counter::NON_HTTP_CALLS, 1);
-        return Ok(());
-    }
     let dir = (call.direction & 1) as usize;
     let base = if VECTORED {
         unsafe { bpf_probe_read_user(call.buf as *const u64) }.unwrap_or(0)
@@ -1056,7 +1075,6 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
             }
         }
         if st.class == class::OTHER {
-            st.non_http = 1;
             count(counter::NON_HTTP_CONNS, 1);
             count(counter::NON_HTTP_CALLS, 1);
             // User space can forget the connection now.
