@@ -1052,15 +1052,13 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         return Ok(());
     }
     let dir = (call.direction & 1) as usize;
-    let base = if VECTORED {
-        unsafe { bpf_probe_read_user(call.buf as *const u64) }.unwrap_or(0)
-    } else {
-        call.buf
-    };
-
     if st.class == class::UNKNOWN && !SENDFILE {
         if len >= 4 {
-            let c = classify_user(base, st.role == role::UNKNOWN, len >= 9);
+            let c = classify_user(
+                first_buffer::<VECTORED>(call.buf),
+                st.role == role::UNKNOWN,
+                len >= 9,
+            );
             if c != class::UNKNOWN {
                 st.class = c;
             }
@@ -1097,7 +1095,7 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         if SENDFILE
             || st.handshake_done & bit != 0
             || sent >= TLS_HANDSHAKE_CAP as u64
-            || first_byte(base) == TLS_APPLICATION_DATA
+            || first_byte(first_buffer::<VECTORED>(call.buf)) == TLS_APPLICATION_DATA
         {
             st.handshake_done |= bit;
             count(counter::NON_HTTP_CALLS, 1);
@@ -1171,6 +1169,18 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         emit_length_only(cfg, &mut hdr, len - done);
     }
     Ok(())
+}
+
+/// Where a call's bytes start: the buffer, or the first iovec's. Read only where the first
+/// bytes are looked at (classification, the end of a TLS handshake), not on every vectored
+/// call of a known connection.
+#[inline(always)]
+fn first_buffer<const VECTORED: bool>(buf: u64) -> u64 {
+    if VECTORED {
+        unsafe { bpf_probe_read_user(buf as *const u64) }.unwrap_or(0)
+    } else {
+        buf
+    }
 }
 
 /// The first byte at `buf` (0 when unreadable). A BPF function of its own, like
