@@ -224,7 +224,7 @@ fn report(peak: &[(Mode, Sample)], paced: &[(Mode, Sample)], args: &BenchArgs, t
             mode.name()
         );
         let mut rows: Vec<_> = totals.into_iter().filter(|(_, (_, r))| *r > 0).collect();
-        rows.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1.0));
         for (name, (ns, runs)) in rows {
             println!(
                 "  {name:<18} {:>8.1} {:>6.2} {:>8.1}",
