@@ -610,3 +610,100 @@ fn local_clients_of_captured_servers_keep_only_open_and_close() {
         assert_eq!(v, 0, "drop counter {name}");
     }
 }
+
+/// A server blocked in recv() is moved to another CPU before the bytes arrive, twice: its calls
+/// leave the kernel on another CPU than they entered it on. The bytes of both calls must arrive
+/// whole and at the right offsets (the call is rebuilt from the thread's saved registers, and
+/// the slot the first call left on its entry CPU must not be taken for the second call's).
+#[test]
+fn calls_whose_thread_moves_to_another_cpu_mid_call_are_captured() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cpus >= 2, "this test needs two CPUs, found {cpus}");
+    let port = free_port();
+    let script = format!(
+        r#"
+import os, socket
+os.sched_setaffinity(0, {{0}})
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", {port}))
+s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+for n in range(2):
+    print("waiting", n, flush=True)
+    data = b""
+    while not data.endswith(b"\r\n\r\n"):
+        chunk = c.recv(4096)
+        if not chunk:
+            raise SystemExit("peer closed")
+        data += chunk
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nmoved")
+c.close()
+"#
+    );
+    let mut server = Command::new("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 starts");
+    let pid = server.id();
+    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
+    let mut expect_line = |want: &str| {
+        let line = lines.next().expect("a line").expect("utf-8");
+        assert!(
+            line.starts_with(want),
+            "server said {line:?}, expected {want:?}"
+        );
+    };
+    expect_line("listening");
+    let cap = Capture::start(&[port]);
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let requests = [
+        "GET /first HTTP/1.1\r\nHost: moved\r\n\r\n",
+        "GET /second-one HTTP/1.1\r\nHost: moved\r\n\r\n",
+    ];
+    for (n, request) in requests.iter().enumerate() {
+        expect_line("waiting");
+        // Let the server block in recv() on its CPU, then allow it only the other one.
+        std::thread::sleep(Duration::from_millis(300));
+        let cpu = if n == 0 { "1" } else { "0" };
+        let status = Command::new("taskset")
+            .args(["-p", "-c", cpu, &pid.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .expect("taskset runs");
+        assert!(status.success(), "taskset moves the server");
+        std::thread::sleep(Duration::from_millis(100));
+        client.write_all(request.as_bytes()).expect("send");
+        let mut response = [0u8; 43];
+        std::io::Read::read_exact(&mut client, &mut response).expect("response");
+        assert!(response.ends_with(b"moved"));
+    }
+    let want: String = requests.concat();
+    let server_conn = eventually(WAIT, "both requests on the server side", || {
+        cap.connections().into_values().find(|c| {
+            c.open.as_ref().is_some_and(|o| o.process.pid == pid)
+                && c.total_len(Direction::Ingress) >= want.len() as u64
+        })
+    });
+    let (_, counters) = cap.stop();
+    let _ = server.wait();
+    assert_eq!(
+        server_conn.open.as_ref().map(|o| o.role),
+        Some(Role::Server)
+    );
+    assert_eq!(
+        server_conn.text(Direction::Ingress),
+        want,
+        "both requests whole, in order, at their offsets"
+    );
+    assert_eq!(server_conn.missing_len(Direction::Ingress), 0);
+    assert_eq!(
+        count_occurrences(&server_conn.stream(Direction::Egress), b"moved"),
+        2
+    );
+    for (name, v) in counters.drops() {
+        assert_eq!(v, 0, "drop counter {name}");
+    }
+}

@@ -13,6 +13,7 @@
 //!   agent's own CPU per request, and eBPF run time per request (bpf_stats, read from the agent's
 //!   program fds).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -88,6 +89,8 @@ struct Sample {
     tls_fd_unknown: u64,
     /// TLS plaintext calls shipped (host-wide).
     tls_plaintext_calls: u64,
+    /// run_time_ns and run_cnt by program name, over the measured window.
+    per_program: BTreeMap<String, (u64, u64)>,
 }
 
 /// The server under load: nginx (OpenSSL when `tls`), or the Go HTTPS server of the TLS tests
@@ -227,6 +230,36 @@ fn report(peak: &[(Mode, Sample)], paced: &[(Mode, Sample)], args: &BenchArgs, t
         bpf_agent - bpf_floor,
         args.rate
     );
+    for mode in [Mode::Floor, Mode::Agent] {
+        let set: Vec<&Sample> = paced
+            .iter()
+            .filter(|(m, _)| *m == mode)
+            .map(|(_, s)| s)
+            .collect();
+        let requests: f64 = set.iter().map(|s| s.requests).sum();
+        let mut totals: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for s in &set {
+            for (name, (ns, runs)) in &s.per_program {
+                let e = totals.entry(name).or_default();
+                e.0 += ns;
+                e.1 += runs;
+            }
+        }
+        println!(
+            "{} programs, paced runs summed: ns/request, runs/request, ns/run",
+            mode.name()
+        );
+        let mut rows: Vec<_> = totals.into_iter().filter(|(_, (_, r))| *r > 0).collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1.0));
+        for (name, (ns, runs)) in rows {
+            println!(
+                "  {name:<18} {:>8.1} {:>6.2} {:>8.1}",
+                ns as f64 / requests.max(1.0),
+                runs as f64 / requests.max(1.0),
+                ns as f64 / runs.max(1) as f64
+            );
+        }
+    }
     if tls {
         let sum = |f: &dyn Fn(&Sample) -> u64| -> u64 {
             peak.iter()
@@ -258,18 +291,26 @@ fn measure(
 ) -> anyhow::Result<Sample> {
     let busy0 = host_busy_seconds()?;
     let cpu0 = agent.map(|a| a.cpu_seconds()).unwrap_or(0.0);
-    let (ns0, runs0) = agent.map(|a| a.bpf_stats()).unwrap_or((0, 0));
+    let stats0 = agent.map(|a| a.bpf_stats()).unwrap_or_default();
     let (requests, secs) = wrk(url, seconds, pace, conns)?;
     let busy1 = host_busy_seconds()?;
     let cpu1 = agent.map(|a| a.cpu_seconds()).unwrap_or(0.0);
-    let (ns1, runs1) = agent.map(|a| a.bpf_stats()).unwrap_or((0, 0));
+    let stats1 = agent.map(|a| a.bpf_stats()).unwrap_or_default();
+    let mut per_program: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (id, (name, ns, runs)) in &stats1 {
+        let (ns0, runs0) = stats0.get(id).map(|(_, n, r)| (*n, *r)).unwrap_or((0, 0));
+        let e = per_program.entry(name.clone()).or_default();
+        e.0 += ns.saturating_sub(ns0);
+        e.1 += runs.saturating_sub(runs0);
+    }
     Ok(Sample {
         requests,
         seconds: secs,
         host_busy_s: busy1 - busy0,
         agent_cpu_s: cpu1 - cpu0,
-        bpf_ns: (ns1 - ns0) as f64,
-        bpf_runs: (runs1 - runs0) as f64,
+        bpf_ns: per_program.values().map(|v| v.0).sum::<u64>() as f64,
+        bpf_runs: per_program.values().map(|v| v.1).sum::<u64>() as f64,
+        per_program,
         ..Sample::default()
     })
 }
@@ -320,6 +361,8 @@ struct Agent {
     child: Child,
     /// Everything the agent printed on stderr so far.
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Program names by id (the kernel's, from bpftool).
+    names: std::sync::Mutex<BTreeMap<u32, String>>,
 }
 
 impl Agent {
@@ -352,7 +395,11 @@ impl Agent {
                 }
             }
         });
-        let agent = Agent { child, stderr };
+        let agent = Agent {
+            child,
+            stderr,
+            names: std::sync::Mutex::new(BTreeMap::new()),
+        };
         // Attached once it reports its hook strategy: loading (the verifier's work, charged to
         // the agent) must not fall into the measured window.
         for _ in 0..600 {
@@ -391,21 +438,41 @@ impl Agent {
             .unwrap_or_default()
     }
 
-    /// Sum of run_time_ns and run_cnt over the agent's programs.
-    fn bpf_stats(&self) -> (u64, u64) {
-        let mut ns = 0;
-        let mut runs = 0;
+    /// run_time_ns and run_cnt of each of the agent's programs, by program id, with its name.
+    fn bpf_stats(&self) -> BTreeMap<u32, (String, u64, u64)> {
+        let mut stats = BTreeMap::new();
         for p in self.bpf_prog_fds() {
             let text = std::fs::read_to_string(p).unwrap_or_default();
-            for line in text.lines() {
-                if let Some(v) = line.strip_prefix("run_time_ns:") {
-                    ns += v.trim().parse::<u64>().unwrap_or(0);
-                } else if let Some(v) = line.strip_prefix("run_cnt:") {
-                    runs += v.trim().parse::<u64>().unwrap_or(0);
-                }
-            }
+            let field = |name: &str| -> u64 {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let id = field("prog_id:") as u32;
+            let name = self.program_name(id);
+            stats.insert(id, (name, field("run_time_ns:"), field("run_cnt:")));
         }
-        (ns, runs)
+        stats
+    }
+
+    /// A program's name as the kernel knows it (truncated to 15 bytes), from bpftool, cached.
+    fn program_name(&self, id: u32) -> String {
+        let Ok(mut names) = self.names.lock() else {
+            return format!("prog {id}");
+        };
+        names
+            .entry(id)
+            .or_insert_with(|| {
+                Command::new("bpftool")
+                    .args(["-j", "prog", "show", "id", &id.to_string()])
+                    .output()
+                    .ok()
+                    .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                    .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+                    .unwrap_or_else(|| format!("prog {id}"))
+            })
+            .clone()
     }
 
     /// Stops the agent with SIGINT and returns the counters it printed.

@@ -15,6 +15,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("curl", "/usr/bin/curl"),
     ("nghttp2-client", "/usr/bin/nghttp"),
     ("iproute2", "/usr/sbin/ip"),
+    // `bench capture` names each program's bpf_stats run time.
+    ("bpftool", "/usr/sbin/bpftool"),
     // Container identity e2e test: podman with runc (crun refuses hybrid cgroup hosts).
     ("podman", "/usr/bin/podman"),
     ("runc", "/usr/sbin/runc"),

@@ -319,6 +319,7 @@ impl LiveCapture {
             local_peer_skip: u32::from(skip_local_peers),
             wakeup_threshold: cfg.wakeup_threshold_bytes,
             tp,
+            regs: user_regs_offsets(),
         };
         fill_set::<u32>(&mut ebpf, "TGID_FILTER", &cfg.pids)?;
         fill_set::<u16>(&mut ebpf, "PORT_FILTER", &cfg.ports)?;
@@ -738,5 +739,24 @@ fn raise_memlock_limit() {
     // SAFETY: valid rlimit struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK");
+    }
+}
+
+/// Offsets in the kernel's `struct pt_regs` of the syscall arguments and number, which the
+/// programs read to rebuild a call that lost its per-CPU slot (the thread slept inside it and
+/// resumed on another CPU). Part of each architecture's user ABI (x86-64: the uapi
+/// `struct pt_regs`; arm64: `user_pt_regs` followed by `orig_x0` and `syscallno`), so they are
+/// constants here rather than read from BTF.
+fn user_regs_offsets() -> sonde_common::RegsOffsets {
+    #[cfg(target_arch = "x86_64")]
+    let (arg, nr) = ([112, 104, 96, 56], 120);
+    #[cfg(target_arch = "aarch64")]
+    let (arg, nr) = ([272, 8, 16, 24], 280);
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let (arg, nr) = ([0; 4], 0);
+    sonde_common::RegsOffsets {
+        arg,
+        nr,
+        _pad: [0; 3],
     }
 }

@@ -402,6 +402,28 @@ pub struct TracepointOffsets {
     pub _pad: [u16; 2],
 }
 
+/// Where a thread's user registers, saved at kernel entry (`struct pt_regs`), hold the first
+/// syscall arguments and the syscall number: the architecture's ABI, filled in by user space
+/// for the architecture it runs on (all zero: unknown, calls that lose their per-CPU slot are
+/// then not rebuilt).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegsOffsets {
+    /// Arguments 0-3 as they were at entry (on x86-64 `di`, `si`, `dx`, `r10`; on arm64
+    /// `orig_x0`, `regs[1..=3]`).
+    pub arg: [u16; 4],
+    /// The syscall number (`orig_ax`, `syscallno`); read as 32 bits.
+    pub nr: u16,
+    pub _pad: [u16; 3],
+}
+
+impl RegsOffsets {
+    /// True when the offsets are known for this architecture.
+    pub const fn known(&self) -> bool {
+        self.nr != 0
+    }
+}
+
 /// Runtime configuration written by user space into the `CONFIG` array (index 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -426,6 +448,7 @@ pub struct Config {
     /// Ring bytes pending after which a record forces a wake-up of user space.
     pub wakeup_threshold: u64,
     pub tp: TracepointOffsets,
+    pub regs: RegsOffsets,
 }
 
 impl Default for Config {
@@ -441,6 +464,7 @@ impl Default for Config {
             local_peer_skip: 0,
             wakeup_threshold: 256 * 1024,
             tp: TracepointOffsets::default(),
+            regs: RegsOffsets::default(),
         }
     }
 }
@@ -460,7 +484,8 @@ const _: () = assert!(counter::SLOTS.is_power_of_two() && counter::COUNT <= coun
 const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
 
-const _: () = assert!(core::mem::size_of::<Config>() == 72);
+const _: () = assert!(core::mem::size_of::<RegsOffsets>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 88);
 const _: () = assert!(CHUNK_SIZE.is_power_of_two() && CHUNK_SIZE <= 8192);
 
 #[cfg(feature = "user")]

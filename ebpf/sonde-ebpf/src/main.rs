@@ -3,8 +3,9 @@
 //! A call is remembered at `sys_enter_*` (fd, user buffer or iovec array), learnt to be TCP inside
 //! the syscall by the `sock_send_length`/`sock_recv_length` tracepoints (or a kprobe on
 //! `tcp_sendmsg`/`tcp_recvmsg` where the kernel has them), and copied at `sys_exit_*` once the
-//! byte count is known. Every fd that turns out not to be a TCP socket is remembered until it is
-//! closed, so file and pipe I/O costs one map lookup on entry and nothing on exit.
+//! byte count is known. The call travels from entry to exit in a per-CPU slot. Every fd that
+//! turns out not to be a TCP socket is remembered until it is closed, so file and pipe I/O costs
+//! one map lookup on entry and nothing on exit.
 //!
 //! TLS: uprobes on the OpenSSL-family `SSL_read`/`SSL_write` (and `_ex`) save their arguments,
 //! the read/write syscall made inside the call names the socket fd, and the uretprobe copies the
@@ -20,7 +21,8 @@ use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
+        generated::{bpf_get_current_task_btf, bpf_map_lookup_percpu_elem, bpf_task_pt_regs},
     },
     macros::{kprobe, map, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -52,6 +54,8 @@ const ARG1: usize = 24;
 const ARG2: usize = 32;
 const ARG3: usize = 40;
 const RET: usize = 16;
+/// `int __syscall_nr` of every syscall tracepoint.
+const SYSCALL_NR: usize = 8;
 
 /// A field of a tracepoint's record at a constant offset. Tracepoint programs may load their
 /// context directly (the verifier checks constant, aligned offsets), which costs one load where
@@ -66,9 +70,42 @@ fn ctx_field<T: Copy, const OFFSET: usize>(ctx: &TracePointContext) -> T {
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// Calls in progress, by pid_tgid.
+/// The data call in progress on each CPU, from `sys_enter` through the sock tracepoint to
+/// `sys_exit`: a per-CPU slot costs a few instructions where a map keyed by thread costs a hash
+/// lookup (20-40 ns here) at each of the three points. A thread that sleeps inside a call may
+/// resume on another CPU, and other threads may take the slot meanwhile, so every reader checks
+/// the thread and the syscall number; a call that lost its slot is rebuilt from the registers
+/// its thread entered the kernel with ([`rebuild_call`]), and slots a moved thread left behind
+/// are cleared ([`clear_stale_slots`]), so a slot that matches is always the current call's.
 #[map]
-static PENDING: LruHashMap<u64, PendingCall> = LruHashMap::with_max_entries(16384, 0);
+static CALL_SLOT: PerCpuArray<CallSlot> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CallSlot {
+    /// pid_tgid of the thread in the call; 0 once its `sys_exit` took it.
+    id: u64,
+    /// Syscall number of the call (`__syscall_nr`).
+    nr: i32,
+    /// [`slot_state`].
+    state: u32,
+    call: PendingCall,
+}
+
+mod slot_state {
+    /// The entry hook saved the call's arguments.
+    pub const ARGS: u32 = 0;
+    /// The entry hook decided not to capture the call (a file, a filtered or non-HTTP
+    /// connection, a peek, an excluded process).
+    pub const SKIP: u32 = 1;
+    /// The sock tracepoint found no slot of this thread: only what it learnt is here; the exit
+    /// rebuilds the arguments from the registers.
+    pub const LEARNT: u32 = 2;
+}
+
+/// CPUs whose stale slots a moved thread clears (`bpf_map_lookup_percpu_elem` ends the walk at
+/// the first CPU id the kernel does not have).
+const MAX_CPUS: u32 = 1024;
 
 /// What is known of each (tgid, fd).
 #[map]
@@ -78,7 +115,7 @@ static FDS: LruHashMap<u64, FdState> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static SOCK_ADDRS: LruHashMap<u64, SockAddrs> = LruHashMap::with_max_entries(65536, 0);
 
-/// SSL calls in progress, by pid_tgid (separate from PENDING: SSL_read calls read() inside).
+/// SSL calls in progress, by pid_tgid (separate from CALL_SLOT: SSL_read calls read() inside).
 #[map]
 static SSL_ARGS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 0);
 
@@ -157,27 +194,59 @@ fn excluded(cfg: &Config, tgid: u32) -> bool {
 // sys_enter: remember the call.
 
 #[inline(always)]
-fn enter(ctx: &TracePointContext, dir: u8, vectored: u8, sendfile: u8, msghdr: bool) -> u32 {
-    match try_enter(ctx, dir, vectored, sendfile, msghdr) {
-        Ok(()) | Err(()) => 0,
-    }
-}
-
-#[inline(always)]
-fn try_enter(
+fn enter(
     ctx: &TracePointContext,
     dir: u8,
     vectored: u8,
     sendfile: u8,
     msghdr: bool,
-) -> Result<(), ()> {
+    peek: bool,
+) -> u32 {
     let id = bpf_get_current_pid_tgid();
+    let Some(slot) = CALL_SLOT.get_ptr_mut(0) else {
+        return 0;
+    };
+    let slot = unsafe { &mut *slot };
+    slot.id = id;
+    slot.nr = ctx_field::<i32, SYSCALL_NR>(ctx);
+    let fd = ctx_field::<u64, ARG0>(ctx) as i32;
+    let (arg1, arg2) = (ctx_field::<u64, ARG1>(ctx), ctx_field::<u64, ARG2>(ctx));
+    match prepare_call::<true>(id, fd, arg1, arg2, dir, vectored, sendfile, msghdr, peek) {
+        Ok(call) => {
+            slot.state = slot_state::ARGS;
+            slot.call = call;
+        }
+        Err(()) => slot.state = slot_state::SKIP,
+    }
+    0
+}
+
+/// The call to remember for `sys_exit`, or `Err` when it is not captured. `COUNT`: count the
+/// skipped calls (false when a call is rebuilt at exit, its entry having counted them).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn prepare_call<const COUNT: bool>(
+    id: u64,
+    fd: i32,
+    arg1: u64,
+    arg2: u64,
+    dir: u8,
+    vectored: u8,
+    sendfile: u8,
+    msghdr: bool,
+    peek: bool,
+) -> Result<PendingCall, ()> {
+    if peek {
+        if COUNT {
+            count(counter::PEEK_CALLS, 1);
+        }
+        return Err(());
+    }
     let tgid = (id >> 32) as u32;
     let cfg = config().ok_or(())?;
     if excluded(cfg, tgid) {
         return Err(());
     }
-    let fd = ctx_field::<u64, ARG0>(ctx) as i32;
     if let Some(st) = unsafe { FDS.get(&fd_key(tgid, fd)) } {
         if st.kind == fd_kind::NOT_TCP {
             return Err(());
@@ -185,36 +254,43 @@ fn try_enter(
         if st.kind == fd_kind::CONN && st.class == class::TLS {
             note_ssl_fd(id, fd);
             if st.handshake_done & (1 << (dir & 1)) != 0 {
-                count(counter::NON_HTTP_CALLS, 1);
+                if COUNT {
+                    count(counter::NON_HTTP_CALLS, 1);
+                }
                 return Err(());
             }
         }
         if st.kind == fd_kind::CONN && st.class == class::OTHER {
-            count(counter::NON_HTTP_CALLS, 1);
+            if COUNT {
+                count(counter::NON_HTTP_CALLS, 1);
+            }
             return Err(());
         }
         if st.filtered != 0 {
-            count(counter::FILTERED_CALLS, 1);
+            if COUNT {
+                count(counter::FILTERED_CALLS, 1);
+            }
             return Err(());
         }
         if st.local_peer != 0 {
-            count(counter::LOCAL_PEER_SKIPPED, 1);
+            if COUNT {
+                count(counter::LOCAL_PEER_SKIPPED, 1);
+            }
             return Err(());
         }
     }
     let (buf, count_arg) = if msghdr {
         // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
-        let msg = ctx_field::<u64, ARG1>(ctx);
-        let iov: u64 = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.map_err(|_| ())?;
+        let iov: u64 = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.map_err(|_| ())?;
         let iovlen: u64 =
-            unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.map_err(|_| ())?;
+            unsafe { bpf_probe_read_user((arg1 + 24) as *const u64) }.map_err(|_| ())?;
         (iov, iovlen)
     } else if sendfile != 0 {
         (0, 0)
     } else {
-        (ctx_field::<u64, ARG1>(ctx), ctx_field::<u64, ARG2>(ctx))
+        (arg1, arg2)
     };
-    let call = PendingCall {
+    Ok(PendingCall {
         buf,
         count: count_arg,
         sk: 0,
@@ -226,78 +302,61 @@ fn try_enter(
         sendfile,
         done: 0,
         _pad: [0; 6],
-    };
-    // A thread's slot is rewritten in place: an update of an LRU map takes a fresh node and
-    // frees the old one, several times the cost of a lookup.
-    if let Some(slot) = PENDING.get_ptr_mut(&id) {
-        unsafe { *slot = call };
-    } else if PENDING.insert(&id, &call, 0).is_err() {
-        count(counter::MAP_FULL, 1);
-    }
-    Ok(())
+    })
 }
 
 /// recvfrom and recvmsg with MSG_PEEK leave the bytes in the socket: they are read again later.
 #[inline(always)]
 fn peeking<const FLAGS_AT: usize>(ctx: &TracePointContext) -> bool {
-    let flags = ctx_field::<u64, FLAGS_AT>(ctx);
-    if flags & MSG_PEEK != 0 {
-        count(counter::PEEK_CALLS, 1);
-        return true;
-    }
-    false
+    ctx_field::<u64, FLAGS_AT>(ctx) & MSG_PEEK != 0
 }
 
 #[tracepoint]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    enter(&ctx, direction::INGRESS, 0, 0, false)
+    enter(&ctx, direction::INGRESS, 0, 0, false, false)
 }
 
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    enter(&ctx, direction::EGRESS, 0, 0, false)
+    enter(&ctx, direction::EGRESS, 0, 0, false, false)
 }
 
 #[tracepoint]
 pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    enter(&ctx, direction::INGRESS, 1, 0, false)
+    enter(&ctx, direction::INGRESS, 1, 0, false, false)
 }
 
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    enter(&ctx, direction::EGRESS, 1, 0, false)
+    enter(&ctx, direction::EGRESS, 1, 0, false, false)
 }
 
 #[tracepoint]
 pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    if peeking::<ARG3>(&ctx) {
-        return 0;
-    }
-    enter(&ctx, direction::INGRESS, 0, 0, false)
+    let peek = peeking::<ARG3>(&ctx);
+    enter(&ctx, direction::INGRESS, 0, 0, false, peek)
 }
 
 #[tracepoint]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    enter(&ctx, direction::EGRESS, 0, 0, false)
+    enter(&ctx, direction::EGRESS, 0, 0, false, false)
 }
 
 #[tracepoint]
 pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    if peeking::<ARG2>(&ctx) {
-        return 0;
-    }
-    enter(&ctx, direction::INGRESS, 1, 0, true)
+    let peek = peeking::<ARG2>(&ctx);
+    enter(&ctx, direction::INGRESS, 1, 0, true, peek)
 }
 
 #[tracepoint]
 pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    enter(&ctx, direction::EGRESS, 1, 0, true)
+    enter(&ctx, direction::EGRESS, 1, 0, true, false)
 }
 
 /// sendfile(out_fd, in_fd, ...): no user buffer, the length travels as known-missing bytes.
 #[tracepoint]
 pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
-    enter(&ctx, direction::EGRESS, 0, 1, false)
+    enter(&ctx, direction::EGRESS, 0, 1, false, false)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -306,13 +365,29 @@ pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn mark_socket(sk: u64, family: u16, protocol: u16) {
     let id = bpf_get_current_pid_tgid();
-    let Some(call) = PENDING.get_ptr_mut(&id) else {
+    let Some(slot) = CALL_SLOT.get_ptr_mut(0) else {
         return;
     };
-    let call = unsafe { &mut *call };
-    if call.done != 0 {
+    let slot = unsafe { &mut *slot };
+    if slot.id != id || slot.state == slot_state::LEARNT {
+        // The thread's entry is on another CPU (it slept in the call and moved), another
+        // thread took this slot meanwhile, or the call has no entry hook (sendmmsg, io_uring,
+        // a kernel socket): keep what this tracepoint learns for the exit, which rebuilds the
+        // arguments.
+        let Some(cfg) = config() else {
+            return;
+        };
+        if !cfg.regs.known() {
+            return;
+        }
+        slot.id = id;
+        slot.nr = user_reg(user_regs(), cfg.regs.nr) as i32;
+        slot.state = slot_state::LEARNT;
+        slot.call = PendingCall::default();
+    } else if slot.state == slot_state::SKIP {
         return;
     }
+    let call = &mut slot.call;
     if (family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP {
         call.is_tcp = 1;
         call.sk = sk;
@@ -610,20 +685,146 @@ fn emit_close(tgid: u32, fd: i32, generation: u32) {
 // ---------------------------------------------------------------------------------------------
 // sys_exit: copy the bytes.
 
+/// `DIR`, `VECTORED`, `SENDFILE`, `MSGHDR`: what the syscall is (as its entry hook passes them);
+/// `PEEK_ARG`: the argument holding recv flags (0: none).
 #[inline(always)]
-fn exit<const VECTORED: bool, const SENDFILE: bool>(ctx: &TracePointContext) -> u32 {
+fn exit<
+    const DIR: u8,
+    const VECTORED: bool,
+    const SENDFILE: bool,
+    const MSGHDR: bool,
+    const PEEK_ARG: usize,
+>(
+    ctx: &TracePointContext,
+) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    let Some(slot) = PENDING.get_ptr_mut(&id) else {
+    let Some(slot) = CALL_SLOT.get_ptr_mut(0) else {
         return 0;
     };
-    let call = unsafe { *slot };
-    if call.done != 0 {
+    let (matched, state) = unsafe {
+        (
+            (*slot).id == id && (*slot).nr == ctx_field::<i32, SYSCALL_NR>(ctx),
+            (*slot).state,
+        )
+    };
+    if matched {
+        unsafe { (*slot).id = 0 };
+        if state == slot_state::SKIP {
+            return 0;
+        }
+    }
+    // One path into the copy below for both cases, so the verifier walks it once.
+    if (!matched || state != slot_state::ARGS)
+        && rebuild_call::<DIR, VECTORED, SENDFILE, MSGHDR, PEEK_ARG>(id, matched as u8) != 0
+    {
         return 0;
     }
-    unsafe { (*slot).done = 1 };
-    let ret = ctx_field::<i64, RET>(ctx);
-    let _ = try_exit::<VECTORED, SENDFILE>(id, &call, ret);
+    let call = unsafe { (*slot).call };
+    let _ = try_exit::<VECTORED, SENDFILE>(id, &call, ctx_field::<i64, RET>(ctx));
     0
+}
+
+/// The current thread's user registers, saved when it entered the kernel.
+#[inline(always)]
+fn user_regs() -> u64 {
+    unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as u64 }
+}
+
+#[inline(always)]
+fn user_reg(regs: u64, offset: u16) -> u64 {
+    unsafe { bpf_probe_read_kernel((regs + offset as u64) as *const u64) }.unwrap_or(0)
+}
+
+/// The exit of a call whose slot was lost (its thread moved to this CPU while it slept, or
+/// another thread took the slot): the arguments come from the thread's saved registers and
+/// the entry's checks run again; the call is left in this CPU's slot (taken from any other
+/// thread, which then rebuilds its own) for the exit to copy. `learnt`: the slot holds what the
+/// sock tracepoint learnt during the call; without it only a known connection is TCP. Returns
+/// 0 when the call is to be copied. A BPF function of its own so that this rare path adds no
+/// states to the verification of the common one.
+#[inline(never)]
+fn rebuild_call<
+    const DIR: u8,
+    const VECTORED: bool,
+    const SENDFILE: bool,
+    const MSGHDR: bool,
+    const PEEK_ARG: usize,
+>(
+    id: u64,
+    learnt: u8,
+) -> u32 {
+    clear_stale_slots(id);
+    let Some(cfg) = config() else {
+        return 1;
+    };
+    let Some(slot) = CALL_SLOT.get_ptr_mut(0) else {
+        return 1;
+    };
+    let slot = unsafe { &mut *slot };
+    if !cfg.regs.known() {
+        return 1;
+    }
+    let regs = user_regs();
+    let fd = user_reg(regs, cfg.regs.arg[0]) as i32;
+    let peek = PEEK_ARG != 0 && user_reg(regs, cfg.regs.arg[PEEK_ARG & 3]) & MSG_PEEK != 0;
+    let (arg1, arg2) = (
+        user_reg(regs, cfg.regs.arg[1]),
+        user_reg(regs, cfg.regs.arg[2]),
+    );
+    let Ok(mut call) = prepare_call::<false>(
+        id,
+        fd,
+        arg1,
+        arg2,
+        DIR,
+        VECTORED as u8,
+        SENDFILE as u8,
+        MSGHDR,
+        peek,
+    ) else {
+        return 1;
+    };
+    if learnt != 0 {
+        call.is_tcp = slot.call.is_tcp;
+        call.not_tcp = slot.call.not_tcp;
+        call.sk = slot.call.sk;
+    } else if cfg.sock_tracepoints != 0 {
+        // The sock tracepoint ran on another CPU or not at all (a file): a connection the
+        // table knows is TCP, anything else is left for its next call to tell.
+        let tgid = (id >> 32) as u32;
+        match unsafe { FDS.get(&fd_key(tgid, fd)) } {
+            Some(st) if st.kind == fd_kind::CONN => call.is_tcp = 1,
+            _ => return 1,
+        }
+    }
+    slot.id = 0;
+    slot.call = call;
+    0
+}
+
+/// Clears the slots this thread left on other CPUs (entered there, left here), so a later
+/// call of the thread never takes one of them for its own.
+#[inline(never)]
+fn clear_stale_slots(id: u64) {
+    let key: u32 = 0;
+    for cpu in 0..MAX_CPUS {
+        let p = unsafe {
+            bpf_map_lookup_percpu_elem(
+                &CALL_SLOT as *const _ as *mut core::ffi::c_void,
+                &key as *const u32 as *const core::ffi::c_void,
+                cpu,
+            )
+        };
+        if p.is_null() {
+            break;
+        }
+        let slot = p.cast::<CallSlot>();
+        unsafe {
+            if (*slot).id == id {
+                (*slot).id = 0;
+            }
+        }
+    }
 }
 
 /// A new generation for an fd that became a connection. The BPF target has no atomic
@@ -852,15 +1053,13 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         return Ok(());
     }
     let dir = (call.direction & 1) as usize;
-    let base = if VECTORED {
-        unsafe { bpf_probe_read_user(call.buf as *const u64) }.unwrap_or(0)
-    } else {
-        call.buf
-    };
-
     if st.class == class::UNKNOWN && !SENDFILE {
         if len >= 4 {
-            let c = classify_user(base, st.role == role::UNKNOWN, len >= 9);
+            let c = classify_user(
+                first_buffer::<VECTORED>(call.buf),
+                st.role == role::UNKNOWN,
+                len >= 9,
+            );
             if c != class::UNKNOWN {
                 st.class = c;
             }
@@ -897,7 +1096,7 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         if SENDFILE
             || st.handshake_done & bit != 0
             || sent >= TLS_HANDSHAKE_CAP as u64
-            || first_byte(base) == TLS_APPLICATION_DATA
+            || first_byte(first_buffer::<VECTORED>(call.buf)) == TLS_APPLICATION_DATA
         {
             st.handshake_done |= bit;
             count(counter::NON_HTTP_CALLS, 1);
@@ -971,6 +1170,18 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         emit_length_only(cfg, &mut hdr, len - done);
     }
     Ok(())
+}
+
+/// Where a call's bytes start: the buffer, or the first iovec's. Read only where the first
+/// bytes are looked at (classification, the end of a TLS handshake), not on every vectored
+/// call of a known connection.
+#[inline(always)]
+fn first_buffer<const VECTORED: bool>(buf: u64) -> u64 {
+    if VECTORED {
+        unsafe { bpf_probe_read_user(buf as *const u64) }.unwrap_or(0)
+    } else {
+        buf
+    }
 }
 
 /// The first byte at `buf` (0 when unreadable). A BPF function of its own, like
@@ -1185,47 +1396,47 @@ fn emit_iovecs(
 
 #[tracepoint]
 pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
-    exit::<false, false>(&ctx)
+    exit::<{ direction::INGRESS }, false, false, false, 0>(&ctx)
 }
 
 #[tracepoint]
 pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
-    exit::<false, false>(&ctx)
+    exit::<{ direction::EGRESS }, false, false, false, 0>(&ctx)
 }
 
 #[tracepoint]
 pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
-    exit::<true, false>(&ctx)
+    exit::<{ direction::INGRESS }, true, false, false, 0>(&ctx)
 }
 
 #[tracepoint]
 pub fn sys_exit_writev(ctx: TracePointContext) -> u32 {
-    exit::<true, false>(&ctx)
+    exit::<{ direction::EGRESS }, true, false, false, 0>(&ctx)
 }
 
 #[tracepoint]
 pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
-    exit::<false, false>(&ctx)
+    exit::<{ direction::INGRESS }, false, false, false, 3>(&ctx)
 }
 
 #[tracepoint]
 pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
-    exit::<false, false>(&ctx)
+    exit::<{ direction::EGRESS }, false, false, false, 0>(&ctx)
 }
 
 #[tracepoint]
 pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
-    exit::<true, false>(&ctx)
+    exit::<{ direction::INGRESS }, true, false, true, 2>(&ctx)
 }
 
 #[tracepoint]
 pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
-    exit::<true, false>(&ctx)
+    exit::<{ direction::EGRESS }, true, false, true, 0>(&ctx)
 }
 
 #[tracepoint]
 pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
-    exit::<false, true>(&ctx)
+    exit::<{ direction::EGRESS }, false, true, false, 0>(&ctx)
 }
 
 // ---------------------------------------------------------------------------------------------
