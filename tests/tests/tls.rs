@@ -893,3 +893,48 @@ fn a_stripped_go_client_is_read_through_its_function_table() {
     let report = analyzer.tls_mut().blind_spots().clone();
     assert!(report.processes.iter().all(|p| p.pid != pid), "{report:?}");
 }
+
+#[test]
+fn local_tls_clients_of_a_captured_listener_are_left_to_the_servers_side() {
+    let dir = scratch_dir("tls-local-peer");
+    let port = free_port();
+    let nginx = TlsNginx::start(&dir, port);
+    let worker = nginx.worker_pid();
+    let go_client = go_tls_program(&dir.join("go_tls_client"), "");
+    // The default: a local call is shipped once, from the server's socket.
+    let cap = Capture::start_with(sonde_agent::config::CaptureConfig {
+        ports: vec![port],
+        ..Default::default()
+    });
+    let skipped_before = cap.counters().get("local_peer_skipped");
+    let unknown_before = cap.counters().get("tls_fd_unknown");
+    let (curl, out) = run(Command::new("curl")
+        .args(["-sSk", "--http1.1"])
+        .arg(nginx.url("/a"))
+        .arg(nginx.url("/b")));
+    assert_eq!(out, "body of a\nthe body of b\n");
+    let (go, out) = go_get(
+        &go_client,
+        "h1",
+        1000,
+        &[format!("GET {}", nginx.url("/a"))],
+    );
+    assert_eq!(out, "HTTP/1.1 200 10\n");
+    let server = exchanges_of(&cap, worker, 3);
+    assert_eq!(server.len(), 3, "nginx's side of all three calls");
+    let (xs, _, _) = analyse(cap.events());
+    assert!(calls_of(&xs, curl).is_empty() && calls_of(&xs, go).is_empty());
+    let counters = cap.counters();
+    // curl's SSL_write and SSL_read of each call, and Go's Write and Read: skipped by name.
+    assert!(
+        counters.get("local_peer_skipped") >= skipped_before + 6,
+        "{counters:?}"
+    );
+    // Not reported as calls whose socket is unknown (host-wide: this host runs nothing else
+    // with TLS during the tests).
+    assert_eq!(
+        counters.get("tls_fd_unknown"),
+        unknown_before,
+        "{counters:?}"
+    );
+}

@@ -273,6 +273,9 @@ fn prepare_call<const COUNT: bool>(
             return Err(());
         }
         if st.local_peer != 0 {
+            // A TLS library call in progress learns its socket here, so its plaintext is
+            // skipped as a local client view too, not counted as a call with no socket.
+            note_ssl_fd(id, fd);
             if COUNT {
                 count(counter::LOCAL_PEER_SKIPPED, 1);
             }
@@ -1641,6 +1644,12 @@ fn tls_plaintext(
     let st = unsafe { &mut *st };
     if st.filtered != 0 {
         count(counter::FILTERED_CALLS, 1);
+        return Ok(());
+    }
+    // A local client of a captured listener: its server's side carries the same calls, as for
+    // cleartext (`capture.skip_local_client_views`).
+    if st.local_peer != 0 {
+        count(counter::LOCAL_PEER_SKIPPED, 1);
         return Ok(());
     }
     let dir = (call.direction & 1) as usize;
