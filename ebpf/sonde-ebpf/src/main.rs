@@ -1742,8 +1742,9 @@ fn go_regs(ctx: &ProbeContext) -> &aya_ebpf::bindings::pt_regs {
     unsafe { &*ctx.regs }
 }
 
-#[inline(always)]
-fn go_tls_enter(ctx: &ProbeContext, dir: u8) -> u32 {
+/// `func (c *Conn) Read(b []byte) (int, error)`: saves the receiver and buffer for the RETs.
+#[uprobe]
+pub fn go_tls_read_entry(ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let Some(cfg) = config() else {
         return 0;
@@ -1752,7 +1753,7 @@ fn go_tls_enter(ctx: &ProbeContext, dir: u8) -> u32 {
     if excluded(cfg, tgid) {
         return 0;
     }
-    let regs = go_regs(ctx);
+    let regs = go_regs(&ctx);
     let key = SslKey {
         ssl: regs.r14,
         tgid,
@@ -1763,23 +1764,15 @@ fn go_tls_enter(ctx: &ProbeContext, dir: u8) -> u32 {
         buf: regs.rbx,
         done_ptr: 0,
         fd: -1,
-        direction: dir,
+        direction: direction::INGRESS,
         active: 1,
         fd_seen: 0,
         _pad: 0,
     };
-    // Re-entry after a stack growth (the prologue calls morestack and starts over) overwrites
-    // the same values.
     if GO_TLS_ARGS.insert(&key, &call, 0).is_err() {
         count(counter::MAP_FULL, 1);
     }
     0
-}
-
-/// `func (c *Conn) Read(b []byte) (int, error)`
-#[uprobe]
-pub fn go_tls_read_entry(ctx: ProbeContext) -> u32 {
-    go_tls_enter(&ctx, direction::INGRESS)
 }
 
 /// `func (c *Conn) Write(b []byte) (int, error)`: the plaintext is shipped here, before it is
