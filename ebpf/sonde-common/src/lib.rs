@@ -264,9 +264,9 @@ pub struct SockAddrs {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PendingCall {
-    /// User buffer, or iovec array for vectored calls.
+    /// User buffer, iovec array for readv/writev, or `struct user_msghdr` for recvmsg/sendmsg.
     pub buf: u64,
-    /// Buffer length, or iovec count.
+    /// Buffer length, or iovec count (readv/writev).
     pub count: u64,
     /// The socket the sock tracepoint saw during the call (0: none seen).
     pub sk: u64,
@@ -319,7 +319,7 @@ pub struct FdState {
     /// Ciphertext bytes shipped, by direction (saturating).
     pub handshake_bytes: [u16; 2],
     /// 1 for a client whose server side is captured on this host (see
-    /// [`open_flags::LOCAL_PEER`]): calls stop at `sys_enter`.
+    /// [`open_flags::LOCAL_PEER`]): calls stop at the exit's first lookup.
     pub local_peer: u8,
     pub _pad: [u8; 7],
 }

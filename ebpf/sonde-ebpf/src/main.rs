@@ -194,14 +194,7 @@ fn excluded(cfg: &Config, tgid: u32) -> bool {
 // sys_enter: remember the call.
 
 #[inline(always)]
-fn enter(
-    ctx: &TracePointContext,
-    dir: u8,
-    vectored: u8,
-    sendfile: u8,
-    msghdr: bool,
-    peek: bool,
-) -> u32 {
+fn enter(ctx: &TracePointContext, dir: u8, vectored: u8, sendfile: u8, peek: bool) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let Some(slot) = CALL_SLOT.get_ptr_mut(0) else {
         return 0;
@@ -211,7 +204,7 @@ fn enter(
     slot.nr = ctx_field::<i32, SYSCALL_NR>(ctx);
     let fd = ctx_field::<u64, ARG0>(ctx) as i32;
     let (arg1, arg2) = (ctx_field::<u64, ARG1>(ctx), ctx_field::<u64, ARG2>(ctx));
-    match prepare_call::<true>(id, fd, arg1, arg2, dir, vectored, sendfile, msghdr, peek) {
+    match prepare_call::<true>(id, fd, arg1, arg2, dir, vectored, sendfile, peek) {
         Ok(call) => {
             slot.state = slot_state::ARGS;
             slot.call = call;
@@ -222,7 +215,9 @@ fn enter(
 }
 
 /// The call to remember for `sys_exit`, or `Err` when it is not captured. `COUNT`: count the
-/// skipped calls (false when a call is rebuilt at exit, its entry having counted them).
+/// skipped calls (false when a call is rebuilt at exit, its entry having counted them). The fd
+/// table is not consulted here: the exit looks the fd up anyway, and a lookup at both ends cost
+/// one hash lookup more per captured call.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn prepare_call<const COUNT: bool>(
@@ -233,7 +228,6 @@ fn prepare_call<const COUNT: bool>(
     dir: u8,
     vectored: u8,
     sendfile: u8,
-    msghdr: bool,
     peek: bool,
 ) -> Result<PendingCall, ()> {
     if peek {
@@ -247,52 +241,9 @@ fn prepare_call<const COUNT: bool>(
     if excluded(cfg, tgid) {
         return Err(());
     }
-    if let Some(st) = unsafe { FDS.get(&fd_key(tgid, fd)) } {
-        if st.kind == fd_kind::NOT_TCP {
-            return Err(());
-        }
-        if st.kind == fd_kind::CONN && st.class == class::TLS {
-            note_ssl_fd(id, fd);
-            if st.handshake_done & (1 << (dir & 1)) != 0 {
-                if COUNT {
-                    count(counter::NON_HTTP_CALLS, 1);
-                }
-                return Err(());
-            }
-        }
-        if st.kind == fd_kind::CONN && st.class == class::OTHER {
-            if COUNT {
-                count(counter::NON_HTTP_CALLS, 1);
-            }
-            return Err(());
-        }
-        if st.filtered != 0 {
-            if COUNT {
-                count(counter::FILTERED_CALLS, 1);
-            }
-            return Err(());
-        }
-        if st.local_peer != 0 {
-            // A TLS library call in progress learns its socket here, so its plaintext is
-            // skipped as a local client view too, not counted as a call with no socket.
-            note_ssl_fd(id, fd);
-            if COUNT {
-                count(counter::LOCAL_PEER_SKIPPED, 1);
-            }
-            return Err(());
-        }
-    }
-    let (buf, count_arg) = if msghdr {
-        // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
-        let iov: u64 = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.map_err(|_| ())?;
-        let iovlen: u64 =
-            unsafe { bpf_probe_read_user((arg1 + 24) as *const u64) }.map_err(|_| ())?;
-        (iov, iovlen)
-    } else if sendfile != 0 {
-        (0, 0)
-    } else {
-        (arg1, arg2)
-    };
+    // recvmsg/sendmsg: `buf` is the msghdr, read at the exit of a TCP call with data only
+    // (most msghdr calls on a host are on unix sockets).
+    let (buf, count_arg) = if sendfile != 0 { (0, 0) } else { (arg1, arg2) };
     Ok(PendingCall {
         buf,
         count: count_arg,
@@ -316,50 +267,50 @@ fn peeking<const FLAGS_AT: usize>(ctx: &TracePointContext) -> bool {
 
 #[tracepoint]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    enter(&ctx, direction::INGRESS, 0, 0, false, false)
+    enter(&ctx, direction::INGRESS, 0, 0, false)
 }
 
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    enter(&ctx, direction::EGRESS, 0, 0, false, false)
+    enter(&ctx, direction::EGRESS, 0, 0, false)
 }
 
 #[tracepoint]
 pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    enter(&ctx, direction::INGRESS, 1, 0, false, false)
+    enter(&ctx, direction::INGRESS, 1, 0, false)
 }
 
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    enter(&ctx, direction::EGRESS, 1, 0, false, false)
+    enter(&ctx, direction::EGRESS, 1, 0, false)
 }
 
 #[tracepoint]
 pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
     let peek = peeking::<ARG3>(&ctx);
-    enter(&ctx, direction::INGRESS, 0, 0, false, peek)
+    enter(&ctx, direction::INGRESS, 0, 0, peek)
 }
 
 #[tracepoint]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    enter(&ctx, direction::EGRESS, 0, 0, false, false)
+    enter(&ctx, direction::EGRESS, 0, 0, false)
 }
 
 #[tracepoint]
 pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
     let peek = peeking::<ARG2>(&ctx);
-    enter(&ctx, direction::INGRESS, 1, 0, true, peek)
+    enter(&ctx, direction::INGRESS, 1, 0, peek)
 }
 
 #[tracepoint]
 pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    enter(&ctx, direction::EGRESS, 1, 0, true, false)
+    enter(&ctx, direction::EGRESS, 1, 0, false)
 }
 
 /// sendfile(out_fd, in_fd, ...): no user buffer, the length travels as known-missing bytes.
 #[tracepoint]
 pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
-    enter(&ctx, direction::EGRESS, 0, 1, false, false)
+    enter(&ctx, direction::EGRESS, 0, 1, false)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -723,7 +674,7 @@ fn exit<
         return 0;
     }
     let call = unsafe { (*slot).call };
-    let _ = try_exit::<VECTORED, SENDFILE>(id, &call, ctx_field::<i64, RET>(ctx));
+    let _ = try_exit::<VECTORED, SENDFILE, MSGHDR>(id, &call, ctx_field::<i64, RET>(ctx));
     0
 }
 
@@ -782,7 +733,6 @@ fn rebuild_call<
         DIR,
         VECTORED as u8,
         SENDFILE as u8,
-        MSGHDR,
         peek,
     ) else {
         return 1;
@@ -995,7 +945,7 @@ fn classify(first: &[u8; 16], mid_stream: bool) -> u8 {
 }
 
 #[inline(always)]
-fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
+fn try_exit<const VECTORED: bool, const SENDFILE: bool, const MSGHDR: bool>(
     id: u64,
     call: &PendingCall,
     ret: i64,
@@ -1005,6 +955,9 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
     let key = fd_key(tgid, call.fd);
     let found = FDS.get_ptr_mut(&key);
     let found_kind = found.map(|p| unsafe { (*p).kind });
+    if found_kind == Some(fd_kind::NOT_TCP) {
+        return Ok(());
+    }
 
     let is_tcp = if cfg.sock_tracepoints != 0 {
         call.is_tcp != 0
@@ -1034,6 +987,11 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         return Ok(());
     }
     let len = ret as u64;
+    let (buf, iovcnt) = if MSGHDR {
+        msghdr_iov(call.buf)
+    } else {
+        (call.buf, call.count)
+    };
 
     let st = match (found, found_kind) {
         (Some(p), Some(fd_kind::CONN)) => p,
@@ -1052,14 +1010,24 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         return Ok(());
     }
     if st.local_peer != 0 {
+        // Classified all the same (once), so that later calls of a cleartext one skip the
+        // TLS library lookup above.
+        if st.class == class::UNKNOWN && !SENDFILE && len >= 4 {
+            let c = classify_user(first_buffer::<VECTORED>(buf), false, len >= 9);
+            st.class = if c == class::UNKNOWN { class::OTHER } else { c };
+        }
         count(counter::LOCAL_PEER_SKIPPED, 1);
+        return Ok(());
+    }
+    if st.class == class::OTHER {
+        count(counter::NON_HTTP_CALLS, 1);
         return Ok(());
     }
     let dir = (call.direction & 1) as usize;
     if st.class == class::UNKNOWN && !SENDFILE {
         if len >= 4 {
             let c = classify_user(
-                first_buffer::<VECTORED>(call.buf),
+                first_buffer::<VECTORED>(buf),
                 st.role == role::UNKNOWN,
                 len >= 9,
             );
@@ -1099,7 +1067,7 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         if SENDFILE
             || st.handshake_done & bit != 0
             || sent >= TLS_HANDSHAKE_CAP as u64
-            || first_byte(first_buffer::<VECTORED>(call.buf)) == TLS_APPLICATION_DATA
+            || first_byte(first_buffer::<VECTORED>(buf)) == TLS_APPLICATION_DATA
         {
             st.handshake_done |= bit;
             count(counter::NON_HTTP_CALLS, 1);
@@ -1155,11 +1123,9 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
     // registers, where per-path counts would keep the verifier from merging loop states.
     let tally = COUNTERS.get_ptr_mut(0).ok_or(())?;
     let done = if VECTORED {
-        emit_iovecs(
-            &hdr, call.buf, call.count, copy_len, chunk, max_chunks, flags, tally,
-        )
+        emit_iovecs(&hdr, buf, iovcnt, copy_len, chunk, max_chunks, flags, tally)
     } else {
-        emit_buffer(&hdr, call.buf, copy_len, chunk, max_chunks, flags, tally)
+        emit_buffer(&hdr, buf, copy_len, chunk, max_chunks, flags, tally)
     };
     if done < len {
         if done < copy_len {
@@ -1173,6 +1139,19 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool>(
         emit_length_only(cfg, &mut hdr, len - done);
     }
     Ok(())
+}
+
+/// The iovec array and count of a `struct user_msghdr` (msg_iov at 16, msg_iovlen at 24);
+/// none when unreadable, so the call travels as a length-only record.
+#[inline(always)]
+fn msghdr_iov(msg: u64) -> (u64, u64) {
+    match unsafe { bpf_probe_read_user(msg as *const [u64; 4]) } {
+        Ok(m) => (m[2], m[3]),
+        Err(_) => {
+            count(counter::READ_USER_FAILED, 1);
+            (0, 0)
+        }
+    }
 }
 
 /// Where a call's bytes start: the buffer, or the first iovec's. Read only where the first
