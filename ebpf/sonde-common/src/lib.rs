@@ -321,7 +321,10 @@ pub struct FdState {
     /// 1 for a client whose server side is captured on this host (see
     /// [`open_flags::LOCAL_PEER`]): calls stop at the exit's first lookup.
     pub local_peer: u8,
-    pub _pad: [u8; 7],
+    /// The TLS library whose plaintext this connection shipped ([`tls_lib`]): once known, its
+    /// syscalls need not tell an SSL call in progress which socket it uses.
+    pub tls_lib: u8,
+    pub _pad: [u8; 6],
 }
 
 /// Arguments of an SSL_read/SSL_write call in progress, saved at the uprobe for the uretprobe,
@@ -343,7 +346,8 @@ pub struct SslCall {
     pub active: u8,
     /// 1 once `fd` was set by a syscall inside the call.
     pub fd_seen: u8,
-    pub _pad: u8,
+    /// 1 when that socket is a local client view ([`FdState::local_peer`]): not shipped.
+    pub local_peer: u8,
 }
 
 /// Key of the `SSL*` → fd cache: SSL pointers are per process.
@@ -353,6 +357,15 @@ pub struct SslKey {
     pub ssl: u64,
     pub tgid: u32,
     pub _pad: u32,
+}
+
+/// Sources of TLS plaintext, by [`FdState::tls_lib`].
+pub mod tls_lib {
+    pub const UNKNOWN: u8 = 0;
+    /// OpenSSL and its kin: the `SSL*` → fd cache names this socket.
+    pub const OPENSSL: u8 = 1;
+    /// Go `crypto/tls`, whose probes read the socket from the `tls.Conn` itself.
+    pub const GO: u8 = 2;
 }
 
 /// Kinds of [`FdState`].

@@ -32,7 +32,7 @@ use sonde_common::{
     CHUNK_SIZE, CLASSIFY_PROBE_CALLS, CloseEvent, Config, Counters, DATA_HEADER_SIZE, DataHeader,
     FdState, ListenerKey, MAX_CHUNKS_PER_CALL, MAX_IOVECS, OpenEvent, PendingCall, ProcEvent,
     SockAddrs, SslCall, SslKey, TLS_HANDSHAKE_CAP, class, counter, direction, fd_kind, kind,
-    open_flags, role, source,
+    open_flags, role, source, tls_lib,
 };
 
 const AF_INET: u16 = 2;
@@ -978,10 +978,12 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool, const MSGHDR: bool>(
         return Ok(());
     }
     // A TLS library call in progress on this thread learns its socket here (also when the
-    // syscall returns EAGAIN). Connections known to be cleartext HTTP skip the lookup.
-    let found_class = found.map(|p| unsafe { (*p).class });
-    if !matches!(found_class, Some(class::HTTP1) | Some(class::HTTP2)) {
-        note_ssl_fd(id, call.fd);
+    // syscall returns EAGAIN).
+    match found {
+        Some(p) => unsafe {
+            note_syscall_fd(id, call.fd, (*p).class, (*p).tls_lib, (*p).local_peer)
+        },
+        None => note_syscall_fd(id, call.fd, class::UNKNOWN, tls_lib::UNKNOWN, 0),
     }
     if ret <= 0 {
         return Ok(());
@@ -1426,13 +1428,27 @@ pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
 
 /// Remembers the socket a thread's SSL call in progress reads or writes: the first TCP
 /// syscall made inside the call (the library's BIO does it on the same thread).
+/// Tells an SSL call in progress on this thread the socket of its syscall, unless that is
+/// known to be needless: connections known to be cleartext HTTP, and those whose TLS library
+/// already named their socket, skip the lookup. A BPF function of its own, so the branches on
+/// the connection's fields end at its return instead of multiplying the exit's states.
+#[inline(never)]
+fn note_syscall_fd(id: u64, fd: i32, class: u8, lib: u8, local_peer: u8) {
+    if lib == tls_lib::UNKNOWN && class != class::HTTP1 && class != class::HTTP2 {
+        note_ssl_fd(id, fd, local_peer);
+    }
+}
+
+/// `local_peer`: the socket is a local client view, whose plaintext the return skips without
+/// looking anything up.
 #[inline(always)]
-fn note_ssl_fd(id: u64, fd: i32) {
+fn note_ssl_fd(id: u64, fd: i32, local_peer: u8) {
     if let Some(a) = SSL_ARGS.get_ptr_mut(&id) {
         let a = unsafe { &mut *a };
         if a.active != 0 && a.fd_seen == 0 {
             a.fd = fd;
             a.fd_seen = 1;
+            a.local_peer = local_peer;
         }
     }
 }
@@ -1458,7 +1474,7 @@ fn ssl_enter(ctx: &ProbeContext, dir: u8, ex: bool) -> u32 {
         direction: dir,
         active: 1,
         fd_seen: 0,
-        _pad: 0,
+        local_peer: 0,
     };
     if let Some(slot) = SSL_ARGS.get_ptr_mut(&id) {
         if unsafe { (*slot).active } != 0 {
@@ -1558,6 +1574,10 @@ fn ssl_exit(ctx: &RetProbeContext, ex: bool) -> u32 {
     if len == 0 {
         return 0;
     }
+    if call.fd_seen != 0 && call.local_peer != 0 {
+        count(counter::LOCAL_PEER_SKIPPED, 1);
+        return 0;
+    }
     let _ = try_ssl_exit(id, &call, len);
     0
 }
@@ -1631,6 +1651,11 @@ fn tls_plaintext(
         count(counter::LOCAL_PEER_SKIPPED, 1);
         return Ok(());
     }
+    st.tls_lib = if open_unknown {
+        tls_lib::OPENSSL
+    } else {
+        tls_lib::GO
+    };
     let dir = (call.direction & 1) as usize;
     if st.tls_class == class::UNKNOWN {
         if len >= 4 {
@@ -1746,9 +1771,16 @@ pub fn go_tls_read_entry(ctx: ProbeContext) -> u32 {
         direction: direction::INGRESS,
         active: 1,
         fd_seen: 0,
-        _pad: 0,
+        local_peer: 0,
     };
-    if GO_TLS_ARGS.insert(&key, &call, 0).is_err() {
+    // Overwritten in place, not inserted and deleted per call: a goroutine's entry (its `g`
+    // is reused by the runtime) serves all its reads, and the LRU forgets the rest.
+    if let Some(slot) = GO_TLS_ARGS.get_ptr_mut(&key) {
+        if unsafe { (*slot).active } != 0 {
+            count(counter::TLS_STALE_ARGS, 1);
+        }
+        unsafe { *slot = call };
+    } else if GO_TLS_ARGS.insert(&key, &call, 0).is_err() {
         count(counter::MAP_FULL, 1);
     }
     0
@@ -1785,7 +1817,7 @@ pub fn go_tls_write_entry(ctx: ProbeContext) -> u32 {
         direction: direction::EGRESS,
         active: 1,
         fd_seen: 1,
-        _pad: 0,
+        local_peer: 0,
     };
     let _ = tls_plaintext(cfg, id, fd, &call, len, false);
     0
@@ -1802,10 +1834,14 @@ pub fn go_tls_return(ctx: ProbeContext) -> u32 {
         _pad: 0,
     };
     let n = regs.rax as i64;
-    let Some(call) = (unsafe { GO_TLS_ARGS.get(&key) }).copied() else {
+    let Some(slot) = GO_TLS_ARGS.get_ptr_mut(&key) else {
         return 0;
     };
-    let _ = GO_TLS_ARGS.remove(&key);
+    let call = unsafe { *slot };
+    if call.active == 0 {
+        return 0;
+    }
+    unsafe { (*slot).active = 0 };
     if n <= 0 {
         return 0;
     }
