@@ -1124,10 +1124,18 @@ fn try_exit<const VECTORED: bool, const SENDFILE: bool, const MSGHDR: bool>(
     // One lookup for every counter the copy loops bump; kept in map memory rather than in
     // registers, where per-path counts would keep the verifier from merging loop states.
     let tally = COUNTERS.get_ptr_mut(0).ok_or(())?;
-    let done = if VECTORED {
+    // A single iovec (nginx's response headers, most writev calls) is copied as a plain
+    // buffer: the iovec loop's per-entry state costs more than the copy of a small header.
+    let single = VECTORED && iovcnt == 1;
+    let done = if VECTORED && !single {
         emit_iovecs(&hdr, buf, iovcnt, copy_len, chunk, max_chunks, flags, tally)
     } else {
-        emit_buffer(&hdr, buf, copy_len, chunk, max_chunks, flags, tally)
+        let base = if single {
+            first_buffer::<true>(buf)
+        } else {
+            buf
+        };
+        emit_buffer(&hdr, base, copy_len, chunk, max_chunks, flags, tally)
     };
     if done < len {
         if done < copy_len {
