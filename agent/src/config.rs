@@ -210,7 +210,8 @@ pub struct TlsCaptureConfig {
     pub max_objects: usize,
     /// Rescans of a new process's mappings after its exec, in milliseconds after the exec:
     /// libraries appear once the dynamic loader (or a later dlopen) maps them. Default
-    /// 0, 2, 10, 50, 250, 1000, 3000.
+    /// 0, 2, 10, 50, 250, 1000, 3000. The rest are skipped once a scan finds a TLS library in
+    /// the process, or finds it static (only its executable mapped).
     pub rescan_after_exec_ms: Vec<u64>,
 }
 

@@ -541,6 +541,45 @@ fn stat(cap: &Capture, name: &str) -> u64 {
 }
 
 #[test]
+fn new_processes_stop_being_rescanned_once_a_tls_library_is_found_or_they_are_static() {
+    let dir = scratch_dir("tls-rescans");
+    let go = go_tls_program(&dir.join("go_idle"), "");
+    let cap = Capture::start(&[free_port()]);
+    let (scanned, skipped) = (
+        stat(&cap, "processes_scanned"),
+        stat(&cap, "rescans_skipped"),
+    );
+    // Two processes alive past the last rescan (3 s after the exec by default): a static Go
+    // executable (settled by its first scan) and `openssl enc` waiting on its stdin (libssl.so,
+    // mapped by the loader within the first rescans). A dynamic process with no TLS library
+    // keeps every rescan, since it could still dlopen one.
+    let mut children: Vec<Child> = [
+        Command::new(&go).args(["get", "h1", "4500", "0"]).spawn(),
+        Command::new("openssl")
+            .args(["enc", "-aes-128-cbc", "-pbkdf2", "-pass", "pass:x"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn(),
+    ]
+    .into_iter()
+    .map(|c| c.expect("the process starts"))
+    .collect();
+    std::thread::sleep(Duration::from_millis(3600));
+    let skipped = eventually(WAIT, "the rescans of settled processes skipped", || {
+        let n = stat(&cap, "rescans_skipped") - skipped;
+        (n >= 10).then_some(n)
+    });
+    let scanned = stat(&cap, "processes_scanned") - scanned;
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // Without the policy nothing is skipped (the Go process alone skips 6, openssl 4 or 5). The
+    // counters are host-wide, so the other processes of a busy host add to both.
+    eprintln!("{scanned} scans, {skipped} rescans skipped while the two processes ran");
+}
+
+#[test]
 fn a_huge_ssl_write_is_chunked_like_a_syscall_and_the_rest_travels_as_a_length() {
     let dir = scratch_dir("tls-huge");
     let port = free_port();

@@ -3,7 +3,8 @@
 //! A uprobe is attached to a file's inode, so one attachment covers every process that maps the
 //! file, in any mount namespace. Files are found in `/proc/PID/maps`: of every process at start,
 //! and of each new process after its exec (rescanned a few times, since the dynamic loader and
-//! later `dlopen`s map libraries after the exec itself). When the last process known to map a
+//! later `dlopen`s map libraries after the exec itself; not once a TLS library is found in it, nor
+//! for a static executable, which maps nothing later). When the last process known to map a
 //! file exits, every process's maps are checked once more (after a grace period, so bursts of
 //! short-lived processes cost one check) before the probes are detached.
 
@@ -85,6 +86,8 @@ pub struct TlsStats {
     /// Mapped files that could not be parsed as ELF.
     pub elf_errors: AtomicU64,
     pub processes_scanned: AtomicU64,
+    /// Rescans after an exec not made: the process had a TLS library already, or is static.
+    pub rescans_skipped: AtomicU64,
     /// Exec records handled.
     pub execs: AtomicU64,
     /// Process notices lost because the attacher was behind.
@@ -105,6 +108,7 @@ impl TlsStats {
             ("objects_detached", g(&self.objects_detached)),
             ("elf_errors", g(&self.elf_errors)),
             ("processes_scanned", g(&self.processes_scanned)),
+            ("rescans_skipped", g(&self.rescans_skipped)),
             ("execs", g(&self.execs)),
             ("notices_dropped", g(&self.notices_dropped)),
             ("last_attach_delay_ns", g(&self.last_attach_delay_ns)),
@@ -143,6 +147,8 @@ pub struct TlsAttacher {
     stats: Arc<TlsStats>,
     /// (due, pid, exec time in CLOCK_MONOTONIC ns).
     rescans: BinaryHeap<Reverse<(Instant, u32, u64)>>,
+    /// New processes whose rescans can stop, by pid, with the exec time they belong to.
+    settled: HashMap<u32, u64>,
     pending_detach: HashMap<ObjectKey, Instant>,
 }
 
@@ -188,6 +194,7 @@ impl TlsAttacher {
             attached: 0,
             stats: Arc::new(TlsStats::default()),
             rescans: BinaryHeap::new(),
+            settled: HashMap::new(),
             pending_detach: HashMap::new(),
         }
     }
@@ -223,6 +230,10 @@ impl TlsAttacher {
                     break;
                 }
                 self.rescans.pop();
+                if self.settled.get(&pid) == Some(&exec_ts) {
+                    self.stats.rescans_skipped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 self.scan_pid(pid, Some(exec_ts));
             }
             self.detach_unused(now);
@@ -261,6 +272,7 @@ impl TlsAttacher {
                 }
             }
             ProcNotice::Exit { tgid } => {
+                self.settled.remove(&tgid);
                 let due = Instant::now() + DETACH_GRACE;
                 for (key, state) in &mut self.objects {
                     if let ObjectState::Attached(a) = state
@@ -284,14 +296,23 @@ impl TlsAttacher {
             return;
         };
         self.stats.processes_scanned.fetch_add(1, Ordering::Relaxed);
-        for m in executable_files(&text) {
+        let files = executable_files(&text);
+        // Only the executable is mapped: static (the kernel maps a dynamic one's loader before
+        // the exec completes), so no library can appear later.
+        let mut settled = files.len() <= 1;
+        for m in files {
             match self.objects.get_mut(&m.key) {
                 Some(ObjectState::Attached(a)) => {
                     a.users.insert(pid);
                     self.pending_detach.remove(&m.key);
+                    settled = true;
                     continue;
                 }
-                Some(_) => continue,
+                Some(ObjectState::NotAttached) => {
+                    settled = true;
+                    continue;
+                }
+                Some(ObjectState::NotTls) => continue,
                 None => {}
             }
             // Held open while it is parsed and attached, and reached through our own fd: a
@@ -329,8 +350,17 @@ impl TlsAttacher {
                 self.objects
                     .retain(|_, s| matches!(s, ObjectState::Attached(_)));
             }
+            settled |= !matches!(state, ObjectState::NotTls);
             self.objects.insert(m.key, state);
             drop(file);
+        }
+        if let Some(ts) = exec_ts
+            && settled
+        {
+            if self.settled.len() >= MAX_PENDING_RESCANS {
+                self.settled.clear();
+            }
+            self.settled.insert(pid, ts);
         }
     }
 
