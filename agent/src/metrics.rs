@@ -195,6 +195,9 @@ fn kernel_counter_help(name: &str) -> &'static str {
         "peek_calls" => "recv calls with MSG_PEEK (not consumed, not shipped).",
         "tls_conns" => "TLS connections seen on the syscall path (ciphertext, not shipped).",
         "conns_closed" => "Connections closed (close records written).",
+        "migrated_unnamed" => {
+            "First calls of new connections lost: the thread changed CPUs inside the call."
+        }
         _ => "Kernel-side counter.",
     }
 }

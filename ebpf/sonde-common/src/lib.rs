@@ -136,8 +136,11 @@ pub mod counter {
     pub const LOCAL_PEER_CONNS: u32 = 24;
     /// Calls on such connections skipped without copying.
     pub const LOCAL_PEER_SKIPPED: u32 = 25;
+    /// First calls of a new connection (fd from connect/accept) lost because the thread moved
+    /// to another CPU between the sock tracepoint that named the socket and the syscall's exit.
+    pub const MIGRATED_UNNAMED: u32 = 26;
     /// Counters in use.
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 27;
     /// Slots of the counters array: a power of two, so an index is bounded by a mask.
     pub const SLOTS: u32 = 32;
 
@@ -169,6 +172,7 @@ pub mod counter {
         "ring_full_proc",
         "local_peer_conns",
         "local_peer_skipped",
+        "migrated_unnamed",
     ];
 
     /// Whether a counter counts lost data (as opposed to activity).
@@ -181,6 +185,7 @@ pub mod counter {
                 | MAP_FULL
                 | TLS_FD_UNKNOWN
                 | RING_FULL_PROC
+                | MIGRATED_UNNAMED
         )
     }
 }

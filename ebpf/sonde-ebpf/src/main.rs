@@ -669,7 +669,11 @@ fn exit<
     }
     // One path into the copy below for both cases, so the verifier walks it once.
     if (!matched || state != slot_state::ARGS)
-        && rebuild_call::<DIR, VECTORED, SENDFILE, MSGHDR, PEEK_ARG>(id, matched as u8) != 0
+        && rebuild_call::<DIR, VECTORED, SENDFILE, MSGHDR, PEEK_ARG>(
+            id,
+            matched as u8,
+            ctx_field::<i64, RET>(ctx),
+        ) != 0
     {
         return 0;
     }
@@ -706,6 +710,7 @@ fn rebuild_call<
 >(
     id: u64,
     learnt: u8,
+    ret: i64,
 ) -> u32 {
     clear_stale_slots(id);
     let Some(cfg) = config() else {
@@ -747,6 +752,12 @@ fn rebuild_call<
         let tgid = (id >> 32) as u32;
         match unsafe { FDS.get(&fd_key(tgid, fd)) } {
             Some(st) if st.kind == fd_kind::CONN => call.is_tcp = 1,
+            Some(st) if st.kind == fd_kind::HINT && ret > 0 => {
+                // A new connection's first call: the sock tracepoint that would have named
+                // the socket ran on the CPU the thread left. Not shipped, but counted.
+                count(counter::MIGRATED_UNNAMED, 1);
+                return 1;
+            }
             _ => return 1,
         }
     }
