@@ -582,6 +582,11 @@ pub struct BoundCollector {
 
 /// Opens the store (running migrations) and binds the listener; `listen` may use port 0.
 pub async fn bind(config: CollectorConfig) -> anyhow::Result<BoundCollector> {
+    // The address first: a collector that cannot listen leaves no new database behind.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the collector listener on {}", config.listen))?;
+    let local_addr = listener.local_addr().context("reading the bound address")?;
     let path = config.database.clone();
     let options = StoreOptions {
         synchronous_full: config.synchronous_full,
@@ -597,10 +602,6 @@ pub async fn bind(config: CollectorConfig) -> anyhow::Result<BoundCollector> {
                 Location::parse(&config.database).redacted()
             )
         })?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding the collector listener on {}", config.listen))?;
-    let local_addr = listener.local_addr().context("reading the bound address")?;
     let store = Arc::new(store);
     let metrics = Arc::new(CollectorMetrics::new(store.clone()));
     Ok(BoundCollector {

@@ -1444,3 +1444,21 @@ for_each_store! {
     reports_of_a_v3_database_become_the_agents_history,
     a_key_repeated_within_a_batch_counts_once,
 }
+
+/// A collector whose address is taken fails before it creates its database file.
+#[tokio::test]
+async fn a_taken_listen_address_leaves_no_database_behind() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let database = dir.path().join("collector.db");
+    let result = sonde_collector::bind(sonde_collector::CollectorConfig {
+        database: database.clone(),
+        listen: taken.local_addr()?,
+        ..Default::default()
+    })
+    .await;
+    let error = format!("{:#}", result.err().context("the address is taken")?);
+    assert!(error.contains("binding the collector listener"), "{error}");
+    assert!(!database.exists(), "{} was created", database.display());
+    Ok(())
+}

@@ -91,6 +91,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut children = Children(Vec::new());
     let agent_log = state.join("agent.log");
+    // The previous run's log is kept beside the new one.
+    if agent_log.exists() {
+        let _ = std::fs::rename(&agent_log, state.join("agent.log.1"));
+    }
     let agent = Command::new(bin.join("sonde-agent"))
         .arg("--config")
         .arg(&config_path)

@@ -82,7 +82,7 @@ struct EndpointsArgs {
     #[arg(long)]
     service: Option<String>,
     /// Only endpoints carrying this sensitive data kind (email, jwt, payment_card, ...).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(sonde_collector::SENSITIVE_KINDS))]
     sensitive: Option<String>,
     /// Stop after this many endpoints.
     #[arg(long, default_value_t = 10_000)]
