@@ -13,6 +13,7 @@ pub mod siem;
 pub mod store;
 
 pub use config::{CollectorConfig, DEFAULT_LISTEN, QueryConfig, TlsConfig};
+pub use server::{BoundCollector, RunningCollector, bind, serve, spawn};
 
 /// The sensitive data kinds agents report (`sonde endpoints --sensitive`), by name. The
 /// collector does not depend on the agent's crates; a test keeps the two lists equal.
@@ -46,4 +47,3 @@ mod tests {
         assert_eq!(agent, super::SENSITIVE_KINDS);
     }
 }
-pub use server::{BoundCollector, RunningCollector, bind, serve, spawn};
