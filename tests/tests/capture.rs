@@ -496,7 +496,13 @@ fn the_port_filter_also_holds_for_connections_that_predate_capture() {
             .find(|c| c.text(Direction::Egress).contains("watched"))
     });
     std::thread::sleep(Duration::from_millis(300));
-    let (events, _) = cap.stop();
+    let (events, counters) = cap.stop();
+    // The kernel read the old connections' addresses from their sockets (offsets from BTF), so
+    // the unwatched one stopped there: its client's request and the server's read and answer.
+    assert!(
+        counters.get("filtered_calls") >= 3,
+        "the unwatched connection was filtered in the kernel: {counters:?}"
+    );
     let conns = sonde_e2e::capture::connections(&events);
     assert!(
         conns

@@ -28,7 +28,7 @@ pub enum DecodeError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
     Event(CaptureEvent),
-    /// An open whose addresses the kernel did not know (the socket predates capture).
+    /// An open whose role, or addresses, the kernel did not know (the socket predates capture).
     OpenNeedsAddrs(ConnOpen),
     /// A process exec'd or exited: for the TLS attacher, not the pipeline.
     Proc(super::tls::ProcNotice),
@@ -194,7 +194,9 @@ impl Decoder {
             local,
             remote,
         };
-        if local.is_none() {
+        // Met mid-stream (the socket predates capture): its role, and its addresses unless the
+        // kernel read them from the socket, come from /proc.
+        if local.is_none() || open.role == Role::Unknown {
             Ok(Decoded::OpenNeedsAddrs(open))
         } else {
             Ok(Decoded::Event(CaptureEvent::Open(open)))
@@ -435,6 +437,15 @@ mod tests {
             dec.decode(&as_bytes(&o6)),
             Ok(Decoded::OpenNeedsAddrs(_))
         ));
+
+        // Met mid-stream with addresses read from the socket: only the role is left to find.
+        let mut o7 = o;
+        o7.flags = open_flags::MID_STREAM | open_flags::ADDRS_KNOWN;
+        o7.role = role::UNKNOWN;
+        let Ok(Decoded::OpenNeedsAddrs(open)) = dec.decode(&as_bytes(&o7)) else {
+            panic!("the role is still to resolve");
+        };
+        assert_eq!(open.local, Some("127.0.0.1:8080".parse().expect("addr")));
     }
 
     #[test]

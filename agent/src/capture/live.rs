@@ -185,6 +185,11 @@ impl LiveCapture {
                 cfg.ring_bytes
             )));
         }
+        // Parsed while the programs load and verify (tens of milliseconds against seconds).
+        let sock_offsets = std::thread::Builder::new()
+            .name("sonde-btf".into())
+            .spawn(kernel_sock_offsets)
+            .map_err(|e| CaptureError::Load(format!("starting the BTF reader: {e}")))?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", cfg.ring_bytes)
             .load(EBPF_OBJECT)
@@ -320,6 +325,7 @@ impl LiveCapture {
             wakeup_threshold: cfg.wakeup_threshold_bytes,
             tp,
             regs: user_regs_offsets(),
+            sock: sock_offsets.join().unwrap_or_default(),
         };
         fill_set::<u32>(&mut ebpf, "TGID_FILTER", &cfg.pids)?;
         fill_set::<u16>(&mut ebpf, "PORT_FILTER", &cfg.ports)?;
@@ -555,8 +561,10 @@ fn read_ring(
                 Ok(Decoded::OpenNeedsAddrs(mut open)) => {
                     match procfs::resolve(&proc_root, open.conn.tgid, open.conn.fd) {
                         Some(r) => {
-                            open.local = Some(r.local);
-                            open.remote = Some(r.remote);
+                            if open.local.is_none() {
+                                open.local = Some(r.local);
+                                open.remote = Some(r.remote);
+                            }
                             if open.role == sonde_model::Role::Unknown {
                                 open.role = r.role;
                             }
@@ -739,6 +747,19 @@ fn raise_memlock_limit() {
     // SAFETY: valid rlimit struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK");
+    }
+}
+
+/// Offsets of the address fields of `struct sock_common`, so connections that predate capture
+/// get their addresses (and the port filter) in the kernel; without them user space reads the
+/// addresses from /proc and filters there.
+fn kernel_sock_offsets() -> sonde_common::SockOffsets {
+    match super::btf::sock_offsets(std::path::Path::new(super::btf::VMLINUX_BTF)) {
+        Ok(o) => o,
+        Err(error) => {
+            tracing::info!(%error, "addresses of connections older than the agent come from /proc");
+            sonde_common::SockOffsets::default()
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! All three hand the same events to the same bounded channel, so every later stage can be
 //! tested without root on real captures.
 
+pub mod btf;
 pub mod decode;
 pub mod live;
 pub mod probes;

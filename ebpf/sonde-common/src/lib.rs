@@ -442,6 +442,28 @@ impl RegsOffsets {
     }
 }
 
+/// Byte offsets of the address fields in the kernel's `struct sock_common` (the head of every
+/// `struct sock`), read from the kernel's BTF: the addresses of a connection established before
+/// capture started (no `inet_sock_set_state` seen) are read from its socket. Zero: unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `skc_family` (u16).
+    pub family: u16,
+    /// `skc_num`: local port, host order (u16).
+    pub num: u16,
+    /// `skc_dport`: remote port, network order (u16).
+    pub dport: u16,
+    /// `skc_rcv_saddr`, `skc_daddr`: IPv4 local and remote addresses.
+    pub rcv_saddr: u16,
+    pub daddr: u16,
+    /// `skc_v6_rcv_saddr`, `skc_v6_daddr`: IPv6 local and remote addresses.
+    pub v6_rcv_saddr: u16,
+    pub v6_daddr: u16,
+    /// 1 when the offsets were found.
+    pub known: u16,
+}
+
 /// Runtime configuration written by user space into the `CONFIG` array (index 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -467,6 +489,7 @@ pub struct Config {
     pub wakeup_threshold: u64,
     pub tp: TracepointOffsets,
     pub regs: RegsOffsets,
+    pub sock: SockOffsets,
 }
 
 impl Default for Config {
@@ -483,6 +506,7 @@ impl Default for Config {
             wakeup_threshold: 256 * 1024,
             tp: TracepointOffsets::default(),
             regs: RegsOffsets::default(),
+            sock: SockOffsets::default(),
         }
     }
 }
@@ -503,7 +527,7 @@ const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
 
 const _: () = assert!(core::mem::size_of::<RegsOffsets>() == 16);
-const _: () = assert!(core::mem::size_of::<Config>() == 88);
+const _: () = assert!(core::mem::size_of::<Config>() == 104);
 const _: () = assert!(CHUNK_SIZE.is_power_of_two() && CHUNK_SIZE <= 8192);
 
 #[cfg(feature = "user")]

@@ -835,6 +835,8 @@ fn open_conn(cfg: &Config, tgid: u32, fd: i32, sk: u64, hinted: Option<u8>) -> R
     if let Some(a) = unsafe { SOCK_ADDRS.get(&sk) } {
         ev.addrs = *a;
         ev.flags |= open_flags::ADDRS_KNOWN;
+    } else if sk != 0 && cfg.sock.known != 0 && sock_addrs_from_sk(cfg, sk, &mut ev.addrs) != 0 {
+        ev.flags |= open_flags::ADDRS_KNOWN;
     }
     let filtered = cfg.port_filter_enabled != 0
         && ev.flags & open_flags::ADDRS_KNOWN != 0
@@ -870,6 +872,50 @@ fn open_conn(cfg: &Config, tgid: u32, fd: i32, sk: u64, hinted: Option<u8>) -> R
         count(counter::CONNS_OPENED, 1);
     }
     Ok(())
+}
+
+/// Reads the addresses of a connection the kernel side never saw established (it predates
+/// capture) from its `struct sock`, at the offsets user space found in the kernel's BTF. Returns
+/// 1 when `out` holds TCP/IP addresses. A BPF function of its own, so its branches end here.
+#[inline(never)]
+fn sock_addrs_from_sk(cfg: &Config, sk: u64, out: &mut SockAddrs) -> u32 {
+    let o = &cfg.sock;
+    let field = |off: u16| sk + off as u64;
+    let Ok(family) = (unsafe { bpf_probe_read_kernel(field(o.family) as *const u16) }) else {
+        return 0;
+    };
+    let ports = (
+        unsafe { bpf_probe_read_kernel(field(o.num) as *const u16) },
+        unsafe { bpf_probe_read_kernel(field(o.dport) as *const u16) },
+    );
+    let (Ok(local_port), Ok(remote_port_be)) = ports else {
+        return 0;
+    };
+    out.family = family;
+    out.local_port = local_port;
+    out.remote_port = u16::from_be(remote_port_be);
+    if family == AF_INET6 {
+        let (Ok(l), Ok(r)) = (
+            unsafe { bpf_probe_read_kernel(field(o.v6_rcv_saddr) as *const [u8; 16]) },
+            unsafe { bpf_probe_read_kernel(field(o.v6_daddr) as *const [u8; 16]) },
+        ) else {
+            return 0;
+        };
+        out.local_addr = l;
+        out.remote_addr = r;
+    } else if family == AF_INET {
+        let (Ok(l), Ok(r)) = (
+            unsafe { bpf_probe_read_kernel(field(o.rcv_saddr) as *const [u8; 4]) },
+            unsafe { bpf_probe_read_kernel(field(o.daddr) as *const [u8; 4]) },
+        ) else {
+            return 0;
+        };
+        out.local_addr[..4].copy_from_slice(&l);
+        out.remote_addr[..4].copy_from_slice(&r);
+    } else {
+        return 0;
+    }
+    1
 }
 
 /// Whether bytes start like an HTTP/2 frame header: a known type, a length within the default
