@@ -326,7 +326,7 @@ pub struct FdState {
     /// 1 for a client whose server side is captured on this host (see
     /// [`open_flags::LOCAL_PEER`]): calls stop at the exit's first lookup.
     pub local_peer: u8,
-    /// The TLS library whose plaintext this connection shipped ([`tls_lib`]): once known, its
+    /// The TLS library whose plaintext this connection shipped ([`tls_lib`]): a Go one's
     /// syscalls need not tell an SSL call in progress which socket it uses.
     pub tls_lib: u8,
     pub _pad: [u8; 6],
@@ -367,7 +367,7 @@ pub struct SslKey {
 /// Sources of TLS plaintext, by [`FdState::tls_lib`].
 pub mod tls_lib {
     pub const UNKNOWN: u8 = 0;
-    /// OpenSSL and its kin: the `SSL*` → fd cache names this socket.
+    /// OpenSSL and its kin (`SSL*` calls).
     pub const OPENSSL: u8 = 1;
     /// Go `crypto/tls`, whose probes read the socket from the `tls.Conn` itself.
     pub const GO: u8 = 2;

@@ -1491,19 +1491,21 @@ pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
 // ---------------------------------------------------------------------------------------------
 // TLS libraries: plaintext of SSL_read / SSL_write (OpenSSL, BoringSSL, LibreSSL).
 
-/// Remembers the socket a thread's SSL call in progress reads or writes: the first TCP
-/// syscall made inside the call (the library's BIO does it on the same thread).
 /// Tells an SSL call in progress on this thread the socket of its syscall, unless that is
-/// known to be needless: connections known to be cleartext HTTP, and those whose TLS library
-/// already named their socket, skip the lookup. A BPF function of its own, so the branches on
-/// the connection's fields end at its return instead of multiplying the exit's states.
+/// needless: connections known to be cleartext HTTP, and those whose plaintext comes from Go
+/// (whose probes read the socket from the `tls.Conn`), skip the lookup. OpenSSL connections
+/// keep it on every call, so a socket whose `SSL*` fell out of the LRU cache is learnt again. A
+/// BPF function of its own, so the branches on the connection's fields end at its return
+/// instead of multiplying the exit's states.
 #[inline(never)]
 fn note_syscall_fd(id: u64, fd: i32, class: u8, lib: u8, local_peer: u8) {
-    if lib == tls_lib::UNKNOWN && class != class::HTTP1 && class != class::HTTP2 {
+    if lib != tls_lib::GO && class != class::HTTP1 && class != class::HTTP2 {
         note_ssl_fd(id, fd, local_peer);
     }
 }
 
+/// Remembers the socket a thread's SSL call in progress reads or writes: the first TCP
+/// syscall made inside the call (the library's BIO does it on the same thread).
 /// `local_peer`: the socket is a local client view, whose plaintext the return skips without
 /// looking anything up.
 #[inline(always)]
