@@ -138,6 +138,7 @@ impl AgentConfig {
             let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
             anyhow::bail!("declared specs not loaded: {}", list.join("; "));
         }
+        self.capture.validate()?;
         let url = &self.export.collector_url;
         let https = url.starts_with("https://");
         anyhow::ensure!(
@@ -196,6 +197,35 @@ pub struct CaptureConfig {
     pub skip_local_client_views: bool,
     /// TLS plaintext capture with uprobes on the TLS libraries processes map. Default true.
     pub tls: TlsCaptureConfig,
+}
+
+impl CaptureConfig {
+    /// The bounds the kernel side needs (checked by `--check-config` and at start, rather than
+    /// clamped silently).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.ring_bytes.is_power_of_two() && self.ring_bytes >= 4096,
+            "[capture] ring_bytes = {} must be a power of two of at least 4096",
+            self.ring_bytes
+        );
+        let max_chunk = sonde_common::CHUNK_SIZE as u32;
+        anyhow::ensure!(
+            (64..=max_chunk).contains(&self.chunk_size),
+            "[capture] chunk_size = {} must be within 64..={max_chunk}",
+            self.chunk_size
+        );
+        let max_chunks = sonde_common::MAX_CHUNKS_PER_CALL;
+        anyhow::ensure!(
+            (1..=max_chunks).contains(&self.max_chunks_per_call),
+            "[capture] max_chunks_per_call = {} must be within 1..={max_chunks}",
+            self.max_chunks_per_call
+        );
+        anyhow::ensure!(
+            self.channel_batches > 0,
+            "[capture] channel_batches must be at least 1"
+        );
+        Ok(())
+    }
 }
 
 /// Uprobes on TLS libraries (OpenSSL family: libssl, and executables with OpenSSL or BoringSSL
@@ -292,6 +322,24 @@ mod tests {
         }
         let c: AgentConfig = toml::from_str("[detect]\nlearn_min_calls = 5\n").expect("parses");
         assert_eq!(c.detect.learn_min_calls, 5);
+    }
+
+    #[test]
+    fn capture_bounds_are_errors_not_silent_clamps() {
+        assert!(CaptureConfig::default().validate().is_ok());
+        for bad in [
+            "ring_bytes = 0",
+            "ring_bytes = 5000",
+            "chunk_size = 0",
+            "chunk_size = 100000000",
+            "max_chunks_per_call = 0",
+            "max_chunks_per_call = 99",
+            "channel_batches = 0",
+        ] {
+            let c: AgentConfig = toml::from_str(&format!("[capture]\n{bad}\n")).expect(bad);
+            let err = c.capture.validate().expect_err(bad).to_string();
+            assert!(err.starts_with("[capture]"), "{bad}: {err}");
+        }
     }
 
     #[test]

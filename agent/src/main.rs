@@ -352,7 +352,11 @@ async fn capture(config: AgentConfig, args: CaptureArgs) -> anyhow::Result<()> {
                 }
                 out.flush()?;
             }
-            _ = &mut ctrl_c => break,
+            _ = &mut ctrl_c => {
+                // Detaching the probes takes a few seconds: say so at once.
+                eprintln!("stopping: detaching the probes and flushing what is captured");
+                break;
+            }
             _ = &mut deadline => break,
         }
     }

@@ -415,6 +415,11 @@ impl Collector for AgentCollector {
                     .map(|(k, sev, n)| ([k.as_str(), *sev], *n)),
             )?;
             let st = &t.stream;
+            e.counter(
+                "sonde_agent_stream_repeated_closes",
+                "Closes of connections already closed (a non-HTTP connection is ended early): not a loss.",
+                st.repeated_closes,
+            )?;
             drops.extend([
                 ("stream_connection_evicted", st.evicted),
                 ("stream_budget_flush", st.budget_flushes),

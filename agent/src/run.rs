@@ -161,7 +161,11 @@ async fn drive(
                 }
                 every(analyzer);
             }
-            _ = &mut ctrl_c => break,
+            _ = &mut ctrl_c => {
+                // Detaching the probes takes a few seconds: say so at once.
+                eprintln!("stopping: detaching the probes and flushing what is captured");
+                break;
+            }
             _ = &mut deadline => break,
         }
     }
@@ -232,10 +236,11 @@ impl Sink for PrintSink {
         for a in anomalies {
             let _ = writeln!(
                 self.out,
-                "ANOMALY {} {} {}: {}",
+                "ANOMALY {} {} {} {}: {}",
                 a.severity.as_str(),
                 a.category.code(),
                 a.kind,
+                a.endpoint.as_deref().unwrap_or("-"),
                 a.explanation
             );
         }
@@ -418,7 +423,13 @@ impl Sink for ExportSink {
     fn exchange(&mut self, _: &Exchange, _: &CallInfo) {}
     fn anomalies(&mut self, anomalies: Vec<Anomaly>) {
         for a in anomalies {
-            tracing::info!(kind = %a.kind, severity = a.severity.as_str(), "{}", a.explanation);
+            tracing::info!(
+                kind = %a.kind,
+                severity = a.severity.as_str(),
+                endpoint = a.endpoint.as_deref().unwrap_or("-"),
+                "{}",
+                a.explanation
+            );
             let wire = sonde_export::anomaly_from_model(a);
             if tokio::task::block_in_place(|| self.rt.block_on(self.handle.send_anomaly(wire)))
                 .is_ok()

@@ -31,6 +31,10 @@ pub struct TlsStageCounters {
     pub tls_connections: u64,
     /// Of those, connections with plaintext from the TLS probes.
     pub tls_with_plaintext: u64,
+    /// Connections without plaintext whose handshake never got a ServerHello (a refused or
+    /// bogus handshake, such as TLS-looking bytes sent to a plain HTTP port): no session, so
+    /// nothing was unreadable and no blind spot is reported.
+    pub tls_without_session: u64,
     /// Ciphertext chunks kept away from the HTTP parsers.
     pub ciphertext_chunks: u64,
     /// Connections not tracked because the table was full.
@@ -258,6 +262,11 @@ impl TlsStage {
             return;
         };
         if tls.blind.is_some() {
+            return;
+        }
+        if !t.tls_source && tls.conn.session.server_hello.is_none() {
+            tls.blind = Some(false);
+            self.counters.tls_without_session += 1;
             return;
         }
         tls.blind = Some(!t.tls_source);

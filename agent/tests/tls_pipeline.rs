@@ -326,6 +326,13 @@ fn unread_tls_connections_are_blind_spots_with_their_process_reason() {
     // A third one still open: blind only once the grace period has passed.
     let open = ConnBuilder::server(pid, 6, "python3", server, t0).ciphertext(&tls13);
     analyzer.on_events(open.events, &mut sink);
+    // A fourth that only looks like TLS (a record header, then junk, never answered): no
+    // session was ever made, so nothing was unreadable.
+    let mut bogus = ConnBuilder::server(pid, 7, "python3", server, t0);
+    let mut junk = vec![0x16, 0x03, 0x01, 0x00, 0x40];
+    junk.extend((0..64u8).map(|i| i.wrapping_mul(37)));
+    bogus.data(Source::Syscall, Direction::Ingress, &junk);
+    analyzer.on_events(bogus.close(), &mut sink);
     analyzer.tick(t0 + 1_000_000_000, &mut sink);
     assert_eq!(analyzer.tls_mut().blind_spots().tls_connections, 2);
     analyzer.tick(t0 + 6_000_000_000, &mut sink);
@@ -334,6 +341,7 @@ fn unread_tls_connections_are_blind_spots_with_their_process_reason() {
 
     let report = analyzer.tls_mut().blind_spots().clone();
     assert_eq!((report.tls_connections, report.blind_connections), (3, 2));
+    assert_eq!(analyzer.tls_mut().counters().tls_without_session, 1);
     assert_eq!(report.by_reason.get("tls.openssl_not_attached"), Some(&2));
     assert_eq!(report.processes.len(), 1);
     assert_eq!(report.processes[0].pid, pid);

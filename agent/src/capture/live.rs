@@ -179,12 +179,8 @@ impl LiveCapture {
         if let Err(e) = tracefs::ensure_bpffs() {
             tracing::warn!(error = %e, "bpffs unavailable; maps cannot be pinned");
         }
-        if !cfg.ring_bytes.is_power_of_two() || cfg.ring_bytes < 4096 {
-            return Err(CaptureError::Config(format!(
-                "capture.ring_bytes = {} must be a power of two of at least 4096",
-                cfg.ring_bytes
-            )));
-        }
+        cfg.validate()
+            .map_err(|e| CaptureError::Config(e.to_string()))?;
         // Parsed while the programs load and verify (tens of milliseconds against seconds).
         let sock_offsets = std::thread::Builder::new()
             .name("sonde-btf".into())

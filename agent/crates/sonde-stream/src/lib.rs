@@ -148,8 +148,11 @@ pub struct Counters {
     pub expired: u64,
     /// Connections first seen through their data (no open event before it).
     pub implicit_opens: u64,
-    /// Events for connections closed a moment ago (dropped).
+    /// Data for connections closed a moment ago (dropped).
     pub late_after_close: u64,
+    /// Closes of connections already closed: the kernel side ends a connection it found not
+    /// HTTP at once, and again when it is closed. Not a loss.
+    pub repeated_closes: u64,
     /// Chunks carrying more data than their length (surplus dropped).
     pub malformed: u64,
     /// Connections currently tracked and bytes currently held out of order.
@@ -390,7 +393,7 @@ impl Assembler {
         if self.conns.contains_key(&close.conn) {
             self.end_conn(close.conn, close.ts_ns, CloseReason::Closed, sink);
         } else if self.recently_closed.contains(&close.conn) {
-            self.counters.late_after_close += 1;
+            self.counters.repeated_closes += 1;
         }
     }
 

@@ -365,6 +365,26 @@ fn close_flushes_holes_and_late_data_does_not_resurrect() {
 }
 
 #[test]
+fn a_second_close_is_counted_apart_not_as_lost_data() {
+    let open = CaptureEvent::Open(ConnOpen {
+        conn: CONN,
+        ts_ns: 0,
+        role: Role::Server,
+        process: ProcessInfo::default(),
+        local: None,
+        remote: None,
+    });
+    let close = |ts_ns| CaptureEvent::Close(ConnClose { conn: CONN, ts_ns });
+    let (out, c) = run(AssemblerConfig::default(), vec![open, close(10), close(20)]);
+    let closes = out
+        .iter()
+        .filter(|e| matches!(e, StreamEvent::Close { .. }))
+        .count();
+    assert_eq!(closes, 1);
+    assert_eq!((c.repeated_closes, c.late_after_close), (1, 0));
+}
+
+#[test]
 fn open_after_data_upgrades_metadata() {
     let open = CaptureEvent::Open(ConnOpen {
         conn: CONN,
