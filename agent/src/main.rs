@@ -328,7 +328,7 @@ async fn capture(config: AgentConfig, args: CaptureArgs) -> anyhow::Result<()> {
     // One Ctrl-C future for the whole loop: tokio hands a signal only to listeners that exist
     // when it arrives, so a future made anew per iteration loses a SIGINT that lands while a
     // batch is being handled (seen under load: the agent never stopped).
-    let ctrl_c = tokio::signal::ctrl_c();
+    let ctrl_c = run::shutdown_signal();
     tokio::pin!(ctrl_c);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     use std::io::Write as _;

@@ -144,9 +144,9 @@ async fn drive(
         }
     };
     tokio::pin!(deadline);
-    // Made once: a Ctrl-C future made anew per iteration misses a SIGINT that arrives while a
+    // Made once: a signal future made anew per iteration misses a SIGINT that arrives while a
     // batch is being analysed.
-    let ctrl_c = tokio::signal::ctrl_c();
+    let ctrl_c = shutdown_signal();
     tokio::pin!(ctrl_c);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -696,6 +696,24 @@ mod url_parts {
                 .next()
                 .ok_or_else(|| anyhow::anyhow!("collector URL {s} names no address"))?;
             Ok(Addr(addr))
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM: the agent flushes its spool and baseline on either (systemd
+/// and the container image send SIGINT; a plain `kill` or a runtime ignoring STOPSIGNAL, SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the agent cleanly");
+            let _ = ctrl_c.await;
         }
     }
 }

@@ -807,3 +807,33 @@ fn sendmsg_and_recvmsg_iovecs_are_captured_in_order_to_the_byte() {
         assert_eq!(v, 0, "drop counter {name}");
     }
 }
+
+#[test]
+fn sigterm_stops_the_agent_as_cleanly_as_sigint() {
+    use std::io::Read as _;
+    let mut child = Command::new(sonde_e2e::stack::bin("sonde-agent"))
+        .args(["capture", "--quiet", "--port", &free_port().to_string()])
+        .env("SONDE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the agent starts");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("hooks:") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).expect("stderr") > 0,
+            "the agent exited before attaching"
+        );
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("stderr");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status:?}: {rest}");
+    // It said it was stopping, then gave its counters, as on Ctrl-C.
+    assert!(rest.contains("stopping:"), "{rest}");
+    assert!(rest.contains("ring_full_data"), "{rest}");
+}

@@ -34,18 +34,31 @@ struct Children(Vec<(String, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for (name, child) in self.0.iter_mut().rev() {
-            // SIGINT lets the agent flush its spool and stop the collector cleanly.
+        let alive = |c: &mut Child| !matches!(c.try_wait(), Ok(Some(_)));
+        // SIGINT to all at once: the agent flushes its spool and stops the collector cleanly.
+        // Then SIGTERM to what still runs after a moment (a script started with SIGINT ignored;
+        // the agent treats it as SIGINT), and SIGKILL after 10 s.
+        for (_, child) in self.0.iter_mut() {
             // SAFETY: signalling our own child.
             unsafe { libc_kill(child.id() as i32, 2) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
+        }
+        let start = Instant::now();
+        let mut termed = false;
+        while self.0.iter_mut().any(|(_, c)| alive(c)) && start.elapsed() < Duration::from_secs(10)
+        {
+            if !termed && start.elapsed() > Duration::from_secs(2) {
+                termed = true;
+                for (_, child) in self.0.iter_mut() {
+                    if alive(child) {
+                        // SAFETY: as above.
+                        unsafe { libc_kill(child.id() as i32, 15) };
+                    }
                 }
-                std::thread::sleep(Duration::from_millis(100));
             }
-            if !matches!(child.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for (name, child) in self.0.iter_mut() {
+            if alive(child) {
                 eprintln!("stopping {name}");
                 let _ = child.kill();
                 let _ = child.wait();
