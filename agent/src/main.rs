@@ -210,6 +210,7 @@ fn init_tracing() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
+    run::listen_for_shutdown();
     let cli = Cli::parse();
     let mut config = AgentConfig::load(cli.config.as_deref())?;
     match cli.command {

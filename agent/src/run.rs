@@ -700,20 +700,52 @@ mod url_parts {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM: the agent flushes its spool and baseline on either (systemd
-/// and the container image send SIGINT; a plain `kill` or a runtime ignoring STOPSIGNAL, SIGTERM).
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
+/// Set once SIGINT or SIGTERM arrived (see [`listen_for_shutdown`]).
+static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
+    std::sync::OnceLock::new();
+
+/// Starts listening for SIGINT and SIGTERM, at once: a signal that arrives while the programs
+/// load and attach is then kept for the main loop instead of killing the agent half attached.
+/// Call it first thing inside the runtime; later calls do nothing.
+pub fn listen_for_shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    if SHUTDOWN.set(rx).is_err() {
+        return;
+    }
+    // Registered here, synchronously; the task only waits.
+    let (int, term) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    );
+    tokio::spawn(async move {
+        match (int, term) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            (Ok(mut only), Err(error)) | (Err(error), Ok(mut only)) => {
+                tracing::warn!(%error, "listening for one of SIGINT and SIGTERM only");
+                only.recv().await;
+            }
+            (Err(error), Err(_)) => {
+                tracing::warn!(%error, "cannot listen for SIGINT or SIGTERM");
+                std::future::pending::<()>().await;
             }
         }
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the agent cleanly");
-            let _ = ctrl_c.await;
-        }
+        let _ = tx.send(true);
+    });
+}
+
+/// Resolves once SIGINT or SIGTERM arrived: the agent flushes its spool and baseline on either
+/// (systemd and the container image send SIGINT; a plain `kill` or a runtime ignoring
+/// STOPSIGNAL, SIGTERM).
+pub async fn shutdown_signal() {
+    listen_for_shutdown();
+    if let Some(rx) = SHUTDOWN.get() {
+        let mut rx = rx.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
     }
 }

@@ -836,4 +836,20 @@ fn sigterm_stops_the_agent_as_cleanly_as_sigint() {
     // It said it was stopping, then gave its counters, as on Ctrl-C.
     assert!(rest.contains("stopping:"), "{rest}");
     assert!(rest.contains("ring_full_data"), "{rest}");
+
+    // A signal that arrives while the programs are still loading is kept, not fatal.
+    let mut early = Command::new(sonde_e2e::stack::bin("sonde-agent"))
+        .args(["capture", "--quiet", "--port", &free_port().to_string()])
+        .env("SONDE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the agent starts");
+    std::thread::sleep(Duration::from_millis(150));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(early.id() as i32, libc::SIGTERM) };
+    let out = early.wait_with_output().expect("wait");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {text}", out.status);
+    assert!(text.contains("ring_full_data"), "{text}");
 }
