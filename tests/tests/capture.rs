@@ -838,7 +838,7 @@ fn sigterm_stops_the_agent_as_cleanly_as_sigint() {
     assert!(rest.contains("ring_full_data"), "{rest}");
 
     // A signal that arrives while the programs are still loading is kept, not fatal.
-    let mut early = Command::new(sonde_e2e::stack::bin("sonde-agent"))
+    let early = Command::new(sonde_e2e::stack::bin("sonde-agent"))
         .args(["capture", "--quiet", "--port", &free_port().to_string()])
         .env("SONDE_LOG", "warn")
         .stdout(Stdio::null())
