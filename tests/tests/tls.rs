@@ -325,6 +325,67 @@ fn curl_over_tls_http1_and_h2_is_rebuilt_from_plaintext_on_the_syscall_connectio
     assert_clean(&tracker, &pipeline, &cap);
 }
 
+/// Two connections of one python client, 30 and 10 calls: the first call of each teaches the
+/// kernel side that the socket is past its handshake, so the ciphertext syscalls of the later
+/// calls skip at entry. Nothing is lost, and the second connection (whose `SSL*` nginx may
+/// reuse from the first, on the same fd) is learnt afresh: its handshake is shipped too.
+const KEPT_ALIVE_CLIENT: &str = "import http.client, ssl
+ctx = ssl._create_unverified_context()
+seen = []
+for n in (30, 10):
+    c = http.client.HTTPSConnection('127.0.0.1', PORT, context=ctx)
+    for i in range(n):
+        c.request('GET', '/a' if i % 2 == 0 else '/missing')
+        r = c.getresponse()
+        seen.append(len(r.read()))
+    c.close()
+print(len(seen), sum(seen))
+";
+
+#[test]
+fn kept_alive_tls_calls_skip_their_ciphertext_syscalls_and_a_new_connection_is_learnt_afresh() {
+    let dir = scratch_dir("tls-quiet");
+    let port = free_port();
+    let nginx = TlsNginx::start(&dir, port);
+    let worker = nginx.worker_pid();
+    let cap = Capture::start(&[port]);
+    let before = cap.counters();
+    let script = KEPT_ALIVE_CLIENT.replace("PORT", &port.to_string());
+    let (_, out) = run(Command::new("python3").args(["-c", &script]));
+    assert_eq!(
+        out.trim(),
+        "40 360",
+        "20 x /a (10 bytes) and 20 x /missing (8)"
+    );
+
+    exchanges_of(&cap, worker, 40);
+    let (xs, tracker, pipeline) = analyse(cap.events());
+    let mut expected = vec![call("GET", "/a", 200, 10); 20];
+    expected.extend(vec![call("GET", "/missing", 404, 8); 20]);
+    assert_eq!(calls_of(&xs, worker), expected);
+    let conns = cap.connections();
+    let ids: std::collections::BTreeSet<ConnId> = xs
+        .iter()
+        .filter(|x| x.conn.process.pid == worker)
+        .map(|x| x.conn.id)
+        .collect();
+    assert_eq!(ids.len(), 2, "two connections");
+    for id in ids {
+        assert_joined_to_syscall_side(&conns, id);
+    }
+    let after = cap.counters();
+    let skipped = after.get("tls_syscalls_skipped") - before.get("tls_syscalls_skipped");
+    // nginx reads and writes at least once per call; all but the first call or two of each
+    // connection skip (the client's local view skips as well).
+    assert!(skipped >= 2 * 36, "{skipped} skipped: {after:?}");
+    assert_eq!(
+        after.get("tls_cache_stale"),
+        before.get("tls_cache_stale"),
+        "SSL_free and SSL_set_fd forget what the first connection taught: {after:?}"
+    );
+    assert_clean(&tracker, &pipeline, &cap);
+}
+
 #[test]
 fn big_bodies_over_tls_arrive_whole_in_chunks_with_exact_offsets() {
     let dir = scratch_dir("tls-big");
