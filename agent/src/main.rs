@@ -210,7 +210,7 @@ fn init_tracing() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
-    run::listen_for_shutdown();
+    sonde_shutdown::listen();
     let cli = Cli::parse();
     let mut config = AgentConfig::load(cli.config.as_deref())?;
     match cli.command {
@@ -329,7 +329,7 @@ async fn capture(config: AgentConfig, args: CaptureArgs) -> anyhow::Result<()> {
     // One Ctrl-C future for the whole loop: tokio hands a signal only to listeners that exist
     // when it arrives, so a future made anew per iteration loses a SIGINT that lands while a
     // batch is being handled (seen under load: the agent never stopped).
-    let ctrl_c = run::shutdown_signal();
+    let ctrl_c = sonde_shutdown::signalled();
     tokio::pin!(ctrl_c);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     use std::io::Write as _;

@@ -146,7 +146,7 @@ async fn drive(
     tokio::pin!(deadline);
     // Made once: a signal future made anew per iteration misses a SIGINT that arrives while a
     // batch is being analysed.
-    let ctrl_c = shutdown_signal();
+    let ctrl_c = sonde_shutdown::signalled();
     tokio::pin!(ctrl_c);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -697,55 +697,5 @@ mod url_parts {
                 .ok_or_else(|| anyhow::anyhow!("collector URL {s} names no address"))?;
             Ok(Addr(addr))
         }
-    }
-}
-
-/// Set once SIGINT or SIGTERM arrived (see [`listen_for_shutdown`]).
-static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
-    std::sync::OnceLock::new();
-
-/// Starts listening for SIGINT and SIGTERM, at once: a signal that arrives while the programs
-/// load and attach is then kept for the main loop instead of killing the agent half attached.
-/// Call it first thing inside the runtime; later calls do nothing.
-pub fn listen_for_shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    if SHUTDOWN.set(rx).is_err() {
-        return;
-    }
-    // Registered here, synchronously; the task only waits.
-    let (int, term) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    );
-    tokio::spawn(async move {
-        match (int, term) {
-            (Ok(mut int), Ok(mut term)) => {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            (Ok(mut only), Err(error)) | (Err(error), Ok(mut only)) => {
-                tracing::warn!(%error, "listening for one of SIGINT and SIGTERM only");
-                only.recv().await;
-            }
-            (Err(error), Err(_)) => {
-                tracing::warn!(%error, "cannot listen for SIGINT or SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-        let _ = tx.send(true);
-    });
-}
-
-/// Resolves once SIGINT or SIGTERM arrived: the agent flushes its spool and baseline on either
-/// (systemd and the container image send SIGINT; a plain `kill` or a runtime ignoring
-/// STOPSIGNAL, SIGTERM).
-pub async fn shutdown_signal() {
-    listen_for_shutdown();
-    if let Some(rx) = SHUTDOWN.get() {
-        let mut rx = rx.clone();
-        let _ = rx.wait_for(|stop| *stop).await;
     }
 }

@@ -309,10 +309,9 @@ impl LiveCapture {
         }
         let config = Config {
             self_tgid: std::process::id(),
-            chunk_size: cfg.chunk_size.clamp(64, sonde_common::CHUNK_SIZE as u32),
-            max_chunks_per_call: cfg
-                .max_chunks_per_call
-                .clamp(1, sonde_common::MAX_CHUNKS_PER_CALL),
+            // In range: `validate` above refused anything else.
+            chunk_size: cfg.chunk_size,
+            max_chunks_per_call: cfg.max_chunks_per_call,
             tgid_filter_enabled: u32::from(!cfg.pids.is_empty()),
             port_filter_enabled: u32::from(!cfg.ports.is_empty()),
             sock_tracepoints: u32::from(chosen.marks_in_syscall()),

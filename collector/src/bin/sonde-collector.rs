@@ -137,29 +137,9 @@ fn effective_config(args: Args) -> anyhow::Result<(CollectorConfig, MetricsChoic
     Ok((config, metrics))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the collector");
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    sonde_shutdown::listen();
     let filter = EnvFilter::try_from_env("SONDE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -189,5 +169,5 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     };
-    bound.serve(shutdown_signal()).await
+    bound.serve(sonde_shutdown::signalled()).await
 }
