@@ -386,7 +386,8 @@ pub async fn inventory(config: AgentConfig, args: SourceArgs, json: bool) -> any
             writeln!(
                 out,
                 "{:<40} {:<7} {:<40} {:>7} {:<14} {:<10} {} {}",
-                e.service.to_string(),
+                // As the collector and `sonde endpoints` name it.
+                sonde_agent::export::service_key(&e.service).display_name(),
                 e.method,
                 e.template,
                 e.calls,
@@ -399,10 +400,11 @@ pub async fn inventory(config: AgentConfig, args: SourceArgs, json: bool) -> any
         for a in &sink.anomalies {
             writeln!(
                 out,
-                "EVENT {} {} {}: {}",
+                "EVENT {} {} {} on {}: {}",
                 a.severity.as_str(),
                 a.category.code(),
                 a.kind,
+                a.endpoint.as_deref().unwrap_or("-"),
                 a.explanation
             )?;
         }
