@@ -377,7 +377,8 @@ impl Analyzer {
     }
 
     /// Anomalies name their endpoint the way the collector lists it (`service METHOD /template`
-    /// with the service's display name), so an endpoint and its anomalies can be joined there.
+    /// with the service's display name), so an endpoint and its anomalies can be joined there;
+    /// explanations that name the service by its inventory key name it the same way.
     fn name_endpoints_as_on_the_wire(&self, events: &mut [Anomaly]) {
         for a in events {
             let Some(name) = &a.endpoint else { continue };
@@ -386,7 +387,14 @@ impl Analyzer {
                 .endpoints()
                 .find(|r| &*r.key == name.as_str())
             {
-                a.endpoint = Some(crate::export::endpoint_key(rec).display_name());
+                let key = crate::export::endpoint_key(rec);
+                let service = rec.service.to_string();
+                if a.explanation.contains(&service)
+                    && let Some(display) = key.service.as_ref().map(|s| s.display_name())
+                {
+                    a.explanation = a.explanation.replace(&service, &display);
+                }
+                a.endpoint = Some(key.display_name());
             }
         }
     }
@@ -654,6 +662,110 @@ mod tests {
             ts_ns: 1,
             tid: 1,
         })
+    }
+
+    struct Anomalies(Vec<Anomaly>);
+
+    impl Sink for Anomalies {
+        fn exchange(&mut self, _: &Exchange, _: &CallInfo) {}
+        fn anomalies(&mut self, anomalies: Vec<Anomaly>) {
+            self.0.extend(anomalies);
+        }
+    }
+
+    /// An undeclared endpoint's finding names its service as the collector lists it, in its
+    /// endpoint and in its explanation, never by the inventory's internal key.
+    #[test]
+    fn anomalies_name_the_service_as_the_collector_lists_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = dir.path().join("api.yaml");
+        std::fs::write(
+            &spec,
+            "openapi: 3.0.0\ninfo: {title: api, version: '1'}\npaths:\n  /health:\n    get:\n      \
+             responses:\n        '200': {description: ok}\n",
+        )
+        .expect("write spec");
+        let cfg = AgentConfig {
+            specs: vec![SpecSource {
+                path: spec,
+                authority: None,
+                port: None,
+                process: None,
+            }],
+            ..AgentConfig::default()
+        };
+        let mut analyzer = Analyzer::new(&cfg).expect("analyzer");
+        let conn = ConnId {
+            tgid: 40,
+            fd: 5,
+            generation: 1,
+        };
+        let data = |direction, data: &'static [u8], ts_ns| {
+            CaptureEvent::Data(DataChunk {
+                conn,
+                direction,
+                source: Source::Syscall,
+                offset: 0,
+                len: data.len() as u64,
+                data: Bytes::from_static(data),
+                ts_ns,
+                tid: 40,
+            })
+        };
+        let events = vec![
+            CaptureEvent::Open(sonde_model::ConnOpen {
+                conn,
+                ts_ns: 1,
+                role: Role::Server,
+                process: sonde_model::ProcessInfo {
+                    pid: 40,
+                    comm: "api".into(),
+                    cgroup_id: 0,
+                    workload: None,
+                },
+                local: Some("127.0.0.1:8080".parse().expect("addr")),
+                remote: Some("127.0.0.1:50000".parse().expect("addr")),
+            }),
+            data(
+                Direction::Ingress,
+                b"GET /users/7 HTTP/1.1\r\nHost: api.test\r\n\r\n",
+                2,
+            ),
+            data(
+                Direction::Egress,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                3,
+            ),
+            CaptureEvent::Close(ConnClose { conn, ts_ns: 4 }),
+        ];
+        let mut sink = Anomalies(Vec::new());
+        analyzer.on_events(events, &mut sink);
+        analyzer.flush(&mut sink);
+        let rec = analyzer
+            .inventory()
+            .endpoints()
+            .find(|r| r.template.starts_with("/users/"))
+            .expect("endpoint");
+        let wire = crate::export::endpoint_key(rec);
+        let service = wire.service.as_ref().expect("service").display_name();
+        let shadow = sink
+            .0
+            .iter()
+            .find(|a| a.kind == "inventory.shadow_endpoint")
+            .expect("shadow finding");
+        assert_eq!(shadow.endpoint, Some(wire.display_name()));
+        assert!(
+            shadow
+                .explanation
+                .contains(&format!("served by {service} ")),
+            "{}",
+            shadow.explanation
+        );
+        assert!(
+            !shadow.explanation.contains(&rec.service.to_string()),
+            "{}",
+            shadow.explanation
+        );
     }
 
     const CLIENT_HELLO: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
