@@ -198,10 +198,6 @@ fn kernel_counter_help(name: &str) -> &'static str {
         "migrated_unnamed" => {
             "First calls of new connections lost: the thread changed CPUs inside the call."
         }
-        "tls_syscalls_skipped" => {
-            "Ciphertext syscalls inside SSL calls skipped at entry (socket known past its handshake)."
-        }
-        "tls_cache_stale" => "Cached SSL* states found to belong to an earlier connection.",
         _ => "Kernel-side counter.",
     }
 }

@@ -139,14 +139,8 @@ pub mod counter {
     /// First calls of a new connection (fd from connect/accept) lost because the thread moved
     /// to another CPU between the sock tracepoint that named the socket and the syscall's exit.
     pub const MIGRATED_UNNAMED: u32 = 26;
-    /// Ciphertext syscalls made inside SSL calls on a socket known to need no look
-    /// ([`super::ssl_fd_flags`]): skipped at their entry, without a lookup.
-    pub const TLS_SYSCALLS_SKIPPED: u32 = 27;
-    /// Cached `SSL*` states found to belong to an earlier connection on the same fd (an
-    /// `SSL*` reused without SSL_free or SSL_set_fd): relearnt.
-    pub const TLS_CACHE_STALE: u32 = 28;
     /// Counters in use.
-    pub const COUNT: u32 = 29;
+    pub const COUNT: u32 = 27;
     /// Slots of the counters array: a power of two, so an index is bounded by a mask.
     pub const SLOTS: u32 = 32;
 
@@ -179,8 +173,6 @@ pub mod counter {
         "local_peer_conns",
         "local_peer_skipped",
         "migrated_unnamed",
-        "tls_syscalls_skipped",
-        "tls_cache_stale",
     ];
 
     /// Whether a counter counts lost data (as opposed to activity).
@@ -361,34 +353,6 @@ pub struct SslCall {
     pub fd_seen: u8,
     /// 1 when that socket is a local client view ([`FdState::local_peer`]): not shipped.
     pub local_peer: u8,
-    /// 1 when `fd` came from the `SSL*` cache with [`SslFd::flags`] set: the syscalls inside
-    /// the call were skipped, and the cache needs no refresh at the return.
-    pub cached: u8,
-    pub _pad: [u8; 3],
-    /// [`SslFd::generation`] of that cache entry, checked against the connection's at the return.
-    pub generation: u32,
-}
-
-/// What is known of an `SSL*` (the value of the `SSL*` → fd cache): its socket, and once a
-/// call has learnt it, whether the socket's syscalls can be skipped during its SSL calls.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SslFd {
-    pub fd: i32,
-    /// [`ssl_fd_flags`]; 0 until a call learns them.
-    pub flags: u32,
-    /// Generation of the connection the flags were learnt on.
-    pub generation: u32,
-    pub _pad: u32,
-}
-
-/// Flags of [`SslFd`]: why the syscalls made inside this `SSL*`'s calls need no look.
-pub mod ssl_fd_flags {
-    /// Its socket is a TLS connection past its handshake in both directions, whose plaintext
-    /// comes from the library: its ciphertext would not be shipped anyway.
-    pub const QUIET: u32 = 1;
-    /// Its socket is a local client view: neither ciphertext nor plaintext is shipped.
-    pub const LOCAL_PEER: u32 = 2;
 }
 
 /// Key of the `SSL*` → fd cache: SSL pointers are per process.
@@ -555,8 +519,7 @@ const _: () = assert!(core::mem::size_of::<CloseEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<SockAddrs>() == 40);
 const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
 const _: () = assert!(core::mem::size_of::<FdState>() == 56);
-const _: () = assert!(core::mem::size_of::<SslCall>() == 40);
-const _: () = assert!(core::mem::size_of::<SslFd>() == 16);
+const _: () = assert!(core::mem::size_of::<SslCall>() == 32);
 const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);
 const _: () = assert!(counter::SLOTS.is_power_of_two() && counter::COUNT <= counter::SLOTS);
@@ -577,7 +540,6 @@ mod pod {
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for PendingCall {}
     unsafe impl aya::Pod for SslCall {}
-    unsafe impl aya::Pod for SslFd {}
     unsafe impl aya::Pod for SslKey {}
     unsafe impl aya::Pod for SockAddrs {}
 }

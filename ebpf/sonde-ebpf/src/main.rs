@@ -31,8 +31,8 @@ use aya_ebpf::{
 use sonde_common::{
     CHUNK_SIZE, CLASSIFY_PROBE_CALLS, CloseEvent, Config, Counters, DATA_HEADER_SIZE, DataHeader,
     FdState, ListenerKey, MAX_CHUNKS_PER_CALL, MAX_IOVECS, OpenEvent, PendingCall, ProcEvent,
-    SockAddrs, SslCall, SslFd, SslKey, TLS_HANDSHAKE_CAP, class, counter, direction, fd_kind, kind,
-    open_flags, role, source, ssl_fd_flags, tls_lib,
+    SockAddrs, SslCall, SslKey, TLS_HANDSHAKE_CAP, class, counter, direction, fd_kind, kind,
+    open_flags, role, source, tls_lib,
 };
 
 const AF_INET: u16 = 2;
@@ -90,12 +90,6 @@ struct CallSlot {
     /// [`slot_state`].
     state: u32,
     call: PendingCall,
-    /// The thread in an SSL call on this CPU whose socket needs no look ([`ssl_fd_flags`]),
-    /// and that socket: its syscalls skip at entry. Set by [`ssl_enter`], cleared at the return
-    /// (on every CPU, when the thread moved meanwhile).
-    quiet_id: u64,
-    quiet_fd: i32,
-    _pad: u32,
 }
 
 mod slot_state {
@@ -126,11 +120,9 @@ static SOCK_ADDRS: LruHashMap<u64, SockAddrs> = LruHashMap::with_max_entries(655
 static SSL_ARGS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 0);
 
 /// The socket fd of each `SSL*` last seen, for SSL calls served from the library's buffer
-/// without a syscall inside (filled by SSL_set_fd and by the syscalls inside SSL calls), and
-/// once learnt, whether the socket's syscalls need a look during its calls. Forgotten at
-/// SSL_free; reset at SSL_set_fd.
+/// without a syscall inside (filled by SSL_set_fd and by the syscalls inside SSL calls).
 #[map]
-static SSL_FDS: LruHashMap<SslKey, SslFd> = LruHashMap::with_max_entries(65536, 0);
+static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
 
 /// Listening TCP sockets of this host whose process is captured, from LISTEN transitions here
 /// (value: the listening tgid) and from procfs when the agent starts (value 0).
@@ -211,12 +203,6 @@ fn enter(ctx: &TracePointContext, dir: u8, vectored: u8, sendfile: u8, peek: boo
     slot.id = id;
     slot.nr = ctx_field::<i32, SYSCALL_NR>(ctx);
     let fd = ctx_field::<u64, ARG0>(ctx) as i32;
-    if slot.quiet_id == id && slot.quiet_fd == fd {
-        // Ciphertext of an SSL call whose socket is past its handshake: nothing to ship.
-        slot.state = slot_state::SKIP;
-        count(counter::TLS_SYSCALLS_SKIPPED, 1);
-        return 0;
-    }
     let (arg1, arg2) = (ctx_field::<u64, ARG1>(ctx), ctx_field::<u64, ARG2>(ctx));
     match prepare_call::<true>(id, fd, arg1, arg2, dir, vectored, sendfile, peek) {
         Ok(call) => {
@@ -501,28 +487,25 @@ fn listener_changed(ctx: &TracePointContext, cfg: &Config, listening: bool) {
 /// port local).
 #[inline(never)]
 fn peer_is_local_listener(addrs: &SockAddrs) -> bool {
+    // Addresses as words: byte-wise copies and comparisons put every byte on the stack, and this
+    // frame adds to that of every program that opens connections.
+    let (l, r) = addr_words(addrs);
     let mut key = ListenerKey {
         family: addrs.family,
         port: addrs.remote_port,
         _pad: 0,
-        addr: addrs.remote_addr,
+        // SAFETY: two u64s are 16 valid bytes.
+        addr: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(r) },
     };
     if unsafe { LISTENERS.get(&key) }.is_some() {
         return true;
     }
-    // Compared as words: byte-wise comparisons put every byte on the stack, and this frame
-    // adds to that of every program that opens connections.
-    let (r, l) = (
-        addr_words(&addrs.remote_addr),
-        addr_words(&addrs.local_addr),
-    );
     let loopback = if addrs.family == AF_INET6 {
         r[0] == 0 && r[1] == 1 << 56
     } else {
-        addrs.remote_addr[0] == 127
+        r[0] as u8 == 127
     };
-    let differ = r != l;
-    if !loopback && differ {
+    if !loopback && r != l {
         return false;
     }
     key.addr = [0; 16];
@@ -533,11 +516,13 @@ fn peer_is_local_listener(addrs: &SockAddrs) -> bool {
     addrs.family == AF_INET && unsafe { LISTENERS.get(&key) }.is_some()
 }
 
-/// An address of [`SockAddrs`] (8-byte aligned) as two little-endian words.
+/// The local and remote addresses of `addrs`, each as two little-endian words.
 #[inline(always)]
-fn addr_words(a: &[u8; 16]) -> [u64; 2] {
-    // SAFETY: any 16 bytes are two valid u64s.
-    unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(*a) }
+fn addr_words(addrs: &SockAddrs) -> ([u64; 2], [u64; 2]) {
+    // SAFETY: SockAddrs is 40 bytes, 8-byte aligned (five words); the addresses are words 1-2
+    // and 3-4.
+    let w = unsafe { &*(addrs as *const SockAddrs).cast::<[u64; 5]>() };
+    ([w[1], w[2]], [w[3], w[4]])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1553,13 +1538,11 @@ fn ssl_enter(ctx: &ProbeContext, dir: u8, ex: bool) -> u32 {
     let Some(cfg) = config() else {
         return 0;
     };
-    let tgid = (id >> 32) as u32;
-    if excluded(cfg, tgid) {
+    if excluded(cfg, (id >> 32) as u32) {
         return 0;
     }
-    let ssl = ctx.arg::<u64>(0).unwrap_or(0);
-    let mut call = SslCall {
-        ssl,
+    let call = SslCall {
+        ssl: ctx.arg::<u64>(0).unwrap_or(0),
         buf: ctx.arg::<u64>(1).unwrap_or(0),
         done_ptr: if ex {
             ctx.arg::<u64>(3).unwrap_or(0)
@@ -1569,26 +1552,9 @@ fn ssl_enter(ctx: &ProbeContext, dir: u8, ex: bool) -> u32 {
         fd: -1,
         direction: dir,
         active: 1,
-        ..SslCall::default()
+        fd_seen: 0,
+        local_peer: 0,
     };
-    // A socket known to need no look: the syscalls inside the call skip at their entry, and
-    // the return knows the socket without a syscall naming it.
-    let key = SslKey { ssl, tgid, _pad: 0 };
-    if let Some(c) = unsafe { SSL_FDS.get(&key) }
-        && c.flags != 0
-    {
-        call.fd = c.fd;
-        call.fd_seen = 1;
-        call.cached = 1;
-        call.generation = c.generation;
-        call.local_peer = (c.flags & ssl_fd_flags::LOCAL_PEER != 0) as u8;
-        if let Some(slot) = CALL_SLOT.get_ptr_mut(0) {
-            unsafe {
-                (*slot).quiet_id = id;
-                (*slot).quiet_fd = c.fd;
-            }
-        }
-    }
     save_call(&SSL_ARGS, &id, &call);
     0
 }
@@ -1654,86 +1620,10 @@ pub fn ssl_set_fd_entry(ctx: ProbeContext) -> u32 {
         _pad: 0,
     };
     let fd = ctx.arg::<u64>(1).unwrap_or(u64::MAX) as i32;
-    if fd >= 0 {
-        learn_ssl_fd(tgid, key.ssl, fd, 0, 0);
+    if fd >= 0 && SSL_FDS.insert(&key, &fd, 0).is_err() {
+        count(counter::MAP_FULL, 1);
     }
     0
-}
-
-/// `void SSL_free(SSL *ssl)`: the `SSL*` may come back from malloc for another connection.
-#[uprobe]
-pub fn ssl_free_entry(ctx: ProbeContext) -> u32 {
-    let key = SslKey {
-        ssl: ctx.arg::<u64>(0).unwrap_or(0),
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        _pad: 0,
-    };
-    let _ = SSL_FDS.remove(&key);
-    0
-}
-
-/// Records what is known of an `SSL*` (its socket; `flags`: [`ssl_fd_flags`]). A BPF function
-/// of its own: the key and value stay off the stack frame of the SSL return.
-#[inline(never)]
-fn learn_ssl_fd(tgid: u32, ssl: u64, fd: i32, flags: u32, generation: u32) {
-    let key = &SslKey { ssl, tgid, _pad: 0 };
-    let v = SslFd {
-        fd,
-        flags,
-        generation,
-        _pad: 0,
-    };
-    match SSL_FDS.get_ptr_mut(key) {
-        Some(p) => unsafe { *p = v },
-        None => {
-            if SSL_FDS.insert(key, &v, 0).is_err() {
-                count(counter::MAP_FULL, 1);
-            }
-        }
-    }
-}
-
-/// Ends the syscall skipping of an SSL call (`call`, in SSL_ARGS) if [`ssl_enter`] began it: on
-/// this CPU, or on each CPU when the thread moved during the call (another thread may also have
-/// taken this CPU's slot). A BPF function of its own, reading `call` from map memory, so that
-/// the SSL return's branches on `cached` do not split the verification of its copy.
-#[inline(never)]
-fn end_quiet(id: u64, call: *const SslCall) {
-    if unsafe { (*call).cached } == 0 {
-        return;
-    }
-    if let Some(slot) = CALL_SLOT.get_ptr_mut(0) {
-        unsafe {
-            if (*slot).quiet_id == id {
-                (*slot).quiet_id = 0;
-                return;
-            }
-        }
-    }
-    clear_quiet_slots(id);
-}
-
-#[inline(never)]
-fn clear_quiet_slots(id: u64) {
-    let key: u32 = 0;
-    for cpu in 0..MAX_CPUS {
-        let p = unsafe {
-            bpf_map_lookup_percpu_elem(
-                &CALL_SLOT as *const _ as *mut core::ffi::c_void,
-                &key as *const u32 as *const core::ffi::c_void,
-                cpu,
-            )
-        };
-        if p.is_null() {
-            break;
-        }
-        let slot = p.cast::<CallSlot>();
-        unsafe {
-            if (*slot).quiet_id == id {
-                (*slot).quiet_id = 0;
-            }
-        }
-    }
 }
 
 /// SSL_peek / SSL_peek_ex / SSL_sendfile: counted only (peeked bytes are read again by
@@ -1755,7 +1645,6 @@ fn ssl_exit(ctx: &RetProbeContext, ex: bool) -> u32 {
         return 0;
     }
     unsafe { (*slot).active = 0 };
-    end_quiet(id, slot);
     let ret: i64 = ctx.ret();
     let ret = ret as i32;
     let len = if ex {
@@ -1774,23 +1663,14 @@ fn ssl_exit(ctx: &RetProbeContext, ex: bool) -> u32 {
     }
     if call.fd_seen != 0 && call.local_peer != 0 {
         count(counter::LOCAL_PEER_SKIPPED, 1);
-        if call.cached == 0 {
-            learn_ssl_fd(
-                (id >> 32) as u32,
-                call.ssl,
-                call.fd,
-                ssl_fd_flags::LOCAL_PEER,
-                0,
-            );
-        }
         return 0;
     }
-    let _ = try_ssl_exit(id, &call, slot, len);
+    let _ = try_ssl_exit(id, &call, len);
     0
 }
 
 #[inline(always)]
-fn try_ssl_exit(id: u64, call: &SslCall, saved: *const SslCall, len: u64) -> Result<(), ()> {
+fn try_ssl_exit(id: u64, call: &SslCall, len: u64) -> Result<(), ()> {
     let cfg = config().ok_or(())?;
     let tgid = (id >> 32) as u32;
     let ssl_key = SslKey {
@@ -1798,43 +1678,19 @@ fn try_ssl_exit(id: u64, call: &SslCall, saved: *const SslCall, len: u64) -> Res
         tgid,
         _pad: 0,
     };
-    let fd = if call.cached != 0 {
-        call.fd
-    } else if call.fd_seen != 0 {
-        let cached = unsafe { SSL_FDS.get(&ssl_key) }.map(|c| c.fd);
-        if cached != Some(call.fd) {
-            learn_ssl_fd(tgid, call.ssl, call.fd, 0, 0);
+    let fd = if call.fd_seen != 0 {
+        let cached = unsafe { SSL_FDS.get(&ssl_key) }.copied();
+        if cached != Some(call.fd) && SSL_FDS.insert(&ssl_key, &call.fd, 0).is_err() {
+            count(counter::MAP_FULL, 1);
         }
         call.fd
-    } else if let Some(c) = unsafe { SSL_FDS.get(&ssl_key) } {
-        c.fd
+    } else if let Some(fd) = unsafe { SSL_FDS.get(&ssl_key) } {
+        *fd
     } else {
         count(counter::TLS_FD_UNKNOWN, 1);
         return Err(());
     };
-    let learnt = tls_plaintext(cfg, id, fd, call, len, true)?;
-    update_ssl_cache(tgid, saved, fd, learnt);
-    Ok(())
-}
-
-/// Stores what a plaintext call learnt of its socket ([`tls_plaintext`]) in the `SSL*` cache.
-/// `call` is read from map memory in a BPF function of its own: branching again on the values
-/// the return branched on before its copy would keep the verifier from merging its states.
-#[inline(never)]
-fn update_ssl_cache(tgid: u32, call: *const SslCall, fd: i32, learnt: u64) {
-    let (flags, generation) = ((learnt >> 32) as u32, learnt as u32);
-    let (ssl, cached, cached_generation) =
-        unsafe { ((*call).ssl, (*call).cached, (*call).generation) };
-    if cached != 0 {
-        // Learnt on an earlier connection on this fd (the `SSL*` was reused without SSL_free
-        // or SSL_set_fd, so the syscalls of this call were skipped): learnt again.
-        if generation != cached_generation {
-            count(counter::TLS_CACHE_STALE, 1);
-            learn_ssl_fd(tgid, ssl, fd, flags, generation);
-        }
-    } else if flags != 0 {
-        learn_ssl_fd(tgid, ssl, fd, flags, generation);
-    }
+    tls_plaintext(cfg, id, fd, call, len, true)
 }
 
 /// Ships `len` plaintext bytes of a TLS library call on socket `fd` as records of source TLS.
@@ -1848,7 +1704,7 @@ fn tls_plaintext(
     call: &SslCall,
     len: u64,
     open_unknown: bool,
-) -> Result<u64, ()> {
+) -> Result<(), ()> {
     let tgid = (id >> 32) as u32;
     let key = fd_key(tgid, fd);
     let st = match FDS.get_ptr_mut(&key) {
@@ -1872,18 +1728,15 @@ fn tls_plaintext(
         }
     };
     let st = unsafe { &mut *st };
-    // What the call learnt of its socket for the `SSL*` cache: [`ssl_fd_flags`] in the high
-    // half, the connection's generation in the low one.
-    let mut learnt = st.generation as u64;
     if st.filtered != 0 {
         count(counter::FILTERED_CALLS, 1);
-        return Ok(learnt);
+        return Ok(());
     }
     // A local client of a captured listener: its server's side carries the same calls, as for
     // cleartext (`capture.skip_local_client_views`).
     if st.local_peer != 0 {
         count(counter::LOCAL_PEER_SKIPPED, 1);
-        return Ok(learnt | (ssl_fd_flags::LOCAL_PEER as u64) << 32);
+        return Ok(());
     }
     st.tls_lib = if open_unknown {
         tls_lib::OPENSSL
@@ -1910,7 +1763,7 @@ fn tls_plaintext(
     }
     if st.tls_class == class::OTHER {
         count(counter::NON_HTTP_CALLS, 1);
-        return Ok(learnt);
+        return Ok(());
     }
     let offset = st.tls_offset[dir];
     st.tls_offset[dir] = offset + len;
@@ -1952,11 +1805,7 @@ fn tls_plaintext(
         hdr.offset = offset + done;
         emit_length_only(cfg, &mut hdr, len - done);
     }
-    // Decided after the copy: a branch before it would double the states the verifier walks.
-    if st.class == class::TLS && st.handshake_done == 3 {
-        learnt |= (ssl_fd_flags::QUIET as u64) << 32;
-    }
-    Ok(learnt)
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2008,7 +1857,8 @@ pub fn go_tls_read_entry(ctx: ProbeContext) -> u32 {
         fd: -1,
         direction: direction::INGRESS,
         active: 1,
-        ..SslCall::default()
+        fd_seen: 0,
+        local_peer: 0,
     };
     // By goroutine: the runtime reuses a `g` for later goroutines.
     save_call(&GO_TLS_ARGS, &key, &call);
@@ -2046,7 +1896,7 @@ pub fn go_tls_write_entry(ctx: ProbeContext) -> u32 {
         direction: direction::EGRESS,
         active: 1,
         fd_seen: 1,
-        ..SslCall::default()
+        local_peer: 0,
     };
     let _ = tls_plaintext(cfg, id, fd, &call, len, false);
     0

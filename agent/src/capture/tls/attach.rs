@@ -33,7 +33,6 @@ const PROBES: &[(&str, &str, Option<&str>)] = &[
     ("SSL_read_ex", "ssl_read_ex_entry", Some("ssl_ex_return")),
     ("SSL_write_ex", "ssl_write_ex_entry", Some("ssl_ex_return")),
     ("SSL_set_fd", "ssl_set_fd_entry", None),
-    ("SSL_free", "ssl_free_entry", None),
     ("SSL_peek", "ssl_uncaptured_entry", None),
     ("SSL_peek_ex", "ssl_uncaptured_entry", None),
     ("SSL_sendfile", "ssl_uncaptured_entry", None),

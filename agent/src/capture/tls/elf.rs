@@ -11,13 +11,12 @@ use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 use super::go::{GoTls, find_go_tls};
 
 /// Functions looked up, in the order of [`SslSymbols::offsets`].
-pub const SSL_FUNCTIONS: [&str; 9] = [
+pub const SSL_FUNCTIONS: [&str; 8] = [
     "SSL_read",
     "SSL_write",
     "SSL_read_ex",
     "SSL_write_ex",
     "SSL_set_fd",
-    "SSL_free",
     "SSL_peek",
     "SSL_peek_ex",
     "SSL_sendfile",
@@ -236,7 +235,6 @@ pub(crate) mod tests {
             "SSL_read_ex",
             "SSL_write_ex",
             "SSL_set_fd",
-            "SSL_free",
         ] {
             assert!(syms.get(f).is_some(), "{f} missing: {syms:?}");
         }
