@@ -623,6 +623,47 @@ pub fn now_unix_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// One call served on `conn` by a process named `api` on 127.0.0.1:8080, as the kernel reports
+/// it: the open, the request, the response (the close is the caller's).
+#[cfg(test)]
+fn served_call_events(
+    conn: ConnId,
+    cgroup_id: u64,
+    request: &'static [u8],
+    response: &'static [u8],
+) -> Vec<CaptureEvent> {
+    use sonde_model::{ConnOpen, DataChunk, Direction, ProcessInfo};
+    let chunk = |direction, data: &'static [u8], ts_ns| {
+        CaptureEvent::Data(DataChunk {
+            conn,
+            direction,
+            source: Source::Syscall,
+            offset: 0,
+            len: data.len() as u64,
+            data: bytes::Bytes::from_static(data),
+            ts_ns,
+            tid: conn.tgid,
+        })
+    };
+    vec![
+        CaptureEvent::Open(ConnOpen {
+            conn,
+            ts_ns: 1,
+            role: Role::Server,
+            process: ProcessInfo {
+                pid: conn.tgid,
+                comm: "api".into(),
+                cgroup_id,
+                workload: None,
+            },
+            local: Some("127.0.0.1:8080".parse().expect("addr")),
+            remote: Some("127.0.0.1:50000".parse().expect("addr")),
+        }),
+        chunk(Direction::Ingress, request, 2),
+        chunk(Direction::Egress, response, 3),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -700,44 +741,13 @@ mod tests {
             fd: 5,
             generation: 1,
         };
-        let data = |direction, data: &'static [u8], ts_ns| {
-            CaptureEvent::Data(DataChunk {
-                conn,
-                direction,
-                source: Source::Syscall,
-                offset: 0,
-                len: data.len() as u64,
-                data: Bytes::from_static(data),
-                ts_ns,
-                tid: 40,
-            })
-        };
-        let events = vec![
-            CaptureEvent::Open(sonde_model::ConnOpen {
-                conn,
-                ts_ns: 1,
-                role: Role::Server,
-                process: sonde_model::ProcessInfo {
-                    pid: 40,
-                    comm: "api".into(),
-                    cgroup_id: 0,
-                    workload: None,
-                },
-                local: Some("127.0.0.1:8080".parse().expect("addr")),
-                remote: Some("127.0.0.1:50000".parse().expect("addr")),
-            }),
-            data(
-                Direction::Ingress,
-                b"GET /users/7 HTTP/1.1\r\nHost: api.test\r\n\r\n",
-                2,
-            ),
-            data(
-                Direction::Egress,
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-                3,
-            ),
-            CaptureEvent::Close(ConnClose { conn, ts_ns: 4 }),
-        ];
+        let mut events = served_call_events(
+            conn,
+            0,
+            b"GET /users/7 HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        );
+        events.push(CaptureEvent::Close(ConnClose { conn, ts_ns: 4 }));
         let mut sink = Anomalies(Vec::new());
         analyzer.on_events(events, &mut sink);
         analyzer.flush(&mut sink);
@@ -876,9 +886,7 @@ mod tests {
 mod identity_tests {
     use std::os::unix::fs::MetadataExt;
 
-    use bytes::Bytes;
     use sonde_inventory::CallInfo;
-    use sonde_model::{ConnOpen, DataChunk, Direction, ProcessInfo, Source};
 
     use super::*;
 
@@ -908,37 +916,12 @@ mod identity_tests {
             fd,
             generation: 1,
         };
-        let req = Bytes::from_static(b"GET /users/7 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n");
-        let resp = Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-        let chunk = |direction, data: Bytes, ts_ns| {
-            CaptureEvent::Data(DataChunk {
-                conn,
-                direction,
-                source: Source::Syscall,
-                offset: 0,
-                len: data.len() as u64,
-                data,
-                ts_ns,
-                tid: conn.tgid,
-            })
-        };
-        vec![
-            CaptureEvent::Open(ConnOpen {
-                conn,
-                ts_ns: 1,
-                role: Role::Server,
-                process: ProcessInfo {
-                    pid: conn.tgid,
-                    comm: "api".into(),
-                    cgroup_id,
-                    workload: None,
-                },
-                local: Some("127.0.0.1:8080".parse().expect("addr")),
-                remote: Some("127.0.0.1:50000".parse().expect("addr")),
-            }),
-            chunk(Direction::Ingress, req, 2),
-            chunk(Direction::Egress, resp, 3),
-        ]
+        super::served_call_events(
+            conn,
+            cgroup_id,
+            b"GET /users/7 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        )
     }
 
     /// Kubernetes asked for, and no API server anywhere (no in-cluster environment, no

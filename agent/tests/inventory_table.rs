@@ -1,34 +1,14 @@
 //! `sonde-agent inventory` names each service the way the collector and `sonde endpoints` list
 //! it, so what an operator reads on the host can be looked up in the collector as it is.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use sonde_agent::config::AgentConfig;
-use sonde_agent::pipeline::{Analyzer, Sink};
-use sonde_inventory::CallInfo;
-use sonde_model::{Anomaly, CaptureEvent, Exchange};
+use sonde_agent::pipeline::Analyzer;
+use sonde_model::CaptureEvent;
 
-struct Discard;
-
-impl Sink for Discard {
-    fn exchange(&mut self, _: &Exchange, _: &CallInfo) {}
-    fn anomalies(&mut self, _: Vec<Anomaly>) {}
-}
-
-fn corpus(rel: &str) -> Option<PathBuf> {
-    let root = match std::env::var_os("SONDE_CORPORA") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora"),
-    };
-    let path = root.join(rel);
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("note: {} missing; skipping", path.display());
-        None
-    }
-}
+mod common;
+use common::{Discard, corpus};
 
 #[test]
 fn the_inventory_table_names_services_as_the_collector_lists_them() {

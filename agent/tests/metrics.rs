@@ -2,34 +2,13 @@
 //! HTTP/2) through the pipeline, then the metrics encoded and parsed by a Prometheus parser and
 //! compared with what the pipeline itself counted.
 
-use std::path::PathBuf;
-
 use sonde_agent::config::AgentConfig;
 use sonde_agent::metrics::AgentMetrics;
-use sonde_agent::pipeline::{Analyzer, Sink};
-use sonde_inventory::CallInfo;
-use sonde_model::{Anomaly, CaptureEvent, Exchange};
+use sonde_agent::pipeline::Analyzer;
+use sonde_model::CaptureEvent;
 
-struct Discard;
-
-impl Sink for Discard {
-    fn exchange(&mut self, _: &Exchange, _: &CallInfo) {}
-    fn anomalies(&mut self, _: Vec<Anomaly>) {}
-}
-
-fn corpus(rel: &str) -> Option<PathBuf> {
-    let root = match std::env::var_os("SONDE_CORPORA") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora"),
-    };
-    let path = root.join(rel);
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("note: {} missing; skipping", path.display());
-        None
-    }
-}
+mod common;
+use common::{Discard, corpus};
 
 fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
