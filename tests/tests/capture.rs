@@ -811,13 +811,17 @@ fn sendmsg_and_recvmsg_iovecs_are_captured_in_order_to_the_byte() {
 #[test]
 fn sigterm_stops_the_agent_as_cleanly_as_sigint() {
     use std::io::Read as _;
-    let mut child = Command::new(sonde_e2e::stack::bin("sonde-agent"))
-        .args(["capture", "--quiet", "--port", &free_port().to_string()])
-        .env("SONDE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the agent starts");
+    // An agent capturing an unused port, its stderr piped.
+    let agent = || {
+        Command::new(sonde_e2e::stack::bin("sonde-agent"))
+            .args(["capture", "--quiet", "--port", &free_port().to_string()])
+            .env("SONDE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the agent starts")
+    };
+    let mut child = agent();
     let mut err = BufReader::new(child.stderr.take().expect("stderr"));
     let mut line = String::new();
     while !line.contains("hooks:") {
@@ -838,13 +842,7 @@ fn sigterm_stops_the_agent_as_cleanly_as_sigint() {
     assert!(rest.contains("ring_full_data"), "{rest}");
 
     // A signal that arrives while the programs are still loading is kept, not fatal.
-    let early = Command::new(sonde_e2e::stack::bin("sonde-agent"))
-        .args(["capture", "--quiet", "--port", &free_port().to_string()])
-        .env("SONDE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the agent starts");
+    let early = agent();
     std::thread::sleep(Duration::from_millis(150));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(early.id() as i32, libc::SIGTERM) };

@@ -54,6 +54,18 @@ fn render(events: &[StreamEvent], dir: Direction) -> Vec<u8> {
     out
 }
 
+/// The open of `CONN` as a server, with no addresses or process known.
+fn server_open() -> CaptureEvent {
+    CaptureEvent::Open(ConnOpen {
+        conn: CONN,
+        ts_ns: 0,
+        role: Role::Server,
+        process: ProcessInfo::default(),
+        local: None,
+        remote: None,
+    })
+}
+
 fn run(cfg: AssemblerConfig, events: Vec<CaptureEvent>) -> (Vec<StreamEvent>, Counters) {
     let mut asm = Assembler::new(cfg).expect("valid config");
     let mut out = Vec::new();
@@ -326,14 +338,7 @@ fn tick_expires_idle_connections_and_releases_stale_holes() {
 
 #[test]
 fn close_flushes_holes_and_late_data_does_not_resurrect() {
-    let open = CaptureEvent::Open(ConnOpen {
-        conn: CONN,
-        ts_ns: 0,
-        role: Role::Server,
-        process: ProcessInfo::default(),
-        local: None,
-        remote: None,
-    });
+    let open = server_open();
     let close = CaptureEvent::Close(ConnClose {
         conn: CONN,
         ts_ns: 50,
@@ -366,14 +371,7 @@ fn close_flushes_holes_and_late_data_does_not_resurrect() {
 
 #[test]
 fn a_second_close_is_counted_apart_not_as_lost_data() {
-    let open = CaptureEvent::Open(ConnOpen {
-        conn: CONN,
-        ts_ns: 0,
-        role: Role::Server,
-        process: ProcessInfo::default(),
-        local: None,
-        remote: None,
-    });
+    let open = server_open();
     let close = |ts_ns| CaptureEvent::Close(ConnClose { conn: CONN, ts_ns });
     let (out, c) = run(AssemblerConfig::default(), vec![open, close(10), close(20)]);
     let closes = out
